@@ -1,0 +1,109 @@
+"""The `gpuslice.io/assignment` pod annotation: where a pod's slice lives (the source of truth)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from extender.core.errors import AssignmentError
+from extender.core.rangelist import format_ranges, parse_ranges
+
+ASSIGNMENT_ANNOTATION = "gpuslice.io/assignment"
+CLASSES = ("memory-bound", "compute-bound")
+
+
+@dataclass(frozen=True)
+class GpuAssignment:
+    index: int
+    id: str
+    cus: frozenset[int]
+    burstCus: frozenset[int]
+    memoryBytes: int
+    memoryLimitBytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"index": self.index, "id": self.id, "cus": format_ranges(self.cus),
+                "burstCus": format_ranges(self.burstCus), "memoryBytes": self.memoryBytes,
+                "memoryLimitBytes": self.memoryLimitBytes}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    node: str
+    gpus: tuple[GpuAssignment, ...]
+    workload_class: str
+    policy: str
+    assignedAt: str = field(default_factory=lambda: now_rfc3339())
+
+    def to_dict(self) -> dict[str, object]:
+        return {"node": self.node, "gpus": [g.to_dict() for g in self.gpus], "class": self.workload_class,
+                "policy": self.policy, "assignedAt": self.assignedAt}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _int(obj: dict, key: str, where: str, minimum: int = 0) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AssignmentError(f"{where}.{key}", value, f"must be an integer >= {minimum}")
+    return value
+
+
+def _cus(obj: dict, key: str, where: str) -> frozenset[int]:
+    try:
+        return parse_ranges(obj.get(key, ""))
+    except ValueError as exc:
+        raise AssignmentError(f"{where}.{key}", obj.get(key), str(exc)) from None
+
+
+def parse_assignment(text: str) -> Assignment:
+    """Strictly parse an assignment annotation; AssignmentError names the bad field."""
+    where = ASSIGNMENT_ANNOTATION
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise AssignmentError(where, text, f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AssignmentError(where, text, "must be a JSON object")
+    node = data.get("node")
+    if not isinstance(node, str) or not node:
+        raise AssignmentError(f"{where}.node", node, "must be a node name")
+    cls = data.get("class")
+    if cls not in CLASSES:
+        raise AssignmentError(f"{where}.class", cls, f"must be one of {', '.join(CLASSES)}")
+    raw_gpus = data.get("gpus")
+    if not isinstance(raw_gpus, list) or not raw_gpus:
+        raise AssignmentError(f"{where}.gpus", raw_gpus, "must be a non-empty list")
+    gpus = []
+    for i, g in enumerate(raw_gpus):
+        w = f"{where}.gpus[{i}]"
+        if not isinstance(g, dict):
+            raise AssignmentError(w, g, "must be an object")
+        gid = g.get("id")
+        if not isinstance(gid, str):
+            raise AssignmentError(f"{w}.id", gid, "must be a string")
+        cus = _cus(g, "cus", w)
+        if not cus:
+            raise AssignmentError(f"{w}.cus", g.get("cus"), "a slice guarantees at least one CU")
+        burst = _cus(g, "burstCus", w)
+        if cus & burst:
+            raise AssignmentError(f"{w}.burstCus", g.get("burstCus"), "overlaps the guaranteed cus")
+        mem = _int(g, "memoryBytes", w, 1)
+        limit = _int(g, "memoryLimitBytes", w, 1)
+        if limit < mem:
+            raise AssignmentError(f"{w}.memoryLimitBytes", limit, "less than memoryBytes")
+        gpus.append(GpuAssignment(index=_int(g, "index", w), id=gid, cus=cus, burstCus=burst,
+                                  memoryBytes=mem, memoryLimitBytes=limit))
+    if len({g.index for g in gpus}) != len(gpus):
+        raise AssignmentError(f"{where}.gpus", [g.index for g in gpus], "a GPU index repeats")
+    policy = data.get("policy", "")
+    assigned = data.get("assignedAt", "")
+    if not isinstance(policy, str) or not isinstance(assigned, str):
+        raise AssignmentError(where, data, "policy and assignedAt must be strings")
+    return Assignment(node=node, gpus=tuple(gpus), workload_class=cls, policy=policy, assignedAt=assigned)

@@ -1,0 +1,402 @@
+"""Per-GPU ledgers of guaranteed CUs, burst CUs and memory, for every node.
+
+Readers never lock: each node's state is an immutable snapshot that writers replace whole
+(copy-on-write) under that node's lock. So filter and prioritize read a consistent view while a
+bind on the same node is in flight, binds on one node serialize, and binds on different nodes do
+not block each other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from types import MappingProxyType
+
+from extender.core.assignment import Assignment, GpuAssignment
+from extender.core.errors import LedgerConflict
+from extender.core.inventory import GpuInfo
+
+
+def burst_region(info: GpuInfo, shared_fraction: float) -> frozenset[int]:
+    """The top CU bits of the GPU, a multiple of its XCD count so the region is balanced over XCDs."""
+    size = int(info.computeUnits * shared_fraction) // info.xcds * info.xcds
+    return frozenset(range(info.computeUnits - size, info.computeUnits))
+
+
+@dataclass(frozen=True)
+class PodRef:
+    uid: str
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One tenant's share of one GPU."""
+
+    pod: PodRef
+    workload_class: str
+    cus: frozenset[int]
+    burst: frozenset[int]
+    memory: int
+    memory_limit: int
+
+
+@dataclass(frozen=True)
+class GpuState:
+    info: GpuInfo
+    shared: frozenset[int]
+    slices: tuple[Slice, ...] = ()
+
+    @cached_property
+    def guaranteed(self) -> frozenset[int]:
+        out: set[int] = set()
+        for s in self.slices:
+            out |= s.cus
+        return frozenset(out)
+
+    @cached_property
+    def free_cus(self) -> frozenset[int]:
+        """CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone."""
+        return frozenset(range(self.info.computeUnits)) - self.shared - self.guaranteed
+
+    @cached_property
+    def burst_cus(self) -> frozenset[int]:
+        """The shared burst region as it stands (less any bits an older policy guaranteed)."""
+        return self.shared - self.guaranteed
+
+    @cached_property
+    def memory_used(self) -> int:
+        return sum(s.memory for s in self.slices)
+
+    @cached_property
+    def memory_limit_used(self) -> int:
+        return sum(s.memory_limit for s in self.slices)
+
+    @property
+    def memory_free(self) -> int:
+        return self.info.memoryBytes - self.memory_used
+
+    def count(self, workload_class: str) -> int:
+        return sum(1 for s in self.slices if s.workload_class == workload_class)
+
+    def to_dict(self) -> dict[str, object]:
+        from extender.core.rangelist import format_ranges
+
+        return {
+            "index": self.info.index, "id": self.info.id, "model": self.info.model,
+            "healthy": self.info.healthy, "computeUnits": self.info.computeUnits,
+            "freeCus": len(self.free_cus), "burstRegion": format_ranges(self.burst_cus),
+            "memoryBytes": self.info.memoryBytes, "memoryUsedBytes": self.memory_used,
+            "memoryLimitUsedBytes": self.memory_limit_used,
+            "tenants": [{"pod": s.pod.key, "uid": s.pod.uid, "class": s.workload_class,
+                         "cus": format_ranges(s.cus), "burstCus": format_ranges(s.burst),
+                         "memoryBytes": s.memory, "memoryLimitBytes": s.memory_limit}
+                        for s in self.slices],
+        }
+
+
+@dataclass(frozen=True)
+class PodEntry:
+    pod: PodRef
+    workload_class: str
+    compute_millis: int
+    assignment: Assignment
+    expires_at: float | None  # None once bound; a deadline while only reserved
+
+    @property
+    def reserved(self) -> bool:
+        return self.expires_at is not None
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    gpus: tuple[GpuState, ...]
+    pods: Mapping[str, PodEntry] = field(default_factory=lambda: MappingProxyType({}))
+    # Placement results for this exact (immutable) state, keyed by request and policy version:
+    # filter then prioritize then bind of one pod evaluate a node once, not three times.
+    memo: dict[object, object] = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def gpu(self, index: int) -> GpuState | None:
+        for g in self.gpus:
+            if g.info.index == index:
+                return g
+        return None
+
+    def without(self, uid: str) -> NodeState:
+        """This state as if pod `uid` held nothing here."""
+        return _without(self, uid)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"node": self.name, "gpus": [g.to_dict() for g in self.gpus],
+                "reservations": sorted(p.pod.key for p in self.pods.values() if p.reserved)}
+
+
+class _Node:
+    __slots__ = ("lock", "state")
+
+    def __init__(self, state: NodeState) -> None:
+        self.lock = threading.RLock()
+        self.state = state
+
+
+@dataclass
+class Usage:
+    compute_millis: int = 0
+    memory: int = 0
+    tenants: int = 0
+
+
+def _check(state: NodeState, entry: PodEntry, overcommit: float) -> list[GpuState]:
+    """Validate `entry` against `state` (which must not hold it) and return the new GPU states."""
+    a = entry.assignment
+    new_gpus = list(state.gpus)
+    positions = {g.info.index: i for i, g in enumerate(state.gpus)}
+    for ga in a.gpus:
+        pos = positions.get(ga.index)
+        if pos is None:
+            raise LedgerConflict(f"{state.name}: no gpu {ga.index}")
+        gpu = new_gpus[pos]
+        if ga.id != gpu.info.id:
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: id {ga.id} is not {gpu.info.id}")
+        total = gpu.info.computeUnits
+        if any(c >= total or c < 0 for c in ga.cus | ga.burstCus):
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: CU beyond the GPU's {total}")
+        taken = ga.cus & gpu.guaranteed
+        if taken:
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: CUs {sorted(taken)[:8]} already guaranteed")
+        if ga.burstCus & gpu.guaranteed:
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: burst CUs overlap guaranteed CUs")
+        if gpu.memory_used + ga.memoryBytes > gpu.info.memoryBytes:
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: memory {ga.memoryBytes} > "
+                                 f"{gpu.memory_free} free")
+        if gpu.memory_limit_used + ga.memoryLimitBytes > gpu.info.memoryBytes * overcommit:
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: memory limits over {overcommit}x the GPU")
+        new_gpus[pos] = replace(gpu, slices=gpu.slices + (
+            Slice(entry.pod, entry.workload_class, ga.cus, ga.burstCus, ga.memoryBytes, ga.memoryLimitBytes),))
+    return new_gpus
+
+
+def _without(state: NodeState, uid: str) -> NodeState:
+    if uid not in state.pods:
+        return state
+    gpus = tuple(replace(g, slices=tuple(s for s in g.slices if s.pod.uid != uid))
+                 if any(s.pod.uid == uid for s in g.slices) else g for g in state.gpus)
+    pods = {k: v for k, v in state.pods.items() if k != uid}
+    return NodeState(state.name, gpus, MappingProxyType(pods))
+
+
+class Ledger:
+    """Every node's GPU ledger, plus the pod-UID index and per-namespace usage."""
+
+    def __init__(self, shared_fraction: float = 0.125, overcommit: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.shared_fraction = shared_fraction
+        self.overcommit = overcommit
+        self.clock = clock
+        self._nodes: dict[str, _Node] = {}
+        self._where: dict[str, str] = {}  # pod uid -> node
+        self._usage: dict[str, Usage] = {}
+        self._index = threading.Lock()
+        self.expired_total = 0
+        self.conflicts_total = 0
+
+    # --- nodes -------------------------------------------------------------------------------
+    def set_node(self, name: str, gpus: Iterable[GpuInfo]) -> None:
+        """Create a node or update its inventory. Tenants stay on GPUs that vanish from it: such a
+        GPU is kept, marked unhealthy, until they end."""
+        infos = {g.index: g for g in gpus}
+        with self._index:
+            node = self._nodes.get(name)
+            if node is None:
+                self._nodes[name] = _Node(NodeState(
+                    name, tuple(GpuState(i, burst_region(i, self.shared_fraction)) for i in infos.values())))
+                return
+        with node.lock:
+            old = node.state
+            merged: list[GpuState] = []
+            for g in old.gpus:
+                info = infos.pop(g.info.index, None)
+                if info is None:
+                    if g.slices:
+                        merged.append(replace(g, info=replace(g.info, healthy=False)))
+                    continue
+                if info.computeUnits != g.info.computeUnits and g.slices:
+                    info = replace(info, healthy=False)  # layout changed under live tenants
+                merged.append(replace(g, info=info, shared=burst_region(info, self.shared_fraction)))
+            merged.extend(GpuState(i, burst_region(i, self.shared_fraction)) for i in infos.values())
+            merged.sort(key=lambda g: g.info.index)
+            node.state = NodeState(name, tuple(merged), old.pods)
+
+    def remove_node(self, name: str) -> None:
+        with self._index:
+            node = self._nodes.pop(name, None)
+            if node is None:
+                return
+            for uid, entry in node.state.pods.items():
+                self._where.pop(uid, None)
+                self._account(entry, -1)
+
+    def set_burst_fraction(self, fraction: float) -> None:
+        self.shared_fraction = fraction
+        for node in list(self._nodes.values()):
+            with node.lock:
+                s = node.state
+                node.state = NodeState(s.name, tuple(replace(g, shared=burst_region(g.info, fraction))
+                                                     for g in s.gpus), s.pods)
+
+    def node(self, name: str) -> NodeState | None:
+        n = self._nodes.get(name)
+        return n.state if n else None
+
+    def node_names(self) -> list[str]:
+        return list(self._nodes)
+
+    def nodes(self) -> list[NodeState]:
+        return [n.state for n in list(self._nodes.values())]
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[NodeState]:
+        """Hold a node's lock across a read-decide-reserve sequence."""
+        node = self._nodes.get(name)
+        if node is None:
+            raise LedgerConflict(f"node {name} is not in the ledger")
+        with node.lock:
+            yield node.state
+
+    # --- pods --------------------------------------------------------------------------------
+    def reserve(self, pod: PodRef, assignment: Assignment, workload_class: str, compute_millis: int,
+                ttl: float | None) -> None:
+        """Reserve (ttl seconds) or record as bound (ttl None). A repeated call for the same pod UID
+        replaces the earlier entry. Raises LedgerConflict and changes nothing on overlap or overflow."""
+        node = self._nodes.get(assignment.node)
+        if node is None:
+            raise LedgerConflict(f"node {assignment.node} is not in the ledger")
+        entry = PodEntry(pod, workload_class, compute_millis, assignment,
+                         None if ttl is None else self.clock() + ttl)
+        with node.lock:
+            base = _without(node.state, pod.uid)
+            try:
+                gpus = _check(base, entry, self.overcommit)
+            except LedgerConflict:
+                self.conflicts_total += 1
+                raise
+            pods = dict(base.pods)
+            pods[pod.uid] = entry
+            previous = node.state.pods.get(pod.uid)
+            node.state = NodeState(base.name, tuple(gpus), MappingProxyType(pods))
+            with self._index:
+                elsewhere = self._where.get(pod.uid)
+                self._where[pod.uid] = assignment.node
+                if previous is not None:
+                    self._account(previous, -1)
+                self._account(entry, +1)
+        if elsewhere is not None and elsewhere != assignment.node:
+            self._drop(elsewhere, pod.uid)
+
+    def commit(self, uid: str) -> bool:
+        """Turn a reservation into a bound entry (no expiry)."""
+        name = self._where.get(uid)
+        node = self._nodes.get(name) if name else None
+        if node is None:
+            return False
+        with node.lock:
+            s = node.state
+            entry = s.pods.get(uid)
+            if entry is None:
+                return False
+            pods = dict(s.pods)
+            pods[uid] = replace(entry, expires_at=None)
+            node.state = NodeState(s.name, s.gpus, MappingProxyType(pods))
+        return True
+
+    def release(self, uid: str) -> bool:
+        """Free a pod's slice (pod ended, bind failed). Returns False if it held none."""
+        with self._index:
+            name = self._where.pop(uid, None)
+        if name is None:
+            return False
+        return self._drop(name, uid)
+
+    def _drop(self, name: str, uid: str) -> bool:
+        node = self._nodes.get(name)
+        if node is None:
+            return False
+        with node.lock:
+            entry = node.state.pods.get(uid)
+            if entry is None:
+                return False
+            node.state = _without(node.state, uid)
+            with self._index:
+                self._account(entry, -1)
+        return True
+
+    def expire(self) -> int:
+        """Drop reservations past their deadline (their bind never completed). Returns the count."""
+        now = self.clock()
+        dropped = 0
+        for node in list(self._nodes.values()):
+            if not any(e.expires_at is not None and e.expires_at <= now for e in node.state.pods.values()):
+                continue
+            with node.lock:
+                for uid, e in list(node.state.pods.items()):
+                    if e.expires_at is None or e.expires_at > now:
+                        continue
+                    node.state = _without(node.state, uid)
+                    with self._index:
+                        if self._where.get(uid) == node.state.name:
+                            del self._where[uid]
+                        self._account(e, -1)
+                    dropped += 1
+        self.expired_total += dropped
+        return dropped
+
+    def entry(self, uid: str) -> PodEntry | None:
+        name = self._where.get(uid)
+        state = self.node(name) if name else None
+        return state.pods.get(uid) if state else None
+
+    def usage(self, namespace: str) -> Usage:
+        with self._index:
+            u = self._usage.get(namespace, Usage())
+            return Usage(u.compute_millis, u.memory, u.tenants)
+
+    def _account(self, entry: PodEntry, sign: int) -> None:
+        u = self._usage.setdefault(entry.pod.namespace, Usage())
+        u.compute_millis += sign * entry.compute_millis * len(entry.assignment.gpus)
+        u.memory += sign * sum(g.memoryBytes for g in entry.assignment.gpus)
+        u.tenants += sign
+
+    def snapshot(self) -> dict[str, object]:
+        return {"nodes": [s.to_dict() for s in sorted(self.nodes(), key=lambda s: s.name)],
+                "expiredReservations": self.expired_total}
+
+
+def rebuild(nodes: Mapping[str, list[GpuInfo]], bound: Iterable[tuple[PodRef, Assignment, int]],
+            shared_fraction: float = 0.125, overcommit: float = 1.0,
+            clock: Callable[[], float] = time.monotonic) -> tuple[Ledger, list[str]]:
+    """A ledger built from the cluster's facts: node inventories and pods' assignment annotations
+    (pod, assignment, compute millis). Assignments that no longer fit are reported, not applied."""
+    ledger = Ledger(shared_fraction, overcommit, clock)
+    for name, gpus in nodes.items():
+        ledger.set_node(name, gpus)
+    problems: list[str] = []
+    for pod, assignment, millis in sorted(bound, key=lambda b: (b[1].assignedAt, b[0].uid)):
+        try:
+            ledger.reserve(pod, assignment, assignment.workload_class, millis, ttl=None)
+        except LedgerConflict as exc:
+            problems.append(f"pod {pod.key} ({pod.uid}): {exc}")
+    return ledger, problems
+
+
+__all__ = ["GpuAssignment", "GpuState", "Ledger", "NodeState", "PodEntry", "PodRef", "Slice", "Usage",
+           "burst_region", "rebuild"]

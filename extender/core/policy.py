@@ -1,0 +1,302 @@
+"""The policy: one typed YAML document that platform teams edit (a ConfigMap in the cluster).
+
+Every field has a documented default, so an empty file is a valid policy. Unknown keys are
+rejected (a typo must not silently fall back to a default). Errors name the field path and the
+bad value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from extender.core.errors import GpusliceError
+from extender.core.quantity import parse_bytes
+
+GpuClass = Literal["memory-bound", "compute-bound"]
+
+
+def _bytes(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: expected a byte quantity such as 60Gi or 64G") from exc
+
+
+Bytes = Annotated[int, BeforeValidator(_bytes)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class GpuModel(_Strict):
+    """Static facts of one GPU model (used when inventory lacks them, and for bandwidth)."""
+
+    computeUnits: int = Field(gt=0, description="active CUs of the whole GPU")
+    xcds: int = Field(gt=0, description="compute dies (XCC/XCD)")
+    shaderEngines: int = Field(gt=0, description="shader engines over all XCDs")
+    memory: Bytes = Field(description="HBM capacity")
+    bandwidthGBps: float = Field(gt=0, description="HBM bandwidth, GB/s")
+    balancedMultiple: int | None = Field(
+        default=None, gt=0, description="CU multiple that spreads evenly; default = shaderEngines"
+    )
+
+    @property
+    def balanced_multiple(self) -> int:
+        return self.balancedMultiple or self.shaderEngines
+
+
+def _default_models() -> dict[str, GpuModel]:
+    return {
+        "MI300X": GpuModel(computeUnits=304, xcds=8, shaderEngines=32, memory=206_158_430_208,
+                           bandwidthGBps=5300.0),
+        "MI325X": GpuModel(computeUnits=304, xcds=8, shaderEngines=32, memory=274_877_906_944,
+                           bandwidthGBps=6000.0),
+        "MI250X": GpuModel(computeUnits=110, xcds=1, shaderEngines=4, memory=68_719_476_736,
+                           bandwidthGBps=1600.0, balancedMultiple=4),
+    }
+
+
+class Rounding(_Strict):
+    """How a requested compute share becomes a CU count."""
+
+    mode: Literal["exact", "balanced", "powerOfTwo"] = Field(
+        default="balanced",
+        description="exact: ceil(share*CUs); balanced: up to the model's balanced multiple; "
+        "powerOfTwo: up to the next power of two",
+    )
+    minComputeUnits: int = Field(default=8, ge=1, description="no guarantee below this many CUs")
+
+
+class Layout(_Strict):
+    """How guaranteed CU sets are laid out in mask-bit order."""
+
+    mode: Literal["spread", "xcd"] = Field(
+        default="spread",
+        description="spread: contiguous bit ranges (balanced over XCDs and engines); "
+        "xcd: whole XCDs per tenant where the size allows",
+    )
+
+
+class Burst(_Strict):
+    sharedFraction: float = Field(
+        default=0.125, ge=0.0, le=0.5,
+        description="fraction of each GPU's CUs kept as a shared burst region, never guaranteed",
+    )
+
+
+class Weights(_Strict):
+    packing: float = Field(default=1.0, ge=0)
+    complementarity: float = Field(default=1.0, ge=0)
+    fragmentation: float = Field(default=0.5, ge=0)
+    topology: float = Field(default=0.25, ge=0)
+
+
+class Scoring(_Strict):
+    strategy: Literal["binpack", "spread"] = Field(
+        default="binpack", description="binpack fills used GPUs first; spread prefers empty ones"
+    )
+    weights: Weights = Weights()
+
+
+class ClassRules(_Strict):
+    """Co-location rules per GPU, by workload class."""
+
+    default: GpuClass = Field(
+        default="memory-bound",
+        description="class of a pod that names none and has no profile (the cautious choice)",
+    )
+    maxMemoryBoundPerGpu: int | None = Field(default=2, ge=1, description="None: no limit")
+    maxComputeBoundPerGpu: int | None = Field(default=None, ge=1, description="None: no limit")
+    bandwidthShare: dict[GpuClass, float] = Field(
+        default_factory=lambda: {"memory-bound": 0.5, "compute-bound": 0.2},
+        description="fraction of a GPU's HBM bandwidth one tenant of the class is expected to use",
+    )
+    bandwidthBudget: float | None = Field(
+        default=None, gt=0,
+        description="cap on the summed bandwidthShare of a GPU's tenants; None: no budget",
+    )
+
+    @model_validator(mode="after")
+    def _shares_in_range(self) -> ClassRules:
+        for cls, share in self.bandwidthShare.items():
+            if not 0 <= share <= 1:
+                raise ValueError(f"bandwidthShare.{cls}={share}: must be within 0..1")
+        return self
+
+
+class Interference(_Strict):
+    """Throughput lost per co-tenant (from the MI300X facts: two memory-bound halves lose 13% each)."""
+
+    memoryBoundPenalty: float = Field(default=0.13, ge=0, lt=1)
+    computeBoundPenalty: float = Field(default=0.03, ge=0, lt=1)
+
+
+class Overcommit(_Strict):
+    memory: float = Field(
+        default=1.0, ge=1.0, le=4.0,
+        description="sum of memory limits may reach this times the GPU's memory; guarantees never exceed it",
+    )
+
+
+class Solver(_Strict):
+    enabled: bool = Field(default=True, description="false: greedy best-fit only")
+    timeLimitMs: int = Field(default=15, ge=1, le=5000, description="wall-clock limit of one solve")
+    workers: int = Field(default=1, ge=1, le=8)
+
+
+class ThroughputPoint(_Strict):
+    computeUnits: int = Field(gt=0)
+    rps: float = Field(ge=0)
+
+
+class Profile(_Strict):
+    """Measured throughput of a model at CU counts, for right-sizing from a target req/s."""
+
+    gpuModel: str = Field(default="MI300X", description="the GPU model the points were measured on")
+    workloadClass: GpuClass = Field(default="memory-bound", alias="class")
+    minMemory: Bytes = Field(description="memory the model needs to load and serve")
+    points: list[ThroughputPoint] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Profile:
+        cus = [p.computeUnits for p in self.points]
+        if cus != sorted(cus) or len(set(cus)) != len(cus):
+            raise ValueError(f"points must have strictly increasing computeUnits, got {cus}")
+        return self
+
+
+class Quota(_Strict):
+    maxCompute: int | None = Field(default=None, ge=0, description="summed compute, millis of a GPU")
+    maxMemory: Bytes | None = Field(default=None, description="summed guaranteed memory")
+    maxTenants: int | None = Field(default=None, ge=0)
+
+
+class Reservations(_Strict):
+    ttlSeconds: float = Field(default=60.0, gt=0, description="a reservation never bound expires after this")
+
+
+class MemoryEnforcement(_Strict):
+    action: Literal["monitor", "evict"] = Field(
+        default="monitor", description="on a VRAM breach: monitor (metric + event) or evict"
+    )
+
+
+class Policy(_Strict):
+    apiVersion: Literal["gpuslice.io/v1"] = "gpuslice.io/v1"
+    prefix: str = Field(default="gpuslice.io", min_length=1, description="label/annotation key prefix")
+    models: dict[str, GpuModel] = Field(default_factory=_default_models)
+    defaultModel: str = Field(default="MI300X", description="model assumed when a node names none")
+    rounding: Rounding = Rounding()
+    layout: Layout = Layout()
+    burst: Burst = Burst()
+    scoring: Scoring = Scoring()
+    classes: ClassRules = ClassRules()
+    interference: Interference = Interference()
+    overcommit: Overcommit = Overcommit()
+    solver: Solver = Solver()
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+    quotas: dict[str, Quota] = Field(default_factory=dict, description="by namespace")
+    reservations: Reservations = Reservations()
+    memoryEnforcement: MemoryEnforcement = MemoryEnforcement()
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        if self.defaultModel not in self.models:
+            raise ValueError(f"defaultModel {self.defaultModel!r} is not in models {sorted(self.models)}")
+        for name, prof in self.profiles.items():
+            if prof.gpuModel not in self.models:
+                raise ValueError(f"profiles.{name}.gpuModel {prof.gpuModel!r} is not in models")
+        if "/" in self.prefix or " " in self.prefix:
+            raise ValueError(f"prefix {self.prefix!r} must be a DNS domain without '/' or spaces")
+        return self
+
+    @cached_property
+    def version(self) -> str:
+        """A short hash of the effective policy; written into every assignment."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def model_for(self, name: str | None) -> GpuModel:
+        return self.models.get(name or self.defaultModel) or self.models[self.defaultModel]
+
+
+class PolicyError(GpusliceError):
+    """A policy document is invalid. `problems` is a list of (field path, bad value, reason)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, object, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{path}: {reason} (got {value!r})" for path, value, reason in problems]
+        super().__init__(f"invalid policy {source}:\n  " + "\n  ".join(lines))
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(document)"
+
+
+def parse_policy(data: object, source: str = "<policy>") -> Policy:
+    """Validate a decoded YAML/JSON document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(source, [("(document)", data, "a policy is a mapping of fields")])
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_path(e["loc"]), e.get("input"), e["msg"]) for e in exc.errors()]
+        raise PolicyError(source, problems) from None
+
+
+def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [("(document)", None, f"not valid YAML: {exc}")]) from None
+    return parse_policy(data, source)
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise PolicyError(str(p), [("(file)", str(p), f"cannot read: {exc.strerror}")]) from None
+    return load_policy_text(text, str(p))
+
+
+def profile_rps(profile: Profile, cus: int) -> float:
+    """Throughput at `cus` CUs by linear interpolation between measured points (flat past the ends,
+    zero below the first point scaled linearly from the origin)."""
+    pts = profile.points
+    if cus <= pts[0].computeUnits:
+        return pts[0].rps * cus / pts[0].computeUnits
+    for lo, hi in zip(pts, pts[1:], strict=False):
+        if cus <= hi.computeUnits:
+            frac = (cus - lo.computeUnits) / (hi.computeUnits - lo.computeUnits)
+            return lo.rps + frac * (hi.rps - lo.rps)
+    return pts[-1].rps
+
+
+def round_cus(policy: Policy, model: GpuModel, total_cus: int, wanted: int) -> int:
+    """Apply the policy's rounding and minimum to a CU count, capped at the GPU's size."""
+    wanted = max(wanted, policy.rounding.minComputeUnits, 1)
+    mode = policy.rounding.mode
+    if mode == "balanced":
+        step = model.balanced_multiple
+        wanted = math.ceil(wanted / step) * step
+    elif mode == "powerOfTwo":
+        wanted = 1 << (wanted - 1).bit_length()
+    return min(wanted, total_cus)

@@ -1,0 +1,42 @@
+"""CU sets as range lists in mask-bit order: {0..31, 64..79} <-> "0-31,64-79"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def format_ranges(bits: Iterable[int]) -> str:
+    """Collapse a set of non-negative ints to "a-b,c,d-e" (sorted, no repeats). Empty set -> ""."""
+    ordered = sorted(set(bits))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        start = ordered[i]
+        while i + 1 < len(ordered) and ordered[i + 1] == ordered[i] + 1:
+            i += 1
+        end = ordered[i]
+        parts.append(str(start) if start == end else f"{start}-{end}")
+        i += 1
+    return ",".join(parts)
+
+
+def parse_ranges(text: str) -> frozenset[int]:
+    """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks and signs."""
+    if not isinstance(text, str):
+        raise ValueError("expected a string of ranges like '0-31,64-79'")
+    if text == "":
+        return frozenset()
+    bits: set[int] = set()
+    for part in text.split(","):
+        lo_text, sep, hi_text = part.partition("-")
+        if not lo_text.isdigit() or (sep and not hi_text.isdigit()):
+            raise ValueError(f"bad range {part!r}")
+        lo = int(lo_text)
+        hi = int(hi_text) if sep else lo
+        if hi < lo:
+            raise ValueError(f"descending range {part!r}")
+        span = set(range(lo, hi + 1))
+        if bits & span:
+            raise ValueError(f"range {part!r} repeats an id")
+        bits |= span
+    return frozenset(bits)

@@ -1,0 +1,224 @@
+"""Slice requests: what a pod asks for, read from its labels or annotations under the policy prefix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from extender.core.errors import SliceRequestError
+from extender.core.policy import GpuClass, GpuModel, Policy, profile_rps, round_cus
+from extender.core.quantity import parse_bytes, parse_millis, parse_quantity
+
+KEYS = ("vendor", "compute", "computeLimit", "memory", "memoryLimit", "count", "class", "profile",
+        "target-rps")
+VENDORS = ("amd",)
+CLASSES = ("memory-bound", "compute-bound", "auto")
+MAX_COUNT = 64
+
+
+@dataclass(frozen=True)
+class SliceRequest:
+    """One pod's request, per GPU, times `count` GPUs.
+
+    Compute is either a share of the GPU (`compute_millis`) or, for a profile sized from a
+    target req/s, an absolute CU count (`compute_cus`) measured on the profile's GPU model.
+    """
+
+    vendor: str
+    compute_millis: int
+    compute_limit_millis: int
+    memory_bytes: int
+    memory_limit_bytes: int
+    count: int
+    workload_class: GpuClass
+    profile: str | None = None
+    target_rps: float | None = None
+    compute_cus: int | None = None
+    predicted_rps: float | None = None
+
+    def guaranteed_cus(self, policy: Policy, model: GpuModel, total_cus: int) -> int:
+        """CUs to guarantee on a GPU with `total_cus` CUs, after the policy's rounding."""
+        if self.compute_cus is not None:
+            wanted = math.ceil(self.compute_cus * total_cus / model.computeUnits)
+        else:
+            wanted = math.ceil(self.compute_millis * total_cus / 1000)
+        return round_cus(policy, model, total_cus, wanted)
+
+    def limit_cus(self, total_cus: int) -> int:
+        return math.ceil(self.compute_limit_millis * total_cus / 1000)
+
+
+def _lookup(labels: Mapping[str, str], annotations: Mapping[str, str], key: str) -> str | None:
+    # Annotations win over labels: they carry values labels cannot (e.g. "0.5" is fine in both,
+    # but annotations are where tools write).
+    if key in annotations:
+        return annotations[key]
+    return labels.get(key)
+
+
+def has_slice_keys(labels: Mapping[str, str] | None, annotations: Mapping[str, str] | None,
+                   prefix: str) -> bool:
+    """True if the pod names any gpuslice key under the prefix (assignment is not a request key)."""
+    keys = {f"{prefix}/{k}" for k in KEYS}
+    return any(k in keys for k in (labels or {})) or any(k in keys for k in (annotations or {}))
+
+
+def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[str, str] | None,
+                        policy: Policy) -> SliceRequest | None:
+    """The pod's slice request, or None when it names no gpuslice key (pass-through).
+
+    Raises SliceRequestError naming the key, the value and the reason for anything malformed,
+    contradictory or unknown. Documented defaults: vendor `amd`, count 1, limits equal to the
+    requests, class from the profile or else the policy's `classes.default`.
+    """
+    labels = labels or {}
+    annotations = annotations or {}
+    if not has_slice_keys(labels, annotations, policy.prefix):
+        return None
+
+    def raw(name: str) -> str | None:
+        value = _lookup(labels, annotations, f"{policy.prefix}/{name}")
+        if value is not None and not isinstance(value, str):
+            raise SliceRequestError(f"{policy.prefix}/{name}", value, "must be a string")
+        return value
+
+    def key(name: str) -> str:
+        return f"{policy.prefix}/{name}"
+
+    vendor = (raw("vendor") or "amd").strip()
+    if vendor not in VENDORS:
+        raise SliceRequestError(key("vendor"), vendor, f"unsupported vendor; supported: {', '.join(VENDORS)}")
+
+    profile_name = raw("profile")
+    profile = None
+    if profile_name is not None:
+        profile = policy.profiles.get(profile_name)
+        if profile is None:
+            known = ", ".join(sorted(policy.profiles)) or "none defined"
+            raise SliceRequestError(key("profile"), profile_name, f"unknown profile (policy has: {known})")
+
+    cls_text = raw("class")
+    if cls_text is not None and cls_text not in CLASSES:
+        raise SliceRequestError(key("class"), cls_text, f"unknown class; use one of {', '.join(CLASSES)}")
+    if cls_text in (None, "auto"):
+        if profile is not None:
+            workload_class: GpuClass = profile.workloadClass
+        elif cls_text == "auto":
+            raise SliceRequestError(key("class"), cls_text, "class auto needs a profile to take it from")
+        else:
+            workload_class = policy.classes.default
+    else:
+        workload_class = cls_text  # type: ignore[assignment]
+
+    count_text = raw("count")
+    count = 1
+    if count_text is not None:
+        try:
+            qty = parse_quantity(count_text)
+        except ValueError as exc:
+            raise SliceRequestError(key("count"), count_text, str(exc)) from None
+        if qty != qty.to_integral_value():
+            raise SliceRequestError(key("count"), count_text, "must be a whole number of GPUs")
+        count = int(qty)
+        if count < 1:
+            raise SliceRequestError(key("count"), count_text, "must be at least 1")
+        if count > MAX_COUNT:
+            raise SliceRequestError(key("count"), count_text, f"must be at most {MAX_COUNT}")
+
+    target_text = raw("target-rps")
+    target_rps: float | None = None
+    compute_cus: int | None = None
+    predicted: float | None = None
+    if target_text is not None:
+        try:
+            target_rps = float(parse_quantity(target_text))
+        except ValueError as exc:
+            raise SliceRequestError(key("target-rps"), target_text, str(exc)) from None
+        if target_rps <= 0:
+            raise SliceRequestError(key("target-rps"), target_text, "must be greater than 0")
+        if profile is None:
+            raise SliceRequestError(key("target-rps"), target_text, f"needs {key('profile')} to size from")
+        model = policy.models[profile.gpuModel]
+        compute_cus, predicted = size_for_target(policy, profile_name or "", target_rps, model)
+
+    compute_text = raw("compute")
+    if compute_text is not None:
+        compute_millis = _millis(key("compute"), compute_text)
+        if compute_millis == 0:
+            raise SliceRequestError(key("compute"), compute_text, "must be greater than 0")
+    elif compute_cus is not None:
+        model = policy.models[profile.gpuModel]  # type: ignore[union-attr]
+        compute_millis = math.ceil(compute_cus * 1000 / model.computeUnits)
+    else:
+        raise SliceRequestError(key("compute"), None,
+                                f"missing: set {key('compute')} (e.g. 250m) or {key('profile')} + "
+                                f"{key('target-rps')}")
+    if compute_millis > 1000:
+        raise SliceRequestError(key("compute"), compute_text, "more than one GPU (1000m); use count")
+
+    limit_text = raw("computeLimit")
+    compute_limit = compute_millis if limit_text is None else _millis(key("computeLimit"), limit_text)
+    if compute_limit > 1000:
+        raise SliceRequestError(key("computeLimit"), limit_text, "more than one GPU (1000m)")
+    if compute_limit < compute_millis:
+        raise SliceRequestError(key("computeLimit"), limit_text,
+                                f"less than {key('compute')} ({compute_millis}m)")
+
+    mem_text = raw("memory")
+    if mem_text is not None:
+        memory = _bytes(key("memory"), mem_text)
+        if memory == 0:
+            raise SliceRequestError(key("memory"), mem_text, "must be greater than 0")
+        if profile is not None and memory < profile.minMemory:
+            raise SliceRequestError(key("memory"), mem_text,
+                                    f"below profile {profile_name}'s minimum of {profile.minMemory} bytes")
+    elif profile is not None:
+        memory = profile.minMemory
+    else:
+        raise SliceRequestError(key("memory"), None, f"missing: set {key('memory')} (e.g. 16Gi) or a profile")
+
+    mlimit_text = raw("memoryLimit")
+    memory_limit = memory if mlimit_text is None else _bytes(key("memoryLimit"), mlimit_text)
+    if memory_limit < memory:
+        raise SliceRequestError(key("memoryLimit"), mlimit_text, f"less than {key('memory')} ({memory} bytes)")
+
+    return SliceRequest(vendor=vendor, compute_millis=compute_millis, compute_limit_millis=compute_limit,
+                        memory_bytes=memory, memory_limit_bytes=memory_limit, count=count,
+                        workload_class=workload_class, profile=profile_name, target_rps=target_rps,
+                        compute_cus=compute_cus if compute_text is None else None, predicted_rps=predicted)
+
+
+def _millis(key: str, text: str) -> int:
+    try:
+        return parse_millis(text)
+    except ValueError as exc:
+        raise SliceRequestError(key, text, str(exc)) from None
+
+
+def _bytes(key: str, text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise SliceRequestError(key, text, str(exc)) from None
+
+
+def size_for_target(policy: Policy, profile_name: str, target_rps: float, model: GpuModel,
+                    co_tenant_penalty: float = 0.0) -> tuple[int, float]:
+    """Smallest CU count (after rounding) whose profile throughput, less `co_tenant_penalty`,
+    meets `target_rps`. Returns (cus, predicted rps). Raises SliceRequestError if none does."""
+    profile = policy.profiles[profile_name]
+    total = model.computeUnits
+    best: tuple[int, float] | None = None
+    for wanted in range(1, total + 1):
+        cus = round_cus(policy, model, total, wanted)
+        if best is not None and cus == best[0]:
+            continue
+        rps = profile_rps(profile, cus) * (1.0 - co_tenant_penalty)
+        best = (cus, rps)
+        if rps >= target_rps:
+            return cus, rps
+    top = best[1] if best else 0.0
+    raise SliceRequestError(f"{policy.prefix}/target-rps", f"{target_rps:g}",
+                            f"profile {profile_name} reaches at most {top:.1f} req/s on one {total}-CU "
+                            f"GPU; lower the target or run more replicas")

@@ -1,0 +1,1 @@
+"""Placement decisions (filter / score / bind) over a cluster view and a policy."""

@@ -1,0 +1,129 @@
+"""The cluster as the engine sees it: plain views of Pods and Nodes, and the interface that records
+a bind. The in-memory implementation backs the demo and the simulator; the Kubernetes one lives in
+`extender.kube`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from extender.core.errors import GpusliceError, TemporaryError
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class PodView:
+    uid: str
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    node_name: str | None = None
+    phase: str = "Pending"
+    deleting: bool = False
+    resource_version: str | None = None
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    priority: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    allocatable: Mapping[str, str] = field(default_factory=dict)
+    unschedulable: bool = False
+    resource_version: str | None = None
+
+
+class BindError(GpusliceError):
+    """The cluster refused to record a bind. `temporary` tells whether a retry may succeed."""
+
+    def __init__(self, message: str, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class Cluster(Protocol):
+    """What the engine needs from a cluster."""
+
+    def get_pod(self, namespace: str, name: str) -> PodView | None: ...
+
+    def list_nodes(self) -> list[NodeView]: ...
+
+    def list_pods(self) -> list[PodView]: ...
+
+    def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
+        """Write `annotations` onto the pod, then bind it to `node`; all or nothing. Raises BindError."""
+        ...
+
+
+class MemoryCluster:
+    """An in-memory cluster: the demo's and the simulator's source of truth."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeView] = {}
+        self._pods: dict[str, PodView] = {}  # uid -> pod
+        self._lock = threading.Lock()
+        self.binds = 0
+
+    def add_node(self, node: NodeView) -> None:
+        with self._lock:
+            self._nodes[node.name] = node
+
+    def remove_node(self, name: str) -> None:
+        with self._lock:
+            self._nodes.pop(name, None)
+
+    def add_pod(self, pod: PodView) -> None:
+        with self._lock:
+            self._pods[pod.uid] = pod
+
+    def remove_pod(self, uid: str) -> PodView | None:
+        with self._lock:
+            return self._pods.pop(uid, None)
+
+    def get_pod(self, namespace: str, name: str) -> PodView | None:
+        with self._lock:
+            for pod in self._pods.values():
+                if pod.namespace == namespace and pod.name == name:
+                    return pod
+        return None
+
+    def get_node(self, name: str) -> NodeView | None:
+        return self._nodes.get(name)
+
+    def list_nodes(self) -> list[NodeView]:
+        with self._lock:
+            return list(self._nodes.values())
+
+    def list_pods(self) -> list[PodView]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
+        with self._lock:
+            if node not in self._nodes:
+                raise BindError(f"node {node} not found")
+            current = self._pods.get(pod.uid)
+            if current is not None and current.node_name and current.node_name != node:
+                raise BindError(f"pod {pod.key} is already bound to {current.node_name}")
+            base = current or pod
+            self._pods[pod.uid] = replace(base, annotations={**base.annotations, **annotations},
+                                          node_name=node, phase="Running")
+            self.binds += 1
+
+
+__all__ = ["BindError", "Cluster", "MemoryCluster", "NodeView", "PodView", "TemporaryError"]

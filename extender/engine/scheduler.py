@@ -1,0 +1,360 @@
+"""The extender's decisions — filter, prioritize, bind — over a cluster and a ledger.
+
+This is the one placement path: the HTTP face, the Kubernetes watch and the simulator all call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
+from extender.core.errors import AssignmentError, InventoryError, LedgerConflict, SliceRequestError
+from extender.core.inventory import (
+    INVENTORY_ANNOTATION,
+    LABEL_CU_COUNT,
+    LABEL_PRODUCT,
+    LABEL_VRAM,
+    RESOURCE_AMD_GPU,
+    GpuInfo,
+    inventory_for_node,
+)
+from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
+from extender.core.policy import Policy
+from extender.core.requests import SliceRequest, parse_slice_request
+from extender.engine.cluster import BindError, Cluster, NodeView, PodView
+from extender.engine.placement import NodeFit, build_assignment, evaluate, to_score
+from extender.engine.policy_store import PolicyStore
+
+log = logging.getLogger(__name__)
+
+NEUTRAL_SCORE = 5
+PENDING_CACHE = 20_000
+MEMO_LIMIT = 64
+
+
+@dataclass
+class FilterResult:
+    passed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unresolvable: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class EngineStats:
+    """Plain counters; the Prometheus collector reads them at scrape time."""
+
+    filter_rejections: Counter[str] = field(default_factory=Counter)  # reason category -> nodes
+    binds: Counter[str] = field(default_factory=Counter)  # result -> count
+    skipped_nodes: dict[str, str] = field(default_factory=dict)  # node -> inventory problem
+    rebuild_problems: list[str] = field(default_factory=list)
+    last_sync: float | None = None
+
+
+Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
+
+
+class Engine:
+    def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cluster = cluster
+        self.policies = policies
+        self.placer = placer
+        self.clock = clock
+        p = policies.current
+        self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
+        self.stats = EngineStats()
+        self._pending: OrderedDict[str, PodView] = OrderedDict()
+        self._pending_lock = threading.Lock()
+        self._node_sig: dict[str, tuple] = {}
+        self._last_expire = 0.0
+        self.synced = False
+        policies.on_change(self._policy_changed)
+
+    # --- state from the cluster ----------------------------------------------------------------
+    def sync(self) -> list[str]:
+        """Rebuild every ledger from the cluster (start-up, or after losing the watch)."""
+        policy = self.policies.current
+        nodes: dict[str, list[GpuInfo]] = {}
+        self.stats.skipped_nodes.clear()
+        for view in self.cluster.list_nodes():
+            gpus = self._inventory(view, policy)
+            if gpus is not None:
+                nodes[view.name] = gpus
+                self._node_sig[view.name] = _signature(view)
+        bound = []
+        problems: list[str] = []
+        for pod in self.cluster.list_pods():
+            if pod.terminal or ASSIGNMENT_ANNOTATION not in pod.annotations or not pod.node_name:
+                continue
+            try:
+                a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+            except AssignmentError as exc:
+                problems.append(f"pod {pod.key}: {exc}")
+                continue
+            bound.append((PodRef(pod.uid, pod.namespace, pod.name), a, _millis_of(pod, policy)))
+        ledger, conflicts = rebuild(nodes, bound, policy.burst.sharedFraction, policy.overcommit.memory,
+                                    self.clock)
+        self.ledger = ledger
+        self.stats.rebuild_problems = problems + conflicts
+        self.stats.last_sync = time.time()
+        self.synced = True
+        for p in self.stats.rebuild_problems:
+            log.warning("rebuild: %s", p)
+        return self.stats.rebuild_problems
+
+    def observe_node(self, view: NodeView) -> bool:
+        """Add or refresh a node's inventory; False (and a recorded reason) if it is unreadable."""
+        sig = _signature(view)
+        if self._node_sig.get(view.name) == sig and self.ledger.node(view.name) is not None:
+            return True
+        gpus = self._inventory(view, self.policies.current)
+        if gpus is None:
+            return False
+        self.ledger.set_node(view.name, gpus)
+        self._node_sig[view.name] = sig
+        return True
+
+    def forget_node(self, name: str) -> None:
+        self.ledger.remove_node(name)
+        self._node_sig.pop(name, None)
+        self.stats.skipped_nodes.pop(name, None)
+
+    def observe_pod(self, pod: PodView) -> None:
+        """A pod changed in the cluster: free its slice if it ended, record it if it is bound."""
+        if pod.terminal:
+            self.forget_pod(pod.uid)
+            return
+        if not pod.node_name or ASSIGNMENT_ANNOTATION not in pod.annotations:
+            return
+        entry = self.ledger.entry(pod.uid)
+        if entry is not None and not entry.reserved:
+            return
+        try:
+            a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+            self.ledger.reserve(PodRef(pod.uid, pod.namespace, pod.name), a, a.workload_class,
+                                _millis_of(pod, self.policies.current), ttl=None)
+        except (AssignmentError, LedgerConflict) as exc:
+            log.warning("pod %s: assignment not recorded: %s", pod.key, exc)
+
+    def forget_pod(self, uid: str) -> None:
+        self.ledger.release(uid)
+        with self._pending_lock:
+            self._pending.pop(uid, None)
+
+    def _inventory(self, view: NodeView, policy: Policy) -> list[GpuInfo] | None:
+        try:
+            gpus = inventory_for_node(view.name, view.labels, view.annotations, view.allocatable, policy)
+        except InventoryError as exc:
+            self.stats.skipped_nodes[view.name] = str(exc)
+            log.warning("node %s skipped: %s", view.name, exc)
+            return None
+        self.stats.skipped_nodes.pop(view.name, None)
+        return gpus
+
+    def _policy_changed(self, policy: Policy) -> None:
+        if policy.burst.sharedFraction != self.ledger.shared_fraction:
+            self.ledger.set_burst_fraction(policy.burst.sharedFraction)
+        self.ledger.overcommit = policy.overcommit.memory
+
+    # --- verbs ---------------------------------------------------------------------------------
+    def filter(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
+               names: Iterable[str] | None = None) -> FilterResult:
+        policy = self.policies.current
+        self._maybe_expire()
+        candidates = self._candidates(nodes, names)
+        result = FilterResult()
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError as exc:
+            msg = f"gpuslice: {exc}"
+            result.unresolvable = {n: msg for n in candidates}
+            self.stats.filter_rejections["invalid-request"] += len(candidates)
+            return result
+        if req is None:
+            result.passed = list(candidates)
+            return result
+        self._remember(pod)
+        quota = self._quota_problem(pod, req, policy)
+        if quota:
+            result.failed = {n: quota for n in candidates}
+            self.stats.filter_rejections["quota"] += len(candidates)
+            return result
+        for name, problem in candidates.items():
+            if problem:
+                result.failed[name] = problem
+                self.stats.filter_rejections["inventory"] += 1
+                continue
+            state = self.ledger.node(name)
+            if state is None:
+                result.failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
+                self.stats.filter_rejections["unknown-node"] += 1
+                continue
+            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy)
+            if fit.ok:
+                result.passed.append(name)
+            else:
+                result.failed[name] = f"gpuslice: {fit.reason}"
+                self.stats.filter_rejections[fit.category] += 1
+        return result
+
+    def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
+                   names: Iterable[str] | None = None) -> list[tuple[str, int]]:
+        policy = self.policies.current
+        candidates = self._candidates(nodes, names)
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError:
+            return [(n, 0) for n in candidates]
+        if req is None:
+            return [(n, NEUTRAL_SCORE) for n in candidates]
+        out = []
+        for name in candidates:
+            state = self.ledger.node(name)
+            if state is None:
+                out.append((name, 0))
+                continue
+            out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
+                                                 else state, policy))))
+        return out
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
+        """Reserve the slice, record the assignment and the binding in the cluster; roll back on any
+        failure. Returns "" on success, else the error for kube-scheduler."""
+        try:
+            self._bind(namespace, name, uid, node)
+        except BindError as exc:
+            self.stats.binds["error"] += 1
+            return str(exc)
+        self.stats.binds["ok"] += 1
+        return ""
+
+    def _bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        policy = self.policies.current
+        pod = self._lookup(namespace, name, uid)
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError as exc:
+            raise BindError(f"gpuslice: {exc}") from None
+        if req is None:
+            self.cluster.bind_pod(pod, node, {})
+            return
+        quota = self._quota_problem(pod, req, policy)
+        if quota:
+            raise BindError(quota)
+        ref = PodRef(uid, namespace, name)
+        try:
+            with self.ledger.locked(node) as state:
+                fit = self._fit(req, state.without(uid), policy)
+                if not fit.ok:
+                    raise BindError(f"gpuslice: node {node}: {fit.reason}")
+                assignment = build_assignment(req, node, fit.choices, policy)
+                self.ledger.reserve(ref, assignment, req.workload_class, req.compute_millis,
+                                    ttl=policy.reservations.ttlSeconds)
+        except LedgerConflict as exc:
+            raise BindError(f"gpuslice: node {node}: {exc}", temporary=True) from None
+        try:
+            self.cluster.bind_pod(pod, node, {ASSIGNMENT_ANNOTATION: assignment.to_json()})
+        except BindError:
+            self.ledger.release(uid)
+            raise
+        except Exception as exc:  # the cluster adapter failed unexpectedly: still roll back
+            self.ledger.release(uid)
+            raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
+        self.ledger.commit(uid)
+        with self._pending_lock:
+            self._pending.pop(uid, None)
+
+    def assignment_for(self, uid: str) -> Assignment | None:
+        entry = self.ledger.entry(uid)
+        return entry.assignment if entry else None
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _candidates(self, nodes: Iterable[NodeView] | None, names: Iterable[str] | None) -> dict[str, str]:
+        """Node name -> "" or the reason it cannot be used. In the `Nodes` form, nodes not seen yet
+        are read from the request's Node objects."""
+        out: dict[str, str] = {}
+        if nodes is not None:
+            for view in nodes:
+                ok = self.observe_node(view)
+                out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
+            return out
+        for name in names or ():
+            skipped = self.stats.skipped_nodes.get(name)
+            out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
+        return out
+
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
+        key = (req, policy.version)
+        fit = state.memo.get(key)
+        if fit is None:
+            fit = self.placer(req, state, policy)
+            if len(state.memo) >= MEMO_LIMIT:
+                state.memo.clear()
+            state.memo[key] = fit
+        return fit  # type: ignore[return-value]
+
+    def _remember(self, pod: PodView) -> None:
+        with self._pending_lock:
+            self._pending[pod.uid] = pod
+            self._pending.move_to_end(pod.uid)
+            while len(self._pending) > PENDING_CACHE:
+                self._pending.popitem(last=False)
+
+    def _lookup(self, namespace: str, name: str, uid: str) -> PodView:
+        with self._pending_lock:
+            pod = self._pending.get(uid)
+        if pod is None:
+            pod = self.cluster.get_pod(namespace, name)
+        if pod is None:
+            raise BindError(f"gpuslice: pod {namespace}/{name} not found")
+        if pod.uid != uid:
+            raise BindError(f"gpuslice: pod {namespace}/{name} has uid {pod.uid}, not {uid} (recreated?)")
+        return pod
+
+    def _quota_problem(self, pod: PodView, req: SliceRequest, policy: Policy) -> str:
+        quota = policy.quotas.get(pod.namespace)
+        if quota is None:
+            return ""
+        used = self.ledger.usage(pod.namespace)
+        entry = self.ledger.entry(pod.uid)
+        if entry is not None:  # a repeated request for a pod already counted
+            used.compute_millis -= entry.compute_millis * len(entry.assignment.gpus)
+            used.memory -= sum(g.memoryBytes for g in entry.assignment.gpus)
+            used.tenants -= 1
+        ns = pod.namespace
+        if quota.maxTenants is not None and used.tenants + 1 > quota.maxTenants:
+            return f"gpuslice: namespace {ns} quota: {used.tenants} of {quota.maxTenants} GPU tenants in use"
+        if quota.maxCompute is not None and used.compute_millis + req.compute_millis * req.count > quota.maxCompute:
+            return (f"gpuslice: namespace {ns} quota: compute {used.compute_millis}m + "
+                    f"{req.compute_millis * req.count}m > {quota.maxCompute}m")
+        if quota.maxMemory is not None and used.memory + req.memory_bytes * req.count > quota.maxMemory:
+            return (f"gpuslice: namespace {ns} quota: memory {used.memory} + {req.memory_bytes * req.count} "
+                    f"bytes > {quota.maxMemory}")
+        return ""
+
+    def _maybe_expire(self) -> None:
+        now = self.clock()
+        if now - self._last_expire >= 1.0:
+            self._last_expire = now
+            n = self.ledger.expire()
+            if n:
+                log.warning("%d reservation(s) expired without a bind", n)
+
+
+def _signature(view: NodeView) -> tuple:
+    return (view.annotations.get(INVENTORY_ANNOTATION), view.labels.get(LABEL_CU_COUNT),
+            view.labels.get(LABEL_VRAM), view.labels.get(LABEL_PRODUCT), view.allocatable.get(RESOURCE_AMD_GPU))
+
+
+def _millis_of(pod: PodView, policy: Policy) -> int:
+    try:
+        req = parse_slice_request(pod.labels, pod.annotations, policy)
+    except SliceRequestError:
+        return 0
+    return req.compute_millis if req else 0
