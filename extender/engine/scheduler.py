@@ -71,6 +71,7 @@ class Engine:
         self.stats = EngineStats()
         self._pending: OrderedDict[str, PodView] = OrderedDict()
         self._pending_lock = threading.Lock()
+        self._binding: set[str] = set()  # pod UIDs with a bind in flight (guarded by _pending_lock)
         self._node_sig: dict[str, tuple] = {}
         self._last_expire = 0.0
         self.synced = False
@@ -235,6 +236,19 @@ class Engine:
         return ""
 
     def _bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        # kube-scheduler retries a bind that timed out, maybe to another node, while the first may still
+        # be running; two binds of one pod at once could each undo the other's slice.
+        with self._pending_lock:
+            if uid in self._binding:
+                raise BindError(f"gpuslice: pod {namespace}/{name}: a bind is already in flight", temporary=True)
+            self._binding.add(uid)
+        try:
+            self._bind_once(namespace, name, uid, node)
+        finally:
+            with self._pending_lock:
+                self._binding.discard(uid)
+
+    def _bind_once(self, namespace: str, name: str, uid: str, node: str) -> None:
         policy = self.policies.current
         pod = self._lookup(namespace, name, uid)
         try:
@@ -248,6 +262,11 @@ class Engine:
         if quota:
             raise BindError(quota)
         ref = PodRef(uid, namespace, name)
+        held = self.ledger.entry(uid)
+        if held is not None and not held.reserved:  # bound already: replacing it would lose that slice
+            if held.assignment.node == node:
+                return
+            raise BindError(f"gpuslice: pod {namespace}/{name} is already bound to {held.assignment.node}")
         try:
             with self.ledger.locked(node) as state:
                 fit = self._fit(req, state.without(uid), policy)
@@ -261,12 +280,19 @@ class Engine:
         try:
             self.cluster.bind_pod(pod, node, {ASSIGNMENT_ANNOTATION: assignment.to_json()})
         except BindError:
-            self.ledger.release(uid)
+            self.ledger.release(uid, assignment)
             raise
         except Exception as exc:  # the cluster adapter failed unexpectedly: still roll back
-            self.ledger.release(uid)
+            self.ledger.release(uid, assignment)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
-        self.ledger.commit(uid)
+        if not self.ledger.commit(uid, assignment):
+            # The reservation expired or a retried bind replaced it while the API call ran; the
+            # cluster now runs the pod with this assignment, and the cluster is the source of truth.
+            try:
+                self.ledger.reserve(ref, assignment, req.workload_class, req.compute_millis, ttl=None)
+            except LedgerConflict as exc:
+                self.stats.binds["conflict-after-bind"] += 1
+                log.error("pod %s bound to %s but its slice now conflicts: %s", ref.key, node, exc)
         with self._pending_lock:
             self._pending.pop(uid, None)
 
