@@ -285,6 +285,25 @@ class LedgerMachine(RuleBasedStateMachine):
             del self.model[u]
             assert self.ledger.entry(u) is None
 
+    @rule(fraction=st.sampled_from([0.0, 0.125, 0.25, 0.5]))
+    def policy_changes_the_burst_region(self, fraction: float) -> None:
+        """Tenants keep their CUs; later placements must avoid bursts that now lie outside the region."""
+        self.policy = self.policy.model_copy(update={"burst": self.policy.burst.model_copy(
+            update={"sharedFraction": fraction})})
+        before = {n: [g.slices for g in s.gpus] for n, s in self.states().items()}
+        self.ledger.set_burst_fraction(fraction)
+        assert {n: [g.slices for g in s.gpus] for n, s in self.states().items()} == before
+
+    @rule(node=st.sampled_from(NODES), data=st.data())
+    def gpu_health_changes(self, node: str, data: st.DataObject) -> None:
+        gpus = self.inventories[node]
+        i = data.draw(st.integers(0, len(gpus) - 1))
+        gpus[i] = GpuInfo(**{**gpus[i].__dict__, "healthy": not gpus[i].healthy})
+        before = [g.slices for g in self.ledger.node(node).gpus]
+        self.ledger.set_node(node, gpus)
+        assert [g.slices for g in self.ledger.node(node).gpus] == before
+        assert self.ledger.node(node).gpu(i).info.healthy == gpus[i].healthy
+
     @rule()
     def rebuild_equals_incremental(self) -> None:
         assert_rebuild_equal(self.ledger, self.inventories)
