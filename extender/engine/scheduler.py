@@ -176,10 +176,12 @@ class Engine:
             result.unresolvable = {n: msg for n in candidates}
             self.stats.filter_rejections["invalid-request"] += len(candidates)
             return result
+        # Remember every pod filter saw (pass-through ones too): bind gets only names and a UID, and
+        # the pod may not be readable from the cluster yet (or at all, in the demo).
+        self._remember(pod)
         if req is None:
             result.passed = list(candidates)
             return result
-        self._remember(pod)
         quota = self._quota_problem(pod, req, policy)
         if quota:
             result.failed = {n: quota for n in candidates}
@@ -243,6 +245,7 @@ class Engine:
             raise BindError(f"gpuslice: {exc}") from None
         if req is None:
             self.cluster.bind_pod(pod, node, {})
+            self._forget_pending(uid)
             return
         quota = self._quota_problem(pod, req, policy)
         if quota:
@@ -267,6 +270,9 @@ class Engine:
             self.ledger.release(uid)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
         self.ledger.commit(uid)
+        self._forget_pending(uid)
+
+    def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:
             self._pending.pop(uid, None)
 
