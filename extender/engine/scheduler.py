@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
@@ -275,6 +275,27 @@ class Engine:
     def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:
             self._pending.pop(uid, None)
+
+    def preempt(self, pod: PodView, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """kube-scheduler proposes, per node, the pods (UIDs) it would evict for `pod`. Keep the nodes
+        where the slice fits once those victims' slices are freed; gpuslice never adds victims."""
+        policy = self.policies.current
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError:
+            return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
+        if req is None:
+            return {node: list(uids) for node, uids in victims.items()}
+        out: dict[str, list[str]] = {}
+        for node, uids in victims.items():
+            state = self.ledger.node(node)
+            if state is None:
+                continue
+            for uid in (*uids, pod.uid):
+                state = state.without(uid)
+            if self.placer(req, state, policy).ok:
+                out[node] = list(uids)
+        return out
 
     def assignment_for(self, uid: str) -> Assignment | None:
         entry = self.ledger.entry(uid)

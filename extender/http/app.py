@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from pydantic_core import to_json
 from werkzeug.exceptions import HTTPException
 
 from extender import __version__
@@ -26,7 +27,9 @@ from extender.http.metrics import ExtenderMetrics
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 2**20  # a 5,000-node NodeList from kube-scheduler is about 11 MiB
+# Measured: a 5,000-node NodeList of realistic Nodes (agent inventory, labels, managedFields, images)
+# is about 35 MiB (tests/http/test_bad_input.py); 64 MiB leaves room for bigger Node objects.
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 DEFAULT_URL_PREFIX = "/scheduler"
 
 
@@ -84,7 +87,7 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
                 except Exception as exc:  # an engine bug must not become a 5xx that kube-scheduler retries
                     log.exception("%s failed", name)
                     out = on_error(parsed, f"gpuslice: internal error in {name}: {type(exc).__name__}: {exc}")
-                return jsonify(out)
+                return _json(out)
             finally:
                 metrics.request_duration.labels(name).observe(time.perf_counter() - start)
 
@@ -102,6 +105,9 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
     serve_verb("prioritize", wire.parse_extender_args,
                lambda a: wire.priority_reply(engine.prioritize(a.pod, nodes=a.nodes, names=a.names)),
                prioritize_error)
+    serve_verb("preempt", wire.parse_preemption_args,
+               lambda a: wire.preemption_reply(a, engine.preempt(a.pod, {n: v[0] for n, v in a.victims.items()})),
+               lambda a, _message: wire.preemption_reply(a, {n: v[0] for n, v in a.victims.items()}))
     serve_verb("bind", wire.parse_binding_args,
                lambda b: wire.binding_reply(engine.bind(b.PodNamespace, b.PodName, b.PodUID, b.Node)),
                lambda _b, message: wire.binding_reply(message))
@@ -139,6 +145,11 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
         return _error(exc.code or 500, exc.description or exc.name)
 
     return app
+
+
+def _json(out: object) -> Response:
+    # pydantic-core's serializer: a filter reply in the Nodes form may hold thousands of Node objects
+    return Response(to_json(out), mimetype="application/json")
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:

@@ -20,7 +20,7 @@ from extender.engine.placement import COMPUTE_BOUND, MEMORY_BOUND
 from extender.engine.scheduler import Engine
 
 CLASSES = (MEMORY_BOUND, COMPUTE_BOUND)
-VERBS = ("filter", "prioritize", "bind")
+VERBS = ("filter", "prioritize", "preempt", "bind")
 # Extender calls are milliseconds normally; kube-scheduler gives up at 5 s.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

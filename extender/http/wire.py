@@ -206,8 +206,28 @@ def parse_binding_args(data: object) -> ExtenderBindingArgs:
     return _validate(ExtenderBindingArgs, data, "ExtenderBindingArgs")
 
 
-def parse_preemption_args(data: object) -> ExtenderPreemptionArgs:
-    return _validate(ExtenderPreemptionArgs, data, "ExtenderPreemptionArgs")
+class ParsedPreemption:
+    """ExtenderPreemptionArgs in either form, as node -> (victim UIDs, PDB violations)."""
+
+    __slots__ = ("pod", "victims")
+
+    def __init__(self, pod: PodView, victims: dict[str, tuple[list[str], int]]) -> None:
+        self.pod = pod
+        self.victims = victims
+
+
+def parse_preemption_args(data: object) -> ParsedPreemption:
+    args: ExtenderPreemptionArgs = _validate(ExtenderPreemptionArgs, data, "ExtenderPreemptionArgs")
+    victims: dict[str, tuple[list[str], int]] = {}
+    if args.NodeNameToMetaVictims is not None:
+        for node, meta in args.NodeNameToMetaVictims.items():
+            victims[node] = ([p.UID for p in meta.Pods], meta.NumPDBViolations)
+    elif args.NodeNameToVictims is not None:
+        for node, full in args.NodeNameToVictims.items():
+            victims[node] = ([p.metadata.uid for p in full.Pods], full.NumPDBViolations)
+    else:
+        raise WireError("NodeNameToVictims/NodeNameToMetaVictims", None, "one of them is required")
+    return ParsedPreemption(pod_view(args.Pod), victims)
 
 
 # --- conversion to engine views --------------------------------------------------------------
@@ -281,6 +301,13 @@ def error_filter_reply(message: str) -> dict[str, Any]:
 
 def priority_reply(scores: list[tuple[str, int]]) -> list[dict[str, Any]]:
     return [{"Host": host, "Score": max(0, min(10, int(score)))} for host, score in scores]
+
+
+def preemption_reply(args: ParsedPreemption, kept: dict[str, list[str]]) -> dict[str, Any]:
+    """Always the meta form (kube-scheduler reads NodeNameToMetaVictims whichever form it sent)."""
+    return {"NodeNameToMetaVictims": {
+        node: {"Pods": [{"UID": uid} for uid in uids], "NumPDBViolations": args.victims[node][1]}
+        for node, uids in kept.items()}}
 
 
 def binding_reply(error: str) -> dict[str, Any]:
