@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
@@ -176,10 +176,12 @@ class Engine:
             result.unresolvable = {n: msg for n in candidates}
             self.stats.filter_rejections["invalid-request"] += len(candidates)
             return result
+        # Remember every pod filter saw (pass-through ones too): bind gets only names and a UID, and
+        # the pod may not be readable from the cluster yet (or at all, in the demo).
+        self._remember(pod)
         if req is None:
             result.passed = list(candidates)
             return result
-        self._remember(pod)
         quota = self._quota_problem(pod, req, policy)
         if quota:
             result.failed = {n: quota for n in candidates}
@@ -243,6 +245,7 @@ class Engine:
             raise BindError(f"gpuslice: {exc}") from None
         if req is None:
             self.cluster.bind_pod(pod, node, {})
+            self._forget_pending(uid)
             return
         quota = self._quota_problem(pod, req, policy)
         if quota:
@@ -267,8 +270,32 @@ class Engine:
             self.ledger.release(uid)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
         self.ledger.commit(uid)
+        self._forget_pending(uid)
+
+    def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:
             self._pending.pop(uid, None)
+
+    def preempt(self, pod: PodView, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """kube-scheduler proposes, per node, the pods (UIDs) it would evict for `pod`. Keep the nodes
+        where the slice fits once those victims' slices are freed; gpuslice never adds victims."""
+        policy = self.policies.current
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError:
+            return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
+        if req is None:
+            return {node: list(uids) for node, uids in victims.items()}
+        out: dict[str, list[str]] = {}
+        for node, uids in victims.items():
+            state = self.ledger.node(node)
+            if state is None:
+                continue
+            for uid in (*uids, pod.uid):
+                state = state.without(uid)
+            if self.placer(req, state, policy).ok:
+                out[node] = list(uids)
+        return out
 
     def assignment_for(self, uid: str) -> Assignment | None:
         entry = self.ledger.entry(uid)
