@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from extender.agent.allocation import allocation_for
+from extender.agent.runner import add_run_parser
 from extender.agent.topology import read_topology
 from extender.core.assignment import parse_assignment
 from extender.core.errors import InputError
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     env.add_argument("--root", default="/", help="host root the sysfs tree lives under (default /)")
     env.add_argument("--assignment", required=True, help="file holding a gpuslice.io/assignment JSON")
     env.set_defaults(func=env_cmd)
+
+    add_run_parser(asub)
 
 
 def inventory_cmd(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from extender.agent.metrics import AgentMetrics
 from extender.agent.podmatch import RESOURCE, AllocationError, PodMatcher
 from extender.agent.proto import api_pb2, api_pb2_grpc
 from extender.agent.topology import Topology
@@ -85,9 +86,10 @@ def _device_pb(d: ShareDevice) -> api_pb2.Device:
 
 
 class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
-    def __init__(self, devices: DeviceList, matcher: PodMatcher) -> None:
+    def __init__(self, devices: DeviceList, matcher: PodMatcher, metrics: AgentMetrics | None = None) -> None:
         self.devices = devices
         self.matcher = matcher
+        self.metrics = metrics
 
     def GetDevicePluginOptions(self, request: api_pb2.Empty,
                                context: grpc.ServicerContext) -> api_pb2.DevicePluginOptions:
@@ -119,8 +121,12 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 claim = self.matcher.allocate(list(req.devices_ids))
             except AllocationError as exc:
                 log.error("Allocate %s failed: %s", list(req.devices_ids), exc)
+                if self.metrics:
+                    self.metrics.allocations.labels("error").inc()
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             alloc = claim.allocation
+            if self.metrics:
+                self.metrics.allocations.labels("ok").inc()
             responses.append(api_pb2.ContainerAllocateResponse(
                 envs=alloc.envs,
                 devices=[api_pb2.DeviceSpec(container_path=p, host_path=p, permissions="rw") for p in alloc.devices],
@@ -145,12 +151,12 @@ class DevicePlugin:
     """Serves the plugin socket and keeps it registered with kubelet."""
 
     def __init__(self, plugin_dir: str | Path, devices: DeviceList, matcher: PodMatcher,
-                 endpoint: str = ENDPOINT, resource: str = RESOURCE) -> None:
+                 endpoint: str = ENDPOINT, resource: str = RESOURCE, metrics: AgentMetrics | None = None) -> None:
         self.dir = Path(plugin_dir)
         self.endpoint = endpoint
         self.resource = resource
         self.devices = devices
-        self.service = DevicePluginService(devices, matcher)
+        self.service = DevicePluginService(devices, matcher, metrics)
         self._server: grpc.Server | None = None
         self._kubelet: tuple[int, int] | None = None
         self._served: tuple[int, int] | None = None
