@@ -159,7 +159,9 @@ def run_cmd(args: argparse.Namespace) -> int:
     from extender.agent.kube import KubeAdapter, load_core_api
 
     action = "monitor"
-    if args.policy:
+    if args.policy and not Path(args.policy).exists():
+        log.warning("policy file %s not found; VRAM breaches are monitored, not evicted", args.policy)
+    elif args.policy:
         try:
             action = load_policy(args.policy).memoryEnforcement.action
         except PolicyError as exc:

@@ -6,11 +6,11 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
+from kubelet_fake import FakeKubelet
 
 from extender.agent.deviceplugin import KUBELET_SOCKET, DeviceList, DevicePlugin, share_devices
 from extender.agent.podmatch import MemoryPodSource, PodInfo, PodMatcher
@@ -20,34 +20,6 @@ from extender.core.assignment import Assignment, GpuAssignment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sysfs"
 GIB = 1 << 30
-
-
-class FakeKubelet(api_pb2_grpc.RegistrationServicer):
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.requests: list[api_pb2.RegisterRequest] = []
-        self.server: grpc.Server | None = None
-
-    def Register(self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext) -> api_pb2.Empty:
-        self.requests.append(request)
-        return api_pb2.Empty()
-
-    def start(self) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        api_pb2_grpc.add_RegistrationServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"unix://{self.dir / KUBELET_SOCKET}")
-        self.server.start()
-
-    def restart(self) -> None:
-        """What kubelet does on restart: stop, wipe the directory, come back on a new socket."""
-        self.stop()
-        for entry in self.dir.iterdir():
-            entry.unlink()
-        self.start()
-
-    def stop(self) -> None:
-        if self.server:
-            self.server.stop(0).wait()
 
 
 def assignment(topology_gpu, cus: range, limit: int = 16 * GIB) -> str:

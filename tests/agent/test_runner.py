@@ -141,3 +141,23 @@ def test_kube_adapter_calls() -> None:
     event = core.calls[3][1][1]
     assert event.involved_object.uid == "u1" and event.reason == "GpuMemoryLimitExceeded"
     assert core.calls[4][1][:2] == ("p1", "ns")
+
+
+def test_agent_registers_with_kubelet_and_becomes_ready(host) -> None:
+    from kubelet_fake import FakeKubelet
+
+    agent, _ = make_agent(host("mi300x-spx"))
+    kubelet = FakeKubelet(agent.plugin.dir)
+    kubelet.start()
+    try:
+        agent.poll_once()
+        assert agent.ready() and len(kubelet.requests) == 1
+        assert health_app(agent).test_client().get("/readyz").status_code == 200
+        kubelet.restart()
+        agent.poll_once()
+        assert len(kubelet.requests) == 2
+        assert agent.metrics.registry.get_sample_value("gpuslice_agent_kubelet_registrations_total") == 2
+    finally:
+        agent.plugin.stop()
+        kubelet.stop()
+        shutil.rmtree(agent.plugin.dir, ignore_errors=True)
