@@ -30,7 +30,8 @@ MODELS_BY_DEVICE_ID = {
     0x74A1: "MI300X", 0x74A9: "MI300X", 0x74B5: "MI300X", 0x74A5: "MI325X", 0x74A0: "MI300A",
     0x7408: "MI250X", 0x740C: "MI250X", 0x740F: "MI210",
 }
-_REQUIRED = ("simd_count", "simd_per_cu", "array_count", "simd_arrays_per_engine", "device_id", "location_id")
+# Without these the published inventory would be a guess; everything else only adds detail.
+_REQUIRED = ("simd_count", "simd_per_cu", "array_count", "simd_arrays_per_engine")
 _RAS_BLOCKS = ("umc", "gfx", "sdma", "mmhub", "xgmi_wafl", "pcie_bif", "hdp")
 
 
@@ -40,11 +41,11 @@ class KfdGpu:
 
     info: GpuInfo
     node: int
-    gpu_id: int
+    gpu_id: int | None  # None when the gpu_id file is unreadable: no VRAM accounting for this GPU
     unique_id: int
     render_minor: int | None
     bdf: str | None
-    device_id: int
+    device_id: int | None
     problems: tuple[str, ...] = ()
 
     @property
@@ -148,12 +149,12 @@ def _ras_problems(pci_dir: Path) -> list[str]:
     return problems
 
 
-def _model(device_id: int, gfx_target: int | None) -> str:
+def _model(device_id: int | None, gfx_target: int | None) -> str:
     if device_id in MODELS_BY_DEVICE_ID:
         return MODELS_BY_DEVICE_ID[device_id]
     if gfx_target:  # e.g. 90402 -> gfx942 (major, minor, stepping; minor/stepping in hex)
         return f"gfx{gfx_target // 10000}{(gfx_target // 100) % 100:x}{gfx_target % 100:x}"
-    return f"0x{device_id:04x}"
+    return f"0x{device_id:04x}" if device_id else "unknown"
 
 
 def _read_node(root: Path, node_dir: Path, skipped: list[tuple[str, str]]) -> KfdGpu | None:
@@ -165,9 +166,15 @@ def _read_node(root: Path, node_dir: Path, skipped: list[tuple[str, str]]) -> Kf
         raise _Skip(f"properties lack {', '.join(missing)}")
     if not props["simd_per_cu"] or not props["simd_arrays_per_engine"]:
         raise _Skip("simd_per_cu and simd_arrays_per_engine must be non-zero")
-    gpu_id = _read_int(node_dir / "gpu_id")
-    if gpu_id <= 0:
-        raise _Skip(f"gpu_id {gpu_id} on a node with SIMDs")
+    gpu_id: int | None = None
+    try:
+        gpu_id = _read_int(node_dir / "gpu_id")
+        if gpu_id <= 0:
+            raise _Skip(f"gpu_id {gpu_id} on a node with SIMDs")
+    except _Skip as exc:
+        skipped.append((str(node_dir / "gpu_id"), str(exc)))
+        log.warning("KFD node %s: %s; its VRAM cannot be accounted", node_dir.name, exc)
+        gpu_id = None
     cus = props["simd_count"] // props["simd_per_cu"]
     engines = props["array_count"] // props["simd_arrays_per_engine"]
     if cus <= 0 or engines <= 0:
@@ -176,29 +183,30 @@ def _read_node(root: Path, node_dir: Path, skipped: list[tuple[str, str]]) -> Kf
     if memory <= 0:
         raise _Skip("no VRAM memory bank (heap_type 1 or 2)")
     unique_id = props.get("unique_id", 0)
-    bdf = bdf_of(props.get("domain", 0), props["location_id"])
-    pci_dir = root / PCI_DEVICES / bdf
-    compute = _read_text(pci_dir / "current_compute_partition")
-    memory_mode = _read_text(pci_dir / "current_memory_partition")
-    partition = "/".join(p for p in (compute, memory_mode) if p) or None
-    numa = None
-    numa_text = _read_text(pci_dir / "numa_node")
-    if numa_text is not None and numa_text.lstrip("-").isdigit() and int(numa_text) >= 0:
-        numa = int(numa_text)
-    problems = _ras_problems(pci_dir)
-    if not pci_dir.is_dir() and (root / PCI_DEVICES).is_dir():
-        problems.append(f"PCI device {bdf} is gone")
+    bdf = bdf_of(props.get("domain", 0), props["location_id"]) if "location_id" in props else None
+    partition, numa, problems = None, None, []
+    if bdf is not None:
+        pci_dir = root / PCI_DEVICES / bdf
+        compute = _read_text(pci_dir / "current_compute_partition")
+        memory_mode = _read_text(pci_dir / "current_memory_partition")
+        partition = "/".join(p for p in (compute, memory_mode) if p) or None
+        numa_text = _read_text(pci_dir / "numa_node")
+        if numa_text is not None and numa_text.lstrip("-").isdigit() and int(numa_text) >= 0:
+            numa = int(numa_text)
+        problems = _ras_problems(pci_dir)
+        if not pci_dir.is_dir() and (root / PCI_DEVICES).is_dir():
+            problems.append(f"PCI device {bdf} is gone")
     info = GpuInfo(
         index=0,  # set by read_topology from the node order
-        id=f"0x{unique_id:x}" if unique_id else f"kfd-gpu-{gpu_id}",
-        model=_model(props["device_id"], props.get("gfx_target_version")),
+        id=f"0x{unique_id:x}" if unique_id else f"kfd-node-{node_dir.name}",
+        model=_model(props.get("device_id"), props.get("gfx_target_version")),
         computeUnits=cus, xcds=props.get("num_xcc", 1) or 1, shaderEngines=engines, memoryBytes=memory,
         healthy=not problems, numaNode=numa,
         hiveId=f"0x{props['hive_id']:x}" if props.get("hive_id") else None,
         renderMinor=props.get("drm_render_minor") or None, partition=partition,
     )
     return KfdGpu(info=info, node=int(node_dir.name), gpu_id=gpu_id, unique_id=unique_id,
-                  render_minor=info.renderMinor, bdf=bdf, device_id=props["device_id"], problems=tuple(problems))
+                  render_minor=info.renderMinor, bdf=bdf, device_id=props.get("device_id"), problems=tuple(problems))
 
 
 def read_topology(root: str | Path) -> Topology:

@@ -56,8 +56,8 @@ def test_malformed_and_missing_files_are_skipped_with_reason(host, caplog) -> No
     (root / NODES / "junk").mkdir()
     with caplog.at_level(logging.WARNING):
         t = read_topology(root)
-    assert [g.node for g in t.gpus] == [2, 7, 8, 9]
-    assert [g.info.index for g in t.gpus] == [0, 1, 2, 3]
+    assert [g.node for g in t.gpus] == [2, 4, 7, 8, 9]  # node 4 lost only its gpu_id: no VRAM accounting
+    assert [g.info.index for g in t.gpus] == [0, 1, 2, 3, 4] and t.gpus[1].gpu_id is None
     reasons = " | ".join(f"{p}: {r}" for p, r in t.skipped)
     assert "line 2 is not" in reasons and "gpu_id" in reasons and "simd_per_cu" in reasons
     assert "no VRAM memory bank" in reasons and "not a number" in reasons
@@ -85,3 +85,14 @@ def test_property_and_bdf_helpers() -> None:
     assert parse_properties("a 1\n\nb 18446744073709551615\n") == {"a": 1, "b": 2**64 - 1}
     assert bdf_of(0, 0x0508) == "0000:05:01.0"
     assert bdf_of(1, (3 << 28) | 0xE5 << 8 | 0x3) == "0001:e5:00.3"
+
+
+def test_minimal_properties_still_describe_a_gpu(tmp_path: Path) -> None:
+    node = tmp_path / NODES / "1"
+    (node / "mem_banks/0").mkdir(parents=True)
+    (node / "properties").write_text("simd_count 440\nsimd_per_cu 4\narray_count 8\nsimd_arrays_per_engine 1\n"
+                                     "gfx_target_version 90010\n")
+    (node / "mem_banks/0/properties").write_text("heap_type 2\nsize_in_bytes 1024\n")
+    (g,) = read_topology(tmp_path).gpus
+    assert (g.info.id, g.info.model, g.info.computeUnits, g.info.shaderEngines, g.info.xcds, g.bdf, g.gpu_id) == (
+        "kfd-node-1", "gfx90a", 110, 8, 1, None, None)
