@@ -146,3 +146,26 @@ def test_concurrent_allocates_get_distinct_pods(rig) -> None:
     assert not errors
     assert len(results) == 4 and len(set(results)) == 4  # no pod handed out twice
     assert len(pods.marks) == 4
+
+
+def test_two_gpu_pod_and_preferred_allocation(rig) -> None:
+    _, plugin, _, pods = rig
+    t = read_topology(FIXTURES / "mi300x-spx")
+    a = Assignment(node="n1", gpus=tuple(GpuAssignment(index=i, id=t.gpus[i].info.id, cus=frozenset(range(64)),
+                                                        burstCus=frozenset(), memoryBytes=GIB, memoryLimitBytes=GIB)
+                                          for i in (6, 7)),
+                   workload_class="compute-bound", policy="p", assignedAt="2026-11-28T19:00:00Z").to_json()
+    pods.pods["u2"] = PodInfo("u2", "ns", "big", "n1", created="2026-11-28T19:00:00Z",
+                              annotations={"gpuslice.io/assignment": a}, share_requests={"main": 2})
+    plugin.check()
+    channel, s = stub(plugin)
+    with channel:
+        pref = s.GetPreferredAllocation(api_pb2.PreferredAllocationRequest(container_requests=[
+            api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=["a", "b", "c"],
+                                                        must_include_deviceIDs=["c"], allocation_size=2)]), timeout=5)
+        assert list(pref.container_responses[0].deviceIDs) == ["c", "a"]
+        resp = s.Allocate(api_pb2.AllocateRequest(container_requests=[
+            api_pb2.ContainerAllocateRequest(devices_ids=["a", "c"])]), timeout=5)
+        envs = dict(resp.container_responses[0].envs)
+        assert envs["HSA_CU_MASK"] == "0-1:0-63" and envs["ROCR_VISIBLE_DEVICES"].count("GPU-") == 2
+        assert len(resp.container_responses[0].devices) == 3
