@@ -19,6 +19,7 @@ from types import MappingProxyType
 from extender.core.assignment import Assignment, GpuAssignment
 from extender.core.errors import LedgerConflict
 from extender.core.inventory import GpuInfo
+from extender.core.layout import runs
 
 
 def burst_region(info: GpuInfo, shared_fraction: float) -> frozenset[int]:
@@ -67,6 +68,16 @@ class GpuState:
     def free_cus(self) -> frozenset[int]:
         """CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone."""
         return frozenset(range(self.info.computeUnits)) - self.shared - self.guaranteed
+
+    @cached_property
+    def free_runs(self) -> tuple[tuple[int, int], ...]:
+        """Maximal runs of free CU bits as (start, length), in bit order (placement's hot path)."""
+        return tuple(runs(self.free_cus))
+
+    @cached_property
+    def used_cus(self) -> int:
+        """Guaranteed CUs outside the shared burst region."""
+        return len(self.guaranteed - self.shared)
 
     @cached_property
     def burst_cus(self) -> frozenset[int]:

@@ -27,14 +27,14 @@ from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
-from extender.engine.placement import NodeFit, build_assignment, evaluate, to_score
+from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, to_score
 from extender.engine.policy_store import PolicyStore
 
 log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
 PENDING_CACHE = 20_000
-MEMO_LIMIT = 64
+MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
 
 @dataclass
@@ -61,10 +61,13 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, checker: Placer = check) -> None:
+        """`placer` chooses GPUs and CUs (prioritize, bind); `checker` answers filter's yes/no, and
+        must agree with the placer on which nodes fit."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
+        self.checker = checker
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -187,22 +190,34 @@ class Engine:
             result.failed = {n: quota for n in candidates}
             self.stats.filter_rejections["quota"] += len(candidates)
             return result
+        # The hot path (thousands of nodes per call): one memo key per request, locals for lookups,
+        # rejection counts merged once at the end.
+        key = "check|" + fit_key(req, policy)
+        node = self.ledger.node
+        uid = pod.uid
+        passed, failed = result.passed, result.failed
+        rejected: Counter[str] = Counter()
         for name, problem in candidates.items():
             if problem:
-                result.failed[name] = problem
-                self.stats.filter_rejections["inventory"] += 1
+                failed[name] = problem
+                rejected["inventory"] += 1
                 continue
-            state = self.ledger.node(name)
+            state = node(name)
             if state is None:
-                result.failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
-                self.stats.filter_rejections["unknown-node"] += 1
+                failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
+                rejected["unknown-node"] += 1
                 continue
-            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy)
-            if fit.ok:
-                result.passed.append(name)
+            if uid in state.pods:
+                state = state.without(uid)
+            fit = state.memo.get(key)
+            if fit is None:
+                fit = self._memoize(state, key, self.checker(req, state, policy))
+            if fit.ok:  # type: ignore[attr-defined]
+                passed.append(name)
             else:
-                result.failed[name] = f"gpuslice: {fit.reason}"
-                self.stats.filter_rejections[fit.category] += 1
+                failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
+                rejected[fit.category] += 1  # type: ignore[attr-defined]
+        self.stats.filter_rejections.update(rejected)
         return result
 
     def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
@@ -215,6 +230,7 @@ class Engine:
             return [(n, 0) for n in candidates]
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
+        key = fit_key(req, policy)
         out = []
         for name in candidates:
             state = self.ledger.node(name)
@@ -222,7 +238,7 @@ class Engine:
                 out.append((name, 0))
                 continue
             out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
-                                                 else state, policy))))
+                                                 else state, policy, key))))
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -293,7 +309,7 @@ class Engine:
                 continue
             for uid in (*uids, pod.uid):
                 state = state.without(uid)
-            if self.placer(req, state, policy).ok:
+            if self.checker(req, state, policy).ok:
                 out[node] = list(uids)
         return out
 
@@ -311,20 +327,29 @@ class Engine:
                 ok = self.observe_node(view)
                 out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
             return out
+        skipped_nodes = self.stats.skipped_nodes
+        if not skipped_nodes:
+            return dict.fromkeys(names or (), "")
         for name in names or ():
-            skipped = self.stats.skipped_nodes.get(name)
+            skipped = skipped_nodes.get(name)
             out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
         return out
 
-    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
-        key = (req, policy.version)
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy, key: str | None = None) -> NodeFit:
+        """The placer's answer for this exact (immutable) node state, memoised on it: filter, prioritize
+        and bind of one pod, and pods of the same shape, evaluate a node once."""
+        key = "place|" + (key or fit_key(req, policy))
         fit = state.memo.get(key)
         if fit is None:
-            fit = self.placer(req, state, policy)
-            if len(state.memo) >= MEMO_LIMIT:
-                state.memo.clear()
-            state.memo[key] = fit
+            fit = self._memoize(state, key, self.placer(req, state, policy))
         return fit  # type: ignore[return-value]
+
+    @staticmethod
+    def _memoize(state: NodeState, key: str, fit: NodeFit) -> NodeFit:
+        if len(state.memo) >= MEMO_LIMIT:
+            state.memo.clear()
+        state.memo[key] = fit
+        return fit
 
     def _remember(self, pod: PodView) -> None:
         with self._pending_lock:
