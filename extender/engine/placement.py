@@ -186,28 +186,54 @@ class _Candidate:
         return GpuChoice(self.gpu, cus, choose_burst(self.gpu.burst_cus, extra), self.score)
 
 
+# Per-GPU answers shared by every GPU of the same shape (see GpuState.shape), keyed by (fit_key, shape):
+# a request is worked out once per distinct GPU state, not once per GPU. Bounded; clearing only costs time.
+_PLACES: dict[tuple[str, int], tuple[int, int | None, frozenset[int] | None, float] | None] = {}
+_FITS: dict[tuple[str, int], bool] = {}
+_REASONS: dict[tuple[str, int], tuple[str, str] | None] = {}
+_SHARED_LIMIT = 400_000
+_MISSING = object()
+
+
+def _remember(cache: dict, key: tuple[str, int], value: object) -> None:
+    if len(cache) >= _SHARED_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozenset[int] | None, float] | None:
+    """(CUs, start of the run they are cut from or None, the CU set when not a run cut, score), or None
+    when the slice does not fit this GPU."""
+    req, policy = limits.req, limits.policy
+    n = limits.needed(gpu)
+    if not limits.fits(gpu, n):
+        return None
+    run = best_fit_run(gpu.free_runs, n) if policy.layout.mode == "spread" else None
+    if run is not None:  # choose_spread's answer, and the fragmentation it leaves, from cached runs
+        frag = fragmentation_after_cut(gpu.free_runs, run, n, limits.min_slice(gpu))
+        return n, gpu.free_runs[run][0], None, _score(req, gpu, n, policy, frag)
+    cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
+    if cus is None:  # cannot happen after the count check, kept as a guard
+        return None
+    return n, None, cus, _score(req, gpu, n, policy, fragmentation(gpu.free_cus - cus, limits.min_slice(gpu)))
+
+
 def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """Greedy best-per-GPU placement of the whole request on one node (filter, score and bind)."""
-    limits = _Limits(req, policy)
-    spread = policy.layout.mode == "spread"
+    key = fit_key(req, policy)
+    limits: _Limits | None = None
     candidates: list[_Candidate] = []
     for gpu in state.gpus:
-        n = limits.needed(gpu)
-        if not limits.fits(gpu, n):
-            continue
-        run = best_fit_run(gpu.free_runs, n) if spread else None
-        if run is not None:  # choose_spread's answer, and the fragmentation it leaves, from cached runs
-            start = gpu.free_runs[run][0]
-            frag = fragmentation_after_cut(gpu.free_runs, run, n, limits.min_slice(gpu))
-            candidates.append(_Candidate(gpu, n, start, None, _score(req, gpu, n, policy, frag)))
-            continue
-        cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
-        if cus is None:  # cannot happen after the count check, kept as a guard
-            continue
-        frag = fragmentation(gpu.free_cus - cus, limits.min_slice(gpu))
-        candidates.append(_Candidate(gpu, n, None, cus, _score(req, gpu, n, policy, frag)))
+        k = (key, gpu.shape)
+        entry = _PLACES.get(k, _MISSING)
+        if entry is _MISSING:
+            limits = limits or _Limits(req, policy)
+            entry = _place_on(limits, gpu)
+            _remember(_PLACES, k, entry)
+        if entry is not None:
+            candidates.append(_Candidate(gpu, *entry))  # type: ignore[misc]
     if len(candidates) < req.count:
-        return _rejection(req, state, policy, len(candidates))
+        return _rejection(req, state, policy, len(candidates), key)
     chosen, topo = _pick(candidates, req.count)
     score = sum(c.score for c in chosen) / len(chosen)
     w = policy.scoring.weights
@@ -231,18 +257,35 @@ def check(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """Filter's question only: can the slice go on this node? Counts free CUs and memory per GPU
     instead of choosing CU sets (a guarantee of n CUs always has a set once n are free), so it is
     cheap, and gives exactly `evaluate`'s verdict and rejection message."""
-    limits = _Limits(req, policy)
+    key = fit_key(req, policy)
+    limits: _Limits | None = None
     fits = 0
     for gpu in state.gpus:
-        if limits.fits(gpu, limits.needed(gpu)):
+        k = (key, gpu.shape)
+        ok = _FITS.get(k)
+        if ok is None:
+            limits = limits or _Limits(req, policy)
+            ok = limits.fits(gpu, limits.needed(gpu))
+            _remember(_FITS, k, ok)
+        if ok:
             fits += 1
             if fits >= req.count:
                 return FIT_OK
-    return _rejection(req, state, policy, fits)
+    return _rejection(req, state, policy, fits, key)
 
 
-def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int) -> NodeFit:
-    reasons = [r for r in (gpu_reject_reason(req, g, policy) for g in state.gpus) if r is not None]
+def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int, key: str) -> NodeFit:
+    reasons: list[tuple[str, str]] = []
+    for gpu in state.gpus:
+        k = (key, gpu.shape)
+        reason = _REASONS.get(k, _MISSING)
+        if reason is _MISSING:  # cached without the GPU's index, which differs between GPUs of one shape
+            words = gpu_reject_reason(req, gpu, policy)
+            prefix = f"gpu {gpu.info.index}: "
+            reason = None if words is None else (words[0], words[1].removeprefix(prefix))
+            _remember(_REASONS, k, reason)
+        if reason is not None:
+            reasons.append((reason[0], f"gpu {gpu.info.index}: {reason[1]}"))  # type: ignore[index]
     category = reasons[0][0] if reasons else "no-gpus"
     return NodeFit(False, _reject_message(req, state, [r for _, r in reasons], fitting), category)
 
