@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import statistics
 import sys
@@ -112,6 +113,22 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+class InProcess:
+    """The same three calls straight into the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def filter(self, pod: PodView, names: list[str]) -> list[str]:
+        return self.engine.filter(pod, names=names).passed
+
+    def prioritize(self, pod: PodView, names: list[str]) -> list[tuple[str, int]]:
+        return self.engine.prioritize(pod, names=names)
+
+    def bind(self, pod: PodView, node: str) -> str:
+        return self.engine.bind(pod.namespace, pod.name, pod.uid, node)
+
+
 class HttpClient:
     """Keep-alive HTTP/1.1 to a waitress server serving the app in this process."""
 
@@ -124,6 +141,17 @@ class HttpClient:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         self.conn = http.client.HTTPConnection("127.0.0.1", self.server.effective_port, timeout=30)
+
+    def filter(self, pod: PodView, names: list[str]) -> list[str]:
+        return self.post("filter", {"Pod": pod_json(pod), "Nodes": None, "NodeNames": names})["NodeNames"]
+
+    def prioritize(self, pod: PodView, names: list[str]) -> list[tuple[str, int]]:
+        out = self.post("prioritize", {"Pod": pod_json(pod), "Nodes": None, "NodeNames": names})
+        return [(h["Host"], h["Score"]) for h in out]
+
+    def bind(self, pod: PodView, node: str) -> str:
+        return self.post("bind", {"PodName": pod.name, "PodNamespace": pod.namespace, "PodUID": pod.uid,
+                                  "Node": node})["Error"]
 
     def post(self, verb: str, body: Any) -> Any:
         data = json.dumps(body).encode()
@@ -158,51 +186,64 @@ def run(nodes: int, mode: str, iterations: int, warmup: int, seed: int, console:
     names = [f"gpu-{i:05d}" for i in range(nodes)]
     client = HttpClient(engine) if mode == "http" else None
     times: dict[str, list[float]] = {v: [] for v in VERBS}
+    cpu: dict[str, list[float]] = {v: [] for v in VERBS}
+    new_shape: dict[str, list[float]] = {v: [] for v in VERBS}
+    seen: set[str] = set()
     bound = unschedulable = 0
+
+    def timed(verb: str, measured: bool, first: bool, call: Any, *args: Any) -> Any:
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        out = call(*args)
+        wall, used = time.perf_counter() - start, time.thread_time() - start_cpu
+        if measured:
+            times[verb].append(wall)
+            cpu[verb].append(used)  # this thread's CPU: what the verb costs, without other processes' load
+            if first:
+                new_shape[verb].append(wall)
+        return out
+
+    verbs = client or InProcess(engine)
     try:
         for i in range(warmup + iterations):
             uid = str(uuid.UUID(int=rng.getrandbits(128)))
             pod = PodView(uid, "bench", f"p-{uid[:8]}", annotations=draw(rng).annotations(rng))
-            start = time.perf_counter()
-            if client:
-                out = client.post("filter", {"Pod": pod_json(pod), "Nodes": None, "NodeNames": names})
-                passed = out["NodeNames"]
-            else:
-                passed = engine.filter(pod, names=names).passed
-            t_filter = time.perf_counter() - start
+            shape = json.dumps(sorted(pod.annotations.items()))
+            first, measured = shape not in seen, i >= warmup
+            seen.add(shape)
+            passed = timed("filter", measured, first, verbs.filter, pod, names)
             if not passed:
                 unschedulable += 1
                 continue
-            start = time.perf_counter()
-            if client:
-                scores = [(h["Host"], h["Score"]) for h in client.post(
-                    "prioritize", {"Pod": pod_json(pod), "Nodes": None, "NodeNames": passed})]
-            else:
-                scores = engine.prioritize(pod, names=passed)
-            t_prio = time.perf_counter() - start
+            scores = timed("prioritize", measured, first, verbs.prioritize, pod, passed)
             best = max(scores, key=lambda s: s[1])[0]
-            start = time.perf_counter()
-            if client:
-                error = client.post("bind", {"PodName": pod.name, "PodNamespace": pod.namespace, "PodUID": uid,
-                                             "Node": best})["Error"]
-            else:
-                error = engine.bind(pod.namespace, pod.name, uid, best)
-            t_bind = time.perf_counter() - start
+            error = timed("bind", measured, first, verbs.bind, pod, best)
             if error:
                 raise RuntimeError(f"bind failed: {error}")
             bound += 1
-            if i >= warmup:
-                times["filter"].append(t_filter)
-                times["prioritize"].append(t_prio)
-                times["bind"].append(t_bind)
     finally:
         if client:
             client.close()
-    rows = [{"nodes": nodes, "verb": verb, "mode": mode, "p50_ms": round(pct(ts, 0.5) * 1000, 3),
-             "p99_ms": round(pct(ts, 0.99) * 1000, 3), "max_ms": round(max(ts) * 1000, 3),
-             "mean_ms": round(statistics.fmean(ts) * 1000, 3), "samples": len(ts)}
-            for verb, ts in times.items() if ts]
+    rows = []
+    for verb, ts in times.items():
+        if not ts:
+            continue
+        rows.append({"nodes": nodes, "verb": verb, "mode": mode, "p50_ms": ms(pct(ts, 0.5)),
+                     "p99_ms": ms(pct(ts, 0.99)), "max_ms": ms(max(ts)), "mean_ms": ms(statistics.fmean(ts)),
+                     # in http mode the work happens on the server's threads: no CPU figure for it
+                     "cpu_p50_ms": ms(pct(cpu[verb], 0.5)) if mode == "inprocess" else None,
+                     "cpu_p99_ms": ms(pct(cpu[verb], 0.99)) if mode == "inprocess" else None,
+                     "new_shape_samples": len(new_shape[verb]),
+                     "new_shape_p50_ms": ms(pct(new_shape[verb], 0.5)) if new_shape[verb] else None,
+                     "samples": len(ts)})
     return {"rows": rows, "bound": bound, "unschedulable": unschedulable}
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,15 +263,18 @@ def main(argv: list[str] | None = None) -> int:
             console.log(f"  {out['bound']} pods bound, {out['unschedulable']} unschedulable")
             results.extend(out["rows"])
     table = Table(title="gpuslice extender latency (ms), NodeNames form, 8 MI300X GPUs per node")
-    for col in ("nodes", "mode", "verb", "p50", "p99", "max", "samples"):
+    for col in ("nodes", "mode", "verb", "p50", "p99", "max", "cpu p50", "cpu p99", "new-shape p50", "samples"):
         table.add_column(col, justify="right" if col not in ("mode", "verb") else "left")
     for r in results:
+        fresh = "-" if r["new_shape_p50_ms"] is None else f"{r['new_shape_p50_ms']:.2f} ({r['new_shape_samples']})"
         table.add_row(str(r["nodes"]), r["mode"], r["verb"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                      f"{r['max_ms']:.2f}", str(r["samples"]))
-    Console().print(table)
+                      f"{r['max_ms']:.2f}", _num(r["cpu_p50_ms"]), _num(r["cpu_p99_ms"]), fresh,
+                      str(r["samples"]))
+    Console(width=140).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "iterations": args.iterations,
-                                               "warmup": args.warmup, "seed": args.seed}, indent=2))
+                                               "warmup": args.warmup, "seed": args.seed,
+                                               "load_average": os.getloadavg(), "cpus": os.cpu_count()}, indent=2))
     return 0
 
 

@@ -303,6 +303,11 @@ class Ledger:
         n = self._nodes.get(name)
         return n.state if n else None
 
+    def states(self, names: Iterable[str]) -> list[NodeState | None]:
+        """node() for many names at once (filter asks for thousands per call)."""
+        get = self._nodes.get
+        return [n.state if (n := get(name)) is not None else None for name in names]
+
     def node_names(self) -> list[str]:
         return list(self._nodes)
 

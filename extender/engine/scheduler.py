@@ -193,16 +193,14 @@ class Engine:
         # The hot path (thousands of nodes per call): one memo key per request, locals for lookups,
         # rejection counts merged once at the end.
         key = "check|" + fit_key(req, policy)
-        node = self.ledger.node
         uid = pod.uid
         passed, failed = result.passed, result.failed
         rejected: Counter[str] = Counter()
-        for name, problem in candidates.items():
+        for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
             if problem:
                 failed[name] = problem
                 rejected["inventory"] += 1
                 continue
-            state = node(name)
             if state is None:
                 failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
                 rejected["unknown-node"] += 1
@@ -232,8 +230,7 @@ class Engine:
             return [(n, NEUTRAL_SCORE) for n in candidates]
         key = fit_key(req, policy)
         out = []
-        for name in candidates:
-            state = self.ledger.node(name)
+        for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
