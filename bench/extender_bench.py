@@ -14,6 +14,7 @@ on 127.0.0.1 (JSON encode/decode, Flask, wire models included).
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import os
@@ -181,6 +182,7 @@ def run(nodes: int, mode: str, iterations: int, warmup: int, seed: int, console:
     engine = Engine(cluster, PolicyStore(policy))
     problems = engine.sync()
     assert not problems, problems[:3]
+    gc.freeze()  # as `gpuslice serve` does after its sync
     console.log(f"{nodes} nodes: cluster of {len(cluster.list_pods())} tenants built and synced in "
                 f"{time.perf_counter() - t0:.1f}s ({mode})")
     names = [f"gpu-{i:05d}" for i in range(nodes)]

@@ -220,6 +220,15 @@ def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozense
 
 def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """Greedy best-per-GPU placement of the whole request on one node (filter, score and bind)."""
+    return _evaluate(req, state, policy, True)
+
+
+def rank(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
+    """`evaluate` without building the chosen GPUs' CU sets: prioritize needs only the verdict and score."""
+    return _evaluate(req, state, policy, False)
+
+
+def _evaluate(req: SliceRequest, state: NodeState, policy: Policy, with_choices: bool) -> NodeFit:
     key = fit_key(req, policy)
     limits: _Limits | None = None
     candidates: list[_Candidate] = []
@@ -240,7 +249,7 @@ def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     if req.count > 1 and (w.packing + w.complementarity + w.fragmentation + w.topology) > 0:
         base = w.packing + w.complementarity + w.fragmentation
         score = (score * base + w.topology * topo) / (base + w.topology)
-    return NodeFit(True, choices=tuple(c.choice(req) for c in chosen), score=score)
+    return NodeFit(True, choices=tuple(c.choice(req) for c in chosen) if with_choices else (), score=score)
 
 
 FIT_OK = NodeFit(True)
@@ -291,9 +300,9 @@ def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int
 
 
 def _pick(candidates: list[_Candidate], count: int) -> tuple[list[_Candidate], float]:
-    ranked = sorted(candidates, key=lambda c: (-c.score, c.gpu.info.index))
     if count == 1:
-        return ranked[:1], 1.0
+        return [max(candidates, key=lambda c: (c.score, -c.gpu.info.index))], 1.0
+    ranked = sorted(candidates, key=lambda c: (-c.score, c.gpu.info.index))
     groups: dict[object, list[_Candidate]] = {}
     for c in ranked:
         groups.setdefault(_topology_key(c.gpu), []).append(c)

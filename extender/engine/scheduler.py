@@ -27,7 +27,7 @@ from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
-from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, to_score
+from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,15 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
-                 clock: Callable[[], float] = time.monotonic, checker: Placer = check) -> None:
-        """`placer` chooses GPUs and CUs (prioritize, bind); `checker` answers filter's yes/no, and
-        must agree with the placer on which nodes fit."""
+                 clock: Callable[[], float] = time.monotonic, checker: Placer = check,
+                 scorer: Placer = rank) -> None:
+        """`placer` chooses GPUs and CUs at bind; `checker` answers filter's yes/no and `scorer` gives
+        prioritize's score without choosing CUs. All three must agree on which nodes fit."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
         self.checker = checker
+        self.scorer = scorer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -229,13 +231,17 @@ class Engine:
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
         key = fit_key(req, policy)
-        out = []
+        out: list[tuple[str, int]] = []
         for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
-            out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
-                                                 else state, policy, key))))
+            if pod.uid in state.pods:
+                state = state.without(pod.uid)
+            fit = state.memo.get("rank|" + key)
+            if fit is None:
+                fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
+            out.append((name, to_score(fit)))  # type: ignore[arg-type]
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:

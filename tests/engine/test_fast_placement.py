@@ -22,6 +22,7 @@ from extender.engine.placement import (
     gpu_reject_reason,
     gpu_score,
     needed_cus,
+    rank,
 )
 
 CLASSES = ("memory-bound", "compute-bound")
@@ -78,6 +79,8 @@ def test_fast_paths_agree_with_the_set_based_rules(tenants: list[SliceRequest], 
     state = node_with(tenants, policy, unhealthy)
     fit = evaluate(req, state, policy)
     quick = check(req, state, policy)
+    ranked = rank(req, state, policy)
+    assert (ranked.ok, ranked.reason, ranked.category, ranked.score) == (fit.ok, fit.reason, fit.category, fit.score)
     ref = reference_candidates(req, state, policy)
     assert fit.ok == quick.ok == (len(ref) >= req.count)
     assert (fit.reason, fit.category) == (quick.reason, quick.category)
