@@ -27,14 +27,14 @@ from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
-from extender.engine.placement import NodeFit, build_assignment, evaluate, to_score
+from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 
 log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
 PENDING_CACHE = 20_000
-MEMO_LIMIT = 64
+MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
 
 @dataclass
@@ -61,10 +61,15 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, checker: Placer = check,
+                 scorer: Placer = rank) -> None:
+        """`placer` chooses GPUs and CUs at bind; `checker` answers filter's yes/no and `scorer` gives
+        prioritize's score without choosing CUs. All three must agree on which nodes fit."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
+        self.checker = checker
+        self.scorer = scorer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -187,22 +192,32 @@ class Engine:
             result.failed = {n: quota for n in candidates}
             self.stats.filter_rejections["quota"] += len(candidates)
             return result
-        for name, problem in candidates.items():
+        # The hot path (thousands of nodes per call): one memo key per request, locals for lookups,
+        # rejection counts merged once at the end.
+        key = "check|" + fit_key(req, policy)
+        uid = pod.uid
+        passed, failed = result.passed, result.failed
+        rejected: Counter[str] = Counter()
+        for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
             if problem:
-                result.failed[name] = problem
-                self.stats.filter_rejections["inventory"] += 1
+                failed[name] = problem
+                rejected["inventory"] += 1
                 continue
-            state = self.ledger.node(name)
             if state is None:
-                result.failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
-                self.stats.filter_rejections["unknown-node"] += 1
+                failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
+                rejected["unknown-node"] += 1
                 continue
-            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy)
-            if fit.ok:
-                result.passed.append(name)
+            if uid in state.pods:
+                state = state.without(uid)
+            fit = state.memo.get(key)
+            if fit is None:
+                fit = self._memoize(state, key, self.checker(req, state, policy))
+            if fit.ok:  # type: ignore[attr-defined]
+                passed.append(name)
             else:
-                result.failed[name] = f"gpuslice: {fit.reason}"
-                self.stats.filter_rejections[fit.category] += 1
+                failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
+                rejected[fit.category] += 1  # type: ignore[attr-defined]
+        self.stats.filter_rejections.update(rejected)
         return result
 
     def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
@@ -215,14 +230,18 @@ class Engine:
             return [(n, 0) for n in candidates]
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
-        out = []
-        for name in candidates:
-            state = self.ledger.node(name)
+        key = fit_key(req, policy)
+        out: list[tuple[str, int]] = []
+        for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
-            out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
-                                                 else state, policy))))
+            if pod.uid in state.pods:
+                state = state.without(pod.uid)
+            fit = state.memo.get("rank|" + key)
+            if fit is None:
+                fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
+            out.append((name, to_score(fit)))  # type: ignore[arg-type]
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -293,7 +312,7 @@ class Engine:
                 continue
             for uid in (*uids, pod.uid):
                 state = state.without(uid)
-            if self.placer(req, state, policy).ok:
+            if self.checker(req, state, policy).ok:
                 out[node] = list(uids)
         return out
 
@@ -311,20 +330,29 @@ class Engine:
                 ok = self.observe_node(view)
                 out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
             return out
+        skipped_nodes = self.stats.skipped_nodes
+        if not skipped_nodes:
+            return dict.fromkeys(names or (), "")
         for name in names or ():
-            skipped = self.stats.skipped_nodes.get(name)
+            skipped = skipped_nodes.get(name)
             out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
         return out
 
-    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
-        key = (req, policy.version)
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy, key: str | None = None) -> NodeFit:
+        """The placer's answer for this exact (immutable) node state, memoised on it: filter, prioritize
+        and bind of one pod, and pods of the same shape, evaluate a node once."""
+        key = "place|" + (key or fit_key(req, policy))
         fit = state.memo.get(key)
         if fit is None:
-            fit = self.placer(req, state, policy)
-            if len(state.memo) >= MEMO_LIMIT:
-                state.memo.clear()
-            state.memo[key] = fit
+            fit = self._memoize(state, key, self.placer(req, state, policy))
         return fit  # type: ignore[return-value]
+
+    @staticmethod
+    def _memoize(state: NodeState, key: str, fit: NodeFit) -> NodeFit:
+        if len(state.memo) >= MEMO_LIMIT:
+            state.memo.clear()
+        state.memo[key] = fit
+        return fit
 
     def _remember(self, pod: PodView) -> None:
         with self._pending_lock:
