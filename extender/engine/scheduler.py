@@ -61,10 +61,12 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, bind_placer: Placer | None = None) -> None:
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
+        # bind may decide with a costlier placer (the CP-SAT solver) than filter/prioritize's estimate
+        self.bind_placer = bind_placer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -250,7 +252,8 @@ class Engine:
         ref = PodRef(uid, namespace, name)
         try:
             with self.ledger.locked(node) as state:
-                fit = self._fit(req, state.without(uid), policy)
+                base = state.without(uid)
+                fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
                 if not fit.ok:
                     raise BindError(f"gpuslice: node {node}: {fit.reason}")
                 assignment = build_assignment(req, node, fit.choices, policy)
