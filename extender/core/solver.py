@@ -128,6 +128,7 @@ class Problem:
     rules: Rules = Rules()
     weights: Weights = Weights()
     symmetry: bool = False  # order identical empty GPUs (sound, and it helps batch planning)
+    max_new_gpus: int | None = None  # cap on empty GPUs the placement may start using
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,9 @@ def violations(problem: Problem, placement: Placement) -> list[str]:
             if not _fits(problem, b, item, out[b]):
                 problems.append(f"{item.key}: does not fit gpu {problem.bins[b].node}/{problem.bins[b].index}")
             _add(out[b], item, b, problem.rules)
+    opened = sum(1 for bn, load in zip(problem.bins, out, strict=True) if bn.empty and load.items)
+    if problem.max_new_gpus is not None and opened > problem.max_new_gpus:
+        problems.append(f"{opened} GPUs newly used, more than {problem.max_new_gpus}")
     return problems
 
 
@@ -418,6 +422,7 @@ class _Model:
     def _bins(self) -> None:
         p, m, w, rules = self.p, self.m, self.p.weights, self.p.rules
         previous: tuple[cp_model.IntVar, int] | None = None
+        opened = []
         for b, bn in enumerate(p.bins):
             on = self._on(b)
             if not on:
@@ -446,6 +451,10 @@ class _Model:
             if p.symmetry and bn.empty and previous is not None and self._twins(previous[1], b):
                 m.add(previous[0] >= touched)
             previous = (touched, b) if bn.empty else None
+            if bn.empty:
+                opened.append(touched)
+        if p.max_new_gpus is not None:
+            m.add(sum(opened) <= p.max_new_gpus)
 
     def _constant_terms(self, bn: Bin) -> None:
         w = self.p.weights
@@ -546,14 +555,29 @@ def _complete(problem: Problem, placement: Placement) -> bool:
     return not violations(problem, placement)
 
 
+class _StopAt(cp_model.CpSolverSolutionCallback):
+    """Stop the search at a solution whose objective reaches a bound proven elsewhere."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target = target
+
+    def on_solution_callback(self) -> None:
+        if self.objective_value >= self.target:
+            self.stop_search()
+
+
 def solve(problem: Problem, time_limit: float, workers: int = 1, hint: Placement | None = None,
-          stats: SolverStats | None = None) -> Solution:
+          stats: SolverStats | None = None, stop_at: int | None = None) -> Solution:
     """Solve within `time_limit` seconds (wall clock). `hint` (default: greedy best-fit) seeds the search
-    and is the fallback; the better of the two by `objective` is returned."""
+    and is the fallback; the better of the two by `objective` is returned. `stop_at`: an upper bound on
+    the objective proven outside the model; a solution reaching it is optimal and ends the search."""
     start = time.perf_counter()
     if hint is None or violations(problem, hint):
         hint = _best_greedy(problem)
     fallback_ok = not violations(problem, hint)
+    if fallback_ok and stop_at is not None and objective(problem, hint) >= stop_at:
+        return _finish(problem, hint, "optimal", None, start, stats)
     model = _Model(problem)
     model.hint(hint)
     model.m.maximize(sum(model.terms))
@@ -561,11 +585,13 @@ def solve(problem: Problem, time_limit: float, workers: int = 1, hint: Placement
     # The limit bounds the whole decision, model building included.
     solver.parameters.max_time_in_seconds = max(time_limit - (time.perf_counter() - start), 0.001)
     solver.parameters.num_workers = workers
-    status = solver.solve(model.m)
+    status = solver.solve(model.m, _StopAt(stop_at) if stop_at is not None else None)
     outcome, placement, bound = "infeasible", hint, None
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = model.read(solver)
         bound = solver.best_objective_bound
+        if stop_at is not None and solver.objective_value >= stop_at:
+            status = cp_model.OPTIMAL
         if violations(problem, found):  # never trust a model bug over the rules
             outcome = "fallback-greedy" if fallback_ok else "infeasible"
         elif fallback_ok and objective(problem, hint) > objective(problem, found):
@@ -574,13 +600,17 @@ def solve(problem: Problem, time_limit: float, workers: int = 1, hint: Placement
             outcome, placement = ("optimal" if status == cp_model.OPTIMAL else "feasible"), found
     elif fallback_ok:
         outcome = "fallback-greedy"
+    return _finish(problem, placement, outcome, bound, start, stats)
+
+
+def _finish(problem: Problem, placement: Placement, outcome: str, bound: float | None, start: float,
+            stats: SolverStats | None) -> Solution:
     seconds = time.perf_counter() - start
     if stats is not None:
         stats.record(outcome, seconds)
-    value = objective(problem, placement) if outcome != "infeasible" else None
     if outcome == "infeasible":
-        placement = tuple(None for _ in problem.items)
-    return Solution(placement, outcome, value, bound, seconds)
+        return Solution(tuple(None for _ in problem.items), outcome, None, bound, seconds)
+    return Solution(placement, outcome, objective(problem, placement), bound, seconds)
 
 
 def _best_greedy(problem: Problem) -> Placement:
