@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
@@ -34,6 +34,7 @@ UNIT = 1000
 PAIR_REWARD = 300  # one memory-bound tenant next to one compute-bound tenant
 DOUBLE_PENALTY = 500  # each memory-bound tenant beyond the first on a GPU
 
+QUICK_LIMIT = 0.1  # seconds; below this a solve is a bind-time decision and skips presolve
 Placement = tuple[tuple[int, ...] | None, ...]  # per item: the bin positions it uses, or None (unplaced)
 
 
@@ -388,13 +389,21 @@ def _choose(problem: Problem, item: Item, out: list[_Load], best: bool) -> tuple
 
 
 # --- the CP-SAT model ---------------------------------------------------------------------------------
+def _sum(pairs: Sequence[tuple[int, cp_model.IntVar]]) -> cp_model.LinearExprT:
+    return cp_model.LinearExpr.weighted_sum([v for _, v in pairs], [c for c, _ in pairs])
+
+
 class _Model:
     def __init__(self, problem: Problem) -> None:
         self.p = problem
         self.m = cp_model.CpModel()
         self.x: dict[tuple[int, int], cp_model.IntVar] = {}
+        self.by_bin: list[list[tuple[int, cp_model.IntVar]]] = [[] for _ in problem.bins]
+        self.by_item: list[dict[int, cp_model.IntVar]] = [{} for _ in problem.items]
         self.placed: list[cp_model.IntVar | int] = []
-        self.terms: list[cp_model.LinearExprT] = []
+        self.obj: list[tuple[int, cp_model.IntVar]] = []  # (coefficient, variable); constants are dropped
+        # auxiliary variables and how to compute each from a placement's loads (for complete hints)
+        self.aux: list[tuple[cp_model.IntVar, Callable[[list[_Load], Placement], int]]] = []
         # Memory in bytes makes huge coefficients; dividing everything by the common divisor is exact.
         values = [v for b in problem.bins for v in (b.free_memory, b.limit_room)]
         values += [v for it in problem.items for v in (it.memory, it.memory_limit)]
@@ -404,50 +413,54 @@ class _Model:
         self._items()
 
     def _variables(self) -> None:
-        p = self.p
+        p, empty = self.p, _Load()
+        penalty = unplaced_penalty(p)
         for i, item in enumerate(p.items):
             for b in range(len(p.bins)):
-                if _fits(p, b, item, _Load()):
-                    self.x[i, b] = self.m.new_bool_var(f"x{i}_{b}")
+                if _fits(p, b, item, empty):
+                    v = self.m.new_bool_var(f"x{i}_{b}")
+                    self.x[i, b] = v
+                    self.by_bin[b].append((i, v))
+                    self.by_item[i][b] = v
             if item.optional:
                 placed = self.m.new_bool_var(f"placed{i}")
                 self.placed.append(placed)
-                self.terms.append(-unplaced_penalty(p) * (1 - placed))
+                self.obj.append((penalty, placed))
             else:
                 self.placed.append(1)
 
-    def _on(self, b: int) -> list[tuple[int, cp_model.IntVar]]:
-        return [(i, v) for (i, bb), v in self.x.items() if bb == b]
+    def _capacity(self, terms: list[tuple[int, cp_model.IntVar]], room: int) -> None:
+        if sum(c for c, _ in terms) > room:  # skip rows that no placement can violate
+            self.m.add(_sum(terms) <= room)
 
     def _bins(self) -> None:
         p, m, w, rules = self.p, self.m, self.p.weights, self.p.rules
         previous: tuple[cp_model.IntVar, int] | None = None
         opened = []
+        u = self.mem_unit
         for b, bn in enumerate(p.bins):
-            on = self._on(b)
+            on = [(p.items[i], v) for i, v in self.by_bin[b]]
             if not on:
-                self._constant_terms(bn)
                 continue
-            items = [(p.items[i], v) for i, v in on]
-            m.add(sum(it.cus[b] * v for it, v in items) <= bn.free_cus)
-            u = self.mem_unit
-            m.add(sum(it.memory // u * v for it, v in items) <= bn.free_memory // u)
-            m.add(sum(it.memory_limit // u * v for it, v in items) <= bn.limit_room // u)
+            self._capacity([(it.cus[b], v) for it, v in on], bn.free_cus)
+            self._capacity([(it.memory // u, v) for it, v in on], bn.free_memory // u)
+            self._capacity([(it.memory_limit // u, v) for it, v in on], bn.limit_room // u)
             for cls in (MEMORY_BOUND, COMPUTE_BOUND):
                 room = rules.class_room(bn, cls)
                 if room is not None:
-                    m.add(sum(v for it, v in items if it.workload_class == cls) <= room)
+                    self._capacity([(1, v) for it, v in on if it.workload_class == cls], room)
             bw = rules.bandwidth_room(bn)
             if bw is not None:
-                m.add(sum(rules.share_units(it.workload_class) * v for it, v in items) <= bw)
+                self._capacity([(rules.share_units(it.workload_class), v) for it, v in on], bw)
             touched = m.new_bool_var(f"touched{b}")
-            for _, v in items:
+            self.aux.append((touched, lambda ls, _, b=b: int(ls[b].items > 0)))
+            for _, v in on:
                 m.add_implication(v, touched)
-            m.add(touched <= sum(v for _, v in items))
-            self.terms.append(((1 if w.spread else -1) * w.packing * _open_cost(bn) - (w.gpu if bn.empty else 0))
-                              * touched)
-            self._complementarity(bn, items)
-            self._fragmentation(b, bn, items)
+            m.add(touched <= _sum([(1, v) for _, v in on]))
+            self.obj.append(((1 if w.spread else -1) * w.packing * _open_cost(bn) - (w.gpu if bn.empty else 0),
+                             touched))
+            self._complementarity(b, bn, on)
+            self._fragmentation(b, bn, on)
             if p.symmetry and bn.empty and previous is not None and self._twins(previous[1], b):
                 m.add(previous[0] >= touched)
             previous = (touched, b) if bn.empty else None
@@ -456,43 +469,48 @@ class _Model:
         if p.max_new_gpus is not None:
             m.add(sum(opened) <= p.max_new_gpus)
 
-    def _constant_terms(self, bn: Bin) -> None:
-        w = self.p.weights
-        mb, cb = bn.memory_bound, bn.compute_bound
-        self.terms.append(w.complementarity * (PAIR_REWARD * min(mb, cb) - DOUBLE_PENALTY * max(0, mb - 1)))
-        if 0 < bn.free_cus < bn.min_slice:
-            self.terms.append(-w.fragmentation * UNIT)
-
-    def _complementarity(self, bn: Bin, items: list[tuple[Item, cp_model.IntVar]]) -> None:
+    def _complementarity(self, b: int, bn: Bin, on: list[tuple[Item, cp_model.IntVar]]) -> None:
         w, m = self.p.weights, self.m
-        n = len(items) + bn.memory_bound + bn.compute_bound
-        mb = bn.memory_bound + sum(v for it, v in items if it.workload_class == MEMORY_BOUND)
-        cb = bn.compute_bound + sum(v for it, v in items if it.workload_class == COMPUTE_BOUND)
         if w.complementarity == 0:
             return
-        pairs = m.new_int_var(0, n, "pairs")
-        m.add(pairs <= mb)
-        m.add(pairs <= cb)
-        doubled = m.new_int_var(0, n, "doubled")
-        m.add(doubled >= mb - 1)
-        self.terms.append(w.complementarity * (PAIR_REWARD * pairs - DOUBLE_PENALTY * doubled))
+        new_mb = [(1, v) for it, v in on if it.workload_class == MEMORY_BOUND]
+        new_cb = [(1, v) for it, v in on if it.workload_class == COMPUTE_BOUND]
+        n = len(on) + bn.memory_bound + bn.compute_bound
+        if new_mb or new_cb:
+            can_pair = (bn.memory_bound or new_mb) and (bn.compute_bound or new_cb)
+            if can_pair:
+                pairs = m.new_int_var(0, n, f"pairs{b}")
+                self.aux.append((pairs, lambda ls, _, b=b, bn=bn: min(
+                    bn.memory_bound + ls[b].memory_bound, bn.compute_bound + ls[b].compute_bound)))
+                m.add(pairs <= bn.memory_bound + _sum(new_mb))
+                m.add(pairs <= bn.compute_bound + _sum(new_cb))
+                self.obj.append((w.complementarity * PAIR_REWARD, pairs))
+        if new_mb and bn.memory_bound + len(new_mb) > 1:
+            doubled = m.new_int_var(0, n, f"doubled{b}")
+            self.aux.append((doubled, lambda ls, _, b=b, bn=bn: max(0, bn.memory_bound + ls[b].memory_bound - 1)))
+            m.add(doubled >= bn.memory_bound - 1 + _sum(new_mb))
+            self.obj.append((-w.complementarity * DOUBLE_PENALTY, doubled))
 
-    def _fragmentation(self, b: int, bn: Bin, items: list[tuple[Item, cp_model.IntVar]]) -> None:
+    def _fragmentation(self, b: int, bn: Bin, on: list[tuple[Item, cp_model.IntVar]]) -> None:
         if self.p.weights.fragmentation == 0 or bn.min_slice <= 1:
             return
         m = self.m
-        left = bn.free_cus - sum(it.cus[b] * v for it, v in items)
+        used = _sum([(it.cus[b], v) for it, v in on])
         zero, big, stranded = m.new_bool_var("zero"), m.new_bool_var("big"), m.new_bool_var("stranded")
-        m.add(left == 0).only_enforce_if(zero)
-        m.add(left >= bn.min_slice).only_enforce_if(big)
+        m.add(used == bn.free_cus).only_enforce_if(zero)
+        m.add(used <= bn.free_cus - bn.min_slice).only_enforce_if(big)
         m.add_bool_or([zero, big, stranded])
-        self.terms.append(-self.p.weights.fragmentation * UNIT * stranded)
+        rest, ms = bn.free_cus, bn.min_slice
+        self.aux += [(zero, lambda ls, _, b=b: int(rest - ls[b].cus == 0)),
+                     (big, lambda ls, _, b=b: int(rest - ls[b].cus >= ms)),
+                     (stranded, lambda ls, _, b=b: int(0 < rest - ls[b].cus < ms))]
+        self.obj.append((-self.p.weights.fragmentation * UNIT, stranded))
 
     def _items(self) -> None:
         p, m = self.p, self.m
         for i, item in enumerate(p.items):
-            mine = {b: v for (ii, b), v in self.x.items() if ii == i}
-            m.add(sum(mine.values()) == item.count * self.placed[i])
+            mine = self.by_item[i]
+            m.add(_sum([(1, v) for v in mine.values()]) == item.count * self.placed[i])
             nodes: dict[str, list[cp_model.IntVar]] = {}
             for b, v in mine.items():
                 nodes.setdefault(p.bins[b].node, []).append(v)
@@ -502,10 +520,12 @@ class _Model:
                 for n, vs in nodes.items():
                     for v in vs:
                         m.add_implication(v, pick[n])
+                    self.aux.append((pick[n], lambda _, pl, i=i, n=n: int(
+                        pl[i] is not None and p.bins[pl[i][0]].node == n)))
             if item.count > 1 and p.weights.topology:
-                self._topology(item, mine, self.placed[i])
+                self._topology(i, item, mine, self.placed[i])
 
-    def _topology(self, item: Item, mine: dict[int, cp_model.IntVar], placed: cp_model.IntVar | int) -> None:
+    def _topology(self, i: int, item: Item, mine: dict[int, cp_model.IntVar], placed: cp_model.IntVar | int) -> None:
         p, m = self.p, self.m
         groups: dict[tuple[str, str], list[int]] = {}
         for b in mine:
@@ -516,6 +536,7 @@ class _Model:
         if not groups:
             return
         together = m.new_bool_var("together")
+        self.aux.append((together, lambda _, pl: int(pl[i] is not None and _together(p, pl[i]))))
         inside = []
         for members in groups.values():
             q = m.new_bool_var("in_group")
@@ -523,10 +544,12 @@ class _Model:
                 if b not in members:
                     m.add_implication(q, v.negated())
             inside.append(q)
+            self.aux.append((q, lambda _, pl, members=frozenset(members): int(
+                pl[i] is not None and set(pl[i]) <= members)))
         m.add_bool_or(inside).only_enforce_if(together)
         if not isinstance(placed, int):
             m.add_implication(together, placed)
-        self.terms.append(p.weights.topology * UNIT * together)
+        self.obj.append((p.weights.topology * UNIT, together))
 
     def _twins(self, a: int, b: int) -> bool:
         """Two empty GPUs that no tenant and no objective term can tell apart."""
@@ -535,6 +558,10 @@ class _Model:
             y.node, y.group, y.usable_cus, y.free_cus, y.memory, y.limit_room, y.healthy, y.min_slice)
         return same and all(it.cus[a] == it.cus[b] for it in self.p.items)
 
+    def objective(self) -> cp_model.LinearExprT:
+        """The model's objective: `objective()` less its constant part (scores of untouched GPUs)."""
+        return _sum(self.obj)
+
     def hint(self, placement: Placement) -> None:
         chosen = {(i, b) for i, where in enumerate(placement) for b in where or ()}
         for key, v in self.x.items():
@@ -542,17 +569,30 @@ class _Model:
         for i, placed in enumerate(self.placed):
             if not isinstance(placed, int):
                 self.m.add_hint(placed, placement[i] is not None)
+        ls = loads(self.p, placement)
+        for var, value in self.aux:
+            self.m.add_hint(var, value(ls, placement))
+
+    def value_at(self, placement: Placement) -> int:
+        """The model's objective at a placement (its auxiliaries at their best, as in `hint`)."""
+        values: dict[int, int] = {}
+        chosen = {(i, b) for i, where in enumerate(placement) for b in where or ()}
+        for key, v in self.x.items():
+            values[v.index] = int(key in chosen)
+        for i, placed in enumerate(self.placed):
+            if not isinstance(placed, int):
+                values[placed.index] = int(placement[i] is not None)
+        ls = loads(self.p, placement)
+        for var, value in self.aux:
+            values[var.index] = value(ls, placement)
+        return sum(c * values[v.index] for c, v in self.obj)
 
     def read(self, solver: cp_model.CpSolver) -> Placement:
         out: list[tuple[int, ...] | None] = []
-        for i in range(len(self.p.items)):
-            where = tuple(sorted(b for (ii, b), v in self.x.items() if ii == i and solver.boolean_value(v)))
+        for mine in self.by_item:
+            where = tuple(sorted(b for b, v in mine.items() if solver.boolean_value(v)))
             out.append(where or None)
         return tuple(out)
-
-
-def _complete(problem: Problem, placement: Placement) -> bool:
-    return not violations(problem, placement)
 
 
 class _StopAt(cp_model.CpSolverSolutionCallback):
@@ -580,17 +620,23 @@ def solve(problem: Problem, time_limit: float, workers: int = 1, hint: Placement
         return _finish(problem, hint, "optimal", None, start, stats)
     model = _Model(problem)
     model.hint(hint)
-    model.m.maximize(sum(model.terms))
+    model.m.maximize(model.objective())
+    offset = objective(problem, hint) - model.value_at(hint)  # the constant part the model leaves out
     solver = cp_model.CpSolver()
     # The limit bounds the whole decision, model building included.
     solver.parameters.max_time_in_seconds = max(time_limit - (time.perf_counter() - start), 0.001)
     solver.parameters.num_workers = workers
-    status = solver.solve(model.m, _StopAt(stop_at) if stop_at is not None else None)
+    if time_limit < QUICK_LIMIT:
+        # At bind the budget is milliseconds: presolve and symmetry detection would spend it all before
+        # the search even loads the (complete, feasible) greedy hint.
+        solver.parameters.cp_model_presolve = False
+        solver.parameters.symmetry_level = 0
+    status = solver.solve(model.m, _StopAt(stop_at - offset) if stop_at is not None else None)
     outcome, placement, bound = "infeasible", hint, None
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = model.read(solver)
-        bound = solver.best_objective_bound
-        if stop_at is not None and solver.objective_value >= stop_at:
+        bound = solver.best_objective_bound + offset
+        if stop_at is not None and solver.objective_value + offset >= stop_at:
             status = cp_model.OPTIMAL
         if violations(problem, found):  # never trust a model bug over the rules
             outcome = "fallback-greedy" if fallback_ok else "infeasible"

@@ -221,19 +221,34 @@ def lower_bounds(bins: tuple[Bin, ...], items: list[Item], rules: Rules) -> dict
     return out
 
 
-def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy,
-         time_limit: float = 5.0, workers: int = 1) -> Plan:
-    start = time.perf_counter()
+@dataclass
+class Packing:
+    """The batch as a model problem: one optional item per replica over every GPU of the cluster."""
+
+    ledger: Ledger
+    problem: Problem  # objective: GPUs used (every other weight 0)
+    owners: list[tuple[Workload, int]]
+    unplaced: list[Unplaced]
+
+
+def packing_problem(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy) -> Packing:
     ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory)
     for name, gpus in nodes.items():
         ledger.set_node(name, gpus)
-    states = [ledger.node(n) for n in nodes]
-    states_ok = [s for s in states if s is not None]
-    bins = tuple(b for s in states_ok for b in bins_for_node(s, policy))
-    items, owners, unplaced = _items(workloads, states_ok, policy)
-    rules = Rules.from_policy(policy)
+    states = [s for s in (ledger.node(n) for n in nodes) if s is not None]
+    bins = tuple(b for s in states for b in bins_for_node(s, policy))
+    items, owners, unplaced = _items(workloads, states, policy)
+    problem = Problem(bins, tuple(items), Rules.from_policy(policy), Weights(0, 0, 0, 0, gpu=1), symmetry=True)
+    return Packing(ledger, problem, owners, unplaced)
+
+
+def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy,
+         time_limit: float = 5.0, workers: int = 1) -> Plan:
+    start = time.perf_counter()
+    packing = packing_problem(nodes, workloads, policy)
+    ledger, first, owners, unplaced = packing.ledger, packing.problem, packing.owners, packing.unplaced
+    bins, items, rules = first.bins, list(first.items), first.rules
     bounds = lower_bounds(bins, items, rules)
-    first = Problem(bins, tuple(items), rules, Weights(0, 0, 0, 0, gpu=1), symmetry=True)
     # Objective = -(GPUs used) once everything is placed, so the counting bound proves optimality.
     solution = solve(first, time_limit * 0.75, workers, stop_at=-max(bounds.values(), default=0))
     used = gpus_used(first, solution.placement)
