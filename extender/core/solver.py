@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ortools.sat.python import cp_model
 
@@ -657,6 +657,28 @@ def _finish(problem: Problem, placement: Placement, outcome: str, bound: float |
     if outcome == "infeasible":
         return Solution(tuple(None for _ in problem.items), outcome, None, bound, seconds)
     return Solution(placement, outcome, objective(problem, placement), bound, seconds)
+
+
+def restrict(problem: Problem, keep: Sequence[int]) -> Problem:
+    """The same problem over a subset of its GPUs (positions `keep`, in order)."""
+    items = tuple(replace(it, cus=tuple(it.cus[b] for b in keep)) for it in problem.items)
+    return replace(problem, bins=tuple(problem.bins[b] for b in keep), items=items)
+
+
+def narrow(placement: Placement, keep: Sequence[int]) -> Placement:
+    """A placement on the full problem, renumbered for `restrict(problem, keep)` (it must use only `keep`)."""
+    pos = {b: k for k, b in enumerate(keep)}
+    return tuple(None if w is None else tuple(pos[b] for b in w) for w in placement)
+
+
+def widen(placement: Placement, keep: Sequence[int]) -> Placement:
+    """A placement on `restrict(problem, keep)`, renumbered for the full problem."""
+    return tuple(None if w is None else tuple(keep[k] for k in w) for w in placement)
+
+
+def best_greedy(problem: Problem) -> Placement:
+    """The best by `objective` of best-fit and first-fit, in given and decreasing order."""
+    return _best_greedy(problem)
 
 
 def _best_greedy(problem: Problem) -> Placement:

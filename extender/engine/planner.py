@@ -27,13 +27,18 @@ from extender.core.solver import (
     MEMORY_BOUND,
     Bin,
     Item,
+    Placement,
     Problem,
     Rules,
     Solution,
     Weights,
+    best_greedy,
     bins_for_node,
     gpus_used,
+    narrow,
+    restrict,
     solve,
+    widen,
 )
 from extender.engine.placement import GpuChoice, build_assignment, evaluate, gpu_reject_reason, gpu_score, needed_cus
 
@@ -204,10 +209,13 @@ def lower_bounds(bins: tuple[Bin, ...], items: list[Item], rules: Rules) -> dict
     """Bounds on the GPUs any placement of `items` needs (each is proven by counting)."""
     if not items or not bins:
         return {}
-    usable = max(b.usable_cus for b in bins)
+    # When every slice is a multiple of g CUs (balanced rounding: 32 on MI300X), a GPU holds at most
+    # floor(usable / g) * g of them: 256 of 272 usable CUs.
+    g = math.gcd(*(c for it in items for c in it.cus))
+    usable = max((b.usable_cus // g) * g for b in bins) if g else max(b.usable_cus for b in bins)
     memory = max(b.memory for b in bins)
     slots = [it.count for it in items]
-    out = {"computeUnits": math.ceil(sum(min(it.cus) * it.count for it in items) / usable),
+    out = {"computeUnits": math.ceil(sum(min(it.cus) * it.count for it in items) / max(usable, 1)),
            "memory": math.ceil(sum(it.memory * it.count for it in items) / memory),
            "gpusPerReplica": max(slots)}
     for cls, cap, key in ((MEMORY_BOUND, rules.max_memory_bound, "memoryBoundPerGpu"),
@@ -249,20 +257,27 @@ def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: 
     ledger, first, owners, unplaced = packing.ledger, packing.problem, packing.owners, packing.unplaced
     bins, items, rules = first.bins, list(first.items), first.rules
     bounds = lower_bounds(bins, items, rules)
+    # The model only needs the nodes greedy used plus one spare: an optimum never uses more GPUs than
+    # greedy, and a smaller model searches much better. Its own bound counts only when it saw every GPU.
+    hint = best_greedy(first)
+    keep = _nodes_to_keep(first, hint)
+    sub = restrict(first, keep)
     # Objective = -(GPUs used) once everything is placed, so the counting bound proves optimality.
-    solution = solve(first, time_limit * 0.75, workers, stop_at=-max(bounds.values(), default=0))
+    found = solve(sub, time_limit * 0.75, workers, hint=narrow(hint, keep),
+                  stop_at=-max(bounds.values(), default=0))
+    solution = replace(found, placement=widen(found.placement, keep))
     used = gpus_used(first, solution.placement)
-    if solution.bound is not None and all(w is not None for w in solution.placement):
-        bounds["solver"] = math.ceil(-solution.bound - 1e-6)
+    if found.bound is not None and len(keep) == len(bins) and all(w is not None for w in solution.placement):
+        bounds["solver"] = math.ceil(-found.bound - 1e-6)
     if items and solution.ok:
-        second = Problem(bins, tuple(items), rules, replace(Weights.from_policy(policy), spread=False),
+        second = Problem(sub.bins, sub.items, rules, replace(Weights.from_policy(policy), spread=False),
                          symmetry=True, max_new_gpus=used)
         # polishing (complementarity, fragmentation) gets what is left, at most a quarter of the limit
         left = max(min(time_limit - (time.perf_counter() - start), time_limit / 4), 0.05)
-        better = solve(second, left, workers, hint=solution.placement)
-        if better.ok and gpus_used(second, better.placement) <= used and _placed(better) >= _placed(solution):
-            solution = Solution(better.placement, solution.outcome, better.objective, solution.bound,
-                                solution.seconds + better.seconds)
+        better = solve(second, left, workers, hint=found.placement)
+        if better.ok and gpus_used(second, better.placement) <= used and _placed(better) >= _placed(found):
+            solution = Solution(widen(better.placement, keep), solution.outcome, better.objective, found.bound,
+                                found.seconds + better.seconds)
     placed = _reserve(ledger, bins, items, owners, solution, policy, unplaced)
     used_gpus = sum(1 for s in ledger.nodes() for g in s.gpus if g.slices)
     placed_items = [items[i] for i, w in enumerate(solution.placement) if w is not None]
@@ -273,6 +288,15 @@ def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: 
                 bounds=lb_bounds, one_per_gpu=sum(it.count for it in placed_items), outcome=solution.outcome,
                 seconds=time.perf_counter() - start, placements=placed, unplaced=unplaced,
                 nodes=[s for s in ledger.nodes()])
+
+
+def _nodes_to_keep(problem: Problem, hint: Placement) -> list[int]:
+    used = {problem.bins[b].node for w in hint for b in w or ()}
+    used |= {bn.node for bn in problem.bins if not bn.empty}
+    spare = next((bn.node for bn in problem.bins if bn.node not in used), None)
+    if spare is not None:
+        used.add(spare)
+    return [b for b, bn in enumerate(problem.bins) if bn.node in used]
 
 
 def _placed(solution: Solution) -> int:
