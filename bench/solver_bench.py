@@ -125,9 +125,11 @@ def _latency_row(label: str, times: list[float], stats: SolverStats) -> dict[str
             "outcomes": {k: v for k, v in stats.outcomes.items() if v}}
 
 
-def synthetic_mix(policy: Policy, n: int, memory_share: float, seed: int, small: bool = False) -> dict:
+def synthetic_mix(policy: Policy, n: int, memory_share: float, seed: int, small: bool = False,
+                  multi: float = 0.0) -> dict:
     """`n` workloads; memory-bound with probability `memory_share`, sized from the example profiles at
-    random targets they can reach (or, `small`, explicit dev/test slices)."""
+    random targets they can reach (or, `small`, explicit dev/test slices); a `multi` share of the
+    memory-bound ones are tensor-parallel over 2 GPUs."""
     rng = random.Random(seed)
     by_class: dict[str, list[str]] = {"memory-bound": [], "compute-bound": []}
     for name, prof in sorted(policy.profiles.items()):
@@ -142,7 +144,10 @@ def synthetic_mix(policy: Policy, n: int, memory_share: float, seed: int, small:
         prof = rng.choice(by_class[cls])
         top = profile_rps(policy.profiles[prof], 304)
         target = round(top * rng.uniform(0.2, 0.9), 1)
-        out.append({"name": f"w{i}", "replicas": rng.choice([1, 1, 2, 3]), "profile": prof, "targetRps": target})
+        spec = {"name": f"w{i}", "replicas": rng.choice([1, 1, 2, 3]), "profile": prof, "targetRps": target}
+        if cls == "memory-bound" and rng.random() < multi:
+            spec["count"] = 2
+        out.append(spec)
     return {"workloads": out}
 
 
@@ -155,6 +160,7 @@ def packing(policy: Policy, seconds: float) -> list[dict[str, object]]:
         ("balanced 60 (50%)", big, synthetic_mix(policy, 60, 0.5, 2)),
         ("encode-heavy 60 (20% memory-bound)", big, synthetic_mix(policy, 60, 0.2, 3)),
         ("dev/test 80 small slices (50%)", big, synthetic_mix(policy, 80, 0.5, 4, small=True)),
+        ("tensor-parallel 50 (60%, 30% of them on 2 GPUs)", big, synthetic_mix(policy, 50, 0.6, 5, multi=0.3)),
     ]
     rows = []
     for label, cluster_doc, workloads_doc in mixes:

@@ -192,8 +192,8 @@ def _items(workloads: list[Workload], states: list[NodeState], policy: Policy
     owners: list[tuple[Workload, int]] = []
     unplaced: list[Unplaced] = []
     for w in workloads:
-        fits = [evaluate(w.request, s, policy) for s in states]
-        if not any(f.ok for f in fits):
+        if not any(_fits_empty(w.request, s, policy) for s in states):
+            fits = [evaluate(w.request, s, policy) for s in states]
             reason = "; ".join(f"{s.name}: {f.reason}" for s, f in zip(states, fits, strict=True))
             unplaced.append(Unplaced(w.name, None, f"fits on no node even when empty: {reason}"))
             continue
@@ -203,6 +203,11 @@ def _items(workloads: list[Workload], states: list[NodeState], policy: Policy
                               w.request.memory_limit_bytes, w.request.count, optional=True))
             owners.append((w, r))
     return items, owners, unplaced
+
+
+def _fits_empty(req: SliceRequest, state: NodeState, policy: Policy) -> bool:
+    """Enough GPUs of the node pass the per-GPU rules (evaluate's test, without laying out CUs)."""
+    return sum(gpu_reject_reason(req, g, policy) is None for g in state.gpus) >= req.count
 
 
 def lower_bounds(bins: tuple[Bin, ...], items: list[Item], rules: Rules) -> dict[str, int]:
