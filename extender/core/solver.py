@@ -34,7 +34,7 @@ UNIT = 1000
 PAIR_REWARD = 300  # one memory-bound tenant next to one compute-bound tenant
 DOUBLE_PENALTY = 500  # each memory-bound tenant beyond the first on a GPU
 
-QUICK_LIMIT = 0.1  # seconds; below this a solve is a bind-time decision and skips presolve
+QUICK_LIMIT = 0.5  # seconds; below this a solve is a bind-time decision and skips presolve
 Placement = tuple[tuple[int, ...] | None, ...]  # per item: the bin positions it uses, or None (unplaced)
 
 
@@ -494,6 +494,11 @@ class _Model:
     def _fragmentation(self, b: int, bn: Bin, on: list[tuple[Item, cp_model.IntVar]]) -> None:
         if self.p.weights.fragmentation == 0 or bn.min_slice <= 1:
             return
+        # Leftovers stay congruent to free_cus modulo the slices' common divisor g: when that is 0 and
+        # g >= min_slice, nothing can be stranded here and the three booleans are not needed.
+        g = math.gcd(*(it.cus[b] for it, _ in on))
+        if g >= bn.min_slice and bn.free_cus % g == 0:
+            return
         m = self.m
         used = _sum([(it.cus[b], v) for it, v in on])
         zero, big, stranded = m.new_bool_var("zero"), m.new_bool_var("big"), m.new_bool_var("stranded")
@@ -614,7 +619,7 @@ def solve(problem: Problem, time_limit: float, workers: int = 1, hint: Placement
     the objective proven outside the model; a solution reaching it is optimal and ends the search."""
     start = time.perf_counter()
     if hint is None or violations(problem, hint):
-        hint = _best_greedy(problem)
+        hint = _best_greedy(problem, quick=time_limit < QUICK_LIMIT)
     fallback_ok = not violations(problem, hint)
     if fallback_ok and stop_at is not None and objective(problem, hint) >= stop_at:
         return _finish(problem, hint, "optimal", None, start, stats)
@@ -681,8 +686,10 @@ def best_greedy(problem: Problem) -> Placement:
     return _best_greedy(problem)
 
 
-def _best_greedy(problem: Problem) -> Placement:
-    options = [greedy(problem, decreasing=d, best=b) for d in (True, False) for b in (True, False)]
+def _best_greedy(problem: Problem, quick: bool = False) -> Placement:
+    # at bind only best-fit (both orders); first-fit rarely wins and costs as much again
+    kinds = [(True, True), (False, True)] if quick else [(d, b) for d in (True, False) for b in (True, False)]
+    options = [greedy(problem, decreasing=d, best=b) for d, b in kinds]
     feasible = [o for o in options if not violations(problem, o)] or options
     return max(feasible, key=lambda o: objective(problem, o))
 
