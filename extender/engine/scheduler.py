@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
@@ -27,14 +27,17 @@ from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
-from extender.engine.placement import NodeFit, build_assignment, evaluate, to_score
+from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 
 log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
+# Why filter rejected a node (the `reason` label of gpuslice_filter_rejections_total).
+REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "unhealthy", "compute", "memory",
+                     "memory-limit", "class-rule", "bandwidth", "no-gpus")
 PENDING_CACHE = 20_000
-MEMO_LIMIT = 64
+MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
 
 @dataclass
@@ -49,8 +52,10 @@ class FilterResult:
 class EngineStats:
     """Plain counters; the Prometheus collector reads them at scrape time."""
 
-    filter_rejections: Counter[str] = field(default_factory=Counter)  # reason category -> nodes
-    binds: Counter[str] = field(default_factory=Counter)  # result -> count
+    # Every label value starts at 0 so that dashboards and alerts see the series before the first event.
+    filter_rejections: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(REJECTION_REASONS, 0)))
+    # conflict-after-bind: the API bound a pod whose reservation had lapsed and whose CUs were taken meanwhile.
+    binds: Counter[str] = field(default_factory=lambda: Counter({"ok": 0, "error": 0, "conflict-after-bind": 0}))
     skipped_nodes: dict[str, str] = field(default_factory=dict)  # node -> inventory problem
     rebuild_problems: list[str] = field(default_factory=list)
     last_sync: float | None = None
@@ -61,10 +66,17 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, checker: Placer = check,
+                 scorer: Placer = rank, bind_placer: Placer | None = None) -> None:
+        """`placer` chooses GPUs and CUs; `checker` answers filter's yes/no and `scorer` gives
+        prioritize's score without choosing CUs. All three must agree on which nodes fit. Bind may
+        decide with a costlier `bind_placer` (the CP-SAT solver) that never fails where `placer` fits."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
+        self.checker = checker
+        self.scorer = scorer
+        self.bind_placer = bind_placer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -177,31 +189,43 @@ class Engine:
             result.unresolvable = {n: msg for n in candidates}
             self.stats.filter_rejections["invalid-request"] += len(candidates)
             return result
+        # Remember every pod filter saw (pass-through ones too): bind gets only names and a UID, and
+        # the pod may not be readable from the cluster yet (or at all, in the demo).
+        self._remember(pod)
         if req is None:
             result.passed = list(candidates)
             return result
-        self._remember(pod)
         quota = self._quota_problem(pod, req, policy)
         if quota:
             result.failed = {n: quota for n in candidates}
             self.stats.filter_rejections["quota"] += len(candidates)
             return result
-        for name, problem in candidates.items():
+        # The hot path (thousands of nodes per call): one memo key per request, locals for lookups,
+        # rejection counts merged once at the end.
+        key = "check|" + fit_key(req, policy)
+        uid = pod.uid
+        passed, failed = result.passed, result.failed
+        rejected: Counter[str] = Counter()
+        for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
             if problem:
-                result.failed[name] = problem
-                self.stats.filter_rejections["inventory"] += 1
+                failed[name] = problem
+                rejected["inventory"] += 1
                 continue
-            state = self.ledger.node(name)
             if state is None:
-                result.failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
-                self.stats.filter_rejections["unknown-node"] += 1
+                failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
+                rejected["unknown-node"] += 1
                 continue
-            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy)
-            if fit.ok:
-                result.passed.append(name)
+            if uid in state.pods:
+                state = state.without(uid)
+            fit = state.memo.get(key)
+            if fit is None:
+                fit = self._memoize(state, key, self.checker(req, state, policy))
+            if fit.ok:  # type: ignore[attr-defined]
+                passed.append(name)
             else:
-                result.failed[name] = f"gpuslice: {fit.reason}"
-                self.stats.filter_rejections[fit.category] += 1
+                failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
+                rejected[fit.category] += 1  # type: ignore[attr-defined]
+        self.stats.filter_rejections.update(rejected)
         return result
 
     def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
@@ -214,14 +238,18 @@ class Engine:
             return [(n, 0) for n in candidates]
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
-        out = []
-        for name in candidates:
-            state = self.ledger.node(name)
+        key = fit_key(req, policy)
+        out: list[tuple[str, int]] = []
+        for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
-            out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
-                                                 else state, policy))))
+            if pod.uid in state.pods:
+                state = state.without(pod.uid)
+            fit = state.memo.get("rank|" + key)
+            if fit is None:
+                fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
+            out.append((name, to_score(fit)))  # type: ignore[arg-type]
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -257,6 +285,7 @@ class Engine:
             raise BindError(f"gpuslice: {exc}") from None
         if req is None:
             self.cluster.bind_pod(pod, node, {})
+            self._forget_pending(uid)
             return
         quota = self._quota_problem(pod, req, policy)
         if quota:
@@ -269,7 +298,8 @@ class Engine:
             raise BindError(f"gpuslice: pod {namespace}/{name} is already bound to {held.assignment.node}")
         try:
             with self.ledger.locked(node) as state:
-                fit = self._fit(req, state.without(uid), policy)
+                base = state.without(uid)
+                fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
                 if not fit.ok:
                     raise BindError(f"gpuslice: node {node}: {fit.reason}")
                 assignment = build_assignment(req, node, fit.choices, policy)
@@ -293,8 +323,32 @@ class Engine:
             except LedgerConflict as exc:
                 self.stats.binds["conflict-after-bind"] += 1
                 log.error("pod %s bound to %s but its slice now conflicts: %s", ref.key, node, exc)
+        self._forget_pending(uid)
+
+    def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:
             self._pending.pop(uid, None)
+
+    def preempt(self, pod: PodView, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """kube-scheduler proposes, per node, the pods (UIDs) it would evict for `pod`. Keep the nodes
+        where the slice fits once those victims' slices are freed; gpuslice never adds victims."""
+        policy = self.policies.current
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError:
+            return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
+        if req is None:
+            return {node: list(uids) for node, uids in victims.items()}
+        out: dict[str, list[str]] = {}
+        for node, uids in victims.items():
+            state = self.ledger.node(node)
+            if state is None:
+                continue
+            for uid in (*uids, pod.uid):
+                state = state.without(uid)
+            if self.checker(req, state, policy).ok:
+                out[node] = list(uids)
+        return out
 
     def assignment_for(self, uid: str) -> Assignment | None:
         entry = self.ledger.entry(uid)
@@ -310,20 +364,29 @@ class Engine:
                 ok = self.observe_node(view)
                 out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
             return out
+        skipped_nodes = self.stats.skipped_nodes
+        if not skipped_nodes:
+            return dict.fromkeys(names or (), "")
         for name in names or ():
-            skipped = self.stats.skipped_nodes.get(name)
+            skipped = skipped_nodes.get(name)
             out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
         return out
 
-    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
-        key = (req, policy.version)
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy, key: str | None = None) -> NodeFit:
+        """The placer's answer for this exact (immutable) node state, memoised on it: filter, prioritize
+        and bind of one pod, and pods of the same shape, evaluate a node once."""
+        key = "place|" + (key or fit_key(req, policy))
         fit = state.memo.get(key)
         if fit is None:
-            fit = self.placer(req, state, policy)
-            if len(state.memo) >= MEMO_LIMIT:
-                state.memo.clear()
-            state.memo[key] = fit
+            fit = self._memoize(state, key, self.placer(req, state, policy))
         return fit  # type: ignore[return-value]
+
+    @staticmethod
+    def _memoize(state: NodeState, key: str, fit: NodeFit) -> NodeFit:
+        if len(state.memo) >= MEMO_LIMIT:
+            state.memo.clear()
+        state.memo[key] = fit
+        return fit
 
     def _remember(self, pod: PodView) -> None:
         with self._pending_lock:
