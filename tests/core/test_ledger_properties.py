@@ -34,6 +34,7 @@ from extender.engine.cluster import BindError, MemoryCluster, NodeView, PodView
 from extender.engine.placement import build_assignment, evaluate
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
+from extender.engine.solver_placer import SolverPlacer
 
 GI = 2**30
 CLASSES = ("memory-bound", "compute-bound")
@@ -172,6 +173,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.model: dict[str, Expected] = {}
         self.fresh = 0
+        self.solver = SolverPlacer()
 
     @initialize(data=st.data(), policy=policies)
     def setup(self, data: st.DataObject, policy: Policy) -> None:
@@ -192,10 +194,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # --- rules ---
     @rule(uid=st.sampled_from(UIDS), node=st.sampled_from(NODES), req=slice_requests(),
-          ttl=st.sampled_from([None, 5.0, 30.0]))
-    def place(self, uid: str, node: str, req: SliceRequest, ttl: float | None) -> None:
-        """An assignment from the engine's placement always fits the ledger it was computed on."""
-        fit = evaluate(req, self.ledger.node(node).without(uid), self.policy)
+          ttl=st.sampled_from([None, 5.0, 30.0]), solver=st.booleans())
+    def place(self, uid: str, node: str, req: SliceRequest, ttl: float | None, solver: bool) -> None:
+        """An assignment from the engine's placement (greedy, or the CP-SAT bind placer) always fits
+        the ledger it was computed on."""
+        placer = self.solver if solver else evaluate
+        fit = placer(req, self.ledger.node(node).without(uid), self.policy)
         event(f"place: {'fits' if fit.ok else fit.category}")
         if not fit.ok:
             assert fit.reason and fit.category
@@ -329,7 +333,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 TestLedgerMachine = LedgerMachine.TestCase
-TestLedgerMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None,
+TestLedgerMachine.settings = settings(max_examples=120, stateful_step_count=30, deadline=None,
                                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
@@ -485,10 +489,12 @@ def assert_cluster_matches_ledger(engine: Engine, cluster: MemoryCluster) -> Non
             assert ASSIGNMENT_ANNOTATION not in pod.annotations
 
 
+@pytest.mark.parametrize("solver", [False, True], ids=["greedy-bind", "cp-sat-bind"])
 @given(reqs=st.lists(slice_requests(max_count=2), min_size=10, max_size=40),
        n_nodes=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_concurrent_filter_and_bind_never_double_allocate(reqs: list[SliceRequest], n_nodes: int, seed: int) -> None:
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_concurrent_filter_and_bind_never_double_allocate(solver: bool, reqs: list[SliceRequest], n_nodes: int,
+                                                          seed: int) -> None:
     rng = random.Random(seed)
     cluster = SlowCluster()
     nodes = [f"n{i}" for i in range(n_nodes)]
@@ -497,7 +503,8 @@ def test_concurrent_filter_and_bind_never_double_allocate(reqs: list[SliceReques
     pods = [PodView(f"uid-{i}", f"ns{i % 3}", f"p{i}", annotations=pod_annotations(r)) for i, r in enumerate(reqs)]
     for p in pods:
         cluster.add_pod(p)
-    engine = Engine(cluster, PolicyStore(parse_policy({"classes": {"maxMemoryBoundPerGpu": None}})))
+    engine = Engine(cluster, PolicyStore(parse_policy({"classes": {"maxMemoryBoundPerGpu": None}})),
+                    bind_placer=SolverPlacer() if solver else None)
     engine.sync()
     results: dict[str, list[str]] = {}
     lock = threading.Lock()
