@@ -40,13 +40,22 @@ def needed_cus(req: SliceRequest, gpu: GpuState, policy: Policy) -> int:
     return req.guaranteed_cus(policy, policy.model_for(gpu.info.model), gpu.info.computeUnits)
 
 
+def usable_cus(gpu: GpuState, n: int) -> frozenset[int]:
+    """CUs a guarantee of `n` may take. A request for the whole GPU takes an empty GPU whole, burst
+    region included (exclusive use, e.g. cooperative launches); otherwise the burst region is never
+    guaranteed, so without this a 1000m request could never fit."""
+    if n >= gpu.info.computeUnits and not gpu.slices:
+        return frozenset(range(gpu.info.computeUnits))
+    return gpu.free_cus
+
+
 def gpu_reject_reason(req: SliceRequest, gpu: GpuState, policy: Policy) -> tuple[str, str] | None:
     """Why the slice cannot go on this GPU: (category, words a person can act on); None if it fits."""
     i = gpu.info.index
     if not gpu.info.healthy:
         return "unhealthy", f"gpu {i}: unhealthy"
     n = needed_cus(req, gpu, policy)
-    free = len(gpu.free_cus)
+    free = len(usable_cus(gpu, n))
     if n > free:
         return "compute", f"gpu {i}: needs {n} CUs, {free} free"
     if req.memory_bytes > gpu.memory_free:
@@ -100,7 +109,7 @@ def complementarity(req_class: str, gpu: GpuState) -> float:
 def gpu_score(req: SliceRequest, gpu: GpuState, cus: frozenset[int], policy: Policy) -> float:
     """0..1: packing per the strategy, class complementarity, fragmentation left behind."""
     usable = gpu.info.computeUnits - len(gpu.shared)
-    after = (len(gpu.guaranteed - gpu.shared) + len(cus)) / usable if usable else 1.0
+    after = min(1.0, (len(gpu.guaranteed - gpu.shared) + len(cus)) / usable) if usable else 1.0
     pack = after if policy.scoring.strategy == "binpack" else 1.0 - after
     mem_after = (gpu.memory_used + req.memory_bytes) / gpu.info.memoryBytes
     pack = 0.7 * pack + 0.3 * (mem_after if policy.scoring.strategy == "binpack" else 1.0 - mem_after)
@@ -134,7 +143,7 @@ def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
             reasons.append(reason)
             continue
         n = needed_cus(req, gpu, policy)
-        cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
+        cus = choose_cus(usable_cus(gpu, n), n, policy.layout.mode, gpu.info.xcds)
         if cus is None:  # cannot happen after the count check, kept as a guard
             reasons.append(("compute", f"gpu {gpu.info.index}: no CU set of {n}"))
             continue
