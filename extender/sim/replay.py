@@ -1,0 +1,315 @@
+"""The event-driven replay: pods arrive, are scheduled as kube-scheduler would with the extender, and
+depart; pods that found no node wait and are retried when a departure frees room.
+
+One scheduling cycle per pod, as kube-scheduler runs it:
+1. its own filters: host CPU and memory fit (NodeResourcesFit), the pod's GPU-model selector, and a
+   screen of free GPUs (a necessary condition, so the extender sees fewer hopeless nodes);
+2. the extender's `filter` and `prioritize` — the engine's own code, on the same ledger;
+3. node choice: the highest total score, ties broken at random (seeded), where total =
+   host score (LeastAllocated or MostAllocated, weight 1, plus BalancedAllocation, weight 1; each
+   0..100) + extender score (0..10) x 10 x extender weight — kube-scheduler's scaling of extender
+   scores. Baselines pick nodes their own way (see baselines.CHOOSERS);
+4. the extender's `bind`.
+Identical empty nodes are interchangeable, so only one of each kind is sent to the extender; ties
+are weighted by how many nodes each stands for, so the choice is distributed as if all were sent.
+
+Events at the same instant run departures first, then arrivals in trace order. Unschedulable pods
+are retried after each departure, on the freed node's screen first. The replay ends when the last pod
+has arrived and been tried; metrics describe that moment.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from extender.core.policy import Policy
+from extender.core.requests import SliceRequest, parse_slice_request
+from extender.engine.cluster import PodView
+from extender.engine.placement import evaluate
+from extender.engine.policy_store import PolicyStore
+from extender.engine.scheduler import Engine, Placer
+from extender.sim import sizing
+from extender.sim.cluster import SimCluster
+from extender.sim.workload import SimNode, SimPod
+
+NAMESPACE = "sim"
+DEPART, ARRIVE = 0, 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    label: str
+    policy: Policy
+    placer: Placer = evaluate
+    chooser: str = "kube"  # kube | first | best | random
+    source: str = ""
+
+
+@dataclass
+class PodOutcome:
+    pod: SimPod
+    uid: str
+    view: PodView | None  # None when infeasible
+    demand: float
+    node: str | None = None
+    reason: str = ""
+    infeasible: str = ""
+    sized_cus: int | None = None
+    departed: bool = False
+
+
+@dataclass
+class ReplayState:
+    """What a finished replay hands to the metrics."""
+
+    spec: RunSpec
+    cluster: SimCluster
+    engine: Engine
+    outcomes: list[PodOutcome]
+    series: list[tuple[float, float]] = field(default_factory=list)  # (arrived, placed) GPUs
+    elapsed: float = 0.0
+    attempts: int = 0
+
+
+class Replay:
+    def __init__(self, nodes: list[SimNode], pods: list[SimPod], spec: RunSpec, host_score: str = "least",
+                 extender_weight: float = 5.0, seed: int = 0) -> None:
+        self.spec = spec
+        self.policy = spec.policy
+        self.host_score = host_score
+        self.extender_weight = extender_weight
+        self.rng = random.Random(seed)
+        models = sorted({n.model for n in nodes if n.gpus})
+        self.cluster = SimCluster(nodes, models)
+        self.engine = Engine(self.cluster, PolicyStore(self.policy), placer=spec.placer, clock=lambda: 0.0)
+        self.engine.sync()
+        for state in self.engine.ledger.nodes():
+            self.cluster.refresh(state)
+        self.names = [n.name for n in nodes]
+        self.outcomes = [self._translate(i, p) for i, p in enumerate(pods)]
+        self._screen_arrays(models)
+
+    # --- pods as the policy sees them -----------------------------------------------------------
+    def _translate(self, i: int, pod: SimPod) -> PodOutcome:
+        uid = f"uid-{i}"
+        ask = pod.gpu
+        if ask is None:
+            view = PodView(uid, NAMESPACE, pod.name, cpu_millis=pod.cpu_millis, memory_bytes=pod.memory_bytes)
+            return PodOutcome(pod, uid, view, 0.0)
+        p = self.policy
+        key = f"{p.prefix}/"
+        ann = {key + "count": str(ask.count)}
+        profile = p.profiles.get(ask.profile) if ask.profile else None
+        if ask.profile and profile is None:
+            return PodOutcome(pod, uid, None, 0.0, infeasible=f"profile {ask.profile} is not in the policy")
+        cls = ask.workload_class or (profile.workloadClass if profile else p.classes.default)
+        memory = ask.memory_bytes or (profile.minMemory if profile else 0)
+        demand = pod.demand
+        sized = None
+        if profile is not None:
+            ann[key + "profile"] = ask.profile or ""
+            if memory < profile.minMemory:
+                memory = profile.minMemory
+        if ask.compute_millis is not None:
+            ann[key + "compute"] = f"{ask.compute_millis}m"
+        else:
+            assert profile is not None and ask.target_rps is not None
+            s = sizing.size(p, ask.profile or "", ask.target_rps, cls, memory)
+            if s.cus is None:
+                return PodOutcome(pod, uid, None, 0.0, infeasible=s.reason)
+            total = p.models[profile.gpuModel].computeUnits
+            ann[key + "compute"] = f"{sizing.millis_for_cus(s.cus, total)}m"
+            ann[key + "target-rps"] = f"{ask.target_rps:g}"
+            demand = ask.count * s.cus / total
+            sized = s.cus
+        ann[key + "memory"] = str(memory)
+        ann[key + "class"] = cls
+        view = PodView(uid, NAMESPACE, pod.name, annotations=ann, cpu_millis=pod.cpu_millis,
+                       memory_bytes=pod.memory_bytes)
+        return PodOutcome(pod, uid, view, demand, sized_cus=sized)
+
+    def _screen_arrays(self, models: list[str]) -> None:
+        """Per pod: CUs it needs on each model's GPU (-2: whole GPU), GPU memory, count, allowed models."""
+        n, m = len(self.outcomes), max(len(models), 1)
+        self.need = np.zeros((n, m), dtype=np.int64)
+        self.gmem = np.zeros(n, dtype=np.int64)
+        self.count = np.zeros(n, dtype=np.int64)
+        self.allowed = np.ones((n, m), dtype=bool)
+        self.cpu = np.array([o.pod.cpu_millis for o in self.outcomes], dtype=np.int64)
+        self.mem = np.array([o.pod.memory_bytes for o in self.outcomes], dtype=np.int64)
+        self.requests: list[SliceRequest | None] = []
+        for i, o in enumerate(self.outcomes):
+            req = None
+            if o.view is not None and o.pod.gpu is not None:
+                try:
+                    req = parse_slice_request(o.view.labels, o.view.annotations, self.policy)
+                except Exception as exc:  # the engine reports the same problem at filter time
+                    o.infeasible = str(exc)
+            self.requests.append(req)
+            if req is None:
+                continue
+            self.gmem[i] = req.memory_bytes
+            self.count[i] = req.count
+            for j, name in enumerate(models):
+                model = self.policy.model_for(name)
+                cus = req.guaranteed_cus(self.policy, model, model.computeUnits)
+                self.need[i, j] = -2 if cus >= model.computeUnits else cus
+            if o.pod.gpu and o.pod.gpu.models:
+                self.allowed[i] = [name in o.pod.gpu.models for name in models] if models else False
+
+    # --- one scheduling cycle -------------------------------------------------------------------
+    def _screen(self, i: int, nodes: np.ndarray | None = None) -> np.ndarray:
+        c = self.cluster
+        idx = np.arange(len(self.names)) if nodes is None else nodes
+        ok = (c.cpu_free[idx] >= self.cpu[i]) & (c.mem_free[idx] >= self.mem[i])
+        req = self.requests[i]
+        if req is not None:
+            model = c.model[idx]
+            ok &= model >= 0
+            ok &= self.allowed[i][np.maximum(model, 0)]
+            need = self.need[i][np.maximum(model, 0)][:, None]
+            free = c.gpu_free[idx]
+            fits = np.where(need == -2, c.gpu_empty[idx], free >= need) & (c.gpu_mem[idx] >= self.gmem[i])
+            ok &= fits.sum(axis=1) >= self.count[i]
+        return idx[ok]
+
+    def _representatives(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.cluster
+        empty = c.pods_on[cand] == 0
+        busy = cand[~empty]
+        idle = cand[empty]
+        if idle.size == 0:
+            return cand, np.ones(cand.size)
+        kinds, first, counts = np.unique(c.kind[idle], return_index=True, return_counts=True)
+        reps = np.concatenate([busy, idle[first]])
+        weights = np.concatenate([np.ones(busy.size), counts.astype(float)])
+        order = np.argsort(reps, kind="stable")
+        return reps[order], weights[order]
+
+    def _host_scores(self, i: int, idx: np.ndarray) -> np.ndarray:
+        c = self.cluster
+        cpu_used = (c.cpu_cap[idx] - c.cpu_free[idx] + self.cpu[i]) / np.maximum(c.cpu_cap[idx], 1)
+        mem_used = (c.mem_cap[idx] - c.mem_free[idx] + self.mem[i]) / np.maximum(c.mem_cap[idx], 1)
+        if self.host_score == "none":
+            return np.zeros(idx.size)
+        fit = (cpu_used + mem_used) / 2 * 100
+        if self.host_score == "least":
+            fit = 100 - fit
+        balanced = (1 - np.abs(cpu_used - mem_used) / 2) * 100
+        return fit + balanced
+
+    def _pick(self, i: int, o: PodOutcome, passed: list[str], weights: dict[str, float]) -> str:
+        chooser = self.spec.chooser
+        if chooser == "first":
+            return min(passed, key=lambda n: self.cluster.index[n])
+        if chooser == "random":
+            return self.rng.choices(passed, weights=[weights[n] for n in passed])[0]
+        assert o.view is not None
+        ext = dict(self.engine.prioritize(o.view, names=passed))
+        if chooser == "best":
+            return max(passed, key=lambda n: (ext[n], -self.cluster.index[n]))
+        idx = np.array([self.cluster.index[n] for n in passed])
+        total = self._host_scores(i, idx) + np.array([ext[n] for n in passed]) * 10 * self.extender_weight
+        top = total.max()
+        tied = [n for n, t in zip(passed, total, strict=True) if t >= top - 1e-9]
+        if len(tied) == 1:
+            return tied[0]
+        return self.rng.choices(tied, weights=[weights[n] for n in tied])[0]
+
+    def attempt(self, i: int) -> bool:
+        o = self.outcomes[i]
+        if o.view is None or o.infeasible:
+            return False
+        self.attempts += 1
+        cand = self._screen(i)
+        if cand.size == 0:
+            o.reason = "no node fits the pod's host CPU/memory, GPU model and free GPU capacity"
+            return False
+        reps, w = self._representatives(cand)
+        names = [self.names[k] for k in reps]
+        weights = dict(zip(names, w.tolist(), strict=True))
+        result = self.engine.filter(o.view, names=names)
+        if not result.passed:
+            reasons = list(result.unresolvable.values()) or list(result.failed.values())
+            o.reason = reasons[0] if reasons else "no node passed the extender's filter"
+            return False
+        node = self._pick(i, o, result.passed, weights)
+        err = self.engine.bind(NAMESPACE, o.view.name, o.uid, node)
+        if err:
+            o.reason = err
+            return False
+        o.node, o.reason = node, ""
+        state = self.engine.ledger.node(node)
+        if state is not None:
+            self.cluster.refresh(state)
+        return True
+
+    # --- the event loop -------------------------------------------------------------------------
+    def run(self) -> ReplayState:
+        started = time.perf_counter()
+        self.attempts = 0
+        events: list[tuple[float, int, int, int]] = []
+        for i, o in enumerate(self.outcomes):
+            heapq.heappush(events, (o.pod.arrival, ARRIVE, i, i))
+        last_arrival = max((o.pod.arrival for o in self.outcomes), default=0.0)
+        pending: list[int] = []
+        arrived = placed = 0.0
+        series: list[tuple[float, float]] = []
+        seq = len(self.outcomes)
+        while events:
+            now, kind, _, i = heapq.heappop(events)
+            if now > last_arrival:
+                break
+            o = self.outcomes[i]
+            if kind == DEPART:
+                node = o.node
+                self._depart(o)
+                placed -= o.demand
+                if node is not None:
+                    for k in self._retry_on(node, pending):
+                        if self.attempt(k):
+                            pending.remove(k)
+                            placed += self.outcomes[k].demand
+                            seq = self._schedule_departure(events, k, now, seq)
+                continue
+            if o.view is not None:
+                self.cluster.add_pod(o.view)
+            arrived += o.demand
+            if self.attempt(i):
+                placed += o.demand
+                seq = self._schedule_departure(events, i, now, seq)
+            elif not o.infeasible and o.view is not None:
+                pending.append(i)
+            series.append((arrived, placed))
+        state = ReplayState(self.spec, self.cluster, self.engine, self.outcomes, series,
+                            time.perf_counter() - started, self.attempts)
+        return state
+
+    def _schedule_departure(self, events: list, i: int, now: float, seq: int) -> int:
+        duration = self.outcomes[i].pod.duration
+        if duration is not None:
+            heapq.heappush(events, (now + duration, DEPART, seq, i))
+            return seq + 1
+        return seq
+
+    def _depart(self, o: PodOutcome) -> None:
+        self.cluster.remove_pod(o.uid)
+        self.engine.forget_pod(o.uid)
+        if o.node is not None:
+            state = self.engine.ledger.node(o.node)
+            if state is not None:
+                self.cluster.refresh(state)
+        o.node = None
+        o.departed = True
+
+    def _retry_on(self, node: str, pending: list[int]) -> list[int]:
+        """Pending pods (in arrival order) that the freed node might now take."""
+        if not pending:
+            return []
+        k = np.array([self.cluster.index[node]])
+        return [i for i in list(pending) if self._screen(i, k).size]
