@@ -7,10 +7,22 @@ over XCDs and engines (`spread`), while bits at a stride of `xcds` stay on one X
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 
 def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     """Maximal runs of consecutive bits as (start, length), in bit order."""
+    if isinstance(bits, frozenset):
+        return list(_runs_of(bits))  # ledger CU sets are frozensets, evaluated again and again
+    return _runs(bits)
+
+
+@lru_cache(maxsize=8192)
+def _runs_of(bits: frozenset[int]) -> tuple[tuple[int, int], ...]:
+    return tuple(_runs(bits))
+
+
+def _runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     ordered = sorted(bits)
     out: list[tuple[int, int]] = []
     for b in ordered:

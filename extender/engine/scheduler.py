@@ -73,6 +73,7 @@ class Engine:
         self._pending_lock = threading.Lock()
         self._node_sig: dict[str, tuple] = {}
         self._last_expire = 0.0
+        self._memo_keys: dict[tuple, _MemoKey] = {}
         self.synced = False
         policies.on_change(self._policy_changed)
 
@@ -185,6 +186,7 @@ class Engine:
             result.failed = {n: quota for n in candidates}
             self.stats.filter_rejections["quota"] += len(candidates)
             return result
+        key = self._memo_key(req, policy)
         for name, problem in candidates.items():
             if problem:
                 result.failed[name] = problem
@@ -195,7 +197,7 @@ class Engine:
                 result.failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
                 self.stats.filter_rejections["unknown-node"] += 1
                 continue
-            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy)
+            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy, key)
             if fit.ok:
                 result.passed.append(name)
             else:
@@ -213,6 +215,7 @@ class Engine:
             return [(n, 0) for n in candidates]
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
+        key = self._memo_key(req, policy)
         out = []
         for name in candidates:
             state = self.ledger.node(name)
@@ -220,7 +223,7 @@ class Engine:
                 out.append((name, 0))
                 continue
             out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
-                                                 else state, policy))))
+                                                 else state, policy, key))))
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -289,8 +292,8 @@ class Engine:
             out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
         return out
 
-    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
-        key = (req, policy.version)
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy, key: _MemoKey | None = None) -> NodeFit:
+        key = key or self._memo_key(req, policy)
         fit = state.memo.get(key)
         if fit is None:
             fit = self.placer(req, state, policy)
@@ -298,6 +301,17 @@ class Engine:
                 state.memo.clear()
             state.memo[key] = fit
         return fit  # type: ignore[return-value]
+
+    def _memo_key(self, req: SliceRequest, policy: Policy) -> _MemoKey:
+        # One interned key object per (request, policy): a filter over many nodes then hashes and
+        # compares it by identity instead of re-hashing the request's fields on every node.
+        value = (req, policy.version)
+        key = self._memo_keys.get(value)
+        if key is None:
+            if len(self._memo_keys) >= PENDING_CACHE:
+                self._memo_keys.clear()
+            key = self._memo_keys[value] = _MemoKey(value)
+        return key
 
     def _remember(self, pod: PodView) -> None:
         with self._pending_lock:
@@ -345,6 +359,22 @@ class Engine:
             n = self.ledger.expire()
             if n:
                 log.warning("%d reservation(s) expired without a bind", n)
+
+
+class _MemoKey:
+    """A placement-memo key whose hash is computed once."""
+
+    __slots__ = ("hash", "value")
+
+    def __init__(self, value: tuple) -> None:
+        self.value = value
+        self.hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, _MemoKey) and self.value == other.value)
 
 
 def _signature(view: NodeView) -> tuple:

@@ -31,9 +31,10 @@ class SimCluster(MemoryCluster):
         self.mem_free = self.mem_cap.copy()
         self.model = np.array([model_id[x.model] if x.gpus else -1 for x in nodes], dtype=np.int64)
         self.pods_on = np.zeros(n, dtype=np.int64)
+        # nodes with the same GPUs and no GPU tenant have identical ledger states
         kinds: dict[tuple, int] = {}
-        self.kind = np.array([kinds.setdefault((x.model, x.gpus, x.cpu_millis, x.memory_bytes), len(kinds))
-                              for x in nodes], dtype=np.int64)
+        self.kind = np.array([kinds.setdefault((x.model, x.gpus), len(kinds)) for x in nodes], dtype=np.int64)
+        self.version = np.zeros(n, dtype=np.int64)  # bumped whenever a node's ledger state changes
         # per GPU: free guaranteeable CUs (-1 = no such GPU), whether it has no tenant, free memory
         self.gpu_free = np.full((n, width), -1, dtype=np.int64)
         self.gpu_empty = np.zeros((n, width), dtype=bool)
@@ -74,9 +75,14 @@ class SimCluster(MemoryCluster):
             self.pods_on[i] -= 1
         return pod
 
+    def gpu_idle(self) -> np.ndarray:
+        """Nodes without any GPU tenant."""
+        return ~np.any((self.gpu_free >= 0) & ~self.gpu_empty, axis=1)
+
     def refresh(self, state: NodeState) -> None:
         """Mirror one node's ledger state into the GPU arrays."""
         i = self.index[state.name]
+        self.version[i] += 1
         for j, g in enumerate(state.gpus):
             self.gpu_free[i, j] = len(g.free_cus) if g.info.healthy else -1
             self.gpu_empty[i, j] = g.info.healthy and not g.slices

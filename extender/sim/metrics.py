@@ -3,7 +3,8 @@ pending pods, per-class interference and, per pod with an SLA, predicted req/s a
 
 - allocatedPct: GPUs asked by the placed pods (trace accounting: num_gpu x gpu_milli/1000; for a
   profile-sized pod its CUs / the GPU's CUs) as % of all GPUs. arrivedPct: the same for every pod
-  that arrived. cuAllocatedPct: CUs actually guaranteed (after rounding, whole GPUs) / all CUs.
+  that arrived and has not departed (placed or pending). cuAllocatedPct: CUs actually guaranteed
+  (after rounding, whole GPUs) / all CUs.
 - idleGpus: healthy GPUs without any tenant. gpus: GPUs with at least one tenant.
 - fragmentationPct (after the FGD paper's idea): free compute on partly used GPUs weighted by the
   share of arrived GPU pods too big for it, as % of all GPUs — free capacity the workload cannot use.
@@ -38,7 +39,7 @@ def summarize(st: ReplayState) -> dict[str, object]:
     placed = [o for o in st.outcomes if o.node is not None]
     pending = [o for o in st.outcomes if o.node is None and not o.departed and not o.infeasible and o.view]
     infeasible = [o for o in st.outcomes if o.infeasible]
-    demand_arrived = sum(o.demand for o in st.outcomes)
+    demand_arrived = sum(o.demand for o in st.outcomes if not o.departed)
     demand_placed = sum(o.demand for o in placed)
     guaranteed = sum(len(g.guaranteed) for g in gpus)
 
@@ -82,7 +83,7 @@ def summarize(st: ReplayState) -> dict[str, object]:
         "infeasible": [{"pod": o.pod.name, "reason": o.infeasible} for o in infeasible[:20]],
         "interference": interference,
         "sla": sla,
-        "slaMet": bool(sla["pods"]) and sla["met"] == sla["pods"],
+        "slaMet": sla["met"] == sla["pods"],  # every pod with an SLA placed and meeting it
         "elapsedSeconds": round(st.elapsed, 3),
         "schedulingAttempts": st.attempts,
         "series": {"arrivedPct": [round(a * pct, 3) for a, _ in st.series],

@@ -10,8 +10,10 @@ One scheduling cycle per pod, as kube-scheduler runs it:
    0..100) + extender score (0..10) x 10 x extender weight — kube-scheduler's scaling of extender
    scores. Baselines pick nodes their own way (see baselines.CHOOSERS);
 4. the extender's `bind`.
-Identical empty nodes are interchangeable, so only one of each kind is sent to the extender; ties
-are weighted by how many nodes each stands for, so the choice is distributed as if all were sent.
+The extender's verdict on a node is a pure function of the node's ledger state, the request and the
+policy (the engine memoizes it the same way), so the replay asks the engine again only about nodes
+whose ledger changed since it last asked about an identical request, and one GPU-idle node stands for
+all identical ones. The outcome is the same as sending every node on every cycle, only faster.
 
 Events at the same instant run departures first, then arrivals in trace order. Unschedulable pods
 are retried after each departure, on the freed node's screen first. The replay ends when the last pod
@@ -71,7 +73,7 @@ class ReplayState:
     cluster: SimCluster
     engine: Engine
     outcomes: list[PodOutcome]
-    series: list[tuple[float, float]] = field(default_factory=list)  # (arrived, placed) GPUs
+    series: list[tuple[float, float]] = field(default_factory=list)  # (present, placed) GPUs
     elapsed: float = 0.0
     attempts: int = 0
 
@@ -143,6 +145,8 @@ class Replay:
         self.cpu = np.array([o.pod.cpu_millis for o in self.outcomes], dtype=np.int64)
         self.mem = np.array([o.pod.memory_bytes for o in self.outcomes], dtype=np.int64)
         self.requests: list[SliceRequest | None] = []
+        self.shape = np.zeros(n, dtype=np.int64)  # identical requests share extender answers
+        shapes: dict[SliceRequest, int] = {}
         for i, o in enumerate(self.outcomes):
             req = None
             if o.view is not None and o.pod.gpu is not None:
@@ -153,6 +157,7 @@ class Replay:
             self.requests.append(req)
             if req is None:
                 continue
+            self.shape[i] = shapes.setdefault(req, len(shapes))
             self.gmem[i] = req.memory_bytes
             self.count[i] = req.count
             for j, name in enumerate(models):
@@ -161,6 +166,11 @@ class Replay:
                 self.need[i, j] = -2 if cus >= model.computeUnits else cus
             if o.pod.gpu and o.pod.gpu.models:
                 self.allowed[i] = [name in o.pod.gpu.models for name in models] if models else False
+        nodes = len(self.names)
+        self.seen = [np.full(nodes, -1, dtype=np.int64) for _ in range(max(len(shapes), 1))]
+        self.ext_ok = [np.zeros(nodes, dtype=bool) for _ in range(max(len(shapes), 1))]
+        self.ext_score = [np.zeros(nodes, dtype=np.int64) for _ in range(max(len(shapes), 1))]
+        self.last_reason: dict[int, str] = {}
 
     # --- one scheduling cycle -------------------------------------------------------------------
     def _screen(self, i: int, nodes: np.ndarray | None = None) -> np.ndarray:
@@ -178,18 +188,50 @@ class Replay:
             ok &= fits.sum(axis=1) >= self.count[i]
         return idx[ok]
 
-    def _representatives(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _extender(self, i: int, view: PodView, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """The extender's filter verdict and prioritize score for every node, as (passed mask, score
+        vector, a failure reason). The engine is asked only about nodes whose ledger changed since it
+        was last asked about an identical request (its answer is a pure function of the node's state,
+        the request and the policy — the engine memoizes it the same way); of identical GPU-idle
+        nodes, one stands for all."""
         c = self.cluster
-        empty = c.pods_on[cand] == 0
-        busy = cand[~empty]
-        idle = cand[empty]
-        if idle.size == 0:
-            return cand, np.ones(cand.size)
-        kinds, first, counts = np.unique(c.kind[idle], return_index=True, return_counts=True)
-        reps = np.concatenate([busy, idle[first]])
-        weights = np.concatenate([np.ones(busy.size), counts.astype(float)])
-        order = np.argsort(reps, kind="stable")
-        return reps[order], weights[order]
+        shape = self.shape[i]
+        seen, ok, score = self.seen[shape], self.ext_ok[shape], self.ext_score[shape]
+        stale = nodes[seen[nodes] != c.version[nodes]]
+        if stale.size:
+            idle = c.gpu_idle()[stale]
+            busy = stale[~idle]
+            kinds, first, inverse = np.unique(c.kind[stale[idle]], return_index=True, return_inverse=True)
+            reps = np.concatenate([busy, stale[idle][first]])
+            names = [self.names[k] for k in reps]
+            result = self.engine.filter(view, names=names)
+            passed = set(result.passed)
+            scores = dict(self.engine.prioritize(view, names=result.passed)) if passed else {}
+            got_ok = np.array([n in passed for n in names], dtype=bool)
+            got_score = np.array([scores.get(n, 0) for n in names], dtype=np.int64)
+            ok[busy], score[busy] = got_ok[: busy.size], got_score[: busy.size]
+            ok[stale[idle]] = got_ok[busy.size:][inverse]
+            score[stale[idle]] = got_score[busy.size:][inverse]
+            seen[stale] = c.version[stale]
+            if not passed:
+                reasons = list(result.unresolvable.values()) or list(result.failed.values())
+                self.last_reason[shape] = reasons[0] if reasons else ""
+        return ok[nodes], score[nodes], self.last_reason.get(shape, "")
+
+    def _why_not(self, i: int) -> str:
+        """Why the screen found no node, in kube-scheduler's and the extender's words."""
+        c = self.cluster
+        host = (c.cpu_free >= self.cpu[i]) & (c.mem_free >= self.mem[i])
+        if not host.any():
+            return "host CPU/memory: no node has room (Insufficient cpu or memory)"
+        if self.requests[i] is None:
+            return "no node passed"
+        model = np.maximum(c.model, 0)
+        typed = host & (c.model >= 0) & self.allowed[i][model]
+        if not typed.any():
+            return "GPU model: no node with room has an allowed GPU model"
+        return (f"GPU capacity: no node with room has {self.count[i]} GPU(s) with enough free CUs and memory "
+                f"(gpuslice filter)")
 
     def _host_scores(self, i: int, idx: np.ndarray) -> np.ndarray:
         c = self.cluster
@@ -203,23 +245,18 @@ class Replay:
         balanced = (1 - np.abs(cpu_used - mem_used) / 2) * 100
         return fit + balanced
 
-    def _pick(self, i: int, o: PodOutcome, passed: list[str], weights: dict[str, float]) -> str:
+    def _pick(self, i: int, nodes: np.ndarray, ext: np.ndarray) -> int:
         chooser = self.spec.chooser
         if chooser == "first":
-            return min(passed, key=lambda n: self.cluster.index[n])
+            return int(nodes.min())
         if chooser == "random":
-            return self.rng.choices(passed, weights=[weights[n] for n in passed])[0]
-        assert o.view is not None
-        ext = dict(self.engine.prioritize(o.view, names=passed))
+            return int(nodes[self.rng.randrange(nodes.size)])
         if chooser == "best":
-            return max(passed, key=lambda n: (ext[n], -self.cluster.index[n]))
-        idx = np.array([self.cluster.index[n] for n in passed])
-        total = self._host_scores(i, idx) + np.array([ext[n] for n in passed]) * 10 * self.extender_weight
-        top = total.max()
-        tied = [n for n, t in zip(passed, total, strict=True) if t >= top - 1e-9]
-        if len(tied) == 1:
-            return tied[0]
-        return self.rng.choices(tied, weights=[weights[n] for n in tied])[0]
+            top = ext.max()
+            return int(nodes[ext == top].min())
+        total = self._host_scores(i, nodes) + ext * 10 * self.extender_weight
+        tied = nodes[total >= total.max() - 1e-9]
+        return int(tied[self.rng.randrange(tied.size)]) if tied.size > 1 else int(tied[0])
 
     def attempt(self, i: int) -> bool:
         o = self.outcomes[i]
@@ -228,17 +265,23 @@ class Replay:
         self.attempts += 1
         cand = self._screen(i)
         if cand.size == 0:
-            o.reason = "no node fits the pod's host CPU/memory, GPU model and free GPU capacity"
+            o.reason = self._why_not(i)
             return False
-        reps, w = self._representatives(cand)
-        names = [self.names[k] for k in reps]
-        weights = dict(zip(names, w.tolist(), strict=True))
-        result = self.engine.filter(o.view, names=names)
-        if not result.passed:
-            reasons = list(result.unresolvable.values()) or list(result.failed.values())
-            o.reason = reasons[0] if reasons else "no node passed the extender's filter"
+        if self.requests[i] is None:  # passes gpuslice through: the extender says so for every node
+            names = [self.names[k] for k in cand]
+            passed = set(self.engine.filter(o.view, names=names).passed)
+            scores = dict(self.engine.prioritize(o.view, names=list(passed)))
+            keep = np.array([n in passed for n in names], dtype=bool)
+            cand = cand[keep]
+            ext = np.array([scores[self.names[k]] for k in cand], dtype=np.int64)
+            reason = "no node passed the extender's filter"
+        else:
+            ok, ext, reason = self._extender(i, o.view, cand)
+            cand, ext = cand[ok], ext[ok]
+        if cand.size == 0:
+            o.reason = reason or "no node passed the extender's filter"
             return False
-        node = self._pick(i, o, result.passed, weights)
+        node = self.names[self._pick(i, cand, ext)]
         err = self.engine.bind(NAMESPACE, o.view.name, o.uid, node)
         if err:
             o.reason = err
@@ -259,7 +302,7 @@ class Replay:
         last_arrival = max((o.pod.arrival for o in self.outcomes), default=0.0)
         pending: list[int] = []
         arrived = placed = 0.0
-        series: list[tuple[float, float]] = []
+        series: list[tuple[float, float]] = []  # (GPUs asked by pods present, by pods placed)
         seq = len(self.outcomes)
         while events:
             now, kind, _, i = heapq.heappop(events)
@@ -270,6 +313,7 @@ class Replay:
                 node = o.node
                 self._depart(o)
                 placed -= o.demand
+                arrived -= o.demand
                 if node is not None:
                     for k in self._retry_on(node, pending):
                         if self.attempt(k):
