@@ -7,7 +7,8 @@ Translation to gpuslice requests:
 - `num_gpu` 0: no GPU (the pod passes gpuslice through; only its host CPU/memory count);
 - `num_gpu` 1: `compute` = `gpu_milli` m of one GPU;
 - `num_gpu` > 1: whole GPUs, `count` = num_gpu, `compute` = 1000m;
-- `gpu_spec` (models joined by `|`): the pod may only use nodes of those GPU models;
+- `gpu_spec` (models joined by `|`): the pod may only use nodes of those GPU models (a model the
+  cluster lacks leaves the pod pending; one the model table does not know is an error);
 - GPU memory (the trace has none): memory = gpu_milli/1000 x the memory of the smallest GPU the pod
   may use, i.e. memory proportional to the compute share.
 """
@@ -151,15 +152,16 @@ def read_pods(path: str | Path, node_models: dict[str, int]) -> list[SimPod]:
         ask: GpuAsk | None = None
         demand = 0.0
         if num_gpu >= 1:
-            unknown = [m for m in spec if m not in node_models]
-            allowed = [m for m in spec if m in node_models] or ([] if spec else list(node_models))
-            if spec and not allowed:
-                rows.bad(i, "gpu_spec", rec.get("gpu_spec"), f"no node has GPU model(s) {', '.join(unknown)}")
-                continue
-            if not allowed:
+            if not node_models:
                 rows.bad(i, "num_gpu", num_gpu, "the cluster has no GPU nodes")
                 continue
-            smallest = min(node_models[m] for m in allowed)
+            memories = [_model_memory(m, node_models) for m in spec]
+            if None in memories:
+                unknown = [m for m, mem in zip(spec, memories, strict=True) if mem is None]
+                rows.bad(i, "gpu_spec", rec.get("gpu_spec"), f"unknown GPU model(s) {', '.join(unknown)}")
+                continue
+            # a pod may name models the cluster lacks (it then stays pending, as in kube-scheduler)
+            smallest = min(memories) if memories else min(node_models.values())  # type: ignore[type-var]
             if num_gpu == 1:
                 if not 0 < milli <= 1000:
                     rows.bad(i, "gpu_milli", milli, "a one-GPU pod needs gpu_milli in 1..1000")
@@ -177,6 +179,15 @@ def read_pods(path: str | Path, node_models: dict[str, int]) -> list[SimPod]:
     rows.done()
     pods.sort(key=lambda p: p.arrival)
     return pods
+
+
+def _model_memory(name: str, node_models: dict[str, int]) -> int | None:
+    if name in node_models:
+        return node_models[name]
+    try:
+        return trace_model(name).memory
+    except GpusliceError:
+        return None
 
 
 def node_model_memory(nodes: Iterable[SimNode], extra: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:

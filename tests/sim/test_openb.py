@@ -39,13 +39,15 @@ def test_malformed_rows_are_reported_with_row_numbers(tmp_path: Path) -> None:
     pods.write_text(POD_HEADER + "ok,1000,1024,1,100,,LS,Running,0,,0\n"
                     "bad,abc,1024,1,100,,LS,Running,1,,1\n"
                     "worse,1000,1024,1,1500,,LS,Running,2,,2\n"
-                    "nomodel,1000,1024,1,100,H200,LS,Running,3,,3\n")
+                    "nomodel,1000,1024,1,100,H200,LS,Running,3,,3\n"
+                    "absent,1000,1024,1,100,T4,LS,Running,4,,4\n")
     with pytest.raises(openb.TraceError) as exc:
         openb.read_pods(pods, openb.node_model_memory(openb.read_nodes(nodes)))
     where = {(p[0], p[1]) for p in exc.value.problems}
     assert (f"{pods}:3", "cpu_milli") in where
     assert (f"{pods}:4", "gpu_milli") in where
     assert (f"{pods}:5", "gpu_spec") in where
+    assert not any(w.endswith(":6") for w, _ in where)  # a model the cluster lacks: pending, not an error
     assert f"{pods}:3" in str(exc.value)
 
 

@@ -1,0 +1,100 @@
+"""The economics benchmark: GPUs saved on the seed scenario, and allocation on an openb-format trace.
+
+    python bench/economics.py [--out bench/results] [--seed 1] [--nodes 1000] [--pods 12000] [--load 130]
+
+1. The built-in seed scenario (`gpuslice simulate --scenario seed`): GPUs needed by 1-model-1-GPU
+   against gpuslice with every SLA met.
+2. A synthetic trace in the openb CSV format (generated here with the seed; written to OUT/trace/),
+   replayed with the published methodology (sample until the GPUs asked reach --load % of the
+   cluster's, pods never depart), gpuslice side by side with the baselines.
+3. The replay speed: the whole synthetic trace (>= 10,000 pods with arrivals, departures and
+   retries) on --nodes nodes, wall and CPU seconds.
+Prints the tables; writes OUT/economics.json and PNG plots to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from extender.cli import build_parser  # noqa: E402
+from extender.sim import synthetic  # noqa: E402
+from extender.sim.cli import simulate  # noqa: E402
+
+
+def _simulate(argv: list[str]) -> dict[str, Any]:
+    args = build_parser().parse_args(["simulate", *argv])
+    return simulate(args)
+
+
+def run(out: Path, seed: int, nodes: int, pods: int, load: float, console: Console) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"seed": seed, "nodes": nodes, "tracePods": pods, "load": load}
+
+    console.rule("seed scenario")
+    results["seedScenario"] = _simulate(["--scenario", "seed", "--plots", str(out)])
+
+    trace = out / "trace"
+    trace.mkdir(exist_ok=True)
+    node_csv = synthetic.write_nodes(trace / "nodes.csv", nodes, seed)
+    pod_csv = synthetic.write_pods(trace / "pods.csv", pods, seed)
+    base = ["--pods", str(pod_csv), "--nodes", str(node_csv), "--seed", str(seed), "--policy", "openb"]
+
+    console.rule(f"openb-format trace, published methodology: load {load:g}%")
+    results["openbLoad"] = _simulate([*base, "--load", f"{load:g}", "--compare", "--plots", str(out)])
+
+    console.rule("replay speed: the whole trace with arrivals, departures and retries")
+    wall, cpu = time.perf_counter(), time.process_time()
+    replay = _simulate(base)
+    results["replay"] = {"pods": replay["podsArrived"], "nodes": replay["nodes"],
+                         "wallSeconds": round(time.perf_counter() - wall, 1),
+                         "cpuSeconds": round(time.process_time() - cpu, 1),
+                         "replaySeconds": replay["runs"][0]["elapsedSeconds"],
+                         "allocatedPct": replay["allocatedPct"], "pendingPods": replay["pendingPods"]}
+    console.print(summary(results))
+    path = out / "economics.json"
+    path.write_text(json.dumps(results, indent=2))
+    console.print(f"wrote {path} and plots in {out}")
+    return results
+
+
+def summary(r: dict[str, Any]) -> Table:
+    table = Table(title="gpuslice economics", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    s = r["seedScenario"]
+    table.add_row("seed: GPUs, 1-model-1-GPU", str(s["baselineGpus"]))
+    table.add_row("seed: GPUs, gpuslice (every SLA met)", f"{s['gpus']} ({s['savingsPct']}% fewer)")
+    table.add_row("seed: SLAs met", str(s["slaMet"]))
+    for run in r["openbLoad"]["runs"]:
+        table.add_row(f"openb {r['load']:g}% load: {run['label']} allocated % / idle GPUs",
+                      f"{run['allocatedPct']} / {run['idleGpus']}")
+    rp = r["replay"]
+    table.add_row(f"replay {rp['pods']} pods on {rp['nodes']} nodes", f"{rp['replaySeconds']} s "
+                  f"(process {rp['cpuSeconds']} s CPU, {rp['wallSeconds']} s wall)")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--pods", type=int, default=12000)
+    p.add_argument("--load", type=float, default=130.0)
+    args = p.parse_args(argv)
+    run(Path(args.out), args.seed, args.nodes, args.pods, args.load, Console(width=140))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
