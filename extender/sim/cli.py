@@ -28,8 +28,10 @@ node score = LeastAllocated (or --host-score most) + BalancedAllocation (weight 
 + extender score (0..10) x 10 x --extender-weight (default 5), highest wins, ties at random (seeded).
 
 Inputs:
-  --scenario seed|FILE       our YAML scenario format (extender/sim/scenario.py documents it); `seed`
-                             is built in: the DESIGN's Llama-3.1-8B/MI300X facts with an assumed fleet
+  --scenario seed|FILE       our YAML scenario format (extender/sim/scenario.py documents it). Built in:
+                             `seed` (the DESIGN's Llama-3.1-8B/MI300X facts with an assumed fleet, see
+                             extender/sim/data/seed.scenario.yaml) and `seed-llm-only` (the same LLM
+                             endpoints without compute-bound services: a sensitivity check)
   --pods P.csv --nodes N.csv the openb trace format. Translation: num_gpu 0 = no GPU; num_gpu 1 =
                              compute gpu_milli m; num_gpu > 1 = that many whole GPUs (1000m each);
                              gpu_spec = allowed GPU models (node selector on the node's model);
