@@ -55,6 +55,9 @@ class GpuState:
     info: GpuInfo
     shared: frozenset[int]
     slices: tuple[Slice, ...] = ()
+    # Per-GPU placement results for this exact (immutable) state, keyed by request and policy version.
+    # init=False: `replace()` gives the new state an empty memo instead of sharing this one.
+    memo: dict[object, object] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @cached_property
     def guaranteed(self) -> frozenset[int]:

@@ -133,23 +133,47 @@ def _topology_key(gpu: GpuState) -> object:
     return gpu.info.hiveId if gpu.info.hiveId is not None else gpu.info.numaNode
 
 
+GPU_MEMO_LIMIT = 64
+
+
+def gpu_option(req: SliceRequest, gpu: GpuState, policy: Policy) -> GpuChoice | tuple[str, str]:
+    """The slice on one GPU: the CUs it would get and their score, or (category, reason) why not.
+    A pure function of the request, the (immutable) GPU state and the policy, so it is memoized on
+    the GPU state: a node whose other GPUs changed re-evaluates only those."""
+    key = (req, policy.version)
+    hit = gpu.memo.get(key)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
+    option = _gpu_option(req, gpu, policy)
+    if len(gpu.memo) >= GPU_MEMO_LIMIT:
+        gpu.memo.clear()
+    gpu.memo[key] = option
+    return option
+
+
+def _gpu_option(req: SliceRequest, gpu: GpuState, policy: Policy) -> GpuChoice | tuple[str, str]:
+    reason = gpu_reject_reason(req, gpu, policy)
+    if reason is not None:
+        return reason
+    n = needed_cus(req, gpu, policy)
+    cus = choose_cus(usable_cus(gpu, n), n, policy.layout.mode, gpu.info.xcds)
+    if cus is None:  # cannot happen after the count check, kept as a guard
+        return ("compute", f"gpu {gpu.info.index}: no CU set of {n}")
+    extra = max(0, req.limit_cus(gpu.info.computeUnits) - n)
+    burst = choose_burst(gpu.burst_cus, extra)
+    return GpuChoice(gpu, cus, burst, gpu_score(req, gpu, cus, policy))
+
+
 def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """Greedy best-per-GPU placement of the whole request on one node (filter, score and bind)."""
     candidates: list[GpuChoice] = []
     reasons: list[tuple[str, str]] = []
     for gpu in state.gpus:
-        reason = gpu_reject_reason(req, gpu, policy)
-        if reason is not None:
-            reasons.append(reason)
-            continue
-        n = needed_cus(req, gpu, policy)
-        cus = choose_cus(usable_cus(gpu, n), n, policy.layout.mode, gpu.info.xcds)
-        if cus is None:  # cannot happen after the count check, kept as a guard
-            reasons.append(("compute", f"gpu {gpu.info.index}: no CU set of {n}"))
-            continue
-        extra = max(0, req.limit_cus(gpu.info.computeUnits) - n)
-        burst = choose_burst(gpu.burst_cus, extra)
-        candidates.append(GpuChoice(gpu, cus, burst, gpu_score(req, gpu, cus, policy)))
+        option = gpu_option(req, gpu, policy)
+        if isinstance(option, GpuChoice):
+            candidates.append(option)
+        else:
+            reasons.append(option)
     if len(candidates) < req.count:
         category = reasons[0][0] if reasons else "no-gpus"
         return NodeFit(False, _reject_message(req, state, [r for _, r in reasons], len(candidates)), category)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from extender.core.errors import SliceRequestError
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import PodView
@@ -152,7 +153,7 @@ class Replay:
             if o.view is not None and o.pod.gpu is not None:
                 try:
                     req = parse_slice_request(o.view.labels, o.view.annotations, self.policy)
-                except Exception as exc:  # the engine reports the same problem at filter time
+                except SliceRequestError as exc:  # the engine reports the same problem at filter time
                     o.infeasible = str(exc)
             self.requests.append(req)
             if req is None:
@@ -173,20 +174,29 @@ class Replay:
         self.last_reason: dict[int, str] = {}
 
     # --- one scheduling cycle -------------------------------------------------------------------
-    def _screen(self, i: int, nodes: np.ndarray | None = None) -> np.ndarray:
+    def _host_screen(self, i: int, nodes: np.ndarray | None = None) -> np.ndarray:
+        """kube-scheduler's own filters: host CPU and memory fit, and the GPU-model node selector."""
         c = self.cluster
         idx = np.arange(len(self.names)) if nodes is None else nodes
         ok = (c.cpu_free[idx] >= self.cpu[i]) & (c.mem_free[idx] >= self.mem[i])
-        req = self.requests[i]
-        if req is not None:
+        if self.requests[i] is not None:
             model = c.model[idx]
-            ok &= model >= 0
-            ok &= self.allowed[i][np.maximum(model, 0)]
-            need = self.need[i][np.maximum(model, 0)][:, None]
-            free = c.gpu_free[idx]
-            fits = np.where(need == -2, c.gpu_empty[idx], free >= need) & (c.gpu_mem[idx] >= self.gmem[i])
-            ok &= fits.sum(axis=1) >= self.count[i]
+            ok &= (model >= 0) & self.allowed[i][np.maximum(model, 0)]
         return idx[ok]
+
+    def _gpu_screen(self, i: int, idx: np.ndarray) -> np.ndarray:
+        """A necessary condition of the extender's filter (enough GPUs with the CUs and memory free),
+        so nodes that fail it need not be asked."""
+        c = self.cluster
+        need = self.need[i][np.maximum(c.model[idx], 0)][:, None]
+        fits = np.where(need == -2, c.gpu_empty[idx], c.gpu_free[idx] >= need) & (c.gpu_mem[idx] >= self.gmem[i])
+        return fits.sum(axis=1) >= self.count[i]
+
+    def _screen(self, i: int, nodes: np.ndarray | None = None) -> np.ndarray:
+        idx = self._host_screen(i, nodes)
+        if self.requests[i] is None or idx.size == 0:
+            return idx
+        return idx[self._gpu_screen(i, idx)]
 
     def _extender(self, i: int, view: PodView, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """The extender's filter verdict and prioritize score for every node, as (passed mask, score
@@ -197,6 +207,9 @@ class Replay:
         c = self.cluster
         shape = self.shape[i]
         seen, ok, score = self.seen[shape], self.ext_ok[shape], self.ext_score[shape]
+        stale = nodes[seen[nodes] != c.version[nodes]]
+        hopeless = stale[~self._gpu_screen(i, stale)] if stale.size else stale
+        ok[hopeless], seen[hopeless] = False, c.version[hopeless]
         stale = nodes[seen[nodes] != c.version[nodes]]
         if stale.size:
             idle = c.gpu_idle()[stale]
@@ -263,7 +276,7 @@ class Replay:
         if o.view is None or o.infeasible:
             return False
         self.attempts += 1
-        cand = self._screen(i)
+        cand = self._host_screen(i)
         if cand.size == 0:
             o.reason = self._why_not(i)
             return False
@@ -279,7 +292,7 @@ class Replay:
             ok, ext, reason = self._extender(i, o.view, cand)
             cand, ext = cand[ok], ext[ok]
         if cand.size == 0:
-            o.reason = reason or "no node passed the extender's filter"
+            o.reason = self._why_not(i) if not self._screen(i).size else (reason or "no node passed the extender")
             return False
         node = self.names[self._pick(i, cand, ext)]
         err = self.engine.bind(NAMESPACE, o.view.name, o.uid, node)
