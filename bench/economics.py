@@ -50,7 +50,10 @@ def run(out: Path, seed: int, nodes: int, pods: int, load: float, console: Conso
     base = ["--pods", str(pod_csv), "--nodes", str(node_csv), "--seed", str(seed), "--policy", "openb"]
 
     console.rule(f"openb-format trace, published methodology: load {load:g}%")
-    results["openbLoad"] = _simulate([*base, "--load", f"{load:g}", "--compare", "--plots", str(out)])
+    results["openbLoad"] = _simulate([*base, "--load", f"{load:g}", "--compare", "--series", "--plots", str(out)])
+    console.rule("the same, kube-scheduler scoring hosts MostAllocated instead of its default LeastAllocated")
+    results["openbLoadMostAllocated"] = _simulate([*base, "--load", f"{load:g}", "--host-score", "most",
+                                                   "--series", "--json"])
 
     console.rule("replay speed: the whole trace with arrivals, departures and retries")
     wall, cpu = time.perf_counter(), time.process_time()
@@ -75,13 +78,26 @@ def summary(r: dict[str, Any]) -> Table:
     table.add_row("seed: GPUs, 1-model-1-GPU", str(s["baselineGpus"]))
     table.add_row("seed: GPUs, gpuslice (every SLA met)", f"{s['gpus']} ({s['savingsPct']}% fewer)")
     table.add_row("seed: SLAs met", str(s["slaMet"]))
-    for run in r["openbLoad"]["runs"]:
-        table.add_row(f"openb {r['load']:g}% load: {run['label']} allocated % / idle GPUs",
-                      f"{run['allocatedPct']} / {run['idleGpus']}")
+    most = r["openbLoadMostAllocated"]["runs"][0]
+    runs = [*r["openbLoad"]["runs"], {**most, "label": f"{most['label']} (hosts MostAllocated)"}]
+    for run in runs:
+        curve = " / ".join(str(_at(run, x)) for x in (60, 80, 100))
+        table.add_row(f"openb {r['load']:g}% load, {run['label']}: allocated % at the end; idle GPUs; "
+                      "allocated % when 60/80/100% had arrived",
+                      f"{run['allocatedPct']}; {run['idleGpus']}; {curve}")
     rp = r["replay"]
     table.add_row(f"replay {rp['pods']} pods on {rp['nodes']} nodes", f"{rp['replaySeconds']} s "
                   f"(process {rp['cpuSeconds']} s CPU, {rp['wallSeconds']} s wall)")
     return table
+
+
+def _at(run: dict[str, Any], arrived: float) -> float | str:
+    """Allocated % at the first arrival that brought the arrived load to `arrived`%."""
+    xs, ys = run["series"]["arrivedPct"], run["series"]["allocatedPct"]
+    for x, y in zip(xs, ys, strict=True):
+        if x >= arrived:
+            return y
+    return "-"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,9 +135,10 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     what_if = args.baseline is not None and args.baseline not in BASELINES
     if what_if:
         current, label = resolve_policy(args.baseline, Path(where))
-        specs.append(policy_spec(f"current: {label}", with_models(current, models, extra), args.baseline))
+        specs.append(policy_spec(f"current:{label}", with_models(current, models, extra), args.baseline))
     for (policy, _), label, src in zip(loaded, labels, names, strict=True):
-        specs.append(policy_spec(f"new: {label}" if what_if else label, with_models(policy, models, extra), src))
+        run_label = f"new:{label}" if what_if else f"gpuslice:{label}"
+        specs.append(policy_spec(run_label, with_models(policy, models, extra), src))
     wanted = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.compare else []
     if args.baseline in BASELINES:
         wanted.append(args.baseline)

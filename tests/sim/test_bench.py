@@ -15,7 +15,7 @@ def test_economics_benchmark_small(tmp_path: Path) -> None:
     assert mod.main(["--out", str(tmp_path), "--nodes", "12", "--pods", "150", "--load", "90"]) == 0
     data = json.loads((tmp_path / "economics.json").read_text())
     assert data["seedScenario"]["baselineGpus"] > data["seedScenario"]["gpus"]
-    assert {r["label"] for r in data["openbLoad"]["runs"]} >= {"openb", "1-model-1-gpu", "best-fit"}
+    assert {r["label"] for r in data["openbLoad"]["runs"]} >= {"gpuslice:openb", "1-model-1-gpu", "best-fit"}
     assert data["replay"]["pods"] == 150
     assert len(list(tmp_path.glob("*.png"))) == 4
     assert (tmp_path / "trace" / "pods.csv").read_text().startswith("name,cpu_milli")

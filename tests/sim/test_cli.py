@@ -42,7 +42,7 @@ def test_compare_runs_policies_and_baselines_side_by_side(capsys: pytest.Capture
     out = _json(capsys, ["simulate", "--pods", str(pods), "--nodes", str(nodes), "--load", "100", "--policy",
                          openb_policy, "--policy", "mi300x-inference", "--compare", "--json"])
     labels = [r["label"] for r in out["runs"]]
-    assert labels == ["openb", "mi300x-inference", "1-model-1-gpu", "first-fit", "best-fit", "random"]
+    assert labels == ["gpuslice:openb", "gpuslice:mi300x-inference", "1-model-1-gpu", "first-fit", "best-fit", "random"]
     assert len({r["arrivedPct"] for r in out["runs"]}) == 1  # the same arrivals for every run
     assert main(["simulate", "--pods", str(pods), "--nodes", str(nodes), "--load", "100", "--compare"]) == 0
     text = capsys.readouterr().out
@@ -58,7 +58,7 @@ def test_what_if_policy_change(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     out = _json(capsys, ["simulate", "--scenario", "seed", "--policy", str(new), "--baseline", str(current),
                          "--json"])
     labels = [r["label"] for r in out["runs"]]
-    assert labels[:2] == ["current: current", "new: new"]
+    assert labels[:2] == ["current:current", "new:new"]
     assert out["gpus"] > 14  # one memory-bound tenant per GPU needs more GPUs
     assert main(["simulate", "--scenario", "seed", "--policy", str(new), "--baseline", str(current)]) == 0
     assert "what this policy change does" in capsys.readouterr().out
