@@ -7,7 +7,7 @@ same capacity and class rules as gpuslice's own `evaluate` (they reuse its per-G
 - `best_fit`: the GPUs left with the fewest free CUs; nodes by the same tightness;
 - `random_fit`: random fitting GPUs; random node.
 
-How the simulator chooses among nodes for each is in `CHOOSERS`.
+How the simulator chooses among nodes for each is in `BASELINES`.
 """
 
 from __future__ import annotations

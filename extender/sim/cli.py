@@ -86,7 +86,7 @@ def simulate_cmd(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except (GpusliceError, KeyError) as exc:
+    except GpusliceError as exc:
         print(f"gpuslice simulate: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -186,6 +186,9 @@ def _needed(run: Any, nodes: list[SimNode], pods: list[SimPod], specs: list[RunS
         return out
     out.update(gpus=gpus, savingsPct=round(100 * (1 - gpus / baseline_gpus), 1) if baseline_gpus else None,
                slaMet=bool(needed["slaMet"]) or needed["sla"]["pods"] == 0, neededRun=needed)
+    if what_if:
+        current, _ = fewest_gpus(run, nodes, pods, specs[0], runs[0])
+        out["currentPolicyGpus"] = current  # None: the current policy cannot place everything with its SLA
     return out
 
 
@@ -200,11 +203,12 @@ def _unique(labels: list[str]) -> list[str]:
 
 def _print(args: argparse.Namespace, name: str, runs: list[dict[str, Any]], out: dict[str, Any],
            what_if: bool) -> None:
-    console = Console(width=max(100, 24 + 22 * len(runs)))
+    console = Console(width=max(100, 30 + 26 * (len(runs) + 1)))
     header = [f"[bold]{name}[/]: {out['nodes']} nodes, {out['podsArrived']} pods arrived"]
     shown = list(runs)
     if "baselineGpus" in out:
-        header.append(f"GPUs needed: 1-model-1-GPU {out['baselineGpus']}, gpuslice {out['gpus']} "
+        current = f", current policy {out['currentPolicyGpus']}" if what_if else ""
+        header.append(f"GPUs needed: 1-model-1-GPU {out['baselineGpus']}{current}, gpuslice {out['gpus']} "
                       f"({out['savingsPct']}% fewer); every SLA met: {out['slaMet']}")
         if out.get("neededRun"):
             shown.append({**out["neededRun"], "label": f"{runs[1 if what_if else 0]['label']} @ {out['gpus']} GPUs"})

@@ -8,7 +8,7 @@ One scheduling cycle per pod, as kube-scheduler runs it:
 3. node choice: the highest total score, ties broken at random (seeded), where total =
    host score (LeastAllocated or MostAllocated, weight 1, plus BalancedAllocation, weight 1; each
    0..100) + extender score (0..10) x 10 x extender weight — kube-scheduler's scaling of extender
-   scores. Baselines pick nodes their own way (see baselines.CHOOSERS);
+   scores. Baselines pick nodes their own way (see baselines.BASELINES);
 4. the extender's `bind`.
 The extender's verdict on a node is a pure function of the node's ledger state, the request and the
 policy (the engine memoizes it the same way), so the replay asks the engine again only about nodes

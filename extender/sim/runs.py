@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from extender.core.errors import InputError
 from extender.core.policy import Policy
 from extender.engine.placement import evaluate
 from extender.sim.baselines import BASELINES, baseline_placer
@@ -22,7 +23,7 @@ def policy_spec(label: str, policy: Policy, source: str = "") -> RunSpec:
 
 def baseline_spec(name: str, policy: Policy, seed: int) -> RunSpec:
     if name not in BASELINES:
-        raise KeyError(name)
+        raise InputError("--baselines", name, f"unknown baseline; use {', '.join(BASELINES)}")
     return RunSpec(name, policy, baseline_placer(name, seed), BASELINES[name], "baseline")
 
 

@@ -60,6 +60,7 @@ def test_what_if_policy_change(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     labels = [r["label"] for r in out["runs"]]
     assert labels[:2] == ["current:current", "new:new"]
     assert out["gpus"] > 14  # one memory-bound tenant per GPU needs more GPUs
+    assert out["currentPolicyGpus"] == 14
     assert main(["simulate", "--scenario", "seed", "--policy", str(new), "--baseline", str(current)]) == 0
     assert "what this policy change does" in capsys.readouterr().out
 
