@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,25 +70,26 @@ def run(out: Path, seed: int, nodes: int, pods: int, load: float, console: Conso
     return results
 
 
-def summary(r: dict[str, Any]) -> Table:
-    table = Table(title="gpuslice economics", title_justify="left")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+def summary(r: dict[str, Any]) -> Group:
+    seed = Table(title="seed scenario: GPUs needed", title_justify="left")
+    for col in ("1-model-1-GPU", "gpuslice", "fewer GPUs", "every SLA met"):
+        seed.add_column(col, justify="right")
     s = r["seedScenario"]
-    table.add_row("seed: GPUs, 1-model-1-GPU", str(s["baselineGpus"]))
-    table.add_row("seed: GPUs, gpuslice (every SLA met)", f"{s['gpus']} ({s['savingsPct']}% fewer)")
-    table.add_row("seed: SLAs met", str(s["slaMet"]))
+    seed.add_row(str(s["baselineGpus"]), str(s["gpus"]), f"{s['savingsPct']}%", str(s["slaMet"]))
+    load = Table(title=f"openb-format trace, {r['load']:g}% load (published methodology, seed {r['seed']})",
+                 title_justify="left")
+    load.add_column("placer")
+    for col in ("allocated % at the end", "idle GPUs", "pending pods", "allocated % at 60% arrived", "at 80%",
+                "at 100%"):
+        load.add_column(col, justify="right")
     most = r["openbLoadMostAllocated"]["runs"][0]
-    runs = [*r["openbLoad"]["runs"], {**most, "label": f"{most['label']} (hosts MostAllocated)"}]
-    for run in runs:
-        curve = " / ".join(str(_at(run, x)) for x in (60, 80, 100))
-        table.add_row(f"openb {r['load']:g}% load, {run['label']}: allocated % at the end; idle GPUs; "
-                      "allocated % when 60/80/100% had arrived",
-                      f"{run['allocatedPct']}; {run['idleGpus']}; {curve}")
+    for run in [*r["openbLoad"]["runs"], {**most, "label": f"{most['label']} (hosts MostAllocated)"}]:
+        load.add_row(run["label"], str(run["allocatedPct"]), str(run["idleGpus"]), str(run["pods"]["pending"]),
+                     *[str(_at(run, x)) for x in (60, 80, 100)])
     rp = r["replay"]
-    table.add_row(f"replay {rp['pods']} pods on {rp['nodes']} nodes", f"{rp['replaySeconds']} s "
-                  f"(process {rp['cpuSeconds']} s CPU, {rp['wallSeconds']} s wall)")
-    return table
+    speed = (f"replay of the whole trace ({rp['pods']} pods, arrivals, departures, retries) on {rp['nodes']} "
+             f"nodes: {rp['replaySeconds']} s (process: {rp['cpuSeconds']} s CPU, {rp['wallSeconds']} s wall)")
+    return Group(seed, load, speed)
 
 
 def _at(run: dict[str, Any], arrived: float) -> float | str:
