@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1, help="random seed (sampling, tie-breaks, random baseline)")
     p.add_argument("--limit", type=int, help="replay only the first N trace pods (by creation time)")
     p.add_argument("--policy", action="append", default=[],
-                   help="policy file or built-in name (mi300x-inference, openb); repeat to compare")
+                   help="policy file or built-in name (mi300x-inference, openb); repeat to compare. "
+                   "Default: the scenario's policy, or openb for traces")
     p.add_argument("--baseline", help="the current policy file to compare --policy against (what-if), "
                                       f"or a baseline placer: {', '.join(BASELINES)}")
     p.add_argument("--compare", action="store_true", help=f"also run the baselines ({', '.join(BASELINES)})")
@@ -123,18 +124,18 @@ def _inputs(args: argparse.Namespace) -> tuple[str, list[SimNode], list[SimPod],
     return Path(args.pods).stem, nodes, pods, ["openb"], "."
 
 
-def simulate(args: argparse.Namespace) -> dict[str, Any]:
-    name, nodes, pods, default_policies, where = _inputs(args)
+def _specs(args: argparse.Namespace, default_policies: list[str], where: Path,
+           nodes: list[SimNode]) -> tuple[list[RunSpec], bool]:
+    """The runs: [current policy (what-if)], each --policy, then baselines. Returns (specs, what-if)."""
     extra = dict(parse_model_option(t) for t in args.gpu_model)
     models = {n.model for n in nodes if n.gpus}
-    specs: list[RunSpec] = []
     names = args.policy or default_policies or ["mi300x-inference"]
-    loaded = [resolve_policy(n, Path(where)) for n in names]
+    loaded = [resolve_policy(n, where) for n in names]
     labels = _unique([label for _, label in loaded])
-    primary_policy = with_models(loaded[0][0], models, extra)
+    specs: list[RunSpec] = []
     what_if = args.baseline is not None and args.baseline not in BASELINES
     if what_if:
-        current, label = resolve_policy(args.baseline, Path(where))
+        current, label = resolve_policy(args.baseline, where)
         specs.append(policy_spec(f"current:{label}", with_models(current, models, extra), args.baseline))
     for (policy, _), label, src in zip(loaded, labels, names, strict=True):
         run_label = f"new:{label}" if what_if else f"gpuslice:{label}"
@@ -144,9 +145,14 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         wanted.append(args.baseline)
     if args.scenario and "1-model-1-gpu" not in wanted:
         wanted.insert(0, "1-model-1-gpu")
-    for b in dict.fromkeys(wanted):
-        specs.append(baseline_spec(b, primary_policy, args.seed))
+    primary_policy = with_models(loaded[0][0], models, extra)
+    specs.extend(baseline_spec(b, primary_policy, args.seed) for b in dict.fromkeys(wanted))
+    return specs, what_if
 
+
+def simulate(args: argparse.Namespace) -> dict[str, Any]:
+    name, nodes, pods, default_policies, where = _inputs(args)
+    specs, what_if = _specs(args, default_policies, Path(where), nodes)
     run = runner(args.host_score, args.extender_weight, args.seed)
     runs = [run(nodes, pods, s) for s in specs]
     primary = runs[1] if what_if else runs[0]
