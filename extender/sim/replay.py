@@ -81,8 +81,9 @@ class ReplayState:
 
 class Replay:
     def __init__(self, nodes: list[SimNode], pods: list[SimPod], spec: RunSpec, host_score: str = "least",
-                 extender_weight: float = 5.0, seed: int = 0) -> None:
+                 extender_weight: float = 5.0, seed: int = 0, incremental: bool = True) -> None:
         self.spec = spec
+        self.incremental = incremental  # False: the reference the shortcuts must match (tests)
         self.policy = spec.policy
         self.host_score = host_score
         self.extender_weight = extender_weight
@@ -207,12 +208,15 @@ class Replay:
         c = self.cluster
         shape = self.shape[i]
         seen, ok, score = self.seen[shape], self.ext_ok[shape], self.ext_score[shape]
+        if not self.incremental:  # reference mode: every host-fit node to the engine, every cycle
+            seen[:] = -1
         stale = nodes[seen[nodes] != c.version[nodes]]
-        hopeless = stale[~self._gpu_screen(i, stale)] if stale.size else stale
-        ok[hopeless], seen[hopeless] = False, c.version[hopeless]
-        stale = nodes[seen[nodes] != c.version[nodes]]
+        if self.incremental and stale.size:
+            hopeless = stale[~self._gpu_screen(i, stale)]
+            ok[hopeless], seen[hopeless] = False, c.version[hopeless]
+            stale = nodes[seen[nodes] != c.version[nodes]]
         if stale.size:
-            idle = c.gpu_idle()[stale]
+            idle = c.gpu_idle()[stale] if self.incremental else np.zeros(stale.size, dtype=bool)
             busy = stale[~idle]
             kinds, first, inverse = np.unique(c.kind[stale[idle]], return_index=True, return_inverse=True)
             reps = np.concatenate([busy, stale[idle][first]])
