@@ -7,22 +7,10 @@ over XCDs and engines (`spread`), while bits at a stride of `xcds` stay on one X
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 
 
 def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     """Maximal runs of consecutive bits as (start, length), in bit order."""
-    if isinstance(bits, frozenset):
-        return list(_runs_of(bits))  # ledger CU sets are frozensets, evaluated again and again
-    return _runs(bits)
-
-
-@lru_cache(maxsize=8192)
-def _runs_of(bits: frozenset[int]) -> tuple[tuple[int, int], ...]:
-    return tuple(_runs(bits))
-
-
-def _runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     ordered = sorted(bits)
     out: list[tuple[int, int]] = []
     for b in ordered:
@@ -50,6 +38,30 @@ def choose_spread(free: frozenset[int], n: int) -> frozenset[int] | None:
         if len(chosen) == n:
             break
     return frozenset(chosen)
+
+
+def best_fit_run(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], n: int) -> int | None:
+    """Index of the run `choose_spread` takes n bits from when one run holds them all: the smallest
+    such run, lowest start first. None when no single run is long enough."""
+    best: int | None = None
+    for i, (start, length) in enumerate(rs):
+        if length >= n and (best is None or (length, start) < (rs[best][1], rs[best][0])):
+            best = i
+    return best
+
+
+def fragmentation_after_cut(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], index: int, n: int,
+                            min_slice: int) -> float:
+    """`fragmentation(free - taken, min_slice)` when `taken` is the first n bits of run `index` of
+    `free` (what `choose_spread` takes), computed from the runs alone."""
+    total = stranded = 0
+    for i, (_, length) in enumerate(rs):
+        if i == index:
+            length -= n
+        total += length
+        if 0 < length < min_slice:
+            stranded += length
+    return stranded / total if total else 0.0
 
 
 def choose_xcd(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None:

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
@@ -27,14 +27,14 @@ from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
-from extender.engine.placement import NodeFit, build_assignment, evaluate, to_score
+from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 
 log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
 PENDING_CACHE = 20_000
-MEMO_LIMIT = 64
+MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
 
 @dataclass
@@ -61,10 +61,15 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, checker: Placer = check,
+                 scorer: Placer = rank) -> None:
+        """`placer` chooses GPUs and CUs at bind; `checker` answers filter's yes/no and `scorer` gives
+        prioritize's score without choosing CUs. All three must agree on which nodes fit."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
+        self.checker = checker
+        self.scorer = scorer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -73,7 +78,6 @@ class Engine:
         self._pending_lock = threading.Lock()
         self._node_sig: dict[str, tuple] = {}
         self._last_expire = 0.0
-        self._memo_keys: dict[tuple, _MemoKey] = {}
         self.synced = False
         policies.on_change(self._policy_changed)
 
@@ -177,32 +181,43 @@ class Engine:
             result.unresolvable = {n: msg for n in candidates}
             self.stats.filter_rejections["invalid-request"] += len(candidates)
             return result
+        # Remember every pod filter saw (pass-through ones too): bind gets only names and a UID, and
+        # the pod may not be readable from the cluster yet (or at all, in the demo).
+        self._remember(pod)
         if req is None:
             result.passed = list(candidates)
             return result
-        self._remember(pod)
         quota = self._quota_problem(pod, req, policy)
         if quota:
             result.failed = {n: quota for n in candidates}
             self.stats.filter_rejections["quota"] += len(candidates)
             return result
-        key = self._memo_key(req, policy)
-        for name, problem in candidates.items():
+        # The hot path (thousands of nodes per call): one memo key per request, locals for lookups,
+        # rejection counts merged once at the end.
+        key = "check|" + fit_key(req, policy)
+        uid = pod.uid
+        passed, failed = result.passed, result.failed
+        rejected: Counter[str] = Counter()
+        for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
             if problem:
-                result.failed[name] = problem
-                self.stats.filter_rejections["inventory"] += 1
+                failed[name] = problem
+                rejected["inventory"] += 1
                 continue
-            state = self.ledger.node(name)
             if state is None:
-                result.failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
-                self.stats.filter_rejections["unknown-node"] += 1
+                failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
+                rejected["unknown-node"] += 1
                 continue
-            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy, key)
-            if fit.ok:
-                result.passed.append(name)
+            if uid in state.pods:
+                state = state.without(uid)
+            fit = state.memo.get(key)
+            if fit is None:
+                fit = self._memoize(state, key, self.checker(req, state, policy))
+            if fit.ok:  # type: ignore[attr-defined]
+                passed.append(name)
             else:
-                result.failed[name] = f"gpuslice: {fit.reason}"
-                self.stats.filter_rejections[fit.category] += 1
+                failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
+                rejected[fit.category] += 1  # type: ignore[attr-defined]
+        self.stats.filter_rejections.update(rejected)
         return result
 
     def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
@@ -215,15 +230,18 @@ class Engine:
             return [(n, 0) for n in candidates]
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
-        key = self._memo_key(req, policy)
-        out = []
-        for name in candidates:
-            state = self.ledger.node(name)
+        key = fit_key(req, policy)
+        out: list[tuple[str, int]] = []
+        for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
-            out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
-                                                 else state, policy, key))))
+            if pod.uid in state.pods:
+                state = state.without(pod.uid)
+            fit = state.memo.get("rank|" + key)
+            if fit is None:
+                fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
+            out.append((name, to_score(fit)))  # type: ignore[arg-type]
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -246,6 +264,7 @@ class Engine:
             raise BindError(f"gpuslice: {exc}") from None
         if req is None:
             self.cluster.bind_pod(pod, node, {})
+            self._forget_pending(uid)
             return
         quota = self._quota_problem(pod, req, policy)
         if quota:
@@ -270,8 +289,32 @@ class Engine:
             self.ledger.release(uid)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
         self.ledger.commit(uid)
+        self._forget_pending(uid)
+
+    def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:
             self._pending.pop(uid, None)
+
+    def preempt(self, pod: PodView, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """kube-scheduler proposes, per node, the pods (UIDs) it would evict for `pod`. Keep the nodes
+        where the slice fits once those victims' slices are freed; gpuslice never adds victims."""
+        policy = self.policies.current
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError:
+            return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
+        if req is None:
+            return {node: list(uids) for node, uids in victims.items()}
+        out: dict[str, list[str]] = {}
+        for node, uids in victims.items():
+            state = self.ledger.node(node)
+            if state is None:
+                continue
+            for uid in (*uids, pod.uid):
+                state = state.without(uid)
+            if self.checker(req, state, policy).ok:
+                out[node] = list(uids)
+        return out
 
     def assignment_for(self, uid: str) -> Assignment | None:
         entry = self.ledger.entry(uid)
@@ -287,31 +330,29 @@ class Engine:
                 ok = self.observe_node(view)
                 out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
             return out
+        skipped_nodes = self.stats.skipped_nodes
+        if not skipped_nodes:
+            return dict.fromkeys(names or (), "")
         for name in names or ():
-            skipped = self.stats.skipped_nodes.get(name)
+            skipped = skipped_nodes.get(name)
             out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
         return out
 
-    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy, key: _MemoKey | None = None) -> NodeFit:
-        key = key or self._memo_key(req, policy)
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy, key: str | None = None) -> NodeFit:
+        """The placer's answer for this exact (immutable) node state, memoised on it: filter, prioritize
+        and bind of one pod, and pods of the same shape, evaluate a node once."""
+        key = "place|" + (key or fit_key(req, policy))
         fit = state.memo.get(key)
         if fit is None:
-            fit = self.placer(req, state, policy)
-            if len(state.memo) >= MEMO_LIMIT:
-                state.memo.clear()
-            state.memo[key] = fit
+            fit = self._memoize(state, key, self.placer(req, state, policy))
         return fit  # type: ignore[return-value]
 
-    def _memo_key(self, req: SliceRequest, policy: Policy) -> _MemoKey:
-        # One interned key object per (request, policy): a filter over many nodes then hashes and
-        # compares it by identity instead of re-hashing the request's fields on every node.
-        value = (req, policy.version)
-        key = self._memo_keys.get(value)
-        if key is None:
-            if len(self._memo_keys) >= PENDING_CACHE:
-                self._memo_keys.clear()
-            key = self._memo_keys[value] = _MemoKey(value)
-        return key
+    @staticmethod
+    def _memoize(state: NodeState, key: str, fit: NodeFit) -> NodeFit:
+        if len(state.memo) >= MEMO_LIMIT:
+            state.memo.clear()
+        state.memo[key] = fit
+        return fit
 
     def _remember(self, pod: PodView) -> None:
         with self._pending_lock:
@@ -359,22 +400,6 @@ class Engine:
             n = self.ledger.expire()
             if n:
                 log.warning("%d reservation(s) expired without a bind", n)
-
-
-class _MemoKey:
-    """A placement-memo key whose hash is computed once."""
-
-    __slots__ = ("hash", "value")
-
-    def __init__(self, value: tuple) -> None:
-        self.value = value
-        self.hash = hash(value)
-
-    def __hash__(self) -> int:
-        return self.hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (isinstance(other, _MemoKey) and self.value == other.value)
 
 
 def _signature(view: NodeView) -> tuple:

@@ -90,7 +90,9 @@ class Replay:
         self.rng = random.Random(seed)
         models = sorted({n.model for n in nodes if n.gpus})
         self.cluster = SimCluster(nodes, models)
-        self.engine = Engine(self.cluster, PolicyStore(self.policy), placer=spec.placer, clock=lambda: 0.0)
+        # a baseline answers filter and prioritize with its own placement too
+        own = {} if spec.placer is evaluate else {"checker": spec.placer, "scorer": spec.placer}
+        self.engine = Engine(self.cluster, PolicyStore(self.policy), placer=spec.placer, clock=lambda: 0.0, **own)
         self.engine.sync()
         for state in self.engine.ledger.nodes():
             self.cluster.refresh(state)
