@@ -62,14 +62,16 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
                  clock: Callable[[], float] = time.monotonic, checker: Placer = check,
-                 scorer: Placer = rank) -> None:
-        """`placer` chooses GPUs and CUs at bind; `checker` answers filter's yes/no and `scorer` gives
-        prioritize's score without choosing CUs. All three must agree on which nodes fit."""
+                 scorer: Placer = rank, bind_placer: Placer | None = None) -> None:
+        """`placer` chooses GPUs and CUs; `checker` answers filter's yes/no and `scorer` gives
+        prioritize's score without choosing CUs. All three must agree on which nodes fit. Bind may
+        decide with a costlier `bind_placer` (the CP-SAT solver) that never fails where `placer` fits."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
         self.checker = checker
         self.scorer = scorer
+        self.bind_placer = bind_placer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -272,7 +274,8 @@ class Engine:
         ref = PodRef(uid, namespace, name)
         try:
             with self.ledger.locked(node) as state:
-                fit = self._fit(req, state.without(uid), policy)
+                base = state.without(uid)
+                fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
                 if not fit.ok:
                     raise BindError(f"gpuslice: node {node}: {fit.reason}")
                 assignment = build_assignment(req, node, fit.choices, policy)
