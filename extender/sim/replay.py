@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from extender.core.errors import SliceRequestError
+from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import PodView
-from extender.engine.placement import evaluate
+from extender.engine.placement import NodeFit, evaluate, fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine, Placer
 from extender.sim import sizing
@@ -79,6 +80,20 @@ class ReplayState:
     attempts: int = 0
 
 
+def once_per_state(placer: Placer) -> Placer:
+    """The placer's answer memoized on the (immutable) node state, so filter, prioritize and bind
+    share it (and a random placer gives all three the same answer)."""
+
+    def placed(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
+        key = ("sim-baseline", placer, fit_key(req, policy))
+        fit = state.memo.get(key)
+        if fit is None:
+            fit = state.memo[key] = placer(req, state, policy)
+        return fit  # type: ignore[return-value]
+
+    return placed
+
+
 class Replay:
     def __init__(self, nodes: list[SimNode], pods: list[SimPod], spec: RunSpec, host_score: str = "least",
                  extender_weight: float = 5.0, seed: int = 0, incremental: bool = True) -> None:
@@ -90,9 +105,10 @@ class Replay:
         self.rng = random.Random(seed)
         models = sorted({n.model for n in nodes if n.gpus})
         self.cluster = SimCluster(nodes, models)
-        # a baseline answers filter and prioritize with its own placement too
-        own = {} if spec.placer is evaluate else {"checker": spec.placer, "scorer": spec.placer}
-        self.engine = Engine(self.cluster, PolicyStore(self.policy), placer=spec.placer, clock=lambda: 0.0, **own)
+        # a baseline answers filter, prioritize and bind with one placement per node state
+        placer = spec.placer if spec.placer is evaluate else once_per_state(spec.placer)
+        own = {} if spec.placer is evaluate else {"checker": placer, "scorer": placer}
+        self.engine = Engine(self.cluster, PolicyStore(self.policy), placer=placer, clock=lambda: 0.0, **own)
         self.engine.sync()
         for state in self.engine.ledger.nodes():
             self.cluster.refresh(state)
