@@ -33,6 +33,9 @@ from extender.engine.policy_store import PolicyStore
 log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
+# Why filter rejected a node (the `reason` label of gpuslice_filter_rejections_total).
+REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "unhealthy", "compute", "memory",
+                     "memory-limit", "class-rule", "bandwidth", "no-gpus")
 PENDING_CACHE = 20_000
 MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
@@ -49,8 +52,9 @@ class FilterResult:
 class EngineStats:
     """Plain counters; the Prometheus collector reads them at scrape time."""
 
-    filter_rejections: Counter[str] = field(default_factory=Counter)  # reason category -> nodes
-    binds: Counter[str] = field(default_factory=Counter)  # result -> count
+    # Every label value starts at 0 so that dashboards and alerts see the series before the first event.
+    filter_rejections: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(REJECTION_REASONS, 0)))
+    binds: Counter[str] = field(default_factory=lambda: Counter({"ok": 0, "error": 0}))
     skipped_nodes: dict[str, str] = field(default_factory=dict)  # node -> inventory problem
     rebuild_problems: list[str] = field(default_factory=list)
     last_sync: float | None = None

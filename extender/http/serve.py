@@ -17,6 +17,7 @@ from extender.engine.cluster import Cluster
 from extender.engine.demo import FIXTURE_NODES, GPU_NODES, PENDING, demo_cluster
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
+from extender.engine.solver_placer import SolverPlacer
 from extender.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_URL_PREFIX, create_app
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     if cluster is None:
         return 2
-    engine = Engine(cluster, policies)
+    engine = Engine(cluster, policies, bind_placer=SolverPlacer())
     problems = engine.sync()
     if problems:
         log.warning("ledger rebuilt with %d problem(s); see /debug/ledger", len(problems))
