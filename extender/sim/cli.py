@@ -47,6 +47,9 @@ policy's class rules allow (interference.memoryBoundPenalty per other memory-bou
 computeBoundPenalty per other compute-bound one), meets the target, and at least the profile's
 minimum memory; targets no CU count meets are reported as infeasible. After the replay each such pod's
 predicted req/s is recomputed with the co-tenants it actually has.
+Reproducibility: --seed fixes sampling and tie-breaks; with the CP-SAT placer at bind a solve that hits
+its wall-clock limit (policy solver.timeLimitMs) may answer differently on a busier machine, so use
+--bind-placer greedy for bit-identical replays.
 Outputs: GPUs used/idle, allocated and arrived % of GPUs, fragmentation, pending pods, per-class
 interference, SLA per pod; --json; --plots DIR (PNG).
 """
@@ -72,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="kube-scheduler's NodeResourcesFit scoring strategy (default least: its default)")
     p.add_argument("--extender-weight", type=float, default=5.0, help="the extender's weight in the "
                    "KubeSchedulerConfiguration (default 5)")
+    p.add_argument("--bind-placer", choices=["solver", "greedy"], default="solver",
+                   help="gpuslice's bind decision: the CP-SAT placer as `gpuslice serve` uses (default; each "
+                   "bind may take up to the policy's solver.timeLimitMs of wall time) or the greedy placer")
     p.add_argument("--gpu-model", action="append", default=[], metavar="NAME=CUS:GIB",
                    help="define a trace GPU model missing from the table")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -136,10 +142,11 @@ def _specs(args: argparse.Namespace, default_policies: list[str], where: Path,
     what_if = args.baseline is not None and args.baseline not in BASELINES
     if what_if:
         current, label = resolve_policy(args.baseline, where)
-        specs.append(policy_spec(f"current:{label}", with_models(current, models, extra), args.baseline))
+        specs.append(policy_spec(f"current:{label}", with_models(current, models, extra), args.baseline,
+                                 args.bind_placer))
     for (policy, _), label, src in zip(loaded, labels, names, strict=True):
         run_label = f"new:{label}" if what_if else f"gpuslice:{label}"
-        specs.append(policy_spec(run_label, with_models(policy, models, extra), src))
+        specs.append(policy_spec(run_label, with_models(policy, models, extra), src, args.bind_placer))
     wanted = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.compare else []
     if args.baseline in BASELINES:
         wanted.append(args.baseline)

@@ -4,7 +4,8 @@ depart; pods that found no node wait and are retried when a departure frees room
 One scheduling cycle per pod, as kube-scheduler runs it:
 1. its own filters: host CPU and memory fit (NodeResourcesFit), the pod's GPU-model selector, and a
    screen of free GPUs (a necessary condition, so the extender sees fewer hopeless nodes);
-2. the extender's `filter` and `prioritize` — the engine's own code, on the same ledger;
+2. the extender's `filter` and `prioritize` — the engine's own code, on the same ledger, wired as
+   `gpuslice serve` wires it (greedy filter/prioritize, the CP-SAT solver placer at bind);
 3. node choice: the highest total score, ties broken at random (seeded), where total =
    host score (LeastAllocated or MostAllocated, weight 1, plus BalancedAllocation, weight 1; each
    0..100) + extender score (0..10) x 10 x extender weight — kube-scheduler's scaling of extender
@@ -37,6 +38,7 @@ from extender.engine.cluster import PodView
 from extender.engine.placement import NodeFit, evaluate, fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine, Placer
+from extender.engine.solver_placer import SolverPlacer
 from extender.sim import sizing
 from extender.sim.cluster import SimCluster
 from extender.sim.workload import SimNode, SimPod
@@ -52,6 +54,7 @@ class RunSpec:
     placer: Placer = evaluate
     chooser: str = "kube"  # kube | first | best | random
     source: str = ""
+    bind: str = "solver"  # gpuslice runs: "solver" binds with the CP-SAT placer as serve does; "greedy"
 
 
 @dataclass
@@ -106,9 +109,14 @@ class Replay:
         models = sorted({n.model for n in nodes if n.gpus})
         self.cluster = SimCluster(nodes, models)
         # a baseline answers filter, prioritize and bind with one placement per node state
-        placer = spec.placer if spec.placer is evaluate else once_per_state(spec.placer)
-        own = {} if spec.placer is evaluate else {"checker": placer, "scorer": placer}
-        self.engine = Engine(self.cluster, PolicyStore(self.policy), placer=placer, clock=lambda: 0.0, **own)
+        # gpuslice runs wire the engine as `gpuslice serve` does (greedy filter/prioritize, the CP-SAT
+        # placer at bind); a baseline answers all three verbs with one placement per node state
+        if spec.placer is evaluate:
+            own: dict[str, Placer] = {"bind_placer": SolverPlacer()} if spec.bind == "solver" else {}
+        else:
+            placer = once_per_state(spec.placer)
+            own = {"placer": placer, "checker": placer, "scorer": placer}
+        self.engine = Engine(self.cluster, PolicyStore(self.policy), clock=lambda: 0.0, **own)
         self.engine.sync()
         for state in self.engine.ledger.nodes():
             self.cluster.refresh(state)

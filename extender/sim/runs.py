@@ -17,8 +17,8 @@ from extender.sim.workload import SimNode, SimPod
 Runner = Callable[[list[SimNode], list[SimPod], RunSpec], dict[str, object]]
 
 
-def policy_spec(label: str, policy: Policy, source: str = "") -> RunSpec:
-    return RunSpec(label, policy, evaluate, "kube", source)
+def policy_spec(label: str, policy: Policy, source: str = "", bind: str = "solver") -> RunSpec:
+    return RunSpec(label, policy, evaluate, "kube", source, bind)
 
 
 def baseline_spec(name: str, policy: Policy, seed: int) -> RunSpec:
