@@ -16,6 +16,6 @@ def test_economics_benchmark_small(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "economics.json").read_text())
     assert data["seedScenario"]["baselineGpus"] > data["seedScenario"]["gpus"]
     assert {r["label"] for r in data["openbLoad"]["runs"]} >= {"gpuslice:openb", "1-model-1-gpu", "best-fit"}
-    assert data["replay"]["pods"] == 150
+    assert data["replay"]["solver"]["pods"] == data["replay"]["greedy"]["pods"] == 150
     assert len(list(tmp_path.glob("*.png"))) == 4
     assert (tmp_path / "trace" / "pods.csv").read_text().startswith("name,cpu_milli")
