@@ -12,6 +12,7 @@ from extender.agent.cli import register as register_agent
 from extender.http.serve import register as register_serve
 from extender.plan_cli import register as register_plan
 from extender.policy_cli import register as register_policy
+from extender.sim.cli import register as register_simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpuslice {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (register_policy, register_serve, register_agent, register_plan):
+    for register in (register_policy, register_serve, register_agent, register_plan, register_simulate):
         register(sub)
     return parser
 

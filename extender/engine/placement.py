@@ -40,13 +40,25 @@ def needed_cus(req: SliceRequest, gpu: GpuState, policy: Policy) -> int:
     return req.guaranteed_cus(policy, policy.model_for(gpu.info.model), gpu.info.computeUnits)
 
 
+def takes_whole(gpu: GpuState, n: int) -> bool:
+    """A guarantee of the whole GPU takes an empty GPU whole, burst region included (exclusive use,
+    e.g. cooperative launches); otherwise the burst region is never guaranteed, so without this a
+    1000m request could never fit."""
+    return n >= gpu.info.computeUnits and not gpu.slices
+
+
+def usable_cus(gpu: GpuState, n: int) -> frozenset[int]:
+    """CUs a guarantee of `n` may take."""
+    return frozenset(range(gpu.info.computeUnits)) if takes_whole(gpu, n) else gpu.free_cus
+
+
 def gpu_reject_reason(req: SliceRequest, gpu: GpuState, policy: Policy) -> tuple[str, str] | None:
     """Why the slice cannot go on this GPU: (category, words a person can act on); None if it fits."""
     i = gpu.info.index
     if not gpu.info.healthy:
         return "unhealthy", f"gpu {i}: unhealthy"
     n = needed_cus(req, gpu, policy)
-    free = len(gpu.free_cus)
+    free = len(usable_cus(gpu, n))
     if n > free:
         return "compute", f"gpu {i}: needs {n} CUs, {free} free"
     if req.memory_bytes > gpu.memory_free:
@@ -105,7 +117,7 @@ def gpu_score(req: SliceRequest, gpu: GpuState, cus: frozenset[int], policy: Pol
 def _score(req: SliceRequest, gpu: GpuState, n: int, policy: Policy, frag: float) -> float:
     """gpu_score for a guarantee of n CUs that leaves fragmentation `frag`."""
     usable = gpu.info.computeUnits - len(gpu.shared)
-    after = (gpu.used_cus + n) / usable if usable else 1.0
+    after = min(1.0, (gpu.used_cus + n) / usable) if usable else 1.0
     pack = after if policy.scoring.strategy == "binpack" else 1.0 - after
     mem_after = (gpu.memory_used + req.memory_bytes) / gpu.info.memoryBytes
     pack = 0.7 * pack + 0.3 * (mem_after if policy.scoring.strategy == "binpack" else 1.0 - mem_after)
@@ -163,7 +175,8 @@ class _Limits:
     def fits(self, gpu: GpuState, n: int) -> bool:
         info = gpu.info
         req = self.req
-        if not info.healthy or n > len(gpu.free_cus) or req.memory_bytes > gpu.memory_free:
+        free = info.computeUnits if takes_whole(gpu, n) else len(gpu.free_cus)
+        if not info.healthy or n > free or req.memory_bytes > gpu.memory_free:
             return False
         if gpu.memory_limit_used + req.memory_limit_bytes > info.memoryBytes * self.overcommit:
             return False
@@ -208,6 +221,8 @@ def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozense
     n = limits.needed(gpu)
     if not limits.fits(gpu, n):
         return None
+    if takes_whole(gpu, n):
+        return n, None, frozenset(range(gpu.info.computeUnits)), _score(req, gpu, n, policy, 0.0)
     run = best_fit_run(gpu.free_runs, n) if policy.layout.mode == "spread" else None
     if run is not None:  # choose_spread's answer, and the fragmentation it leaves, from cached runs
         frag = fragmentation_after_cut(gpu.free_runs, run, n, limits.min_slice(gpu))

@@ -23,6 +23,7 @@ from extender.engine.placement import (
     gpu_score,
     needed_cus,
     rank,
+    usable_cus,
 )
 
 CLASSES = ("memory-bound", "compute-bound")
@@ -65,7 +66,7 @@ def reference_candidates(req: SliceRequest, state: NodeState, policy: Policy) ->
         if gpu_reject_reason(req, gpu, policy) is not None:
             continue
         n = needed_cus(req, gpu, policy)
-        cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
+        cus = choose_cus(usable_cus(gpu, n), n, policy.layout.mode, gpu.info.xcds)  # whole GPU: all CUs
         burst = choose_burst(gpu.burst_cus, max(0, req.limit_cus(gpu.info.computeUnits) - n))
         out[gpu.info.index] = (cus, burst, gpu_score(req, gpu, cus, policy))
     return out
