@@ -164,8 +164,13 @@ class HttpClient:
         return out
 
     def close(self) -> None:
+        """Stop the server's loop by closing every channel it watches (waitress has no stop call)."""
         self.conn.close()
-        self.server.close()
+        self.server.task_dispatcher.shutdown()
+        while self.server._map:
+            for channel in list(self.server._map.values()):
+                channel.handle_close()
+        self.thread.join(timeout=5)
 
 
 def pod_json(pod: PodView) -> dict[str, Any]:
