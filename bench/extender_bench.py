@@ -14,7 +14,6 @@ on 127.0.0.1 (JSON encode/decode, Flask, wire models included).
 from __future__ import annotations
 
 import argparse
-import gc
 import http.client
 import json
 import os
@@ -42,6 +41,7 @@ from extender.engine.demo import gpu_node, mi300x_inventory  # noqa: E402
 from extender.engine.placement import build_assignment, evaluate  # noqa: E402
 from extender.engine.policy_store import PolicyStore  # noqa: E402
 from extender.engine.scheduler import Engine  # noqa: E402
+from extender.http.serve import short_gc_pauses  # noqa: E402
 
 VERBS = ("filter", "prioritize", "bind")
 
@@ -164,8 +164,13 @@ class HttpClient:
         return out
 
     def close(self) -> None:
+        """Stop the server's loop by closing every channel it watches (waitress has no stop call)."""
         self.conn.close()
-        self.server.close()
+        self.server.task_dispatcher.shutdown()
+        while self.server._map:
+            for channel in list(self.server._map.values()):
+                channel.handle_close()
+        self.thread.join(timeout=5)
 
 
 def pod_json(pod: PodView) -> dict[str, Any]:
@@ -182,7 +187,7 @@ def run(nodes: int, mode: str, iterations: int, warmup: int, seed: int, console:
     engine = Engine(cluster, PolicyStore(policy))
     problems = engine.sync()
     assert not problems, problems[:3]
-    gc.freeze()  # as `gpuslice serve` does after its sync
+    short_gc_pauses(interval=5.0)  # as `gpuslice serve` does after its sync (a short bench: a shorter interval)
     console.log(f"{nodes} nodes: cluster of {len(cluster.list_pods())} tenants built and synced in "
                 f"{time.perf_counter() - t0:.1f}s ({mode})")
     names = [f"gpu-{i:05d}" for i in range(nodes)]

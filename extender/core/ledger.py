@@ -269,6 +269,7 @@ class Ledger:
         self.clock = clock
         self._nodes: dict[str, _Node] = {}
         self._where: dict[str, str] = {}  # pod uid -> node
+        self._reserving: set[str] = set()  # nodes that may hold reservations: all that expire() visits
         self._usage: dict[str, Usage] = {}
         self._index = threading.Lock()
         self.expired_total = 0
@@ -363,6 +364,8 @@ class Ledger:
             pods[pod.uid] = entry
             previous = node.state.pods.get(pod.uid)
             node.state = NodeState(base.name, tuple(gpus), MappingProxyType(pods))
+            if ttl is not None:
+                self._reserving.add(base.name)
             with self._index:
                 elsewhere = self._where.get(pod.uid)
                 self._where[pod.uid] = assignment.node
@@ -421,10 +424,15 @@ class Ledger:
         """Drop reservations past their deadline (their bind never completed). Returns the count."""
         now = self.clock()
         dropped = 0
-        for node in list(self._nodes.values()):
-            if not any(e.expires_at is not None and e.expires_at <= now for e in node.state.pods.values()):
+        for name in list(self._reserving):
+            node = self._nodes.get(name)
+            if node is None:
+                self._reserving.discard(name)
                 continue
-            with node.lock:
+            with node.lock:  # reserve() adds to _reserving under this lock, so no reservation is missed
+                if not any(e.expires_at is not None for e in node.state.pods.values()):
+                    self._reserving.discard(name)
+                    continue
                 for uid, e in list(node.state.pods.items()):
                     if e.expires_at is None or e.expires_at > now:
                         continue

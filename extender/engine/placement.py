@@ -199,19 +199,48 @@ class _Candidate:
         return GpuChoice(self.gpu, cus, choose_burst(self.gpu.burst_cus, extra), self.score)
 
 
-# Per-GPU answers shared by every GPU of the same shape (see GpuState.shape), keyed by (fit_key, shape):
-# a request is worked out once per distinct GPU state, not once per GPU. Bounded; clearing only costs time.
-_PLACES: dict[tuple[str, int], tuple[int, int | None, frozenset[int] | None, float] | None] = {}
-_FITS: dict[tuple[str, int], bool] = {}
-_REASONS: dict[tuple[str, int], tuple[str, str] | None] = {}
-_SHARED_LIMIT = 400_000
+class _Shared:
+    """One request shape's per-GPU answers, shared by every GPU of the same shape (GpuState.shape): a
+    request is worked out once per distinct GPU state, not once per GPU (e.g. once for all empty GPUs).
+    Keyed by fit_key, so pods of the same shape share it too. Bounded; clearing only costs time."""
+
+    __slots__ = ("key", "limits", "fits", "places", "reasons")
+
+    def __init__(self, key: str, req: SliceRequest, policy: Policy) -> None:
+        self.key = key
+        self.limits = _Limits(req, policy)
+        self.fits: dict[int, bool] = {}
+        self.places: dict[int, tuple[int, int | None, frozenset[int] | None, float] | None] = {}
+        self.reasons: dict[int, tuple[str, str] | None] = {}
+
+
+_SHARED: dict[str, _Shared] = {}
+_SHARED_KEYS = 256
+_SHAPES_PER_KEY = 200_000
 _MISSING = object()
+# The last request seen: filter and prioritize ask about one request object for thousands of nodes.
+_last: tuple[object, object, _Shared | None] = (None, None, None)
 
 
-def _remember(cache: dict, key: tuple[str, int], value: object) -> None:
-    if len(cache) >= _SHARED_LIMIT:
+def _shared(req: SliceRequest, policy: Policy) -> _Shared:
+    global _last
+    last_req, last_policy, shared = _last
+    if last_req is req and last_policy is policy and shared is not None:
+        return shared
+    key = fit_key(req, policy)
+    shared = _SHARED.get(key)
+    if shared is None:
+        if len(_SHARED) >= _SHARED_KEYS:
+            _SHARED.clear()
+        shared = _SHARED[key] = _Shared(key, req, policy)
+    _last = (req, policy, shared)
+    return shared
+
+
+def _store(cache: dict, shape: int, value: object) -> None:
+    if len(cache) >= _SHAPES_PER_KEY:
         cache.clear()
-    cache[key] = value
+    cache[shape] = value
 
 
 def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozenset[int] | None, float] | None:
@@ -233,6 +262,14 @@ def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozense
     return n, None, cus, _score(req, gpu, n, policy, fragmentation(gpu.free_cus - cus, limits.min_slice(gpu)))
 
 
+def _place(shared: _Shared, gpu: GpuState) -> tuple[int, int | None, frozenset[int] | None, float] | None:
+    entry = shared.places.get(gpu.shape, _MISSING)
+    if entry is _MISSING:
+        entry = _place_on(shared.limits, gpu)
+        _store(shared.places, gpu.shape, entry)
+    return entry  # type: ignore[return-value]
+
+
 def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """Greedy best-per-GPU placement of the whole request on one node (filter, score and bind)."""
     return _evaluate(req, state, policy, True)
@@ -240,24 +277,33 @@ def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
 
 def rank(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """`evaluate` without building the chosen GPUs' CU sets: prioritize needs only the verdict and score."""
-    return _evaluate(req, state, policy, False)
+    if req.count != 1:
+        return _evaluate(req, state, policy, False)
+    shared = _shared(req, policy)
+    places = shared.places
+    best: tuple[float, int] | None = None
+    for gpu in state.gpus:
+        entry = places.get(gpu.shape, _MISSING)
+        if entry is _MISSING:
+            entry = _place(shared, gpu)
+        if entry is not None:
+            candidate = (entry[3], -gpu.info.index)  # type: ignore[index]  # as _pick: best score, lowest index
+            if best is None or candidate > best:
+                best = candidate
+    if best is None:
+        return _rejection(req, state, policy, 0, shared)
+    return NodeFit(True, score=best[0])
 
 
 def _evaluate(req: SliceRequest, state: NodeState, policy: Policy, with_choices: bool) -> NodeFit:
-    key = fit_key(req, policy)
-    limits: _Limits | None = None
+    shared = _shared(req, policy)
     candidates: list[_Candidate] = []
     for gpu in state.gpus:
-        k = (key, gpu.shape)
-        entry = _PLACES.get(k, _MISSING)
-        if entry is _MISSING:
-            limits = limits or _Limits(req, policy)
-            entry = _place_on(limits, gpu)
-            _remember(_PLACES, k, entry)
+        entry = _place(shared, gpu)
         if entry is not None:
-            candidates.append(_Candidate(gpu, *entry))  # type: ignore[misc]
+            candidates.append(_Candidate(gpu, *entry))
     if len(candidates) < req.count:
-        return _rejection(req, state, policy, len(candidates), key)
+        return _rejection(req, state, policy, len(candidates), shared)
     chosen, topo = _pick(candidates, req.count)
     score = sum(c.score for c in chosen) / len(chosen)
     w = policy.scoring.weights
@@ -281,33 +327,30 @@ def check(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """Filter's question only: can the slice go on this node? Counts free CUs and memory per GPU
     instead of choosing CU sets (a guarantee of n CUs always has a set once n are free), so it is
     cheap, and gives exactly `evaluate`'s verdict and rejection message."""
-    key = fit_key(req, policy)
-    limits: _Limits | None = None
+    shared = _shared(req, policy)
+    cache, limits, count = shared.fits, shared.limits, req.count
     fits = 0
     for gpu in state.gpus:
-        k = (key, gpu.shape)
-        ok = _FITS.get(k)
+        ok = cache.get(gpu.shape)
         if ok is None:
-            limits = limits or _Limits(req, policy)
             ok = limits.fits(gpu, limits.needed(gpu))
-            _remember(_FITS, k, ok)
+            _store(cache, gpu.shape, ok)
         if ok:
             fits += 1
-            if fits >= req.count:
+            if fits >= count:
                 return FIT_OK
-    return _rejection(req, state, policy, fits, key)
+    return _rejection(req, state, policy, fits, shared)
 
 
-def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int, key: str) -> NodeFit:
+def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int, shared: _Shared) -> NodeFit:
     reasons: list[tuple[str, str]] = []
     for gpu in state.gpus:
-        k = (key, gpu.shape)
-        reason = _REASONS.get(k, _MISSING)
+        reason = shared.reasons.get(gpu.shape, _MISSING)
         if reason is _MISSING:  # cached without the GPU's index, which differs between GPUs of one shape
             words = gpu_reject_reason(req, gpu, policy)
             prefix = f"gpu {gpu.info.index}: "
             reason = None if words is None else (words[0], words[1].removeprefix(prefix))
-            _remember(_REASONS, k, reason)
+            _store(shared.reasons, gpu.shape, reason)
         if reason is not None:
             reasons.append((reason[0], f"gpu {gpu.info.index}: {reason[1]}"))  # type: ignore[index]
     category = reasons[0][0] if reasons else "no-gpus"

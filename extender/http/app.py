@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from pydantic_core import to_json
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from extender import __version__
 from extender.engine.scheduler import Engine
@@ -77,7 +77,10 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
                     return _error(exc.status, exc.message)
                 except wire.WireError as exc:
                     return _error(400, f"invalid {name} request: {exc}")
-                except HTTPException as exc:  # e.g. 413 from the body-size limit
+                except RequestEntityTooLarge:
+                    return _error(413, f"request body larger than the limit of {max_body_bytes} bytes "
+                                  "(gpuslice serve --max-body-bytes)")
+                except HTTPException as exc:
                     return _error(exc.code or 400, exc.description or exc.name)
                 except Exception as exc:  # input the wire models let through but cannot convert
                     log.exception("%s: unreadable request", name)

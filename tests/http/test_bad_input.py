@@ -91,7 +91,7 @@ def test_oversize_body_is_413(make_extender: MakeExtender) -> None:
     body = with_annotations(FILTER, {**SLICE, "padding": "x" * 5000})
     resp = ext.client.post("/scheduler/filter", json=body)
     assert resp.status_code == 413
-    assert "error" in resp.get_json()
+    assert "larger than the limit of 4096 bytes" in resp.get_json()["error"]
     assert ext.engine.ledger.snapshot() == before
     assert ext.client.post("/scheduler/filter", json=with_annotations(FILTER, SLICE)).status_code == 200
 

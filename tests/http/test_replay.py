@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from extender.engine.scheduler import NEUTRAL_SCORE
+from extender.http import wire
 from tests.http.conftest import FIXTURES, Extender, MakeExtender, load
 
 VERB_ORDER = {"filter": 0, "prioritize": 1, "preempt": 2, "bind": 3}
@@ -58,6 +59,17 @@ def _check_filter(ext: Extender, req: dict[str, Any], recorded: dict[str, Any], 
         assert type(resp[form]) is type(recorded[form])
 
 
+def _conforms(verb: str, resp: Any) -> None:
+    """Replies parse as the extender v1 result types, with no keys those types lack."""
+    model = {"filter": wire.ExtenderFilterResult, "bind": wire.ExtenderBindingResult,
+             "preempt": wire.ExtenderPreemptionResult}.get(verb)
+    if model is None:
+        assert [wire.HostPriority.model_validate(h).model_dump() for h in resp] == resp
+        return
+    assert set(resp) <= set(model.model_fields)
+    model.model_validate(resp)
+
+
 @pytest.mark.parametrize("tag", sorted(SESSIONS))
 def test_replay_session(make_extender: MakeExtender, tag: str) -> None:
     ext = make_extender()
@@ -66,6 +78,7 @@ def test_replay_session(make_extender: MakeExtender, tag: str) -> None:
         req = load(name)
         recorded = load(name.replace(".request.", ".response."))
         resp = ext.post(verb, req)
+        _conforms(verb, resp)
         if verb == "filter":
             _check_filter(ext, req, recorded, resp)
         elif verb == "prioritize":

@@ -67,3 +67,16 @@ def test_serve_with_an_invalid_policy_file_fails_fast(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "extender", "serve", "--demo", "--policy", str(bad)], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "burst.sharedFraction" in out.stderr
+
+
+def test_short_gc_pauses_freezes_the_long_lived_heap() -> None:
+    import gc
+
+    from extender.http.serve import short_gc_pauses
+
+    try:
+        thread = short_gc_pauses(interval=3600)
+        assert thread.daemon and thread.is_alive()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
