@@ -29,6 +29,7 @@ from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
 from extender.engine.placement import NodeFit, build_assignment, evaluate, to_score
 from extender.engine.policy_store import PolicyStore
+from extender.engine.preemption import Victims, preempt
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,26 @@ class Engine:
         self._pending_lock = threading.Lock()
         self._node_sig: dict[str, tuple] = {}
         self._last_expire = 0.0
+        # Held while the ledger is swapped by sync() and while a bind reserves, so a reservation made
+        # during a rebuild is never lost with the old ledger.
+        self._swap = threading.RLock()
+        # Test hook: called with the name of each bind step ("reserved", "recorded") to inject crashes.
+        self.fault: Callable[[str], None] | None = None
         self.synced = False
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
     def sync(self) -> list[str]:
-        """Rebuild every ledger from the cluster (start-up, or after losing the watch)."""
+        """Rebuild every ledger from the cluster (start-up, or after losing the watch).
+
+        Only bound pods (nodeName set) count: the Binding is the commit point of a bind. A pod that
+        carries an assignment but no nodeName is a bind that crashed between writing the annotation
+        and creating the Binding; it holds nothing, and its next bind overwrites the annotation.
+        Reservations of binds in flight in this process are carried over into the new ledger."""
+        with self._swap:
+            return self._sync()
+
+    def _sync(self) -> list[str]:
         policy = self.policies.current
         nodes: dict[str, list[GpuInfo]] = {}
         self.stats.skipped_nodes.clear()
@@ -89,7 +104,9 @@ class Engine:
                 self._node_sig[view.name] = _signature(view)
         bound = []
         problems: list[str] = []
+        seen: set[str] = set()
         for pod in self.cluster.list_pods():
+            seen.add(pod.uid)
             if pod.terminal or ASSIGNMENT_ANNOTATION not in pod.annotations or not pod.node_name:
                 continue
             try:
@@ -97,9 +114,21 @@ class Engine:
             except AssignmentError as exc:
                 problems.append(f"pod {pod.key}: {exc}")
                 continue
+            if a.node != pod.node_name:
+                problems.append(f"pod {pod.key}: assignment is for node {a.node}, pod is bound to {pod.node_name}")
+                continue
             bound.append((PodRef(pod.uid, pod.namespace, pod.name), a, _millis_of(pod, policy)))
         ledger, conflicts = rebuild(nodes, bound, policy.burst.sharedFraction, policy.overcommit.memory,
                                     self.clock)
+        bound_uids = {ref.uid for ref, _, _ in bound}
+        now = self.clock()
+        for state in self.ledger.nodes():
+            for uid, e in state.pods.items():
+                if e.reserved and uid in seen and uid not in bound_uids and e.expires_at > now:
+                    try:
+                        ledger.reserve(e.pod, e.assignment, e.workload_class, e.compute_millis, e.expires_at - now)
+                    except LedgerConflict as exc:
+                        conflicts.append(f"in-flight reservation {e.pod.key}: {exc}")
         self.ledger = ledger
         self.stats.rebuild_problems = problems + conflicts
         self.stats.last_sync = time.time()
@@ -137,6 +166,12 @@ class Engine:
             return
         try:
             a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+            if a.node != pod.node_name:  # a stale annotation on a pod bound by someone else
+                log.warning("pod %s: assignment is for node %s, pod is bound to %s; not counted",
+                            pod.key, a.node, pod.node_name)
+                if entry is not None:
+                    self.ledger.release(pod.uid)
+                return
             self.ledger.reserve(PodRef(pod.uid, pod.namespace, pod.name), a, a.workload_class,
                                 _millis_of(pod, self.policies.current), ttl=None)
         except (AssignmentError, LedgerConflict) as exc:
@@ -236,6 +271,12 @@ class Engine:
 
     def _bind(self, namespace: str, name: str, uid: str, node: str) -> None:
         policy = self.policies.current
+        done = self.ledger.entry(uid)
+        if done is not None and not done.reserved:
+            # The pod is already bound (kube-scheduler retrying a bind whose answer it lost).
+            if done.assignment.node == node:
+                return
+            raise BindError(f"gpuslice: pod {namespace}/{name} is already bound to {done.assignment.node}")
         pod = self._lookup(namespace, name, uid)
         try:
             req = parse_slice_request(pod.labels, pod.annotations, policy)
@@ -249,7 +290,7 @@ class Engine:
             raise BindError(quota)
         ref = PodRef(uid, namespace, name)
         try:
-            with self.ledger.locked(node) as state:
+            with self._swap, self.ledger.locked(node) as state:
                 fit = self._fit(req, state.without(uid), policy)
                 if not fit.ok:
                     raise BindError(f"gpuslice: node {node}: {fit.reason}")
@@ -258,17 +299,35 @@ class Engine:
                                     ttl=policy.reservations.ttlSeconds)
         except LedgerConflict as exc:
             raise BindError(f"gpuslice: node {node}: {exc}", temporary=True) from None
+        self._step("reserved")
         try:
             self.cluster.bind_pod(pod, node, {ASSIGNMENT_ANNOTATION: assignment.to_json()})
-        except BindError:
-            self.ledger.release(uid)
+        except BindError as exc:
+            if not exc.outcome_unknown:
+                self.ledger.release(uid)
             raise
         except Exception as exc:  # the cluster adapter failed unexpectedly: still roll back
             self.ledger.release(uid)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
+        self._step("recorded")
         self.ledger.commit(uid)
         with self._pending_lock:
             self._pending.pop(uid, None)
+
+    def preempt(self, pod: PodView, candidates: dict[str, Victims]) -> dict[str, Victims]:
+        """kube-scheduler's preemption candidates, kept where evicting the victims makes the slice
+        fit and trimmed to the GPU-holding victims the slice needs (see engine/preemption.py)."""
+        policy = self.policies.current
+        try:
+            req = parse_slice_request(pod.labels, pod.annotations, policy)
+        except SliceRequestError:
+            return {}
+        states = {n: self.ledger.node(n) for n in candidates}
+        return preempt(req, states, candidates, pod.uid, policy, self.placer)
+
+    def _step(self, name: str) -> None:
+        if self.fault is not None:
+            self.fault(name)
 
     def assignment_for(self, uid: str) -> Assignment | None:
         entry = self.ledger.entry(uid)
