@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
@@ -211,10 +211,12 @@ class Engine:
             result.unresolvable = {n: msg for n in candidates}
             self.stats.filter_rejections["invalid-request"] += len(candidates)
             return result
+        # Remember every pod filter saw (pass-through ones too): bind gets only names and a UID, and
+        # the pod may not be readable from the cluster yet (or at all, in the demo).
+        self._remember(pod)
         if req is None:
             result.passed = list(candidates)
             return result
-        self._remember(pod)
         quota = self._quota_problem(pod, req, policy)
         if quota:
             result.failed = {n: quota for n in candidates}
@@ -284,6 +286,7 @@ class Engine:
             raise BindError(f"gpuslice: {exc}") from None
         if req is None:
             self.cluster.bind_pod(pod, node, {})
+            self._forget_pending(uid)
             return
         quota = self._quota_problem(pod, req, policy)
         if quota:
@@ -311,19 +314,25 @@ class Engine:
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
         self._step("recorded")
         self.ledger.commit(uid)
+        self._forget_pending(uid)
+
+    def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:
             self._pending.pop(uid, None)
 
-    def preempt(self, pod: PodView, candidates: dict[str, Victims]) -> dict[str, Victims]:
-        """kube-scheduler's preemption candidates, kept where evicting the victims makes the slice
-        fit and trimmed to the GPU-holding victims the slice needs (see engine/preemption.py)."""
+    def preempt(self, pod: PodView, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """kube-scheduler proposes, per node, the pods (UIDs) it would evict for `pod`. Keep the nodes
+        where the slice fits once those victims' slices are freed, trimmed to the GPU-holding victims
+        the slice needs; gpuslice never adds victims (see engine/preemption.py)."""
         policy = self.policies.current
         try:
             req = parse_slice_request(pod.labels, pod.annotations, policy)
         except SliceRequestError:
-            return {}
-        states = {n: self.ledger.node(n) for n in candidates}
-        return preempt(req, states, candidates, pod.uid, policy, self.placer)
+            return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
+        states = {n: self.ledger.node(n) for n in victims}
+        kept = preempt(req, states, {n: Victims(tuple(uids)) for n, uids in victims.items()}, pod.uid, policy,
+                       self.placer)
+        return {n: list(v.uids) for n, v in kept.items()}
 
     def _step(self, name: str) -> None:
         if self.fault is not None:

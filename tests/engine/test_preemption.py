@@ -10,7 +10,6 @@ import pytest
 from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, format_inventory
 from extender.engine.cluster import MemoryCluster, NodeView, PodView
 from extender.engine.policy_store import PolicyStore
-from extender.engine.preemption import Victims
 from extender.engine.scheduler import Engine
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "kube-scheduler"
@@ -42,19 +41,17 @@ def engine_with(nodes: list[str], tenants: dict[str, list[PodView]]) -> Engine:
     return engine
 
 
-def candidates(tag: str) -> dict[str, Victims]:
+def candidates(tag: str) -> dict[str, list[str]]:
     args = json.loads((FIXTURES / f"{tag}-preempt-01.request.json").read_text())
     if args["NodeNameToMetaVictims"] is not None:
-        return {n: Victims(tuple(p["UID"] for p in v["Pods"]), v["NumPDBViolations"])
-                for n, v in args["NodeNameToMetaVictims"].items()}
-    return {n: Victims(tuple(p["metadata"]["uid"] for p in v["Pods"]), v["NumPDBViolations"])
-            for n, v in args["NodeNameToVictims"].items()}
+        return {n: [p["UID"] for p in v["Pods"]] for n, v in args["NodeNameToMetaVictims"].items()}
+    return {n: [p["metadata"]["uid"] for p in v["Pods"]] for n, v in args["NodeNameToVictims"].items()}
 
 
 @pytest.mark.parametrize("tag", ["ncc-true", "ncc-false"])
 def test_recorded_candidates_kept_only_where_eviction_makes_room(tag: str) -> None:
     cands = candidates(tag)
-    victim = {n: v.uids[0] for n, v in cands.items()}
+    victim = {n: v[0] for n, v in cands.items()}
     engine = engine_with(["node-a", "node-b"], {
         "node-a": [gpu_pod(victim["node-a"], "700m")],  # evicting it frees enough
         "node-b": [gpu_pod(victim["node-b"], "200m"), gpu_pod("other-b", "600m")],  # not enough even then
@@ -62,7 +59,7 @@ def test_recorded_candidates_kept_only_where_eviction_makes_room(tag: str) -> No
     preemptor = gpu_pod("preemptor", "500m")
     assert engine.filter(preemptor, names=["node-a", "node-b"]).passed == []
     out = engine.preempt(preemptor, cands)
-    assert out == {"node-a": Victims((victim["node-a"],), 0)}
+    assert out == {"node-a": [victim["node-a"]]}
 
 
 def test_pod_without_slice_keeps_every_candidate() -> None:
@@ -75,9 +72,9 @@ def test_victims_trimmed_to_what_the_slice_needs() -> None:
     engine = engine_with(["n"], {"n": [gpu_pod("big", "400m", "compute-bound"), gpu_pod("small", "300m"),
                                           gpu_pod("tiny", "100m", "compute-bound")]})
     # kube-scheduler's order: most important first; "cpu-hog" holds no slice (chosen for its CPU)
-    cands = {"n": Victims(("big", "cpu-hog", "small", "tiny"), 1)}
+    cands = {"n": ["big", "cpu-hog", "small", "tiny"]}
     out = engine.preempt(gpu_pod("pre", "400m"), cands)
-    kept = out["n"].uids
+    kept = out["n"]
     assert "cpu-hog" in kept  # never second-guess a victim kube-scheduler chose for its own reasons
     assert "big" not in kept  # the most important victim is spared: evicting the others makes room
     assert set(kept) == {"cpu-hog", "small", "tiny"}
@@ -85,11 +82,11 @@ def test_victims_trimmed_to_what_the_slice_needs() -> None:
 
 def test_node_where_slice_fits_without_gpu_victims_keeps_its_victims() -> None:
     engine = engine_with(["n"], {"n": [gpu_pod("v", "100m")]})
-    cands = {"n": Victims(("v",), 0)}
+    cands = {"n": ["v"]}
     assert engine.preempt(gpu_pod("pre", "100m"), cands) == cands  # never an empty victim list
 
 
 def test_invalid_request_keeps_no_candidate() -> None:
     engine = engine_with(["n"], {})
     bad = PodView("b", "default", "b", annotations={"gpuslice.io/compute": "2000m"})
-    assert engine.preempt(bad, {"n": Victims(("v",), 0)}) == {}
+    assert engine.preempt(bad, {"n": ["v"]}) == {}

@@ -1,0 +1,108 @@
+"""Prometheus metrics. Ledger gauges and counters are computed at scrape time from the engine's own
+state (ledger, stats, policy store) by a custom collector, so they can never drift from it; only the
+request-duration histogram is observed by the app as requests happen.
+
+Each app gets its own CollectorRegistry, so many apps (tests, benchmarks) can live in one process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from extender.core.layout import fragmentation
+from extender.core.policy import Policy
+from extender.engine.placement import COMPUTE_BOUND, MEMORY_BOUND
+from extender.engine.scheduler import Engine
+
+CLASSES = (MEMORY_BOUND, COMPUTE_BOUND)
+VERBS = ("filter", "prioritize", "preempt", "bind")
+# Extender calls are milliseconds normally; kube-scheduler gives up at 5 s.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def min_slice_cus(policy: Policy, model_name: str) -> int:
+    """The smallest guarantee the policy hands out on this model: free runs shorter are stranded."""
+    model = policy.model_for(model_name)
+    if policy.rounding.mode == "balanced":
+        return max(policy.rounding.minComputeUnits, model.balanced_multiple)
+    return policy.rounding.minComputeUnits
+
+
+class LedgerCollector(Collector):
+    """Reads the engine at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        policy = engine.policies.current
+        cus = GaugeMetricFamily("gpuslice_gpu_compute_units", "CUs per GPU by state: guaranteed to tenants, "
+                                "in the shared burst region, free to guarantee", labels=["node", "gpu", "state"])
+        mem = GaugeMetricFamily("gpuslice_gpu_memory_bytes", "GPU memory: guaranteed, sum of limits, free",
+                                labels=["node", "gpu", "state"])
+        tenants = GaugeMetricFamily("gpuslice_gpu_tenants", "tenants per GPU by workload class",
+                                    labels=["node", "gpu", "class"])
+        free_total = stranded = 0
+        for state in engine.ledger.nodes():
+            for g in state.gpus:
+                labels = [state.name, str(g.info.index)]
+                free = g.free_cus
+                cus.add_metric([*labels, "guaranteed"], len(g.guaranteed))
+                cus.add_metric([*labels, "burst"], len(g.burst_cus))
+                cus.add_metric([*labels, "free"], len(free))
+                mem.add_metric([*labels, "guaranteed"], g.memory_used)
+                mem.add_metric([*labels, "limit"], g.memory_limit_used)
+                mem.add_metric([*labels, "free"], g.memory_free)
+                for cls in CLASSES:
+                    tenants.add_metric([*labels, cls], g.count(cls))
+                if free and g.info.healthy:
+                    free_total += len(free)
+                    stranded += round(fragmentation(free, min_slice_cus(policy, g.info.model)) * len(free))
+        yield cus
+        yield mem
+        yield tenants
+        yield GaugeMetricFamily("gpuslice_fragmentation_ratio", "share of free CUs (cluster-wide) stranded in "
+                                "runs shorter than the smallest slice the policy hands out",
+                                value=stranded / free_total if free_total else 0.0)
+        yield _counter("gpuslice_filter_rejections", "nodes rejected by filter, by reason", "reason",
+                       engine.stats.filter_rejections)
+        yield _counter("gpuslice_bind", "bind requests by result", "result", engine.stats.binds)
+        yield _counter("gpuslice_policy_reloads", "policy reloads by result", "result", engine.policies.reloads)
+        expired = CounterMetricFamily("gpuslice_reservations_expired", "reservations dropped because their bind "
+                                      "never completed (since the last ledger rebuild)")
+        expired.add_metric([], engine.ledger.expired_total)
+        yield expired
+        if engine.stats.last_sync is not None:
+            yield GaugeMetricFamily("gpuslice_ledger_sync_age_seconds", "seconds since the ledgers were rebuilt "
+                                    "from the cluster", value=max(0.0, time.time() - engine.stats.last_sync))
+        yield GaugeMetricFamily("gpuslice_skipped_nodes", "nodes whose GPU inventory could not be read",
+                                value=len(engine.stats.skipped_nodes))
+
+
+def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(dict(values).items()):
+        family.add_metric([key], value)
+    return family
+
+
+class ExtenderMetrics:
+    """One app's metrics: its registry, the ledger collector and the request-duration histogram."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(LedgerCollector(engine))
+        self.request_duration = Histogram("gpuslice_extender_request_duration_seconds",
+                                          "time to answer a kube-scheduler extender call", ["verb"],
+                                          registry=self.registry, buckets=DURATION_BUCKETS)
+        for verb in VERBS:  # export every verb from the start, not only after its first call
+            self.request_duration.labels(verb)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
