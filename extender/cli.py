@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from extender import __version__
-from extender.http.serve import register as register_serve
 from extender.policy_cli import register as register_policy
+from extender.serve_cli import register as register_serve
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -145,7 +145,7 @@ def test_unhealthy_gpu_takes_no_new_tenants(kube_env: Env, nodes: list[str]) -> 
 
 
 def test_extender_killed_mid_stream_stays_consistent(kube_env: Env, nodes: list[str]) -> None:
-    create_pods(kube_env, [gpu_pod_body(f"k{i}", cls="memory-bound" if i % 3 else "compute-bound")
+    create_pods(kube_env, [gpu_pod_body(f"k{i}", compute="100m", cls="memory-bound" if i % 3 else "compute-bound")
                            for i in range(16)])
     wait_for("some pods bound", lambda: len(bound(kube_env)) >= 3, timeout=60)
     kube_env.extender.kill()  # mid-stream: kube-scheduler's calls now fail and its pods back off
