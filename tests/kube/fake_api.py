@@ -23,8 +23,28 @@ def _err(status: int, message: str) -> ApiException:
     return exc
 
 
+class FakeStream:
+    """A watch response: newline-delimited JSON events."""
+
+    def __init__(self, events: list[dict]) -> None:
+        self.lines = [json.dumps(e).encode() + b"\n" for e in events]
+
+    def stream(self, amt: Any = None, decode_content: bool = False) -> Any:
+        yield from self.lines
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
 class FakeApi:
     def __init__(self) -> None:
+        # kind ("nodes"/"pods") -> what successive watch calls get: a list of events, or an exception
+        self.watches: dict[str, list[Any]] = {"nodes": [], "pods": []}
+        self.watch_rvs: dict[str, list[str]] = {"nodes": [], "pods": []}
+        self.on_watches_done: Any = None
         self.rv = 100
         self.nodes: dict[str, dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}
@@ -76,11 +96,26 @@ class FakeApi:
         self._bump(pod)
 
     # --- CoreV1Api -------------------------------------------------------------------------------
-    def list_node(self, **kw: Any) -> Resp:
+    def _watch(self, kind: str, kw: dict) -> FakeStream:
+        self.watch_rvs[kind].append(kw.get("resource_version"))
+        if not self.watches[kind]:
+            if self.on_watches_done is not None:
+                self.on_watches_done(kind)
+            return FakeStream([])
+        step = self.watches[kind].pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return FakeStream(step)
+
+    def list_node(self, **kw: Any) -> Resp | FakeStream:
+        if kw.get("watch"):
+            return self._watch("nodes", kw)
         self._enter("list_node")
         return Resp({"items": copy.deepcopy(list(self.nodes.values())), "metadata": {"resourceVersion": str(self.rv)}})
 
-    def list_pod_for_all_namespaces(self, **kw: Any) -> Resp:
+    def list_pod_for_all_namespaces(self, **kw: Any) -> Resp | FakeStream:
+        if kw.get("watch"):
+            return self._watch("pods", kw)
         self._enter("list_pod_for_all_namespaces")
         return Resp({"items": copy.deepcopy(list(self.pods.values())), "metadata": {"resourceVersion": str(self.rv)}})
 

@@ -4,6 +4,7 @@ real `gpuslice serve --kubeconfig` on a real API server (skipped without $KUBEBU
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from kubernetes.client import ApiException
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, parse_assignment
 from extender.core.rangelist import parse_ranges
+from extender.kube.nudge import FREED_ANNOTATION
 from tests.kube.conftest import Env, gpu_node_body, gpu_pod_body
 
 NS = "default"
@@ -107,24 +109,49 @@ def test_pod_without_slice_passes_through(kube_env: Env, nodes: list[str]) -> No
     assert ASSIGNMENT_ANNOTATION not in (bound(kube_env)["plain"]["metadata"].get("annotations") or {})
 
 
-def test_freed_capacity_lets_waiting_pod_schedule_within_seconds(kube_env: Env, nodes: list[str]) -> None:
-    # Fill all six GPUs: 700m rounds to 224 of the 264 guaranteeable CUs, so one tenant per GPU.
-    create_pods(kube_env, [gpu_pod_body(f"big{i}", compute="700m", cls="compute-bound") for i in range(6)])
-    wait_for("6 big pods bound", lambda: len(bound(kube_env)) == 6, timeout=60)
+@pytest.mark.parametrize("how", ["pod-deleted", "pod-succeeded", "node-added", "gpu-healthy-again"])
+def test_freed_capacity_lets_waiting_pod_schedule_within_seconds(kube_env: Env, nodes: list[str], how: str) -> None:
+    api = kube_env.api
+    if how == "gpu-healthy-again":
+        sick = gpu_node_body(nodes[0], healthy=(False, False))
+        api.patch_node(nodes[0], {"metadata": {"annotations": sick["metadata"]["annotations"]}})
+    # Fill every healthy GPU: 700m rounds to 224 of the 272 guaranteeable CUs, one tenant per GPU.
+    fill = 4 if how == "gpu-healthy-again" else 6
+    create_pods(kube_env, [gpu_pod_body(f"big{i}", compute="700m", cls="compute-bound") for i in range(fill)])
+    wait_for(f"{fill} big pods bound", lambda: len(bound(kube_env)) == fill, timeout=60)
     create_pods(kube_env, [gpu_pod_body("waiting", compute="700m", cls="compute-bound")])
 
     def rejected() -> bool:
-        pod = kube_env.api.read_namespaced_pod("waiting", NS)
-        conds = {c.type: c for c in pod.status.conditions or []}
+        conds = {c.type: c for c in api.read_namespaced_pod("waiting", NS).status.conditions or []}
         return "PodScheduled" in conds and conds["PodScheduled"].reason == "Unschedulable"
 
     wait_for("waiting pod rejected for lack of GPU", rejected)
-    time.sleep(3)  # let it settle in kube-scheduler's unschedulable pool
+    time.sleep(3)  # settled in kube-scheduler's unschedulable pool (its own flush would take 5 minutes)
     assert "waiting" not in bound(kube_env)
-    kube_env.api.delete_namespaced_pod("big0", NS, grace_period_seconds=0)
-    took = wait_for("waiting pod bound after a delete", lambda: "waiting" in bound(kube_env), timeout=20)
-    assert took < 15, f"waiting pod took {took:.1f}s"
-    assert_consistent(kube_env)
+    try:
+        if how == "pod-deleted":
+            freed_node = bound(kube_env)["big0"]["spec"]["nodeName"]
+            api.delete_namespaced_pod("big0", NS, grace_period_seconds=0)
+            wait_for("the extender signals freed capacity on the node", lambda: FREED_ANNOTATION in (
+                api.read_node(freed_node).metadata.annotations or {}), timeout=5)
+        elif how == "pod-succeeded":
+            api.patch_namespaced_pod_status("big0", NS, {"status": {"phase": "Succeeded"}})
+        elif how == "node-added":
+            api.create_node(gpu_node_body("gpu-extra", gpus=1))
+        else:
+            healthy = gpu_node_body(nodes[0])
+            api.patch_node(nodes[0], {"metadata": {"annotations": healthy["metadata"]["annotations"]}})
+        took = wait_for("waiting pod bound after capacity freed", lambda: "waiting" in bound(kube_env), timeout=20)
+        assert took < 10, f"waiting pod took {took:.1f}s"
+        if how != "pod-succeeded":
+            assert_consistent(kube_env)
+    finally:
+        if how == "node-added":
+            delete_pods(kube_env, ["waiting"])
+            api.delete_node("gpu-extra")
+        if how == "gpu-healthy-again":
+            healthy = gpu_node_body(nodes[0])
+            api.patch_node(nodes[0], {"metadata": {"annotations": healthy["metadata"]["annotations"]}})
 
 
 def test_unhealthy_gpu_takes_no_new_tenants(kube_env: Env, nodes: list[str]) -> None:
@@ -145,11 +172,20 @@ def test_unhealthy_gpu_takes_no_new_tenants(kube_env: Env, nodes: list[str]) -> 
 
 
 def test_extender_killed_mid_stream_stays_consistent(kube_env: Env, nodes: list[str]) -> None:
-    create_pods(kube_env, [gpu_pod_body(f"k{i}", compute="100m", cls="memory-bound" if i % 3 else "compute-bound")
-                           for i in range(16)])
-    wait_for("some pods bound", lambda: len(bound(kube_env)) >= 3, timeout=60)
-    kube_env.extender.kill()  # mid-stream: kube-scheduler's calls now fail and its pods back off
+    def batch(prefix: str) -> list[dict]:
+        return [gpu_pod_body(f"{prefix}{i}", compute="100m", cls="memory-bound" if i % 3 else "compute-bound")
+                for i in range(8)]
+
+    creator = threading.Thread(target=create_pods, args=(kube_env, batch("a")))
+    creator.start()
+    wait_for("first binds", lambda: len(bound(kube_env)) >= 1, timeout=60)
+    kube_env.extender.kill()  # mid-stream: binds in flight die with it, kube-scheduler's calls now fail
+    creator.join()
+    at_kill = len(bound(kube_env))
+    create_pods(kube_env, batch("b"))  # arrive while the extender is down
     time.sleep(1)
     kube_env.extender.start()
+    assert_consistent(kube_env)  # the rebuilt ledger is exactly what the pods say
     wait_for("all 16 pods bound", lambda: len(bound(kube_env)) == 16, timeout=90)
+    assert at_kill < 16
     assert_consistent(kube_env)

@@ -91,3 +91,44 @@ def test_unhealthy_gpu_takes_no_new_tenants_and_recovery_signals() -> None:
     watch._node_event("MODIFIED", node_view(api.nodes["n0"]))  # healthy again
     assert freed[-1] == "n0"
     assert engine.filter(pod_view(new), names=["n0"]).passed == ["n0"]
+
+
+def test_watch_resumes_relists_on_410_and_backs_off_on_errors(monkeypatch) -> None:
+    import threading
+
+    import urllib3
+
+    from extender.kube import watch as watch_mod
+
+    monkeypatch.setattr(watch_mod, "BACKOFF_MIN", 0.01)
+    api, engine, watch, _ = setup()
+    a = api.add_pod("default", "a", SLICE)
+    b = api.add_pod("default", "b", SLICE)
+    list_rv = str(api.rv)
+    bound_a = copy.deepcopy(a)
+    bound_a["spec"]["nodeName"] = "n0"
+    bound_a["metadata"]["annotations"]["gpuslice.io/assignment"] = (
+        '{"node":"n0","gpus":[{"index":0,"id":"n0-g0","cus":"0-31","burstCus":"","memoryBytes":1,'
+        '"memoryLimitBytes":1}],"class":"memory-bound","policy":"x","assignedAt":"2026-01-01T00:00:00Z"}')
+    bound_a["metadata"]["resourceVersion"] = "500"
+    api.pods[("default", "a")] = bound_a  # what a relist will see
+    api.watches["pods"] = [
+        [{"type": "MODIFIED", "object": bound_a},
+         {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "600"}}}],
+        urllib3.exceptions.ProtocolError("connection reset"),  # back off, resume from 600
+        [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}],
+        [{"type": "DELETED", "object": b}],
+    ]
+    done = threading.Event()
+    api.on_watches_done = lambda kind: done.set()
+    t = threading.Thread(target=watch._watch_loop, args=("pods", list_rv), daemon=True)
+    t.start()
+    assert done.wait(5)
+    watch.stop()
+    t.join(5)
+    rvs = api.watch_rvs["pods"]
+    assert rvs[:3] == [list_rv, "600", "600"]  # resumed from the bookmark after the error
+    assert rvs[3] == str(api.rv)  # after 410: listed again and watched from the new list
+    assert watch.relists == 1 and watch.errors == 1
+    assert engine.ledger.entry(a["metadata"]["uid"]) is not None  # the relist's rebuild kept the bound pod
+    assert engine.synced
