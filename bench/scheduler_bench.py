@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from kubernetes.watch.watch import iter_resp_lines
 from rich.console import Console
 from rich.table import Table
 
@@ -100,26 +101,33 @@ class Bench:
 
     def measure(self, ns: str, count: int, config: str, name: str, timeout: float) -> dict:
         bound_at: list[float] = []
+        errors: list[str] = []
         done = threading.Event()
         rv = self.api.list_namespaced_pod(ns, limit=1).metadata.resource_version
 
         def watch() -> None:
             seen: set[str] = set()
-            resp = self.api.list_namespaced_pod(ns, watch=True, resource_version=rv, timeout_seconds=int(timeout) + 30,
-                                                _preload_content=False)
-            from kubernetes.watch.watch import iter_resp_lines
-            for line in iter_resp_lines(resp):
-                if not line:
-                    continue
-                obj = json.loads(line).get("object") or {}
-                uid = (obj.get("metadata") or {}).get("uid")
-                if (obj.get("spec") or {}).get("nodeName") and uid not in seen:
-                    seen.add(uid)
-                    bound_at.append(time.monotonic())
-                    if len(seen) >= count:
-                        break
-            done.set()
-            resp.close()
+            try:
+                resp = self.api.list_namespaced_pod(ns, watch=True, resource_version=rv,
+                                                    timeout_seconds=int(timeout) + 30, _preload_content=False)
+                for line in iter_resp_lines(resp):
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise RuntimeError(f"watch error: {obj}")
+                    uid = (obj.get("metadata") or {}).get("uid")
+                    if (obj.get("spec") or {}).get("nodeName") and uid not in seen:
+                        seen.add(uid)
+                        bound_at.append(time.monotonic())
+                        if len(seen) >= count:
+                            break
+                resp.close()
+            except Exception as exc:  # a broken watch would under-count: say so in the result
+                errors.append(repr(exc))
+            finally:
+                done.set()
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -132,7 +140,7 @@ class Bench:
         span = bound_at[-1] - bound_at[0] if n > 1 else 0.0
         return {"pods": count, "bound": n, "podsPerSecond": round((n - 1) / span, 1) if span > 0 else 0.0,
                 "firstBindAfterStartS": round(bound_at[0] - start, 2) if n else None,
-                "bindSpanS": round(span, 2)}
+                "bindSpanS": round(span, 2), **({"watchError": errors[0]} if errors else {})}
 
 
 def start_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
@@ -167,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pods", type=int, default=1000, help="pods per run")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    ap.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     args = ap.parse_args(argv)
     reason = missing_reason()
     if reason:
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.nodes:
             bench.ensure_nodes(n)
             wait_extender_nodes(port, n)
-            for scenario in SCENARIOS:
+            for scenario in args.scenarios:
                 sched = f"bench-{n}-{scenario}"
                 gpu = scenario.startswith("gpu")
                 bench.create_pods("bench", f"{n}-{scenario}", args.pods, sched, gpu)

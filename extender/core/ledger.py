@@ -258,6 +258,11 @@ class Ledger:
         n = self._nodes.get(name)
         return n.state if n else None
 
+    def states(self, names: Iterable[str]) -> list[NodeState | None]:
+        """The states of many nodes at once (the filter's hot path)."""
+        nodes = self._nodes
+        return [n.state if n is not None else None for n in map(nodes.get, names)]
+
     def node_names(self) -> list[str]:
         return list(self._nodes)
 

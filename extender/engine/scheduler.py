@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 NEUTRAL_SCORE = 5
 PENDING_CACHE = 20_000
 MEMO_LIMIT = 64
+MEMO_KEYS = 4096
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Engine:
         self._pending: OrderedDict[str, PodView] = OrderedDict()
         self._pending_lock = threading.Lock()
         self._node_sig: dict[str, tuple] = {}
+        self._memo_keys: dict[tuple[SliceRequest, str], tuple[object, object]] = {}
         self._last_expire = 0.0
         # Held while the ledger is swapped by sync() and while a bind reserves, so a reservation made
         # during a rebuild is never lost with the old ledger.
@@ -222,21 +224,25 @@ class Engine:
             result.failed = {n: quota for n in candidates}
             self.stats.filter_rejections["quota"] += len(candidates)
             return result
-        for name, problem in candidates.items():
+        # The hot loop of a 1,000-node cluster: one memo lookup per node under a precomputed key.
+        key = self._memo_key(req, policy)
+        passed, failed, uid = result.passed, result.failed, pod.uid
+        for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
             if problem:
-                result.failed[name] = problem
+                failed[name] = problem
                 self.stats.filter_rejections["inventory"] += 1
                 continue
-            state = self.ledger.node(name)
             if state is None:
-                result.failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
+                failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
                 self.stats.filter_rejections["unknown-node"] += 1
                 continue
-            fit = self._fit(req, state.without(pod.uid) if pod.uid in state.pods else state, policy)
+            fit = state.memo.get(key[0]) if uid not in state.pods else None
+            if fit is None:
+                fit = self._fit(req, state.without(uid) if uid in state.pods else state, policy, key)
             if fit.ok:
-                result.passed.append(name)
+                passed.append(name)
             else:
-                result.failed[name] = f"gpuslice: {fit.reason}"
+                failed[name] = f"gpuslice: {fit.reason}"
                 self.stats.filter_rejections[fit.category] += 1
         return result
 
@@ -250,14 +256,19 @@ class Engine:
             return [(n, 0) for n in candidates]
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
+        key = self._memo_key(req, policy)
         out = []
-        for name in candidates:
-            state = self.ledger.node(name)
+        uid = pod.uid
+        for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
-            out.append((name, to_score(self._fit(req, state.without(pod.uid) if pod.uid in state.pods
-                                                 else state, policy))))
+            score = state.memo.get(key[1]) if uid not in state.pods else None
+            if score is None:
+                own = state.without(uid) if uid in state.pods else state
+                score = to_score(self._fit(req, own, policy, key))
+                own.memo[key[1]] = score
+            out.append((name, score))
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -352,19 +363,33 @@ class Engine:
                 ok = self.observe_node(view)
                 out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
             return out
-        for name in names or ():
-            skipped = self.stats.skipped_nodes.get(name)
-            out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
+        out = dict.fromkeys(names or (), "")
+        skipped_nodes = self.stats.skipped_nodes
+        if skipped_nodes:
+            for name in out.keys() & skipped_nodes.keys():
+                out[name] = f"gpuslice: inventory: {skipped_nodes[name]}"
         return out
 
-    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
-        key = (req, policy.version)
-        fit = state.memo.get(key)
+    def _memo_key(self, req: SliceRequest, policy: Policy) -> tuple[object, object]:
+        """Canonical memo keys (fit, score) for a request under a policy. Plain objects hash by
+        identity, so a 1,000-node loop never rehashes or compares the request itself."""
+        full = (req, policy.version)
+        key = self._memo_keys.get(full)
+        if key is None:
+            if len(self._memo_keys) >= MEMO_KEYS:
+                self._memo_keys.clear()
+            key = self._memo_keys.setdefault(full, (object(), object()))
+        return key
+
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy,
+             key: tuple[object, object] | None = None) -> NodeFit:
+        token = (key or self._memo_key(req, policy))[0]
+        fit = state.memo.get(token)
         if fit is None:
             fit = self.placer(req, state, policy)
             if len(state.memo) >= MEMO_LIMIT:
                 state.memo.clear()
-            state.memo[key] = fit
+            state.memo[token] = fit
         return fit  # type: ignore[return-value]
 
     def _remember(self, pod: PodView) -> None:

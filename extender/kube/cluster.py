@@ -17,11 +17,11 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from kubernetes.client import ApiException, CoreV1Api
 
 from extender.engine.cluster import BindError, NodeView, PodView
+from extender.kube.raw import read_json, release
 from extender.kube.views import pod_view
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,11 @@ class KubeCluster:
                 return  # already bound here with this assignment
         self._step("annotated")
         try:
-            self.api.create_namespaced_pod_binding(
+            release(self.api.create_namespaced_pod_binding(
                 pod.name, pod.namespace,
                 {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name, "uid": pod.uid},
                  "target": {"apiVersion": "v1", "kind": "Node", "name": node}},
-                _preload_content=False, _request_timeout=API_TIMEOUT)
+                _preload_content=False, _request_timeout=API_TIMEOUT))
         except ApiException as exc:
             self._binding_failed(pod, node, annotations, f"{exc.status} {api_message(exc)}", exc.status)
             return
@@ -135,7 +135,7 @@ class KubeCluster:
                 try:
                     resp = self.api.patch_namespaced_pod(pod.name, pod.namespace, body, _preload_content=False,
                                                          _request_timeout=API_TIMEOUT)
-                    return str(json.loads(resp.data)["metadata"]["resourceVersion"])
+                    return str(read_json(resp)["metadata"]["resourceVersion"])
                 except ApiException as exc:
                     if exc.status not in (404, 409):
                         raise BindError(f"gpuslice: writing the assignment of {pod.key}: {exc.status} "
@@ -188,8 +188,8 @@ class KubeCluster:
                 return
             body = {"metadata": {"resourceVersion": pod.resource_version, "annotations": dict.fromkeys(mine)}}
             try:
-                self.api.patch_namespaced_pod(pod.name, pod.namespace, body, _preload_content=False,
-                                              _request_timeout=API_TIMEOUT)
+                release(self.api.patch_namespaced_pod(pod.name, pod.namespace, body, _preload_content=False,
+                                                      _request_timeout=API_TIMEOUT))
                 return
             except ApiException as exc:
                 if exc.status == 404:
@@ -216,12 +216,8 @@ class KubeCluster:
                             temporary=True) from None
         except Exception as exc:
             raise BindError(f"gpuslice: reading pod {namespace}/{name}: {exc}", temporary=True) from exc
-        return pod_view(_json(resp))
+        return pod_view(read_json(resp))
 
     def _step(self, name: str) -> None:
         if self.fault is not None:
             self.fault(name)
-
-
-def _json(resp: Any) -> dict[str, Any]:
-    return json.loads(resp.data)

@@ -10,7 +10,6 @@ so a deposed leader's late binds cannot race the new leader's.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -18,6 +17,8 @@ import time
 from datetime import datetime
 
 from kubernetes.client import ApiClient, CoordinationV1Api
+
+from extender.kube.raw import read_json
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class LeaseGate:
         try:
             resp = self.api.read_namespaced_lease(self.name, self.namespace, _preload_content=False,
                                                   _request_timeout=(5, 5))
-            spec = json.loads(resp.data).get("spec") or {}
+            spec = read_json(resp).get("spec") or {}
         except Exception as exc:
             log.warning("lease %s/%s unreadable: %s", self.namespace, self.name, exc)
             return False

@@ -18,6 +18,8 @@ import time
 
 from kubernetes.client import CoreV1Api
 
+from extender.kube.raw import release
+
 log = logging.getLogger(__name__)
 
 FREED_ANNOTATION = "gpuslice.io/capacity-freed"
@@ -63,8 +65,8 @@ class Nudger:
         self._seq += 1
         stamp = f"{time.time():.3f}/{self._seq}"
         try:
-            self.api.patch_node(node, {"metadata": {"annotations": {FREED_ANNOTATION: stamp}}},
-                                _preload_content=False, _request_timeout=(5, 10))
+            release(self.api.patch_node(node, {"metadata": {"annotations": {FREED_ANNOTATION: stamp}}},
+                                        _preload_content=False, _request_timeout=(5, 10)))
             self.sent += 1
         except Exception as exc:  # a missed nudge only delays a retry; never fail the watch for it
             self.failed += 1

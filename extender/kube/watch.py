@@ -23,6 +23,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from extender.engine.cluster import NodeView, PodView
 from extender.engine.scheduler import Engine
 from extender.kube.cluster import KubeCluster
+from extender.kube.raw import read_json
 from extender.kube.views import node_view, pod_view
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class ClusterWatch:
             kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_request_timeout": (5, 60)}
             if cont:
                 kwargs["_continue"] = cont
-            data = json.loads(fn(**kwargs).data)
+            data = read_json(fn(**kwargs))
             items.extend(data.get("items") or [])
             meta = data.get("metadata") or {}
             cont = meta.get("continue")
