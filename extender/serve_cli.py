@@ -5,6 +5,7 @@ the choice of backend is made here, at the top."""
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -39,6 +40,9 @@ def serve_cmd(args: argparse.Namespace) -> int:
         problems = engine.sync()
         if problems:
             log.warning("ledger rebuilt with %d problem(s); see /debug/ledger", len(problems))
+        # The ledgers are many long-lived objects: keep them out of the cyclic GC's full scans, which
+        # would otherwise land in the middle of some request (tens of ms at thousands of nodes).
+        gc.freeze()
         return run_server(engine, args, banner=demo_banner)
     if args.kubeconfig or args.in_cluster:
         runtime = kube_runtime(policies, kubeconfig=args.kubeconfig, lease=args.lease, nudge=not args.no_nudge)

@@ -40,6 +40,30 @@ def choose_spread(free: frozenset[int], n: int) -> frozenset[int] | None:
     return frozenset(chosen)
 
 
+def best_fit_run(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], n: int) -> int | None:
+    """Index of the run `choose_spread` takes n bits from when one run holds them all: the smallest
+    such run, lowest start first. None when no single run is long enough."""
+    best: int | None = None
+    for i, (start, length) in enumerate(rs):
+        if length >= n and (best is None or (length, start) < (rs[best][1], rs[best][0])):
+            best = i
+    return best
+
+
+def fragmentation_after_cut(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], index: int, n: int,
+                            min_slice: int) -> float:
+    """`fragmentation(free - taken, min_slice)` when `taken` is the first n bits of run `index` of
+    `free` (what `choose_spread` takes), computed from the runs alone."""
+    total = stranded = 0
+    for i, (_, length) in enumerate(rs):
+        if i == index:
+            length -= n
+        total += length
+        if 0 < length < min_slice:
+            stranded += length
+    return stranded / total if total else 0.0
+
+
 def choose_xcd(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None:
     """n free bits on as few XCDs as possible: best-fit XCD when one holds them all, else whole XCDs
     with the most free bits first. Within an XCD, lowest bits first."""

@@ -8,6 +8,7 @@ not block each other.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -19,6 +20,7 @@ from types import MappingProxyType
 from extender.core.assignment import Assignment, GpuAssignment
 from extender.core.errors import LedgerConflict
 from extender.core.inventory import GpuInfo
+from extender.core.layout import runs
 
 
 def burst_region(info: GpuInfo, shared_fraction: float) -> frozenset[int]:
@@ -50,6 +52,22 @@ class Slice:
     memory_limit: int
 
 
+_SHAPES: dict[tuple, int] = {}
+_SHAPES_LIMIT = 1_000_000
+
+
+def _shape_id(key: tuple) -> int:
+    shape = _SHAPES.get(key)
+    if shape is None:
+        if len(_SHAPES) >= _SHAPES_LIMIT:  # only sharing is lost; ids stay unique
+            _SHAPES.clear()
+        shape = _SHAPES.setdefault(key, next(_SHAPE_IDS))
+    return shape
+
+
+_SHAPE_IDS = itertools.count()
+
+
 @dataclass(frozen=True)
 class GpuState:
     info: GpuInfo
@@ -69,6 +87,16 @@ class GpuState:
         return frozenset(range(self.info.computeUnits)) - self.shared - self.guaranteed
 
     @cached_property
+    def free_runs(self) -> tuple[tuple[int, int], ...]:
+        """Maximal runs of free CU bits as (start, length), in bit order (placement's hot path)."""
+        return tuple(runs(self.free_cus))
+
+    @cached_property
+    def used_cus(self) -> int:
+        """Guaranteed CUs outside the shared burst region."""
+        return len(self.guaranteed - self.shared)
+
+    @cached_property
     def burst_cus(self) -> frozenset[int]:
         """The shared burst region as it stands (less any bits an older policy guaranteed)."""
         return self.shared - self.guaranteed
@@ -85,8 +113,25 @@ class GpuState:
     def memory_free(self) -> int:
         return self.info.memoryBytes - self.memory_used
 
+    @cached_property
+    def class_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.slices:
+            out[s.workload_class] = out.get(s.workload_class, 0) + 1
+        return out
+
     def count(self, workload_class: str) -> int:
-        return sum(1 for s in self.slices if s.workload_class == workload_class)
+        return self.class_counts.get(workload_class, 0)
+
+    @cached_property
+    def shape(self) -> int:
+        """An id shared by every GPU state that placement cannot tell apart (same model and health,
+        same free CU runs, burst region, memory and tenant classes), so that a request's per-GPU
+        answer is worked out once for all such GPUs, e.g. every empty GPU of a model."""
+        info = self.info
+        return _shape_id((info.model, info.computeUnits, info.xcds, info.memoryBytes, info.healthy,
+                          self.free_runs, self.burst_cus, len(self.shared), self.memory_used,
+                          self.memory_limit_used, tuple(sorted(self.class_counts.items()))))
 
     def to_dict(self) -> dict[str, object]:
         from extender.core.rangelist import format_ranges
@@ -259,9 +304,9 @@ class Ledger:
         return n.state if n else None
 
     def states(self, names: Iterable[str]) -> list[NodeState | None]:
-        """The states of many nodes at once (the filter's hot path)."""
-        nodes = self._nodes
-        return [n.state if n is not None else None for n in map(nodes.get, names)]
+        """node() for many names at once (filter asks for thousands per call)."""
+        get = self._nodes.get
+        return [n.state if (n := get(name)) is not None else None for name in names]
 
     def node_names(self) -> list[str]:
         return list(self._nodes)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from extender.core.errors import GpusliceError
 from extender.core.quantity import parse_bytes
@@ -35,6 +37,14 @@ def _bytes(value: object) -> int:
 
 
 Bytes = Annotated[int, BeforeValidator(_bytes)]
+# Label and annotation key prefixes must be DNS-1123 subdomains, or the API server rejects the keys.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _field_error(path: tuple[str, ...], value: object, reason: str) -> PydanticCustomError:
+    """A cross-field error that still names the exact field (relative to the validated model) and
+    its bad value; a plain ValueError from a model validator would only name the whole model."""
+    return PydanticCustomError("policy_field", "{reason}", {"path": path, "value": value, "reason": reason})
 
 
 class _Strict(BaseModel):
@@ -133,7 +143,7 @@ class ClassRules(_Strict):
     def _shares_in_range(self) -> ClassRules:
         for cls, share in self.bandwidthShare.items():
             if not 0 <= share <= 1:
-                raise ValueError(f"bandwidthShare.{cls}={share}: must be within 0..1")
+                raise _field_error(("bandwidthShare", cls), share, "must be within 0..1")
         return self
 
 
@@ -174,7 +184,7 @@ class Profile(_Strict):
     def _increasing(self) -> Profile:
         cus = [p.computeUnits for p in self.points]
         if cus != sorted(cus) or len(set(cus)) != len(cus):
-            raise ValueError(f"points must have strictly increasing computeUnits, got {cus}")
+            raise _field_error(("points",), cus, "computeUnits of the points must strictly increase")
         return self
 
 
@@ -215,12 +225,14 @@ class Policy(_Strict):
     @model_validator(mode="after")
     def _references(self) -> Policy:
         if self.defaultModel not in self.models:
-            raise ValueError(f"defaultModel {self.defaultModel!r} is not in models {sorted(self.models)}")
+            raise _field_error(("defaultModel",), self.defaultModel, f"not in models {sorted(self.models)}")
         for name, prof in self.profiles.items():
             if prof.gpuModel not in self.models:
-                raise ValueError(f"profiles.{name}.gpuModel {prof.gpuModel!r} is not in models")
-        if "/" in self.prefix or " " in self.prefix:
-            raise ValueError(f"prefix {self.prefix!r} must be a DNS domain without '/' or spaces")
+                raise _field_error(("profiles", name, "gpuModel"), prof.gpuModel,
+                                   f"not in models {sorted(self.models)}")
+        if len(self.prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.prefix):
+            raise _field_error(("prefix",), self.prefix, "must be a DNS subdomain such as gpuslice.io "
+                               "(lower-case letters, digits, '-' and '.')")
         return self
 
     @cached_property
@@ -247,6 +259,13 @@ def _path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(document)"
 
 
+def _problem(error: Any) -> tuple[str, object, str]:
+    if error["type"] == "policy_field":
+        ctx = error["ctx"]
+        return _path(tuple(error["loc"]) + tuple(ctx["path"])), ctx["value"], ctx["reason"]
+    return _path(error["loc"]), error.get("input"), error["msg"]
+
+
 def parse_policy(data: object, source: str = "<policy>") -> Policy:
     """Validate a decoded YAML/JSON document."""
     if data is None:
@@ -256,7 +275,7 @@ def parse_policy(data: object, source: str = "<policy>") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = [(_path(e["loc"]), e.get("input"), e["msg"]) for e in exc.errors()]
+        problems = [_problem(e) for e in exc.errors()]
         raise PolicyError(source, problems) from None
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+# ASCII decimal without leading zeros: str.isdigit() would also take "²" or "١", which int() misreads or rejects.
+_NUMBER = re.compile(r"0|[1-9][0-9]*")
 
 
 def format_ranges(bits: Iterable[int]) -> str:
@@ -21,7 +25,7 @@ def format_ranges(bits: Iterable[int]) -> str:
 
 
 def parse_ranges(text: str) -> frozenset[int]:
-    """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks and signs."""
+    """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks, signs, leading zeros."""
     if not isinstance(text, str):
         raise ValueError("expected a string of ranges like '0-31,64-79'")
     if text == "":
@@ -29,7 +33,7 @@ def parse_ranges(text: str) -> frozenset[int]:
     bits: set[int] = set()
     for part in text.split(","):
         lo_text, sep, hi_text = part.partition("-")
-        if not lo_text.isdigit() or (sep and not hi_text.isdigit()):
+        if not _NUMBER.fullmatch(lo_text) or (sep and not _NUMBER.fullmatch(hi_text)):
             raise ValueError(f"bad range {part!r}")
         lo = int(lo_text)
         hi = int(hi_text) if sep else lo

@@ -140,7 +140,10 @@ def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[s
         if profile is None:
             raise SliceRequestError(key("target-rps"), target_text, f"needs {key('profile')} to size from")
         model = policy.models[profile.gpuModel]
-        compute_cus, predicted = size_for_target(policy, profile_name or "", target_rps, model)
+        try:
+            compute_cus, predicted = size_for_target(policy, profile_name or "", target_rps, model)
+        except SliceRequestError as exc:  # name the pod's own text, not its float
+            raise SliceRequestError(exc.key, target_text, exc.reason) from None
 
     compute_text = raw("compute")
     if compute_text is not None:

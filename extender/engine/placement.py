@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extender.core.assignment import Assignment, GpuAssignment, now_rfc3339
-from extender.core.layout import choose_burst, choose_cus, fragmentation
+from extender.core.layout import best_fit_run, choose_burst, choose_cus, fragmentation, fragmentation_after_cut
 from extender.core.ledger import GpuState, NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
@@ -99,13 +99,17 @@ def complementarity(req_class: str, gpu: GpuState) -> float:
 
 def gpu_score(req: SliceRequest, gpu: GpuState, cus: frozenset[int], policy: Policy) -> float:
     """0..1: packing per the strategy, class complementarity, fragmentation left behind."""
+    return _score(req, gpu, len(cus), policy, fragmentation(gpu.free_cus - cus, _min_slice(gpu, policy)))
+
+
+def _score(req: SliceRequest, gpu: GpuState, n: int, policy: Policy, frag: float) -> float:
+    """gpu_score for a guarantee of n CUs that leaves fragmentation `frag`."""
     usable = gpu.info.computeUnits - len(gpu.shared)
-    after = (len(gpu.guaranteed - gpu.shared) + len(cus)) / usable if usable else 1.0
+    after = (gpu.used_cus + n) / usable if usable else 1.0
     pack = after if policy.scoring.strategy == "binpack" else 1.0 - after
     mem_after = (gpu.memory_used + req.memory_bytes) / gpu.info.memoryBytes
     pack = 0.7 * pack + 0.3 * (mem_after if policy.scoring.strategy == "binpack" else 1.0 - mem_after)
     comp = complementarity(req.workload_class, gpu)
-    frag = fragmentation(gpu.free_cus - cus, _min_slice(gpu, policy))
     w = policy.scoring.weights
     total_w = w.packing + w.complementarity + w.fragmentation
     if total_w == 0:
@@ -124,40 +128,182 @@ def _topology_key(gpu: GpuState) -> object:
     return gpu.info.hiveId if gpu.info.hiveId is not None else gpu.info.numaNode
 
 
+class _Limits:
+    """One request's per-GPU test with its constants worked out once per node evaluation. `fits`
+    is exactly `gpu_reject_reason(...) is None`, without building the words."""
+
+    __slots__ = ("req", "policy", "need", "min_slices", "cls", "max_same", "budget", "share", "overcommit")
+
+    def __init__(self, req: SliceRequest, policy: Policy) -> None:
+        self.req = req
+        self.policy = policy
+        self.need: dict[tuple[str, int], int] = {}
+        self.min_slices: dict[str, int] = {}
+        cls = self.cls = req.workload_class
+        rules = policy.classes
+        self.max_same = (rules.maxMemoryBoundPerGpu if cls == MEMORY_BOUND
+                         else rules.maxComputeBoundPerGpu if cls == COMPUTE_BOUND else None)
+        self.budget = rules.bandwidthBudget
+        self.share = rules.bandwidthShare.get(cls, 0.0)
+        self.overcommit = policy.overcommit.memory
+
+    def needed(self, gpu: GpuState) -> int:
+        model = (gpu.info.model, gpu.info.computeUnits)
+        n = self.need.get(model)
+        if n is None:
+            n = self.need[model] = needed_cus(self.req, gpu, self.policy)
+        return n
+
+    def min_slice(self, gpu: GpuState) -> int:
+        m = self.min_slices.get(gpu.info.model)
+        if m is None:
+            m = self.min_slices[gpu.info.model] = _min_slice(gpu, self.policy)
+        return m
+
+    def fits(self, gpu: GpuState, n: int) -> bool:
+        info = gpu.info
+        req = self.req
+        if not info.healthy or n > len(gpu.free_cus) or req.memory_bytes > gpu.memory_free:
+            return False
+        if gpu.memory_limit_used + req.memory_limit_bytes > info.memoryBytes * self.overcommit:
+            return False
+        if self.max_same is not None and gpu.count(self.cls) >= self.max_same:
+            return False
+        return self.budget is None or bandwidth_used(gpu, self.policy) + self.share <= self.budget + 1e-9
+
+
+class _Candidate:
+    """A GPU that can take the slice; its CU sets are only built if it is chosen."""
+
+    __slots__ = ("gpu", "n", "start", "cus", "score")
+
+    def __init__(self, gpu: GpuState, n: int, start: int | None, cus: frozenset[int] | None, score: float) -> None:
+        self.gpu, self.n, self.start, self.cus, self.score = gpu, n, start, cus, score
+
+    def choice(self, req: SliceRequest) -> GpuChoice:
+        cus = self.cus if self.cus is not None else frozenset(range(self.start or 0, (self.start or 0) + self.n))
+        extra = max(0, req.limit_cus(self.gpu.info.computeUnits) - self.n)
+        return GpuChoice(self.gpu, cus, choose_burst(self.gpu.burst_cus, extra), self.score)
+
+
+# Per-GPU answers shared by every GPU of the same shape (see GpuState.shape), keyed by (fit_key, shape):
+# a request is worked out once per distinct GPU state, not once per GPU. Bounded; clearing only costs time.
+_PLACES: dict[tuple[str, int], tuple[int, int | None, frozenset[int] | None, float] | None] = {}
+_FITS: dict[tuple[str, int], bool] = {}
+_REASONS: dict[tuple[str, int], tuple[str, str] | None] = {}
+_SHARED_LIMIT = 400_000
+_MISSING = object()
+
+
+def _remember(cache: dict, key: tuple[str, int], value: object) -> None:
+    if len(cache) >= _SHARED_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozenset[int] | None, float] | None:
+    """(CUs, start of the run they are cut from or None, the CU set when not a run cut, score), or None
+    when the slice does not fit this GPU."""
+    req, policy = limits.req, limits.policy
+    n = limits.needed(gpu)
+    if not limits.fits(gpu, n):
+        return None
+    run = best_fit_run(gpu.free_runs, n) if policy.layout.mode == "spread" else None
+    if run is not None:  # choose_spread's answer, and the fragmentation it leaves, from cached runs
+        frag = fragmentation_after_cut(gpu.free_runs, run, n, limits.min_slice(gpu))
+        return n, gpu.free_runs[run][0], None, _score(req, gpu, n, policy, frag)
+    cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
+    if cus is None:  # cannot happen after the count check, kept as a guard
+        return None
+    return n, None, cus, _score(req, gpu, n, policy, fragmentation(gpu.free_cus - cus, limits.min_slice(gpu)))
+
+
 def evaluate(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     """Greedy best-per-GPU placement of the whole request on one node (filter, score and bind)."""
-    candidates: list[GpuChoice] = []
-    reasons: list[tuple[str, str]] = []
+    return _evaluate(req, state, policy, True)
+
+
+def rank(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
+    """`evaluate` without building the chosen GPUs' CU sets: prioritize needs only the verdict and score."""
+    return _evaluate(req, state, policy, False)
+
+
+def _evaluate(req: SliceRequest, state: NodeState, policy: Policy, with_choices: bool) -> NodeFit:
+    key = fit_key(req, policy)
+    limits: _Limits | None = None
+    candidates: list[_Candidate] = []
     for gpu in state.gpus:
-        reason = gpu_reject_reason(req, gpu, policy)
-        if reason is not None:
-            reasons.append(reason)
-            continue
-        n = needed_cus(req, gpu, policy)
-        cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
-        if cus is None:  # cannot happen after the count check, kept as a guard
-            reasons.append(("compute", f"gpu {gpu.info.index}: no CU set of {n}"))
-            continue
-        extra = max(0, req.limit_cus(gpu.info.computeUnits) - n)
-        burst = choose_burst(gpu.burst_cus, extra)
-        candidates.append(GpuChoice(gpu, cus, burst, gpu_score(req, gpu, cus, policy)))
+        k = (key, gpu.shape)
+        entry = _PLACES.get(k, _MISSING)
+        if entry is _MISSING:
+            limits = limits or _Limits(req, policy)
+            entry = _place_on(limits, gpu)
+            _remember(_PLACES, k, entry)
+        if entry is not None:
+            candidates.append(_Candidate(gpu, *entry))  # type: ignore[misc]
     if len(candidates) < req.count:
-        category = reasons[0][0] if reasons else "no-gpus"
-        return NodeFit(False, _reject_message(req, state, [r for _, r in reasons], len(candidates)), category)
+        return _rejection(req, state, policy, len(candidates), key)
     chosen, topo = _pick(candidates, req.count)
     score = sum(c.score for c in chosen) / len(chosen)
     w = policy.scoring.weights
     if req.count > 1 and (w.packing + w.complementarity + w.fragmentation + w.topology) > 0:
         base = w.packing + w.complementarity + w.fragmentation
         score = (score * base + w.topology * topo) / (base + w.topology)
-    return NodeFit(True, choices=tuple(chosen), score=score)
+    return NodeFit(True, choices=tuple(c.choice(req) for c in chosen) if with_choices else (), score=score)
 
 
-def _pick(candidates: list[GpuChoice], count: int) -> tuple[list[GpuChoice], float]:
-    ranked = sorted(candidates, key=lambda c: (-c.score, c.gpu.info.index))
+FIT_OK = NodeFit(True)
+
+
+def fit_key(req: SliceRequest, policy: Policy) -> str:
+    """What a placement result depends on besides the node state: the request's sizes and class, and
+    the policy. A string, so its hash is computed once however many node memos it is looked up in."""
+    return (f"{req.compute_millis}|{req.compute_cus}|{req.compute_limit_millis}|{req.memory_bytes}|"
+            f"{req.memory_limit_bytes}|{req.workload_class}|{req.count}|{policy.version}")
+
+
+def check(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
+    """Filter's question only: can the slice go on this node? Counts free CUs and memory per GPU
+    instead of choosing CU sets (a guarantee of n CUs always has a set once n are free), so it is
+    cheap, and gives exactly `evaluate`'s verdict and rejection message."""
+    key = fit_key(req, policy)
+    limits: _Limits | None = None
+    fits = 0
+    for gpu in state.gpus:
+        k = (key, gpu.shape)
+        ok = _FITS.get(k)
+        if ok is None:
+            limits = limits or _Limits(req, policy)
+            ok = limits.fits(gpu, limits.needed(gpu))
+            _remember(_FITS, k, ok)
+        if ok:
+            fits += 1
+            if fits >= req.count:
+                return FIT_OK
+    return _rejection(req, state, policy, fits, key)
+
+
+def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int, key: str) -> NodeFit:
+    reasons: list[tuple[str, str]] = []
+    for gpu in state.gpus:
+        k = (key, gpu.shape)
+        reason = _REASONS.get(k, _MISSING)
+        if reason is _MISSING:  # cached without the GPU's index, which differs between GPUs of one shape
+            words = gpu_reject_reason(req, gpu, policy)
+            prefix = f"gpu {gpu.info.index}: "
+            reason = None if words is None else (words[0], words[1].removeprefix(prefix))
+            _remember(_REASONS, k, reason)
+        if reason is not None:
+            reasons.append((reason[0], f"gpu {gpu.info.index}: {reason[1]}"))  # type: ignore[index]
+    category = reasons[0][0] if reasons else "no-gpus"
+    return NodeFit(False, _reject_message(req, state, [r for _, r in reasons], fitting), category)
+
+
+def _pick(candidates: list[_Candidate], count: int) -> tuple[list[_Candidate], float]:
     if count == 1:
-        return ranked[:1], 1.0
-    groups: dict[object, list[GpuChoice]] = {}
+        return [max(candidates, key=lambda c: (c.score, -c.gpu.info.index))], 1.0
+    ranked = sorted(candidates, key=lambda c: (-c.score, c.gpu.info.index))
+    groups: dict[object, list[_Candidate]] = {}
     for c in ranked:
         groups.setdefault(_topology_key(c.gpu), []).append(c)
     best_group = [g for k, g in groups.items() if k is not None and len(g) >= count]

@@ -27,7 +27,7 @@ from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
-from extender.engine.placement import NodeFit, build_assignment, evaluate, to_score
+from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
 
@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
 PENDING_CACHE = 20_000
-MEMO_LIMIT = 64
-MEMO_KEYS = 4096
+MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
 
 @dataclass
@@ -63,10 +62,15 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, checker: Placer = check,
+                 scorer: Placer = rank) -> None:
+        """`placer` chooses GPUs and CUs at bind; `checker` answers filter's yes/no and `scorer` gives
+        prioritize's score without choosing CUs. All three must agree on which nodes fit."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
+        self.checker = checker
+        self.scorer = scorer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -74,7 +78,6 @@ class Engine:
         self._pending: OrderedDict[str, PodView] = OrderedDict()
         self._pending_lock = threading.Lock()
         self._node_sig: dict[str, tuple] = {}
-        self._memo_keys: dict[tuple[SliceRequest, str], tuple[object, object]] = {}
         self._last_expire = 0.0
         # Held while the ledger is swapped by sync() and while a bind reserves, so a reservation made
         # during a rebuild is never lost with the old ledger.
@@ -224,26 +227,32 @@ class Engine:
             result.failed = {n: quota for n in candidates}
             self.stats.filter_rejections["quota"] += len(candidates)
             return result
-        # The hot loop of a 1,000-node cluster: one memo lookup per node under a precomputed key.
-        key = self._memo_key(req, policy)
-        passed, failed, uid = result.passed, result.failed, pod.uid
+        # The hot path (thousands of nodes per call): one memo key per request, locals for lookups,
+        # rejection counts merged once at the end.
+        key = "check|" + fit_key(req, policy)
+        uid = pod.uid
+        passed, failed = result.passed, result.failed
+        rejected: Counter[str] = Counter()
         for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
             if problem:
                 failed[name] = problem
-                self.stats.filter_rejections["inventory"] += 1
+                rejected["inventory"] += 1
                 continue
             if state is None:
                 failed[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
-                self.stats.filter_rejections["unknown-node"] += 1
+                rejected["unknown-node"] += 1
                 continue
-            fit = state.memo.get(key[0]) if uid not in state.pods else None
+            if uid in state.pods:
+                state = state.without(uid)
+            fit = state.memo.get(key)
             if fit is None:
-                fit = self._fit(req, state.without(uid) if uid in state.pods else state, policy, key)
-            if fit.ok:
+                fit = self._memoize(state, key, self.checker(req, state, policy))
+            if fit.ok:  # type: ignore[attr-defined]
                 passed.append(name)
             else:
-                failed[name] = f"gpuslice: {fit.reason}"
-                self.stats.filter_rejections[fit.category] += 1
+                failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
+                rejected[fit.category] += 1  # type: ignore[attr-defined]
+        self.stats.filter_rejections.update(rejected)
         return result
 
     def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
@@ -256,19 +265,18 @@ class Engine:
             return [(n, 0) for n in candidates]
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
-        key = self._memo_key(req, policy)
-        out = []
-        uid = pod.uid
+        key = fit_key(req, policy)
+        out: list[tuple[str, int]] = []
         for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
-            score = state.memo.get(key[1]) if uid not in state.pods else None
-            if score is None:
-                own = state.without(uid) if uid in state.pods else state
-                score = to_score(self._fit(req, own, policy, key))
-                own.memo[key[1]] = score
-            out.append((name, score))
+            if pod.uid in state.pods:
+                state = state.without(pod.uid)
+            fit = state.memo.get("rank|" + key)
+            if fit is None:
+                fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
+            out.append((name, to_score(fit)))  # type: ignore[arg-type]
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -342,7 +350,7 @@ class Engine:
             return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
         states = {n: self.ledger.node(n) for n in victims}
         kept = preempt(req, states, {n: Victims(tuple(uids)) for n, uids in victims.items()}, pod.uid, policy,
-                       self.placer)
+                       self.checker)
         return {n: list(v.uids) for n, v in kept.items()}
 
     def _step(self, name: str) -> None:
@@ -363,34 +371,29 @@ class Engine:
                 ok = self.observe_node(view)
                 out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
             return out
-        out = dict.fromkeys(names or (), "")
         skipped_nodes = self.stats.skipped_nodes
-        if skipped_nodes:
-            for name in out.keys() & skipped_nodes.keys():
-                out[name] = f"gpuslice: inventory: {skipped_nodes[name]}"
+        if not skipped_nodes:
+            return dict.fromkeys(names or (), "")
+        for name in names or ():
+            skipped = skipped_nodes.get(name)
+            out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
         return out
 
-    def _memo_key(self, req: SliceRequest, policy: Policy) -> tuple[object, object]:
-        """Canonical memo keys (fit, score) for a request under a policy. Plain objects hash by
-        identity, so a 1,000-node loop never rehashes or compares the request itself."""
-        full = (req, policy.version)
-        key = self._memo_keys.get(full)
-        if key is None:
-            if len(self._memo_keys) >= MEMO_KEYS:
-                self._memo_keys.clear()
-            key = self._memo_keys.setdefault(full, (object(), object()))
-        return key
-
-    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy,
-             key: tuple[object, object] | None = None) -> NodeFit:
-        token = (key or self._memo_key(req, policy))[0]
-        fit = state.memo.get(token)
+    def _fit(self, req: SliceRequest, state: NodeState, policy: Policy, key: str | None = None) -> NodeFit:
+        """The placer's answer for this exact (immutable) node state, memoised on it: filter, prioritize
+        and bind of one pod, and pods of the same shape, evaluate a node once."""
+        key = "place|" + (key or fit_key(req, policy))
+        fit = state.memo.get(key)
         if fit is None:
-            fit = self.placer(req, state, policy)
-            if len(state.memo) >= MEMO_LIMIT:
-                state.memo.clear()
-            state.memo[token] = fit
+            fit = self._memoize(state, key, self.placer(req, state, policy))
         return fit  # type: ignore[return-value]
+
+    @staticmethod
+    def _memoize(state: NodeState, key: str, fit: NodeFit) -> NodeFit:
+        if len(state.memo) >= MEMO_LIMIT:
+            state.memo.clear()
+        state.memo[key] = fit
+        return fit
 
     def _remember(self, pod: PodView) -> None:
         with self._pending_lock:

@@ -10,6 +10,7 @@ rebuild never interleaves with an event.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -85,6 +86,7 @@ class ClusterWatch:
                 pod_rv = self._relist_pods()
                 with self._feed:
                     self.engine.sync()
+                gc.freeze()  # the rebuilt ledgers live long: keep them out of full GC scans
                 break
             except Exception as exc:
                 self.errors += 1

@@ -141,7 +141,7 @@ def _boom(*_args: Any) -> Any:
 
 
 def test_unexpected_engine_failure_is_the_verbs_error_with_http_200(make_extender: MakeExtender) -> None:
-    ext = make_extender(engine_kwargs={"placer": _boom})
+    ext = make_extender(engine_kwargs={"placer": _boom, "checker": _boom, "scorer": _boom})
     before = ext.engine.ledger.snapshot()
     req = with_annotations(FILTER, SLICE)
     assert ext.post("filter", req) == {"Error": "gpuslice: internal error in filter: RuntimeError: placer exploded"}

@@ -3,6 +3,7 @@ rejected, counted and reported, and the last good policy stays in force."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,16 +19,23 @@ def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def _write(path: Path, text: str) -> None:
+    """Replace the file atomically, as a ConfigMap volume does (a half-written file is a different test)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def test_hot_reload_applies_valid_and_rejects_invalid(make_extender: MakeExtender, tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
-    path.write_text("scoring:\n  strategy: binpack\n")
+    _write(path, "scoring:\n  strategy: binpack\n")
     store = PolicyStore.from_file(path)
     ext = make_extender(policies=store)
     watcher = store.watch(0.05)
     try:
         v0 = ext.client.get("/version").get_json()["policyVersion"]
 
-        path.write_text("scoring:\n  strategy: spread\nburst:\n  sharedFraction: 0.25\n")
+        _write(path, "scoring:\n  strategy: spread\nburst:\n  sharedFraction: 0.25\n")
         _wait(lambda: ext.client.get("/version").get_json()["policyVersion"] != v0)
         v1 = store.current.version
         assert store.current.scoring.strategy == "spread"
@@ -35,7 +43,7 @@ def test_hot_reload_applies_valid_and_rejects_invalid(make_extender: MakeExtende
         m = ext.metrics()
         assert sample(m, "gpuslice_policy_reloads_total", result="applied") == 1
 
-        path.write_text("scoring:\n  strategy: sideways\nburst:\n  sharedFraction: 7\n")
+        _write(path, "scoring:\n  strategy: sideways\nburst:\n  sharedFraction: 7\n")
         _wait(lambda: store.reloads["rejected"] == 1)
         assert store.current.version == v1  # the last good policy stays
         d = ext.ledger()
@@ -48,7 +56,7 @@ def test_hot_reload_applies_valid_and_rejects_invalid(make_extender: MakeExtende
             "gpuslice.io/compute": "250m", "gpuslice.io/memory": "8Gi"}}}, "NodeNames": ["node-a"]})
         assert resp.get_json()["NodeNames"] == ["node-a"]
 
-        path.write_text("scoring:\n  strategy: binpack\n")
+        _write(path, "scoring:\n  strategy: binpack\n")
         _wait(lambda: store.current.version == v0)
         assert ext.ledger()["policyReloadError"] is None
     finally:

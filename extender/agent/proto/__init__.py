@@ -1,0 +1,1 @@
+"""Generated gRPC bindings of the kubelet device plugin API v1beta1 (see api.proto for the command)."""
