@@ -40,9 +40,13 @@ def api_message(exc: ApiException) -> str:
 class KubeCluster:
     """`Cluster` over the API server. Node and pod views come from the watch (see watch.py)."""
 
-    def __init__(self, api: CoreV1Api, leading: Callable[[], bool] | None = None) -> None:
+    def __init__(self, api: CoreV1Api, leading: Callable[[], bool] | None = None,
+                 on_failed: Callable[[str], None] | None = None) -> None:
         self.api = api
         self.leading = leading
+        # Called with the node of a failed bind: its reservation is released, and no cluster event
+        # tells kube-scheduler so (see nudge.py).
+        self.on_failed = on_failed
         self._nodes: dict[str, NodeView] = {}
         self._pods: dict[str, PodView] = {}  # uid -> view
         self._uids: dict[str, str] = {}  # namespace/name -> uid
@@ -101,6 +105,14 @@ class KubeCluster:
             return list(self._pods.values())
 
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
+        try:
+            self._bind_pod(pod, node, annotations)
+        except BindError:
+            if self.on_failed is not None and annotations:
+                self.on_failed(node)
+            raise
+
+    def _bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         if self.leading is not None and not self.leading():
             raise BindError("gpuslice: this extender's scheduler does not hold the leader lease", temporary=True)
         written: str | None = None

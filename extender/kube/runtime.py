@@ -46,8 +46,8 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
     if lease:
         namespace, _, name = lease.partition("/")
         gate = LeaseGate(client, namespace, name)
-    cluster = KubeCluster(core, leading=gate)
-    engine = Engine(cluster, policies)
     nudger = Nudger(core) if nudge else None
+    cluster = KubeCluster(core, leading=gate, on_failed=nudger.poke if nudger else None)
+    engine = Engine(cluster, policies)
     watch = ClusterWatch(core, cluster, engine, on_freed=nudger.poke if nudger else None)
     return KubeRuntime(engine, cluster, watch, nudger)

@@ -228,3 +228,15 @@ def test_pod_recreated_with_same_name_is_refused(api: FakeApi) -> None:
     assert "no longer exists" in err
     assert engine.ledger.entry(view.uid) is None
     assert ASSIGNMENT_ANNOTATION not in api.pods[("default", "p")]["metadata"]["annotations"]
+
+
+def test_failed_bind_signals_the_node_it_released() -> None:
+    api = FakeApi()
+    api.add_node("n0", inventory("n0"))
+    api.add_pod("default", "p", SLICE)
+    failed: list[str] = []
+    engine, cluster = start(api)
+    cluster.on_failed = failed.append
+    api.fail["create_namespaced_pod_binding"] = _err(500, "etcd unavailable")
+    assert bind(engine, api, "p") != ""
+    assert failed == ["n0"]
