@@ -108,23 +108,27 @@ class Bench:
 
         def watch() -> None:
             seen: set[str] = set()
+            last = rv
+            deadline = time.monotonic() + timeout
             try:
-                resp = self.api.list_namespaced_pod(ns, watch=True, resource_version=rv,
-                                                    timeout_seconds=int(timeout) + 30, _preload_content=False)
-                for line in iter_resp_lines(resp):
-                    if not line:
-                        continue
-                    event = json.loads(line)
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        raise RuntimeError(f"watch error: {obj}")
-                    uid = (obj.get("metadata") or {}).get("uid")
-                    if (obj.get("spec") or {}).get("nodeName") and uid not in seen:
-                        seen.add(uid)
-                        bound_at.append(time.monotonic())
-                        if len(seen) >= count:
-                            break
-                resp.close()
+                while len(seen) < count and time.monotonic() < deadline:  # resume if the server ends the watch
+                    resp = self.api.list_namespaced_pod(ns, watch=True, resource_version=last,
+                                                        timeout_seconds=int(timeout) + 30, _preload_content=False)
+                    for line in iter_resp_lines(resp):
+                        if not line:
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object") or {}
+                        if event.get("type") == "ERROR":
+                            raise RuntimeError(f"watch error: {obj}")
+                        meta = obj.get("metadata") or {}
+                        last = meta.get("resourceVersion") or last
+                        if (obj.get("spec") or {}).get("nodeName") and meta.get("uid") not in seen:
+                            seen.add(meta.get("uid"))
+                            bound_at.append(time.monotonic())
+                            if len(seen) >= count:
+                                break
+                    resp.close()
             except Exception as exc:  # a broken watch would under-count: say so in the result
                 errors.append(repr(exc))
             finally:
