@@ -11,6 +11,7 @@ import sys
 
 from extender.engine.demo import demo_cluster
 from extender.engine.scheduler import Engine
+from extender.engine.solver_placer import SolverPlacer
 from extender.http.serve import add_server_arguments, demo_banner, load_policies, run_server
 from extender.kube.runtime import kube_runtime
 
@@ -36,7 +37,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     if policies is None:
         return 2
     if args.demo:
-        engine = Engine(demo_cluster(), policies)
+        engine = Engine(demo_cluster(), policies, bind_placer=SolverPlacer())
         problems = engine.sync()
         if problems:
             log.warning("ledger rebuilt with %d problem(s); see /debug/ledger", len(problems))

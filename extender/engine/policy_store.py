@@ -19,7 +19,7 @@ class PolicyStore:
         self._policy = policy or parse_policy({})
         self._lock = threading.Lock()
         self._last_text: str | None = None
-        self.reloads: Counter[str] = Counter()  # result -> count
+        self.reloads: Counter[str] = Counter({"applied": 0, "rejected": 0})  # result -> count
         self.last_error: str | None = None
         self._listeners: list[Callable[[Policy], None]] = []
 

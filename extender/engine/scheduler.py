@@ -34,6 +34,9 @@ from extender.engine.preemption import Victims, preempt
 log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
+# Why filter rejected a node (the `reason` label of gpuslice_filter_rejections_total).
+REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "unhealthy", "compute", "memory",
+                     "memory-limit", "class-rule", "bandwidth", "no-gpus")
 PENDING_CACHE = 20_000
 MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
@@ -50,8 +53,9 @@ class FilterResult:
 class EngineStats:
     """Plain counters; the Prometheus collector reads them at scrape time."""
 
-    filter_rejections: Counter[str] = field(default_factory=Counter)  # reason category -> nodes
-    binds: Counter[str] = field(default_factory=Counter)  # result -> count
+    # Every label value starts at 0 so that dashboards and alerts see the series before the first event.
+    filter_rejections: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(REJECTION_REASONS, 0)))
+    binds: Counter[str] = field(default_factory=lambda: Counter({"ok": 0, "error": 0}))
     skipped_nodes: dict[str, str] = field(default_factory=dict)  # node -> inventory problem
     rebuild_problems: list[str] = field(default_factory=list)
     last_sync: float | None = None
@@ -63,14 +67,16 @@ Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
                  clock: Callable[[], float] = time.monotonic, checker: Placer = check,
-                 scorer: Placer = rank) -> None:
-        """`placer` chooses GPUs and CUs at bind; `checker` answers filter's yes/no and `scorer` gives
-        prioritize's score without choosing CUs. All three must agree on which nodes fit."""
+                 scorer: Placer = rank, bind_placer: Placer | None = None) -> None:
+        """`placer` chooses GPUs and CUs; `checker` answers filter's yes/no and `scorer` gives
+        prioritize's score without choosing CUs. All three must agree on which nodes fit. Bind may
+        decide with a costlier `bind_placer` (the CP-SAT solver) that never fails where `placer` fits."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
         self.checker = checker
         self.scorer = scorer
+        self.bind_placer = bind_placer
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
@@ -313,7 +319,8 @@ class Engine:
         ref = PodRef(uid, namespace, name)
         try:
             with self._swap, self.ledger.locked(node) as state:
-                fit = self._fit(req, state.without(uid), policy)
+                base = state.without(uid)
+                fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
                 if not fit.ok:
                     raise BindError(f"gpuslice: node {node}: {fit.reason}")
                 assignment = build_assignment(req, node, fit.choices, policy)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extender.core.layout import fragmentation
@@ -83,6 +83,19 @@ class LedgerCollector(Collector):
                                     "from the cluster", value=max(0.0, time.time() - engine.stats.last_sync))
         yield GaugeMetricFamily("gpuslice_skipped_nodes", "nodes whose GPU inventory could not be read",
                                 value=len(engine.stats.skipped_nodes))
+        yield from _solver_families(engine)
+
+
+def _solver_families(engine: Engine) -> Iterator[Metric]:
+    """The CP-SAT bind placer's own counters, when bind uses it."""
+    stats = getattr(engine.bind_placer, "stats", None)
+    if stats is None:
+        return
+    buckets, total = stats.histogram()
+    yield HistogramMetricFamily("gpuslice_solver_duration_seconds", "wall-clock time of one bind-time solve",
+                                buckets=buckets, sum_value=total)
+    yield _counter("gpuslice_solver_outcome", "bind-time solves by outcome (optimal, feasible, "
+                   "fallback-greedy, infeasible)", "outcome", stats.outcomes)
 
 
 def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -9,6 +9,7 @@ from kubernetes.client import ApiClient
 
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
+from extender.engine.solver_placer import SolverPlacer
 from extender.kube.client import api_client, core_api
 from extender.kube.cluster import KubeCluster
 from extender.kube.lease import LeaseGate
@@ -48,6 +49,6 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
         gate = LeaseGate(client, namespace, name)
     nudger = Nudger(core) if nudge else None
     cluster = KubeCluster(core, leading=gate, on_failed=nudger.poke if nudger else None)
-    engine = Engine(cluster, policies)
+    engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # CP-SAT picks GPUs and CUs at bind
     watch = ClusterWatch(core, cluster, engine, on_freed=nudger.poke if nudger else None)
     return KubeRuntime(engine, cluster, watch, nudger)

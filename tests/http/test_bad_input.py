@@ -82,7 +82,7 @@ def test_bad_input_is_a_4xx_with_a_message_and_changes_nothing(extender: Extende
     assert resp.is_json
     assert words in resp.get_json()["error"]
     assert extender.engine.ledger.snapshot() == before
-    assert extender.engine.stats.binds == {}
+    assert sum(extender.engine.stats.binds.values()) == 0
 
 
 def test_oversize_body_is_413(make_extender: MakeExtender) -> None:

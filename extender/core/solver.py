@@ -1,0 +1,701 @@
+"""The co-location solver: which GPUs each tenant goes on, as an OR-Tools CP-SAT model.
+
+The model works on counts (CUs, memory, tenants per class, bandwidth shares) per GPU; the exact CU
+bits of a placement come afterwards from core/layout.py, which always finds a set of n bits when n
+are free. That keeps the model small enough to solve in milliseconds at bind, and the same model
+(with a GPU-count objective) plans whole batches.
+
+Every solve starts from a greedy best-fit answer (as a CP-SAT hint and as the fallback), so the
+solver never does worse than greedy and never fails where greedy succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from ortools.sat.python import cp_model
+
+from extender.core.ledger import NodeState
+from extender.core.policy import Policy
+from extender.core.requests import SliceRequest
+
+MEMORY_BOUND = "memory-bound"
+COMPUTE_BOUND = "compute-bound"
+OUTCOMES = ("optimal", "feasible", "fallback-greedy", "infeasible")
+# Bandwidth shares are fractions of a GPU; the model counts them in 1/10000ths.
+BANDWIDTH_SCALE = 10_000
+# Objective terms are fractions scaled to integers, then multiplied by the policy's weights (x100).
+UNIT = 1000
+PAIR_REWARD = 300  # one memory-bound tenant next to one compute-bound tenant
+DOUBLE_PENALTY = 500  # each memory-bound tenant beyond the first on a GPU
+
+QUICK_LIMIT = 0.5  # seconds; below this a solve is a bind-time decision and skips presolve
+Placement = tuple[tuple[int, ...] | None, ...]  # per item: the bin positions it uses, or None (unplaced)
+
+
+@dataclass(frozen=True)
+class Bin:
+    """One GPU's room, as the model sees it."""
+
+    node: str
+    index: int
+    usable_cus: int  # CUs that can ever be guaranteed (total less the burst region)
+    free_cus: int
+    memory: int
+    free_memory: int
+    limit_room: int  # memory-limit headroom under the overcommit factor
+    memory_bound: int = 0
+    compute_bound: int = 0
+    bandwidth_used: float = 0.0
+    group: str | None = None  # XGMI hive, else NUMA node: GPUs close together
+    healthy: bool = True
+    min_slice: int = 1  # leftovers below this are stranded (fragmentation)
+
+    @property
+    def empty(self) -> bool:
+        return self.memory_bound + self.compute_bound == 0 and self.free_memory == self.memory
+
+
+@dataclass(frozen=True)
+class Item:
+    """One tenant to place: `count` GPUs on one node, each giving it `cus[b]` CUs (per bin) and memory."""
+
+    key: str
+    workload_class: str
+    cus: tuple[int, ...]
+    memory: int
+    memory_limit: int
+    count: int = 1
+    optional: bool = False  # batch planning may leave it unplaced (reported), a bind may not
+
+
+@dataclass(frozen=True)
+class Rules:
+    max_memory_bound: int | None = 2
+    max_compute_bound: int | None = None
+    bandwidth_share: Mapping[str, float] = field(default_factory=lambda: {MEMORY_BOUND: 0.5, COMPUTE_BOUND: 0.2})
+    bandwidth_budget: float | None = None
+
+    @classmethod
+    def from_policy(cls, policy: Policy) -> Rules:
+        c = policy.classes
+        return cls(c.maxMemoryBoundPerGpu, c.maxComputeBoundPerGpu, dict(c.bandwidthShare), c.bandwidthBudget)
+
+    def share_units(self, workload_class: str) -> int:
+        return round(self.bandwidth_share.get(workload_class, 0.0) * BANDWIDTH_SCALE)
+
+    def bandwidth_room(self, b: Bin) -> int | None:
+        """Bandwidth left on a GPU in model units; None when there is no budget."""
+        if self.bandwidth_budget is None:
+            return None
+        return math.floor((self.bandwidth_budget - b.bandwidth_used) * BANDWIDTH_SCALE + 1e-6)
+
+    def class_room(self, b: Bin, workload_class: str) -> int | None:
+        """More tenants of this class the GPU may take; None = no limit."""
+        if workload_class == MEMORY_BOUND and self.max_memory_bound is not None:
+            return max(0, self.max_memory_bound - b.memory_bound)
+        if workload_class == COMPUTE_BOUND and self.max_compute_bound is not None:
+            return max(0, self.max_compute_bound - b.compute_bound)
+        return None
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Objective weights (the policy's scoring weights, x100 as integers)."""
+
+    packing: int = 100
+    complementarity: int = 100
+    fragmentation: int = 50
+    topology: int = 25
+    spread: bool = False  # the `spread` strategy prefers empty GPUs instead of filling used ones
+    gpu: int = 0  # cost of each GPU that goes from empty to used (batch planning makes it dominant)
+
+    @classmethod
+    def from_policy(cls, policy: Policy) -> Weights:
+        w = policy.scoring.weights
+        return cls(round(w.packing * 100), round(w.complementarity * 100), round(w.fragmentation * 100),
+                   round(w.topology * 100), policy.scoring.strategy == "spread")
+
+
+@dataclass(frozen=True)
+class Problem:
+    bins: tuple[Bin, ...]
+    items: tuple[Item, ...]
+    rules: Rules = Rules()
+    weights: Weights = Weights()
+    symmetry: bool = False  # order identical empty GPUs (sound, and it helps batch planning)
+    max_new_gpus: int | None = None  # cap on empty GPUs the placement may start using
+
+
+@dataclass(frozen=True)
+class Solution:
+    placement: Placement
+    outcome: str  # one of OUTCOMES
+    objective: int | None  # value of `objective(problem, placement)`; None when infeasible
+    bound: float | None  # CP-SAT's proven upper bound on the objective, when it had one
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != "infeasible"
+
+
+# --- stats for the Prometheus face ------------------------------------------------------------------
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class SolverStats:
+    """Outcome counts and a duration histogram (cumulative buckets, as Prometheus wants them).
+
+    A collector reads it at scrape time as `gpuslice_solver_duration_seconds` and
+    `gpuslice_solver_outcome_total{outcome}`."""
+
+    def __init__(self, buckets: Sequence[float] = DURATION_BUCKETS) -> None:
+        self.buckets = tuple(buckets)
+        self.outcomes: Counter[str] = Counter({o: 0 for o in OUTCOMES})
+        self.bucket_counts = [0] * len(self.buckets)
+        self.count = 0
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, outcome: str, seconds: float) -> None:
+        with self._lock:
+            self.outcomes[outcome] += 1
+            self.count += 1
+            self.sum += seconds
+            for i, le in enumerate(self.buckets):
+                if seconds <= le:
+                    self.bucket_counts[i] += 1
+
+    def histogram(self) -> tuple[list[tuple[str, int]], float]:
+        """([(le, cumulative count)] including "+Inf", sum), the shape of a Prometheus histogram."""
+        with self._lock:
+            rows = [(repr(le), n) for le, n in zip(self.buckets, self.bucket_counts, strict=True)]
+            rows.append(("+Inf", self.count))
+            return rows, self.sum
+
+
+# --- building problems from the ledger ------------------------------------------------------------
+def min_slice(policy: Policy, model_name: str) -> int:
+    model = policy.model_for(model_name)
+    if policy.rounding.mode == "balanced":
+        return max(policy.rounding.minComputeUnits, model.balanced_multiple)
+    return policy.rounding.minComputeUnits
+
+
+def bins_for_node(state: NodeState, policy: Policy) -> tuple[Bin, ...]:
+    cap = policy.overcommit.memory
+    share = policy.classes.bandwidthShare
+    out = []
+    for g in state.gpus:
+        info = g.info
+        out.append(Bin(
+            node=state.name, index=info.index, usable_cus=info.computeUnits - len(g.shared),
+            free_cus=len(g.free_cus), memory=info.memoryBytes, free_memory=g.memory_free,
+            limit_room=math.floor(info.memoryBytes * cap) - g.memory_limit_used,
+            memory_bound=g.count(MEMORY_BOUND), compute_bound=g.count(COMPUTE_BOUND),
+            bandwidth_used=sum(share.get(s.workload_class, 0.0) for s in g.slices),
+            group=topology_group(info.hiveId, info.numaNode), healthy=info.healthy,
+            min_slice=min_slice(policy, info.model)))
+    return tuple(out)
+
+
+def topology_group(hive: str | None, numa: int | None) -> str | None:
+    if hive is not None:
+        return f"hive:{hive}"
+    return None if numa is None else f"numa:{numa}"
+
+
+def item_for(key: str, req: SliceRequest, state: NodeState, policy: Policy, optional: bool = False) -> Item:
+    cus = tuple(req.guaranteed_cus(policy, policy.model_for(g.info.model), g.info.computeUnits)
+                for g in state.gpus)
+    return Item(key, req.workload_class, cus, req.memory_bytes, req.memory_limit_bytes, req.count, optional)
+
+
+# --- feasibility, objective and greedy (plain Python; the model encodes exactly these) ---------------
+@dataclass
+class _Load:
+    """What a placement adds to one bin."""
+
+    cus: int = 0
+    memory: int = 0
+    limit: int = 0
+    memory_bound: int = 0
+    compute_bound: int = 0
+    bandwidth: int = 0
+    items: int = 0
+
+
+def _fits(problem: Problem, b: int, item: Item, load: _Load) -> bool:
+    bn = problem.bins[b]
+    rules = problem.rules
+    if not bn.healthy:
+        return False
+    if load.cus + item.cus[b] > bn.free_cus or load.memory + item.memory > bn.free_memory:
+        return False
+    if load.limit + item.memory_limit > bn.limit_room:
+        return False
+    room = rules.class_room(bn, item.workload_class)
+    have = load.memory_bound if item.workload_class == MEMORY_BOUND else load.compute_bound
+    if room is not None and have + 1 > room:
+        return False
+    bw = rules.bandwidth_room(bn)
+    return bw is None or load.bandwidth + rules.share_units(item.workload_class) <= bw
+
+
+def _add(load: _Load, item: Item, b: int, rules: Rules) -> None:
+    load.cus += item.cus[b]
+    load.memory += item.memory
+    load.limit += item.memory_limit
+    load.memory_bound += item.workload_class == MEMORY_BOUND
+    load.compute_bound += item.workload_class == COMPUTE_BOUND
+    load.bandwidth += rules.share_units(item.workload_class)
+    load.items += 1
+
+
+def loads(problem: Problem, placement: Placement) -> list[_Load]:
+    out = [_Load() for _ in problem.bins]
+    for item, where in zip(problem.items, placement, strict=True):
+        for b in where or ():
+            _add(out[b], item, b, problem.rules)
+    return out
+
+
+def violations(problem: Problem, placement: Placement) -> list[str]:
+    """Every capacity or class rule the placement breaks (empty = feasible)."""
+    problems: list[str] = []
+    out = [_Load() for _ in problem.bins]
+    for item, where in zip(problem.items, placement, strict=True):
+        if where is None:
+            if not item.optional:
+                problems.append(f"{item.key}: unplaced")
+            continue
+        if len(set(where)) != item.count or len(where) != item.count:
+            problems.append(f"{item.key}: needs {item.count} distinct GPUs, got {where}")
+        if len({problem.bins[b].node for b in where}) > 1:
+            problems.append(f"{item.key}: GPUs on more than one node")
+        for b in where:
+            if not _fits(problem, b, item, out[b]):
+                problems.append(f"{item.key}: does not fit gpu {problem.bins[b].node}/{problem.bins[b].index}")
+            _add(out[b], item, b, problem.rules)
+    opened = sum(1 for bn, load in zip(problem.bins, out, strict=True) if bn.empty and load.items)
+    if problem.max_new_gpus is not None and opened > problem.max_new_gpus:
+        problems.append(f"{opened} GPUs newly used, more than {problem.max_new_gpus}")
+    return problems
+
+
+def _open_cost(b: Bin) -> int:
+    """0..UNIT: how empty the GPU is before this decision (a best-fit measure over CUs and memory)."""
+    cu = b.free_cus / b.usable_cus if b.usable_cus else 0.0
+    mem = b.free_memory / b.memory if b.memory else 0.0
+    return round(UNIT * (cu + mem) / 2)
+
+
+def _together(problem: Problem, where: Sequence[int]) -> bool:
+    groups = {problem.bins[b].group for b in where}
+    return len(groups) == 1 and None not in groups
+
+
+def objective(problem: Problem, placement: Placement) -> int:
+    """The value the model maximises, computed directly (tests compare it with brute force)."""
+    w = problem.weights
+    total = 0
+    for bn, load in zip(problem.bins, loads(problem, placement), strict=True):
+        touched = load.items > 0
+        if touched:
+            total += (1 if w.spread else -1) * w.packing * _open_cost(bn)
+            if bn.empty:
+                total -= w.gpu
+        mb = bn.memory_bound + load.memory_bound
+        cb = bn.compute_bound + load.compute_bound
+        total += w.complementarity * (PAIR_REWARD * min(mb, cb) - DOUBLE_PENALTY * max(0, mb - 1))
+        left = bn.free_cus - load.cus
+        if 0 < left < bn.min_slice:
+            total -= w.fragmentation * UNIT
+    for item, where in zip(problem.items, placement, strict=True):
+        if where is None:
+            total -= unplaced_penalty(problem)
+        elif item.count > 1 and _together(problem, where):
+            total += w.topology * UNIT
+    return total
+
+
+def secondary_range(problem: Problem) -> int:
+    """An upper bound on |objective| without the GPU and unplaced terms."""
+    w = problem.weights
+    n = len(problem.items) + max((b.memory_bound + b.compute_bound for b in problem.bins), default=0)
+    per_bin = w.packing * UNIT + w.complementarity * (PAIR_REWARD + DOUBLE_PENALTY) * n + w.fragmentation * UNIT
+    return len(problem.bins) * per_bin + w.topology * UNIT * len(problem.items)
+
+
+def unplaced_penalty(problem: Problem) -> int:
+    return (secondary_range(problem) + problem.weights.gpu) * (len(problem.bins) + 1) + 1
+
+
+def greedy(problem: Problem, decreasing: bool = True, best: bool = True) -> Placement:
+    """Best-fit (or first-fit) in the given or decreasing-size order, under the same rules. An item that
+    fits nowhere is left unplaced (None)."""
+    order = list(range(len(problem.items)))
+    if decreasing:
+        order.sort(key=lambda i: (-_size(problem, problem.items[i]), i))
+    out = [_Load() for _ in problem.bins]
+    placement: list[tuple[int, ...] | None] = [None] * len(problem.items)
+    for i in order:
+        item = problem.items[i]
+        where = _choose(problem, item, out, best)
+        if where is not None:
+            for b in where:
+                _add(out[b], item, b, problem.rules)
+            placement[i] = where
+    return tuple(placement)
+
+
+def _size(problem: Problem, item: Item) -> float:
+    b0 = problem.bins[0] if problem.bins else None
+    if b0 is None:
+        return 0.0
+    return item.count * (item.cus[0] / max(b0.usable_cus, 1) + item.memory / max(b0.memory, 1))
+
+
+def _left(problem: Problem, b: int, item: Item, load: _Load) -> float:
+    bn = problem.bins[b]
+    cu = (bn.free_cus - load.cus - item.cus[b]) / max(bn.usable_cus, 1)
+    mem = (bn.free_memory - load.memory - item.memory) / max(bn.memory, 1)
+    return cu + mem
+
+
+def _choose(problem: Problem, item: Item, out: list[_Load], best: bool) -> tuple[int, ...] | None:
+    by_node: dict[str, list[int]] = {}
+    for b, bn in enumerate(problem.bins):
+        if _fits(problem, b, item, out[b]):
+            by_node.setdefault(bn.node, []).append(b)
+    options: list[tuple[float, tuple[int, ...]]] = []
+    for bins in by_node.values():
+        if len(bins) < item.count:
+            continue
+        if best:
+            ranked = sorted(bins, key=lambda b: (_left(problem, b, item, out[b]), b))[: item.count]
+            options.append((sum(_left(problem, b, item, out[b]) for b in ranked), tuple(sorted(ranked))))
+        else:
+            options.append((min(bins), tuple(bins[: item.count])))
+    if not options:
+        return None
+    return min(options)[1]
+
+
+# --- the CP-SAT model ---------------------------------------------------------------------------------
+def _sum(pairs: Sequence[tuple[int, cp_model.IntVar]]) -> cp_model.LinearExprT:
+    return cp_model.LinearExpr.weighted_sum([v for _, v in pairs], [c for c, _ in pairs])
+
+
+class _Model:
+    def __init__(self, problem: Problem) -> None:
+        self.p = problem
+        self.m = cp_model.CpModel()
+        self.x: dict[tuple[int, int], cp_model.IntVar] = {}
+        self.by_bin: list[list[tuple[int, cp_model.IntVar]]] = [[] for _ in problem.bins]
+        self.by_item: list[dict[int, cp_model.IntVar]] = [{} for _ in problem.items]
+        self.placed: list[cp_model.IntVar | int] = []
+        self.obj: list[tuple[int, cp_model.IntVar]] = []  # (coefficient, variable); constants are dropped
+        # auxiliary variables and how to compute each from a placement's loads (for complete hints)
+        self.aux: list[tuple[cp_model.IntVar, Callable[[list[_Load], Placement], int]]] = []
+        # Memory in bytes makes huge coefficients; dividing everything by the common divisor is exact.
+        values = [v for b in problem.bins for v in (b.free_memory, b.limit_room)]
+        values += [v for it in problem.items for v in (it.memory, it.memory_limit)]
+        self.mem_unit = math.gcd(*values) or 1
+        self._variables()
+        self._bins()
+        self._items()
+
+    def _variables(self) -> None:
+        p, empty = self.p, _Load()
+        penalty = unplaced_penalty(p)
+        for i, item in enumerate(p.items):
+            for b in range(len(p.bins)):
+                if _fits(p, b, item, empty):
+                    v = self.m.new_bool_var(f"x{i}_{b}")
+                    self.x[i, b] = v
+                    self.by_bin[b].append((i, v))
+                    self.by_item[i][b] = v
+            if item.optional:
+                placed = self.m.new_bool_var(f"placed{i}")
+                self.placed.append(placed)
+                self.obj.append((penalty, placed))
+            else:
+                self.placed.append(1)
+
+    def _capacity(self, terms: list[tuple[int, cp_model.IntVar]], room: int) -> None:
+        if sum(c for c, _ in terms) > room:  # skip rows that no placement can violate
+            self.m.add(_sum(terms) <= room)
+
+    def _bins(self) -> None:
+        p, m, w, rules = self.p, self.m, self.p.weights, self.p.rules
+        previous: tuple[cp_model.IntVar, int] | None = None
+        opened = []
+        u = self.mem_unit
+        for b, bn in enumerate(p.bins):
+            on = [(p.items[i], v) for i, v in self.by_bin[b]]
+            if not on:
+                continue
+            self._capacity([(it.cus[b], v) for it, v in on], bn.free_cus)
+            self._capacity([(it.memory // u, v) for it, v in on], bn.free_memory // u)
+            self._capacity([(it.memory_limit // u, v) for it, v in on], bn.limit_room // u)
+            for cls in (MEMORY_BOUND, COMPUTE_BOUND):
+                room = rules.class_room(bn, cls)
+                if room is not None:
+                    self._capacity([(1, v) for it, v in on if it.workload_class == cls], room)
+            bw = rules.bandwidth_room(bn)
+            if bw is not None:
+                self._capacity([(rules.share_units(it.workload_class), v) for it, v in on], bw)
+            touched = m.new_bool_var(f"touched{b}")
+            self.aux.append((touched, lambda ls, _, b=b: int(ls[b].items > 0)))
+            for _, v in on:
+                m.add_implication(v, touched)
+            m.add(touched <= _sum([(1, v) for _, v in on]))
+            self.obj.append(((1 if w.spread else -1) * w.packing * _open_cost(bn) - (w.gpu if bn.empty else 0),
+                             touched))
+            self._complementarity(b, bn, on)
+            self._fragmentation(b, bn, on)
+            if p.symmetry and bn.empty and previous is not None and self._twins(previous[1], b):
+                m.add(previous[0] >= touched)
+            previous = (touched, b) if bn.empty else None
+            if bn.empty:
+                opened.append(touched)
+        if p.max_new_gpus is not None:
+            m.add(sum(opened) <= p.max_new_gpus)
+
+    def _complementarity(self, b: int, bn: Bin, on: list[tuple[Item, cp_model.IntVar]]) -> None:
+        w, m = self.p.weights, self.m
+        if w.complementarity == 0:
+            return
+        new_mb = [(1, v) for it, v in on if it.workload_class == MEMORY_BOUND]
+        new_cb = [(1, v) for it, v in on if it.workload_class == COMPUTE_BOUND]
+        n = len(on) + bn.memory_bound + bn.compute_bound
+        if new_mb or new_cb:
+            can_pair = (bn.memory_bound or new_mb) and (bn.compute_bound or new_cb)
+            if can_pair:
+                pairs = m.new_int_var(0, n, f"pairs{b}")
+                self.aux.append((pairs, lambda ls, _, b=b, bn=bn: min(
+                    bn.memory_bound + ls[b].memory_bound, bn.compute_bound + ls[b].compute_bound)))
+                m.add(pairs <= bn.memory_bound + _sum(new_mb))
+                m.add(pairs <= bn.compute_bound + _sum(new_cb))
+                self.obj.append((w.complementarity * PAIR_REWARD, pairs))
+        if new_mb and bn.memory_bound + len(new_mb) > 1:
+            doubled = m.new_int_var(0, n, f"doubled{b}")
+            self.aux.append((doubled, lambda ls, _, b=b, bn=bn: max(0, bn.memory_bound + ls[b].memory_bound - 1)))
+            m.add(doubled >= bn.memory_bound - 1 + _sum(new_mb))
+            self.obj.append((-w.complementarity * DOUBLE_PENALTY, doubled))
+
+    def _fragmentation(self, b: int, bn: Bin, on: list[tuple[Item, cp_model.IntVar]]) -> None:
+        if self.p.weights.fragmentation == 0 or bn.min_slice <= 1:
+            return
+        # Leftovers stay congruent to free_cus modulo the slices' common divisor g: when that is 0 and
+        # g >= min_slice, nothing can be stranded here and the three booleans are not needed.
+        g = math.gcd(*(it.cus[b] for it, _ in on))
+        if g >= bn.min_slice and bn.free_cus % g == 0:
+            return
+        m = self.m
+        used = _sum([(it.cus[b], v) for it, v in on])
+        zero, big, stranded = m.new_bool_var("zero"), m.new_bool_var("big"), m.new_bool_var("stranded")
+        m.add(used == bn.free_cus).only_enforce_if(zero)
+        m.add(used <= bn.free_cus - bn.min_slice).only_enforce_if(big)
+        m.add_bool_or([zero, big, stranded])
+        rest, ms = bn.free_cus, bn.min_slice
+        self.aux += [(zero, lambda ls, _, b=b: int(rest - ls[b].cus == 0)),
+                     (big, lambda ls, _, b=b: int(rest - ls[b].cus >= ms)),
+                     (stranded, lambda ls, _, b=b: int(0 < rest - ls[b].cus < ms))]
+        self.obj.append((-self.p.weights.fragmentation * UNIT, stranded))
+
+    def _items(self) -> None:
+        p, m = self.p, self.m
+        for i, item in enumerate(p.items):
+            mine = self.by_item[i]
+            m.add(_sum([(1, v) for v in mine.values()]) == item.count * self.placed[i])
+            nodes: dict[str, list[cp_model.IntVar]] = {}
+            for b, v in mine.items():
+                nodes.setdefault(p.bins[b].node, []).append(v)
+            if item.count > 1 and len(nodes) > 1:
+                pick = {n: m.new_bool_var(f"node{i}_{n}") for n in nodes}
+                m.add(sum(pick.values()) == self.placed[i])
+                for n, vs in nodes.items():
+                    for v in vs:
+                        m.add_implication(v, pick[n])
+                    self.aux.append((pick[n], lambda _, pl, i=i, n=n: int(
+                        pl[i] is not None and p.bins[pl[i][0]].node == n)))
+            if item.count > 1 and p.weights.topology:
+                self._topology(i, item, mine, self.placed[i])
+
+    def _topology(self, i: int, item: Item, mine: dict[int, cp_model.IntVar], placed: cp_model.IntVar | int) -> None:
+        p, m = self.p, self.m
+        groups: dict[tuple[str, str], list[int]] = {}
+        for b in mine:
+            g = p.bins[b].group
+            if g is not None:
+                groups.setdefault((p.bins[b].node, g), []).append(b)
+        groups = {k: v for k, v in groups.items() if len(v) >= item.count}
+        if not groups:
+            return
+        together = m.new_bool_var("together")
+        self.aux.append((together, lambda _, pl: int(pl[i] is not None and _together(p, pl[i]))))
+        inside = []
+        for members in groups.values():
+            q = m.new_bool_var("in_group")
+            for b, v in mine.items():
+                if b not in members:
+                    m.add_implication(q, v.negated())
+            inside.append(q)
+            self.aux.append((q, lambda _, pl, members=frozenset(members): int(
+                pl[i] is not None and set(pl[i]) <= members)))
+        m.add_bool_or(inside).only_enforce_if(together)
+        if not isinstance(placed, int):
+            m.add_implication(together, placed)
+        self.obj.append((p.weights.topology * UNIT, together))
+
+    def _twins(self, a: int, b: int) -> bool:
+        """Two empty GPUs that no tenant and no objective term can tell apart."""
+        x, y = self.p.bins[a], self.p.bins[b]
+        same = (x.node, x.group, x.usable_cus, x.free_cus, x.memory, x.limit_room, x.healthy, x.min_slice) == (
+            y.node, y.group, y.usable_cus, y.free_cus, y.memory, y.limit_room, y.healthy, y.min_slice)
+        return same and all(it.cus[a] == it.cus[b] for it in self.p.items)
+
+    def objective(self) -> cp_model.LinearExprT:
+        """The model's objective: `objective()` less its constant part (scores of untouched GPUs)."""
+        return _sum(self.obj)
+
+    def hint(self, placement: Placement) -> None:
+        chosen = {(i, b) for i, where in enumerate(placement) for b in where or ()}
+        for key, v in self.x.items():
+            self.m.add_hint(v, key in chosen)
+        for i, placed in enumerate(self.placed):
+            if not isinstance(placed, int):
+                self.m.add_hint(placed, placement[i] is not None)
+        ls = loads(self.p, placement)
+        for var, value in self.aux:
+            self.m.add_hint(var, value(ls, placement))
+
+    def value_at(self, placement: Placement) -> int:
+        """The model's objective at a placement (its auxiliaries at their best, as in `hint`)."""
+        values: dict[int, int] = {}
+        chosen = {(i, b) for i, where in enumerate(placement) for b in where or ()}
+        for key, v in self.x.items():
+            values[v.index] = int(key in chosen)
+        for i, placed in enumerate(self.placed):
+            if not isinstance(placed, int):
+                values[placed.index] = int(placement[i] is not None)
+        ls = loads(self.p, placement)
+        for var, value in self.aux:
+            values[var.index] = value(ls, placement)
+        return sum(c * values[v.index] for c, v in self.obj)
+
+    def read(self, solver: cp_model.CpSolver) -> Placement:
+        out: list[tuple[int, ...] | None] = []
+        for mine in self.by_item:
+            where = tuple(sorted(b for b, v in mine.items() if solver.boolean_value(v)))
+            out.append(where or None)
+        return tuple(out)
+
+
+class _StopAt(cp_model.CpSolverSolutionCallback):
+    """Stop the search at a solution whose objective reaches a bound proven elsewhere."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target = target
+
+    def on_solution_callback(self) -> None:
+        if self.objective_value >= self.target:
+            self.stop_search()
+
+
+def solve(problem: Problem, time_limit: float, workers: int = 1, hint: Placement | None = None,
+          stats: SolverStats | None = None, stop_at: int | None = None) -> Solution:
+    """Solve within `time_limit` seconds (wall clock, see below). `hint` (default: greedy best-fit) seeds the search
+    and is the fallback; the better of the two by `objective` is returned. `stop_at`: an upper bound on
+    the objective proven outside the model; a solution reaching it is optimal and ends the search."""
+    start = time.perf_counter()
+    if hint is None or violations(problem, hint):
+        hint = _best_greedy(problem, quick=time_limit < QUICK_LIMIT)
+    fallback_ok = not violations(problem, hint)
+    if fallback_ok and stop_at is not None and objective(problem, hint) >= stop_at:
+        return _finish(problem, hint, "optimal", None, start, stats)
+    model = _Model(problem)
+    model.hint(hint)
+    model.m.maximize(model.objective())
+    offset = objective(problem, hint) - model.value_at(hint)  # the constant part the model leaves out
+    solver = cp_model.CpSolver()
+    # The search gets what is left of the limit after the hint and the model are built (building is
+    # counted against the limit but not interrupted: on 64 GPUs it alone can exceed 15 ms).
+    solver.parameters.max_time_in_seconds = max(time_limit - (time.perf_counter() - start), 0.001)
+    solver.parameters.num_workers = workers
+    if time_limit < QUICK_LIMIT:
+        # At bind the budget is milliseconds: presolve and symmetry detection would spend it all before
+        # the search even loads the (complete, feasible) greedy hint.
+        solver.parameters.cp_model_presolve = False
+        solver.parameters.symmetry_level = 0
+    status = solver.solve(model.m, _StopAt(stop_at - offset) if stop_at is not None else None)
+    outcome, placement, bound = "infeasible", hint, None
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        found = model.read(solver)
+        bound = solver.best_objective_bound + offset
+        if stop_at is not None and solver.objective_value + offset >= stop_at:
+            status = cp_model.OPTIMAL
+        if violations(problem, found):  # never trust a model bug over the rules
+            outcome = "fallback-greedy" if fallback_ok else "infeasible"
+        elif fallback_ok and objective(problem, hint) > objective(problem, found):
+            outcome = "fallback-greedy"
+        else:
+            outcome, placement = ("optimal" if status == cp_model.OPTIMAL else "feasible"), found
+    elif fallback_ok:
+        outcome = "fallback-greedy"
+    return _finish(problem, placement, outcome, bound, start, stats)
+
+
+def _finish(problem: Problem, placement: Placement, outcome: str, bound: float | None, start: float,
+            stats: SolverStats | None) -> Solution:
+    seconds = time.perf_counter() - start
+    if stats is not None:
+        stats.record(outcome, seconds)
+    if outcome == "infeasible":
+        return Solution(tuple(None for _ in problem.items), outcome, None, bound, seconds)
+    return Solution(placement, outcome, objective(problem, placement), bound, seconds)
+
+
+def restrict(problem: Problem, keep: Sequence[int]) -> Problem:
+    """The same problem over a subset of its GPUs (positions `keep`, in order)."""
+    items = tuple(replace(it, cus=tuple(it.cus[b] for b in keep)) for it in problem.items)
+    return replace(problem, bins=tuple(problem.bins[b] for b in keep), items=items)
+
+
+def narrow(placement: Placement, keep: Sequence[int]) -> Placement:
+    """A placement on the full problem, renumbered for `restrict(problem, keep)` (it must use only `keep`)."""
+    pos = {b: k for k, b in enumerate(keep)}
+    return tuple(None if w is None else tuple(pos[b] for b in w) for w in placement)
+
+
+def widen(placement: Placement, keep: Sequence[int]) -> Placement:
+    """A placement on `restrict(problem, keep)`, renumbered for the full problem."""
+    return tuple(None if w is None else tuple(keep[k] for k in w) for w in placement)
+
+
+def best_greedy(problem: Problem) -> Placement:
+    """The best by `objective` of best-fit and first-fit, in given and decreasing order."""
+    return _best_greedy(problem)
+
+
+def _best_greedy(problem: Problem, quick: bool = False) -> Placement:
+    # at bind only best-fit (both orders); first-fit rarely wins and costs as much again
+    kinds = [(True, True), (False, True)] if quick else [(d, b) for d in (True, False) for b in (True, False)]
+    options = [greedy(problem, decreasing=d, best=b) for d, b in kinds]
+    feasible = [o for o in options if not violations(problem, o)] or options
+    return max(feasible, key=lambda o: objective(problem, o))
+
+
+def gpus_used(problem: Problem, placement: Placement) -> int:
+    """GPUs holding at least one tenant after the placement (including tenants already there)."""
+    touched = {b for where in placement for b in where or ()}
+    return sum(1 for b, bn in enumerate(problem.bins) if b in touched or not bn.empty)

@@ -1,0 +1,94 @@
+"""`gpuslice plan`: capacity planning — where would these workloads go, and how many GPUs do they need?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from extender.core.policy import Policy, PolicyError, load_policy, parse_policy
+from extender.engine.planner import Plan, PlanInputError, parse_cluster, parse_workloads, plan
+
+GIB = 2**30
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="plan workloads onto a cluster's GPUs (CP-SAT), with a proven lower bound")
+    p.add_argument("--cluster", required=True, metavar="FILE",
+                   help='YAML/JSON {"nodes": [{"name", "inventory": [...]} | {"name", "gpus": N, "model"}]}')
+    p.add_argument("--workloads", required=True, metavar="FILE",
+                   help='YAML/JSON {"workloads": [{"name", "replicas", "compute", "memory", "class"} | '
+                        '{"name", "replicas", "profile", "targetRps"}]}')
+    p.add_argument("--policy", metavar="FILE", help="policy YAML (default: the built-in defaults)")
+    p.add_argument("--time-limit", type=float, default=5.0, metavar="SECONDS",
+                   help="wall-clock limit of the whole plan (default 5)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="CP-SAT workers (default: the policy's solver.workers)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=plan_cmd)
+
+
+def _load(path: str, what: str) -> object:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise PlanInputError(f"{what} {path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise PlanInputError(f"{what} {path}: not YAML/JSON: {exc}") from None
+
+
+def plan_cmd(args: argparse.Namespace) -> int:
+    """Exit 0 with a plan (replicas that cannot be placed are listed in it), 2 on unusable input."""
+    try:
+        policy: Policy = load_policy(args.policy) if args.policy else parse_policy({})
+        nodes = parse_cluster(_load(args.cluster, "cluster"), policy)
+        workloads, rejected = parse_workloads(_load(args.workloads, "workloads"), policy)
+    except PolicyError as exc:
+        print(f"gpuslice plan: {exc}", file=sys.stderr)
+        return 2
+    except PlanInputError as exc:
+        print(f"gpuslice plan: {exc}", file=sys.stderr)
+        return 2
+    if args.time_limit <= 0:
+        print("gpuslice plan: --time-limit must be positive", file=sys.stderr)
+        return 2
+    result = plan(nodes, workloads, policy, args.time_limit, args.workers or policy.solver.workers)
+    result.unplaced[:0] = rejected
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        # piped output has no terminal width; keep the table readable instead of 80 columns
+        show(result, Console() if sys.stdout.isatty() else Console(width=160))
+    return 0
+
+
+def show(result: Plan, console: Console) -> None:
+    table = Table(title="placement per GPU")
+    for col in ("node", "gpu", "tenant", "class", "CUs", "memory", "GPU CUs", "GPU memory"):
+        table.add_column(col, justify="left" if col in ("node", "tenant", "class") else "right")
+    for state in sorted(result.nodes, key=lambda s: s.name):
+        for g in state.gpus:
+            usable = g.info.computeUnits - len(g.shared)
+            for k, s in enumerate(g.slices):
+                last = k == len(g.slices) - 1
+                table.add_row(state.name if k == 0 else "", str(g.info.index) if k == 0 else "", s.pod.name,
+                              s.workload_class, str(len(s.cus)), f"{s.memory / GIB:.0f}Gi",
+                              f"{len(g.guaranteed)}/{usable}" if last else "",
+                              f"{g.memory_used / GIB:.0f}/{g.info.memoryBytes / GIB:.0f}Gi" if last else "",
+                              end_section=last)
+    console.print(table)
+    bounds = ", ".join(f"{k} {v}" for k, v in sorted(result.bounds.items()))
+    console.print(f"GPUs used: [bold]{result.gpus_used}[/bold] of {result.gpus_total} "
+                  f"(one model per GPU would take {result.one_per_gpu})")
+    console.print(f"lower bound: [bold]{result.lower_bound}[/bold] ({bounds or 'nothing to place'}); "
+                  f"gap {result.gap:.1%}; solver {result.outcome} in {result.seconds:.2f}s")
+    if result.unplaced:
+        console.print(f"[red]{len(result.unplaced)} not placed:[/red]")
+        for u in result.unplaced:
+            which = u.workload if u.replica is None else f"{u.workload}#{u.replica}"
+            console.print(f"  {which}: {u.reason}")
