@@ -21,8 +21,7 @@ from extender.engine.placement import NodeFit
 
 @dataclass(frozen=True)
 class Victims:
-    uids: tuple[str, ...]
-    pdb_violations: int = 0
+    uids: tuple[str, ...]  # kube-scheduler's order: most important first
 
 
 Fit = Callable[[SliceRequest, NodeState, Policy], NodeFit]
@@ -48,10 +47,7 @@ def trim_victims(req: SliceRequest, state: NodeState, victims: Victims, pod_uid:
             evicted = trial
     keep = set(evicted)
     trimmed = tuple(u for u in victims.uids if u not in base.pods or u in keep)
-    if not trimmed:
-        return victims
-    return Victims(trimmed, victims.pdb_violations if trimmed == victims.uids else
-                   min(victims.pdb_violations, len(trimmed)))
+    return Victims(trimmed) if trimmed else victims
 
 
 def preempt(req: SliceRequest | None, states: Mapping[str, NodeState | None], candidates: Mapping[str, Victims],
