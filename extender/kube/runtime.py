@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from kubernetes.client import ApiClient
@@ -15,8 +14,6 @@ from extender.kube.cluster import KubeCluster
 from extender.kube.lease import LeaseGate
 from extender.kube.nudge import Nudger
 from extender.kube.watch import ClusterWatch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
