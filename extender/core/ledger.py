@@ -82,9 +82,18 @@ class GpuState:
         return frozenset(out)
 
     @cached_property
+    def bursting(self) -> frozenset[int]:
+        """CUs in some tenant's burst set."""
+        out: set[int] = set()
+        for s in self.slices:
+            out |= s.burst
+        return frozenset(out)
+
+    @cached_property
     def free_cus(self) -> frozenset[int]:
-        """CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone."""
-        return frozenset(range(self.info.computeUnits)) - self.shared - self.guaranteed
+        """CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone, and in
+        no tenant's burst set (which may lie outside the region after a policy change)."""
+        return frozenset(range(self.info.computeUnits)) - self.shared - self.guaranteed - self.bursting
 
     @cached_property
     def free_runs(self) -> tuple[tuple[int, int], ...]:
@@ -206,10 +215,16 @@ def _check(state: NodeState, entry: PodEntry, overcommit: float) -> list[GpuStat
     a = entry.assignment
     new_gpus = list(state.gpus)
     positions = {g.info.index: i for i, g in enumerate(state.gpus)}
+    if len({ga.index for ga in a.gpus}) != len(a.gpus):
+        raise LedgerConflict(f"{state.name}: an assignment names a GPU twice")
     for ga in a.gpus:
         pos = positions.get(ga.index)
         if pos is None:
             raise LedgerConflict(f"{state.name}: no gpu {ga.index}")
+        # The annotation parser enforces these too; the ledger is the last line for hand-made input.
+        if not ga.cus or ga.cus & ga.burstCus or not 0 < ga.memoryBytes <= ga.memoryLimitBytes:
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: malformed slice (no CUs, burst overlapping "
+                                 f"them, or memory {ga.memoryBytes} not within 1..{ga.memoryLimitBytes})")
         gpu = new_gpus[pos]
         if ga.id != gpu.info.id:
             raise LedgerConflict(f"{state.name} gpu {ga.index}: id {ga.id} is not {gpu.info.id}")
@@ -221,6 +236,10 @@ def _check(state: NodeState, entry: PodEntry, overcommit: float) -> list[GpuStat
             raise LedgerConflict(f"{state.name} gpu {ga.index}: CUs {sorted(taken)[:8]} already guaranteed")
         if ga.burstCus & gpu.guaranteed:
             raise LedgerConflict(f"{state.name} gpu {ga.index}: burst CUs overlap guaranteed CUs")
+        lent = ga.cus & gpu.bursting
+        if lent:  # a guarantee is exclusive: no other tenant's mask may include it
+            raise LedgerConflict(f"{state.name} gpu {ga.index}: CUs {sorted(lent)[:8]} are in another "
+                                 f"tenant's burst")
         if gpu.memory_used + ga.memoryBytes > gpu.info.memoryBytes:
             raise LedgerConflict(f"{state.name} gpu {ga.index}: memory {ga.memoryBytes} > "
                                  f"{gpu.memory_free} free")
@@ -353,8 +372,9 @@ class Ledger:
         if elsewhere is not None and elsewhere != assignment.node:
             self._drop(elsewhere, pod.uid)
 
-    def commit(self, uid: str) -> bool:
-        """Turn a reservation into a bound entry (no expiry)."""
+    def commit(self, uid: str, assignment: Assignment | None = None) -> bool:
+        """Turn a reservation into a bound entry (no expiry). With `assignment`, only if the pod's entry
+        is still that one (it may have expired, or a retried bind may have replaced it)."""
         name = self._where.get(uid)
         node = self._nodes.get(name) if name else None
         if node is None:
@@ -362,31 +382,38 @@ class Ledger:
         with node.lock:
             s = node.state
             entry = s.pods.get(uid)
-            if entry is None:
+            if entry is None or (assignment is not None and entry.assignment != assignment):
                 return False
             pods = dict(s.pods)
             pods[uid] = replace(entry, expires_at=None)
             node.state = NodeState(s.name, s.gpus, MappingProxyType(pods))
         return True
 
-    def release(self, uid: str) -> bool:
-        """Free a pod's slice (pod ended, bind failed). Returns False if it held none."""
+    def release(self, uid: str, assignment: Assignment | None = None) -> bool:
+        """Free a pod's slice (pod ended, bind failed). Returns False if it held none. With
+        `assignment`, only if the pod's entry is still that one: a failed bind must not free a slice
+        that another bind of the same pod recorded meanwhile."""
+        if assignment is not None:
+            name = self._where.get(uid)
+            return name is not None and self._drop(name, uid, assignment)
         with self._index:
             name = self._where.pop(uid, None)
         if name is None:
             return False
         return self._drop(name, uid)
 
-    def _drop(self, name: str, uid: str) -> bool:
+    def _drop(self, name: str, uid: str, assignment: Assignment | None = None) -> bool:
         node = self._nodes.get(name)
         if node is None:
             return False
         with node.lock:
             entry = node.state.pods.get(uid)
-            if entry is None:
+            if entry is None or (assignment is not None and entry.assignment != assignment):
                 return False
             node.state = _without(node.state, uid)
             with self._index:
+                if assignment is not None and self._where.get(uid) == name:
+                    del self._where[uid]
                 self._account(entry, -1)
         return True
 

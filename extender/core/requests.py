@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[s
     """
     labels = labels or {}
     annotations = annotations or {}
+    _reject_misspelt_keys(labels, annotations, policy.prefix)
     if not has_slice_keys(labels, annotations, policy.prefix):
         return None
 
@@ -86,7 +88,8 @@ def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[s
     def key(name: str) -> str:
         return f"{policy.prefix}/{name}"
 
-    vendor = (raw("vendor") or "amd").strip()
+    vendor_text = raw("vendor")
+    vendor = "amd" if vendor_text is None else vendor_text.strip()
     if vendor not in VENDORS:
         raise SliceRequestError(key("vendor"), vendor, f"unsupported vendor; supported: {', '.join(VENDORS)}")
 
@@ -190,6 +193,20 @@ def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[s
                         memory_bytes=memory, memory_limit_bytes=memory_limit, count=count,
                         workload_class=workload_class, profile=profile_name, target_rps=target_rps,
                         compute_cus=compute_cus if compute_text is None else None, predicted_rps=predicted)
+
+
+def _reject_misspelt_keys(labels: Mapping[str, str], annotations: Mapping[str, str], prefix: str) -> None:
+    """A key under the prefix that is nearly a request key is a typo (memoryLimt, Compute), which would
+    otherwise silently fall back to a default. Other keys under the prefix (assignment, ...) are left alone."""
+    for source in (annotations, labels):
+        for full in source:
+            head, sep, name = full.partition("/")
+            if not sep or head != prefix or name in KEYS:
+                continue
+            near = difflib.get_close_matches(name.lower(), [k.lower() for k in KEYS], n=1, cutoff=0.85)
+            if near:
+                meant = next(k for k in KEYS if k.lower() == near[0])
+                raise SliceRequestError(full, source[full], f"unknown key; did you mean {prefix}/{meant}?")
 
 
 def _millis(key: str, text: str) -> int:

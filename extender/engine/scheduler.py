@@ -55,7 +55,8 @@ class EngineStats:
 
     # Every label value starts at 0 so that dashboards and alerts see the series before the first event.
     filter_rejections: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(REJECTION_REASONS, 0)))
-    binds: Counter[str] = field(default_factory=lambda: Counter({"ok": 0, "error": 0}))
+    # conflict-after-bind: the API bound a pod whose reservation had lapsed and whose CUs were taken meanwhile.
+    binds: Counter[str] = field(default_factory=lambda: Counter({"ok": 0, "error": 0, "conflict-after-bind": 0}))
     skipped_nodes: dict[str, str] = field(default_factory=dict)  # node -> inventory problem
     rebuild_problems: list[str] = field(default_factory=list)
     last_sync: float | None = None
@@ -83,6 +84,7 @@ class Engine:
         self.stats = EngineStats()
         self._pending: OrderedDict[str, PodView] = OrderedDict()
         self._pending_lock = threading.Lock()
+        self._binding: set[str] = set()  # pod UIDs with a bind in flight (guarded by _pending_lock)
         self._node_sig: dict[str, tuple] = {}
         self._last_expire = 0.0
         # Held while the ledger is swapped by sync() and while a bind reserves, so a reservation made
@@ -297,10 +299,24 @@ class Engine:
         return ""
 
     def _bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        # kube-scheduler retries a bind that timed out, maybe to another node, while the first may still
+        # be running; two binds of one pod at once could each undo the other's slice.
+        with self._pending_lock:
+            if uid in self._binding:
+                raise BindError(f"gpuslice: pod {namespace}/{name}: a bind is already in flight", temporary=True)
+            self._binding.add(uid)
+        try:
+            self._bind_once(namespace, name, uid, node)
+        finally:
+            with self._pending_lock:
+                self._binding.discard(uid)
+
+    def _bind_once(self, namespace: str, name: str, uid: str, node: str) -> None:
         policy = self.policies.current
         done = self.ledger.entry(uid)
         if done is not None and not done.reserved:
-            # The pod is already bound (kube-scheduler retrying a bind whose answer it lost).
+            # Bound already (kube-scheduler retrying a bind whose answer it lost): replacing the entry
+            # would lose that slice.
             if done.assignment.node == node:
                 return
             raise BindError(f"gpuslice: pod {namespace}/{name} is already bound to {done.assignment.node}")
@@ -332,14 +348,21 @@ class Engine:
         try:
             self.cluster.bind_pod(pod, node, {ASSIGNMENT_ANNOTATION: assignment.to_json()})
         except BindError as exc:
-            if not exc.outcome_unknown:
-                self.ledger.release(uid)
+            if not exc.outcome_unknown:  # else keep the CUs until the watch shows the pod bound or the TTL ends
+                self.ledger.release(uid, assignment)
             raise
         except Exception as exc:  # the cluster adapter failed unexpectedly: still roll back
-            self.ledger.release(uid)
+            self.ledger.release(uid, assignment)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
         self._step("recorded")
-        self.ledger.commit(uid)
+        if not self.ledger.commit(uid, assignment):
+            # The reservation expired or a retried bind replaced it while the API call ran; the
+            # cluster now runs the pod with this assignment, and the cluster is the source of truth.
+            try:
+                self.ledger.reserve(ref, assignment, req.workload_class, req.compute_millis, ttl=None)
+            except LedgerConflict as exc:
+                self.stats.binds["conflict-after-bind"] += 1
+                log.error("pod %s bound to %s but its slice now conflicts: %s", ref.key, node, exc)
         self._forget_pending(uid)
 
     def _forget_pending(self, uid: str) -> None:

@@ -174,6 +174,7 @@ BAD = [
     # (annotations, key, value, reason substring)
     (keys(vendor="nvidia", compute="1", memory="1Gi"), "vendor", "nvidia", "unsupported vendor"),
     (keys(vendor="AMD", compute="1", memory="1Gi"), "vendor", "AMD", "unsupported vendor"),
+    (keys(vendor="", compute="1", memory="1Gi"), "vendor", "", "unsupported vendor"),
     (keys(compute="1500m", memory="1Gi"), "compute", "1500m", "more than one GPU"),
     (keys(compute="1.001", memory="1Gi"), "compute", "1.001", "more than one GPU"),
     (keys(compute="-100m", memory="1Gi"), "compute", "-100m", "negative"),
@@ -236,6 +237,24 @@ def test_a_bad_label_is_not_hidden_by_a_good_annotation_of_another_key() -> None
 def test_a_good_annotation_overrides_a_bad_label_of_the_same_key() -> None:
     req = parse(annotations=keys(compute="100m", memory="1Gi"), labels=keys(compute="nonsense"))
     assert req.compute_millis == 100
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("memoryLimt", "memoryLimit"), ("Compute", "compute"),
+                                             ("computelimit", "computeLimit"), ("target_rps", "target-rps"),
+                                             ("clas", "class"), ("profil", "profile")])
+def test_misspelt_keys_are_rejected_not_ignored(typo: str, meant: str) -> None:
+    with pytest.raises(SliceRequestError) as err:
+        parse({f"{P}/compute": "100m", f"{P}/memory": "1Gi", f"{P}/{typo}": "x"})
+    assert (err.value.key, err.value.value) == (f"{P}/{typo}", "x")
+    assert f"did you mean {P}/{meant}?" in err.value.reason
+    with pytest.raises(SliceRequestError):  # even when it is the pod's only gpuslice key
+        parse(labels={f"{P}/{typo}": "x"})
+
+
+@pytest.mark.parametrize("other", ["assignment", "inventory", "allocated", "pod", "gpu-share", "sim-model"])
+def test_other_keys_under_the_prefix_are_not_requests(other: str) -> None:
+    assert parse({f"{P}/{other}": "x"}) is None
+    assert parse({f"{P}/{other}": "x", f"{P}/compute": "1", f"{P}/memory": "1Gi"}).compute_millis == 1000
 
 
 def test_non_string_values_are_rejected() -> None:
