@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     backend.add_argument("--in-cluster", action="store_true", help="serve against the cluster this pod runs in")
     p.add_argument("--lease", metavar="NAMESPACE/NAME", help="bind only while this kube-scheduler Lease is held "
                    "by our own scheduler (same hostname): the sidecar shares its leader election")
+    p.add_argument("--scheduler-name", metavar="NAME", help="watch only pods with this schedulerName (the "
+                   "only pods this extender binds); default: all pods")
     p.add_argument("--no-nudge", action="store_true", help="do not touch a Node annotation when GPU capacity "
                    "frees there (kube-scheduler then retries rejected pods only on its own events)")
     add_server_arguments(p)
@@ -46,7 +48,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
         gc.freeze()
         return run_server(engine, args, banner=demo_banner)
     if args.kubeconfig or args.in_cluster:
-        runtime = kube_runtime(policies, kubeconfig=args.kubeconfig, lease=args.lease, nudge=not args.no_nudge)
+        runtime = kube_runtime(policies, kubeconfig=args.kubeconfig, lease=args.lease, nudge=not args.no_nudge,
+                               scheduler_name=args.scheduler_name)
         runtime.start()  # /readyz answers 503 until the first full list has rebuilt the ledgers
         try:
             return run_server(runtime.engine, args)

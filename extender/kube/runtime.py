@@ -36,7 +36,7 @@ class KubeRuntime:
 
 
 def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: ApiClient | None = None,
-                 lease: str | None = None, nudge: bool = True) -> KubeRuntime:
+                 lease: str | None = None, nudge: bool = True, scheduler_name: str | None = None) -> KubeRuntime:
     """Wire the pieces (not started). `lease` "namespace/name" gates binds on our scheduler leading."""
     client = client or api_client(kubeconfig)
     core = core_api(client)
@@ -47,5 +47,6 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
     nudger = Nudger(core) if nudge else None
     cluster = KubeCluster(core, leading=gate, on_failed=nudger.poke if nudger else None)
     engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # CP-SAT picks GPUs and CUs at bind
-    watch = ClusterWatch(core, cluster, engine, on_freed=nudger.poke if nudger else None)
+    watch = ClusterWatch(core, cluster, engine, on_freed=nudger.poke if nudger else None,
+                         scheduler_name=scheduler_name)
     return KubeRuntime(engine, cluster, watch, nudger)

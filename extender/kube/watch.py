@@ -42,8 +42,11 @@ class Gone(Exception):
 
 class ClusterWatch:
     def __init__(self, api: CoreV1Api, cluster: KubeCluster, engine: Engine,
-                 on_freed: Callable[[str], None] | None = None) -> None:
+                 on_freed: Callable[[str], None] | None = None, scheduler_name: str | None = None) -> None:
         self.api = api
+        # Only pods of this schedulerName can hold slices (only its binds reach this extender), so in
+        # a large cluster the pod watch can skip every other pod's events.
+        self.pod_filter = {"field_selector": f"spec.schedulerName={scheduler_name}"} if scheduler_name else {}
         self.cluster = cluster
         self.engine = engine
         self.on_freed = on_freed  # node name -> None: capacity came free there
@@ -102,11 +105,12 @@ class ClusterWatch:
             self._threads.append(t)
 
     # --- listing -------------------------------------------------------------------------------
-    def _list(self, fn: Callable[..., Any]) -> tuple[list[dict[str, Any]], str]:
+    def _list(self, fn: Callable[..., Any], **selector: str) -> tuple[list[dict[str, Any]], str]:
         items: list[dict[str, Any]] = []
         cont: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_request_timeout": (5, 60)}
+            kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_request_timeout": (5, 60),
+                                      **selector}
             if cont:
                 kwargs["_continue"] = cont
             data = read_json(fn(**kwargs))
@@ -122,7 +126,7 @@ class ClusterWatch:
         return rv
 
     def _relist_pods(self) -> str:
-        items, rv = self._list(self.api.list_pod_for_all_namespaces)
+        items, rv = self._list(self.api.list_pod_for_all_namespaces, **self.pod_filter)
         self.cluster.replace_pods([pod_view(i) for i in items])
         return rv
 
@@ -159,7 +163,8 @@ class ClusterWatch:
         """Apply events from `rv` until the server ends the watch; returns the last resourceVersion."""
         try:
             resp = fn(watch=True, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
-                      _preload_content=False, _request_timeout=(5, READ_TIMEOUT))
+                      _preload_content=False, _request_timeout=(5, READ_TIMEOUT),
+                      **(self.pod_filter if kind == "pods" else {}))
         except ApiException as exc:
             if exc.status == 410:
                 raise Gone() from None

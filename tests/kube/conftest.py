@@ -52,7 +52,8 @@ class Extender:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "extender", "--log-level", "INFO", "serve", "--kubeconfig", str(self.kubeconfig),
-             "--port", str(self.port), "--lease", LEASE], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+             "--port", str(self.port), "--lease", LEASE, "--scheduler-name", "gpuslice"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -45,6 +45,7 @@ class FakeApi:
         self.watches: dict[str, list[Any]] = {"nodes": [], "pods": []}
         self.watch_rvs: dict[str, list[str]] = {"nodes": [], "pods": []}
         self.on_watches_done: Any = None
+        self.selectors: list[str | None] = []  # field_selector of every pod list and watch
         self.rv = 100
         self.nodes: dict[str, dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}
@@ -98,6 +99,7 @@ class FakeApi:
     # --- CoreV1Api -------------------------------------------------------------------------------
     def _watch(self, kind: str, kw: dict) -> FakeStream:
         self.watch_rvs[kind].append(kw.get("resource_version"))
+        self.selectors.append(kw.get("field_selector"))
         if not self.watches[kind]:
             if self.on_watches_done is not None:
                 self.on_watches_done(kind)
@@ -117,6 +119,7 @@ class FakeApi:
         if kw.get("watch"):
             return self._watch("pods", kw)
         self._enter("list_pod_for_all_namespaces")
+        self.selectors.append(kw.get("field_selector"))
         return Resp({"items": copy.deepcopy(list(self.pods.values())), "metadata": {"resourceVersion": str(self.rv)}})
 
     def read_namespaced_pod(self, name: str, namespace: str, **kw: Any) -> Resp:

@@ -132,3 +132,21 @@ def test_watch_resumes_relists_on_410_and_backs_off_on_errors(monkeypatch) -> No
     assert watch.relists == 1 and watch.errors == 1
     assert engine.ledger.entry(a["metadata"]["uid"]) is not None  # the relist's rebuild kept the bound pod
     assert engine.synced
+
+
+def test_pod_watch_can_be_limited_to_one_scheduler() -> None:
+    import threading
+
+    api = FakeApi()
+    cluster = KubeCluster(api)  # type: ignore[arg-type]
+    engine = Engine(cluster, PolicyStore())
+    watch = ClusterWatch(api, cluster, engine, scheduler_name="gpuslice")  # type: ignore[arg-type]
+    watch._relist_pods()
+    done = threading.Event()
+    api.on_watches_done = lambda kind: done.set()
+    t = threading.Thread(target=watch._watch_loop, args=("pods", "1"), daemon=True)
+    t.start()
+    assert done.wait(5)
+    watch.stop()
+    t.join(5)
+    assert set(api.selectors) == {"spec.schedulerName=gpuslice"}
