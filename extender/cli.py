@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from extender import __version__
 from extender.agent.cli import register as register_agent
-from extender.http.serve import register as register_serve
 from extender.plan_cli import register as register_plan
 from extender.policy_cli import register as register_policy
+from extender.serve_cli import register as register_serve
 from extender.sim.cli import register as register_simulate
 
 

@@ -49,11 +49,14 @@ class NodeView:
 
 
 class BindError(GpusliceError):
-    """The cluster refused to record a bind. `temporary` tells whether a retry may succeed."""
+    """The cluster refused to record a bind. `temporary` tells whether a retry may succeed;
+    `outcome_unknown` that the cluster may have recorded it anyway (the API did not answer), so the
+    reservation must stay until the watch shows the pod bound or its TTL runs out."""
 
-    def __init__(self, message: str, temporary: bool = False) -> None:
+    def __init__(self, message: str, temporary: bool = False, outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.temporary = temporary
+        self.outcome_unknown = outcome_unknown
 
 
 class Cluster(Protocol):

@@ -29,6 +29,7 @@ from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
+from extender.engine.preemption import Victims, preempt
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,26 @@ class Engine:
         self._binding: set[str] = set()  # pod UIDs with a bind in flight (guarded by _pending_lock)
         self._node_sig: dict[str, tuple] = {}
         self._last_expire = 0.0
+        # Held while the ledger is swapped by sync() and while a bind reserves, so a reservation made
+        # during a rebuild is never lost with the old ledger.
+        self._swap = threading.RLock()
+        # Test hook: called with the name of each bind step ("reserved", "recorded") to inject crashes.
+        self.fault: Callable[[str], None] | None = None
         self.synced = False
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
     def sync(self) -> list[str]:
-        """Rebuild every ledger from the cluster (start-up, or after losing the watch)."""
+        """Rebuild every ledger from the cluster (start-up, or after losing the watch).
+
+        Only bound pods (nodeName set) count: the Binding is the commit point of a bind. A pod that
+        carries an assignment but no nodeName is a bind that crashed between writing the annotation
+        and creating the Binding; it holds nothing, and its next bind overwrites the annotation.
+        Reservations of binds in flight in this process are carried over into the new ledger."""
+        with self._swap:
+            return self._sync()
+
+    def _sync(self) -> list[str]:
         policy = self.policies.current
         nodes: dict[str, list[GpuInfo]] = {}
         self.stats.skipped_nodes.clear()
@@ -102,7 +117,9 @@ class Engine:
                 self._node_sig[view.name] = _signature(view)
         bound = []
         problems: list[str] = []
+        seen: set[str] = set()
         for pod in self.cluster.list_pods():
+            seen.add(pod.uid)
             if pod.terminal or ASSIGNMENT_ANNOTATION not in pod.annotations or not pod.node_name:
                 continue
             try:
@@ -110,9 +127,21 @@ class Engine:
             except AssignmentError as exc:
                 problems.append(f"pod {pod.key}: {exc}")
                 continue
+            if a.node != pod.node_name:
+                problems.append(f"pod {pod.key}: assignment is for node {a.node}, pod is bound to {pod.node_name}")
+                continue
             bound.append((PodRef(pod.uid, pod.namespace, pod.name), a, _millis_of(pod, policy)))
         ledger, conflicts = rebuild(nodes, bound, policy.burst.sharedFraction, policy.overcommit.memory,
                                     self.clock)
+        bound_uids = {ref.uid for ref, _, _ in bound}
+        now = self.clock()
+        for state in self.ledger.nodes():
+            for uid, e in state.pods.items():
+                if e.reserved and uid in seen and uid not in bound_uids and e.expires_at > now:
+                    try:
+                        ledger.reserve(e.pod, e.assignment, e.workload_class, e.compute_millis, e.expires_at - now)
+                    except LedgerConflict as exc:
+                        conflicts.append(f"in-flight reservation {e.pod.key}: {exc}")
         self.ledger = ledger
         self.stats.rebuild_problems = problems + conflicts
         self.stats.last_sync = time.time()
@@ -150,6 +179,12 @@ class Engine:
             return
         try:
             a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+            if a.node != pod.node_name:  # a stale annotation on a pod bound by someone else
+                log.warning("pod %s: assignment is for node %s, pod is bound to %s; not counted",
+                            pod.key, a.node, pod.node_name)
+                if entry is not None:
+                    self.ledger.release(pod.uid)
+                return
             self.ledger.reserve(PodRef(pod.uid, pod.namespace, pod.name), a, a.workload_class,
                                 _millis_of(pod, self.policies.current), ttl=None)
         except (AssignmentError, LedgerConflict) as exc:
@@ -278,6 +313,13 @@ class Engine:
 
     def _bind_once(self, namespace: str, name: str, uid: str, node: str) -> None:
         policy = self.policies.current
+        done = self.ledger.entry(uid)
+        if done is not None and not done.reserved:
+            # Bound already (kube-scheduler retrying a bind whose answer it lost): replacing the entry
+            # would lose that slice.
+            if done.assignment.node == node:
+                return
+            raise BindError(f"gpuslice: pod {namespace}/{name} is already bound to {done.assignment.node}")
         pod = self._lookup(namespace, name, uid)
         try:
             req = parse_slice_request(pod.labels, pod.annotations, policy)
@@ -291,13 +333,8 @@ class Engine:
         if quota:
             raise BindError(quota)
         ref = PodRef(uid, namespace, name)
-        held = self.ledger.entry(uid)
-        if held is not None and not held.reserved:  # bound already: replacing it would lose that slice
-            if held.assignment.node == node:
-                return
-            raise BindError(f"gpuslice: pod {namespace}/{name} is already bound to {held.assignment.node}")
         try:
-            with self.ledger.locked(node) as state:
+            with self._swap, self.ledger.locked(node) as state:
                 base = state.without(uid)
                 fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
                 if not fit.ok:
@@ -307,14 +344,17 @@ class Engine:
                                     ttl=policy.reservations.ttlSeconds)
         except LedgerConflict as exc:
             raise BindError(f"gpuslice: node {node}: {exc}", temporary=True) from None
+        self._step("reserved")
         try:
             self.cluster.bind_pod(pod, node, {ASSIGNMENT_ANNOTATION: assignment.to_json()})
-        except BindError:
-            self.ledger.release(uid, assignment)
+        except BindError as exc:
+            if not exc.outcome_unknown:  # else keep the CUs until the watch shows the pod bound or the TTL ends
+                self.ledger.release(uid, assignment)
             raise
         except Exception as exc:  # the cluster adapter failed unexpectedly: still roll back
             self.ledger.release(uid, assignment)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
+        self._step("recorded")
         if not self.ledger.commit(uid, assignment):
             # The reservation expired or a retried bind replaced it while the API call ran; the
             # cluster now runs the pod with this assignment, and the cluster is the source of truth.
@@ -331,24 +371,21 @@ class Engine:
 
     def preempt(self, pod: PodView, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         """kube-scheduler proposes, per node, the pods (UIDs) it would evict for `pod`. Keep the nodes
-        where the slice fits once those victims' slices are freed; gpuslice never adds victims."""
+        where the slice fits once those victims' slices are freed, trimmed to the GPU-holding victims
+        the slice needs; gpuslice never adds victims (see engine/preemption.py)."""
         policy = self.policies.current
         try:
             req = parse_slice_request(pod.labels, pod.annotations, policy)
         except SliceRequestError:
             return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
-        if req is None:
-            return {node: list(uids) for node, uids in victims.items()}
-        out: dict[str, list[str]] = {}
-        for node, uids in victims.items():
-            state = self.ledger.node(node)
-            if state is None:
-                continue
-            for uid in (*uids, pod.uid):
-                state = state.without(uid)
-            if self.checker(req, state, policy).ok:
-                out[node] = list(uids)
-        return out
+        states = {n: self.ledger.node(n) for n in victims}
+        kept = preempt(req, states, {n: Victims(tuple(uids)) for n, uids in victims.items()}, pod.uid, policy,
+                       self.checker)
+        return {n: list(v.uids) for n, v in kept.items()}
+
+    def _step(self, name: str) -> None:
+        if self.fault is not None:
+            self.fault(name)
 
     def assignment_for(self, uid: str) -> Assignment | None:
         entry = self.ledger.entry(uid)

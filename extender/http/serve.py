@@ -1,5 +1,6 @@
-"""`gpuslice serve`: the extender over HTTP, served by waitress (one process, many threads: the
-ledgers live in this process, so it must never be forked into several workers)."""
+"""The extender's HTTP server: waitress (one process, many threads: the ledgers live in this process,
+so it must never be forked into several workers), or the TLS server in tls.py. The `serve` command
+itself lives at the top (extender/serve_cli.py), which picks the cluster backend."""
 
 from __future__ import annotations
 
@@ -11,23 +12,23 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from waitress import create_server
 
 from extender.core.policy import PolicyError
-from extender.engine.cluster import Cluster
-from extender.engine.demo import FIXTURE_NODES, GPU_NODES, PENDING, demo_cluster
+from extender.engine.demo import FIXTURE_NODES, GPU_NODES, PENDING
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
-from extender.engine.solver_placer import SolverPlacer
 from extender.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_URL_PREFIX, create_app
+from extender.http.tls import make_tls_server, tls_context
 
 log = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve the scheduler extender over HTTP")
-    p.add_argument("--demo", action="store_true", help="serve over the built-in demo cluster (no Kubernetes)")
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """The HTTP server's flags; the top-level `serve` command adds the cluster backend's."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: the "
                    "extender runs as kube-scheduler's sidecar)")
     p.add_argument("--port", type=int, default=8888)
@@ -39,16 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=8, metavar="N", help="waitress worker threads")
     p.add_argument("--url-prefix", default=DEFAULT_URL_PREFIX, metavar="PATH",
                    help="path part of kube-scheduler's urlPrefix; verbs are served there and at /")
-    p.set_defaults(func=serve_cmd)
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (kube-scheduler: "
+                   "enableHTTPS with tlsConfig.caFile trusting it)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    p.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA "
+                   "(kube-scheduler's tlsConfig.certFile/keyFile)")
 
 
-def _cluster(args: argparse.Namespace) -> Cluster | None:
-    if args.demo:
-        return demo_cluster()
-    print("gpuslice serve: no cluster backend selected. Use --demo for the built-in demo cluster. "
-          "The Kubernetes cluster backend (selected with its own flag) is not available in this build yet.",
-          file=sys.stderr)
-    return None
+def load_policies(args: argparse.Namespace) -> PolicyStore | None:
+    try:
+        return PolicyStore.from_file(args.policy) if args.policy else PolicyStore()
+    except (OSError, PolicyError) as exc:
+        print(f"gpuslice serve: {exc}", file=sys.stderr)
+        return None
 
 
 def short_gc_pauses(interval: float = 30.0) -> threading.Thread:
@@ -83,38 +87,41 @@ def demo_curl(base: str) -> str:
             f"-d {shlex.quote(json.dumps(body, separators=(',', ':')))}")
 
 
-def serve_cmd(args: argparse.Namespace) -> int:
-    try:
-        policies = PolicyStore.from_file(args.policy) if args.policy else PolicyStore()
-    except (OSError, PolicyError) as exc:
-        print(f"gpuslice serve: {exc}", file=sys.stderr)
-        return 2
-    cluster = _cluster(args)
-    if cluster is None:
-        return 2
-    engine = Engine(cluster, policies, bind_placer=SolverPlacer())
-    problems = engine.sync()
-    if problems:
-        log.warning("ledger rebuilt with %d problem(s); see /debug/ledger", len(problems))
-    short_gc_pauses()
+def run_server(engine: Engine, args: argparse.Namespace, banner: Callable[[str], None] | None = None) -> int:
+    """Serve `engine` until interrupted, with the flags from add_server_arguments."""
     if args.policy:
-        policies.watch(args.policy_poll)
+        engine.policies.watch(args.policy_poll)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("gpuslice serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     app = create_app(engine, url_prefix=args.url_prefix, max_body_bytes=args.max_body_bytes)
-    server = create_server(app, host=args.host, port=args.port, threads=args.threads, ident="gpuslice")
+    scheme = "https" if args.tls_cert else "http"
+    server: Any
+    if args.tls_cert:
+        server = make_tls_server(app, args.host, args.port, tls_context(args.tls_cert, args.tls_key,
+                                                                        args.tls_client_ca))
+        port, run, close = server.server_address[1], server.serve_forever, server.server_close
+    else:
+        server = create_server(app, host=args.host, port=args.port, threads=args.threads, ident="gpuslice")
+        port, run, close = server.effective_port, server.run, server.close
     host = args.host if ":" not in args.host else f"[{args.host}]"
     path = args.url_prefix.strip("/")
-    base = f"http://{host}:{server.effective_port}" + (f"/{path}" if path else "")
-    print(f"gpuslice extender listening on http://{host}:{server.effective_port} "
-          f"(verbs at {base}/filter, /prioritize, /bind; also /healthz /readyz /metrics /debug/ledger /version)",
-          flush=True)
-    if args.demo:
-        print(f"demo cluster: {len(GPU_NODES)} MI300X nodes x 8 GPUs ({', '.join(GPU_NODES)}) and "
-              f"{', '.join(FIXTURE_NODES)}. Try:", flush=True)
-        print(demo_curl(base), flush=True)
+    base = f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+    print(f"gpuslice extender listening on {scheme}://{host}:{port} "
+          f"(verbs at {base}/filter, /prioritize, /preempt, /bind; also /healthz /readyz /metrics /debug/ledger "
+          "/version)", flush=True)
+    if banner is not None:
+        banner(base)
     try:
-        server.run()
+        run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
+        close()
     return 0
+
+
+def demo_banner(base: str) -> None:
+    print(f"demo cluster: {len(GPU_NODES)} MI300X nodes x 8 GPUs ({', '.join(GPU_NODES)}) and "
+          f"{', '.join(FIXTURE_NODES)}. Try:", flush=True)
+    print(demo_curl(base), flush=True)

@@ -1,0 +1,245 @@
+"""Real-scheduler throughput: pods bound per second by kube-scheduler at 100 and 1,000 nodes, for
+non-GPU pods without and with the extender configured, and for GPU pods through the extender.
+
+Needs etcd, kube-apiserver and kube-scheduler in $KUBEBUILDER_ASSETS. Per run, the pods are created
+first while no scheduler serves their schedulerName; then kube-scheduler starts and the rate is
+measured between the first and the last bind seen on a pod watch (informer start-up excluded). The
+scheduler's client rate limit is lifted (qps/burst 5000) in every run, so the API client is not the
+bottleneck of one configuration only.
+
+    KUBEBUILDER_ASSETS=/path/to/bin python bench/scheduler_bench.py [--pods 1000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from kubernetes.watch.watch import iter_resp_lines
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, format_inventory  # noqa: E402
+from extender.kube.client import api_client, core_api  # noqa: E402
+from extender.kube.controlplane import ControlPlane, assets_dir, free_port, missing_reason  # noqa: E402
+
+GIB = 2**30
+SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-with-extender")
+
+
+def node_body(name: str) -> dict:
+    inv = format_inventory([GpuInfo(index=i, id=f"{name}-g{i}", model="MI300X", computeUnits=304, xcds=8,
+                                    shaderEngines=32, memoryBytes=192 * GIB, healthy=True) for i in range(8)])
+    res = {"cpu": "256", "memory": "2Ti", "pods": "250", "gpuslice.io/gpu-share": "64"}
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name},
+                         "annotations": {INVENTORY_ANNOTATION: inv}},
+            "status": {"capacity": res, "allocatable": res,
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "Bench"}]}}
+
+
+def pod_body(name: str, scheduler: str, gpu: bool) -> dict:
+    resources: dict = {"requests": {"cpu": "10m", "memory": "16Mi"}}
+    annotations = {}
+    if gpu:
+        resources["limits"] = {"gpuslice.io/gpu-share": "1"}
+        annotations = {"gpuslice.io/compute": "100m", "gpuslice.io/memory": "4Gi", "gpuslice.io/class": "compute-bound"}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"bench": "true"}, "annotations": annotations},
+            "spec": {"schedulerName": scheduler, "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": "registry.invalid/pause:1", "resources": resources}]}}
+
+
+def scheduler_config(kubeconfig: Path, name: str, extender_port: int | None) -> str:
+    cfg = yaml.safe_load((ROOT / "deploy" / "scheduler-config.yaml").read_text())
+    cfg["clientConnection"] = {"kubeconfig": str(kubeconfig), "qps": 5000, "burst": 5000}
+    cfg["leaderElection"] = {"leaderElect": False}
+    cfg["profiles"][0]["schedulerName"] = name
+    if extender_port is None:
+        del cfg["extenders"]
+    else:
+        cfg["extenders"][0]["urlPrefix"] = f"http://127.0.0.1:{extender_port}/scheduler"
+    return yaml.safe_dump(cfg)
+
+
+class Bench:
+    def __init__(self, cp: ControlPlane, workers: int = 16) -> None:
+        self.cp = cp
+        self.api = core_api(api_client(str(cp.kubeconfig), pool=workers * 2))
+        self.pool = ThreadPoolExecutor(workers)
+        self.nodes = 0
+
+    def ensure_nodes(self, n: int) -> None:
+        list(self.pool.map(lambda i: self.api.create_node(node_body(f"node-{i:05d}"), _preload_content=False),
+                           range(self.nodes, n)))
+        self.nodes = max(self.nodes, n)
+
+    def create_pods(self, ns: str, prefix: str, count: int, scheduler: str, gpu: bool) -> None:
+        list(self.pool.map(lambda i: self.api.create_namespaced_pod(
+            ns, pod_body(f"{prefix}-{i:05d}", scheduler, gpu), _preload_content=False), range(count)))
+
+    def delete_pods(self, ns: str) -> None:
+        self.api.delete_collection_namespaced_pod(ns, grace_period_seconds=0, label_selector="bench=true")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if not self.api.list_namespaced_pod(ns, label_selector="bench=true", limit=1).items:
+                return
+            time.sleep(0.5)
+
+    def measure(self, ns: str, count: int, config: str, name: str, timeout: float) -> dict:
+        bound_at: list[float] = []
+        errors: list[str] = []
+        done = threading.Event()
+        rv = self.api.list_namespaced_pod(ns, limit=1).metadata.resource_version
+
+        def watch() -> None:
+            seen: set[str] = set()
+            last = rv
+            deadline = time.monotonic() + timeout
+            try:
+                while len(seen) < count and time.monotonic() < deadline:  # resume if the server ends the watch
+                    resp = self.api.list_namespaced_pod(ns, watch=True, resource_version=last,
+                                                        timeout_seconds=int(timeout) + 30, _preload_content=False)
+                    for line in iter_resp_lines(resp):
+                        if not line:
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object") or {}
+                        if event.get("type") == "ERROR":
+                            raise RuntimeError(f"watch error: {obj}")
+                        meta = obj.get("metadata") or {}
+                        last = meta.get("resourceVersion") or last
+                        if (obj.get("spec") or {}).get("nodeName") and meta.get("uid") not in seen:
+                            seen.add(meta.get("uid"))
+                            bound_at.append(time.monotonic())
+                            if len(seen) >= count:
+                                break
+                    resp.close()
+            except Exception as exc:  # a broken watch would under-count: say so in the result
+                errors.append(repr(exc))
+            finally:
+                done.set()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        self.cp.start_scheduler(config, name)
+        done.wait(timeout)
+        self.cp.stop_process(name)
+        n = len(bound_at)
+        span = bound_at[-1] - bound_at[0] if n > 1 else 0.0
+        return {"pods": count, "bound": n, "podsPerSecond": round((n - 1) / span, 1) if span > 0 else 0.0,
+                "firstBindAfterStartS": round(bound_at[0] - start, 2) if n else None,
+                "bindSpanS": round(span, 2), **({"watchError": errors[0]} if errors else {})}
+
+
+def start_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
+    log = open(logdir / "extender.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "extender", "--log-level", "WARNING", "serve", "--kubeconfig",
+                             str(kubeconfig), "--port", str(port), "--threads", "16"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("extender did not become ready")
+
+
+def wait_extender_nodes(port: int, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/ledger", timeout=10) as resp:
+            if len(json.loads(resp.read())["nodes"]) >= n:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"extender ledger never reached {n} nodes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--pods", type=int, default=1000, help="pods per run")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    ap.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per node count (the median is reported)")
+    args = ap.parse_args(argv)
+    reason = missing_reason()
+    if reason:
+        print(f"scheduler_bench: {reason}", file=sys.stderr)
+        return 2
+    cp = ControlPlane(assets_dir()).start()  # type: ignore[arg-type]
+    port = free_port()
+    results: list[dict] = []
+    extender = None
+    try:
+        bench = Bench(cp)
+        bench.api.create_namespace({"metadata": {"name": "bench"}})
+        extender = start_extender(cp.kubeconfig, port, cp.workdir)
+        for n in args.nodes:
+            bench.ensure_nodes(n)
+            wait_extender_nodes(port, n)
+            # Scenarios interleave within each round, so a busy neighbour on a shared machine hits
+            # all three alike; the table reports the median round.
+            for rnd in range(args.repeat):
+                for scenario in args.scenarios:
+                    sched = f"bench-{n}-{scenario}-{rnd}"
+                    gpu = scenario.startswith("gpu")
+                    bench.create_pods("bench", sched, args.pods, sched, gpu)
+                    cfg = scheduler_config(cp.kubeconfig, sched, None if scenario == "plain-no-extender" else port)
+                    r = bench.measure("bench", args.pods, cfg, sched, args.timeout)
+                    r.update(nodes=n, scenario=scenario, round=rnd)
+                    results.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    bench.delete_pods("bench")
+    finally:
+        if extender is not None:
+            extender.send_signal(signal.SIGTERM)
+            extender.wait(10)
+        cp.stop()
+    table = Table(title=f"kube-scheduler throughput ({args.pods} pods per run, median of {args.repeat}, "
+                        f"{os.cpu_count()} CPUs, control plane + extender on one machine)")
+    for col in ("nodes", "scenario", "pods/s (median)", "runs (pods/s)", "all bound"):
+        table.add_column(col, justify="right" if col != "scenario" else "left")
+    medians: dict[str, dict[str, float]] = {}
+    for n in args.nodes:
+        for scenario in args.scenarios:
+            runs = [r for r in results if r["nodes"] == n and r["scenario"] == scenario]
+            rates = [r["podsPerSecond"] for r in runs]
+            med = statistics.median(rates)
+            medians.setdefault(str(n), {})[scenario] = med
+            table.add_row(str(n), scenario, f"{med:.1f}", ", ".join(f"{x:.0f}" for x in rates),
+                          "yes" if all(r["bound"] == r["pods"] for r in runs) else "NO")
+    Console().print(table)
+    summary: dict = {"cpus": os.cpu_count(), "podsPerRun": args.pods, "repeat": args.repeat,
+                     "medianPodsPerSecond": medians, "results": results}
+    for n, by in medians.items():
+        if by.get("plain-no-extender") and "plain-with-extender" in by:
+            summary[f"plainRatio@{n}"] = round(by["plain-with-extender"] / by["plain-no-extender"], 3)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

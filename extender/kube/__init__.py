@@ -1,0 +1,1 @@
+"""The Kubernetes face: watch-backed cluster state and the crash-safe binder."""

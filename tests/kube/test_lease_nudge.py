@@ -1,0 +1,99 @@
+"""The leader gate (bind only while our own kube-scheduler holds the Lease) and the freed-capacity nudge."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from extender.kube.lease import LeaseGate
+from extender.kube.nudge import FREED_ANNOTATION, Nudger
+from tests.kube.fake_api import FakeApi, Resp
+
+
+class FakeLeases:
+    def __init__(self) -> None:
+        self.spec: dict = {}
+        self.reads = 0
+
+    def read_namespaced_lease(self, name: str, namespace: str, **kw: object) -> Resp:
+        self.reads += 1
+        return Resp({"metadata": {"name": name, "namespace": namespace}, "spec": self.spec})
+
+
+def gate(leases: FakeLeases) -> LeaseGate:
+    g = LeaseGate(None, "kube-system", "gpuslice-scheduler", identity_prefix="sched-pod-1", refresh=0.0)  # type: ignore[arg-type]
+    g.api = leases  # type: ignore[assignment]
+    return g
+
+
+def renewed(seconds_ago: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_leads_only_with_own_identity_and_a_current_lease() -> None:
+    leases = FakeLeases()
+    g = gate(leases)
+    assert not g()  # no holder
+    leases.spec = {"holderIdentity": "sched-pod-1_8c2f", "renewTime": renewed(1), "leaseDurationSeconds": 15}
+    assert g()
+    leases.spec["holderIdentity"] = "sched-pod-2_77aa"  # the other replica took over
+    assert not g()
+    leases.spec = {"holderIdentity": "sched-pod-1_8c2f", "renewTime": renewed(60), "leaseDurationSeconds": 15}
+    assert not g()  # our scheduler stopped renewing
+
+
+def test_gate_caches_between_refreshes() -> None:
+    leases = FakeLeases()
+    leases.spec = {"holderIdentity": "sched-pod-1_x", "renewTime": renewed(0), "leaseDurationSeconds": 15}
+    g = gate(leases)
+    g.refresh = 60.0
+    assert g() and g() and g()
+    assert leases.reads == 1
+
+
+def test_bind_refused_while_not_leading() -> None:
+    from extender.engine.policy_store import PolicyStore
+    from extender.engine.scheduler import Engine
+    from extender.kube.cluster import KubeCluster
+    from extender.kube.views import pod_view
+    from extender.kube.watch import ClusterWatch
+    from tests.kube.test_bind_faults import SLICE, inventory
+
+    api = FakeApi()
+    api.add_node("n0", inventory("n0"))
+    pod = api.add_pod("default", "p", SLICE)
+    cluster = KubeCluster(api, leading=lambda: False)  # type: ignore[arg-type]
+    engine = Engine(cluster, PolicyStore())
+    watch = ClusterWatch(api, cluster, engine)  # type: ignore[arg-type]
+    watch._relist_nodes()
+    watch._relist_pods()
+    engine.sync()
+    engine.filter(pod_view(pod), names=["n0"])
+    err = engine.bind("default", "p", pod["metadata"]["uid"], "n0")
+    assert "leader lease" in err
+    assert engine.ledger.entry(pod["metadata"]["uid"]) is None
+    assert "patch_namespaced_pod" not in api.calls
+
+
+def test_nudges_are_coalesced_per_node() -> None:
+    api = FakeApi()
+    api.add_node("n0")
+    api.add_node("n1")
+    nudger = Nudger(api, interval=0.2)  # type: ignore[arg-type]
+
+    def wait_sent(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while nudger.sent < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    for _ in range(5):
+        nudger.poke("n0")
+    nudger.poke("n1")
+    nudger.start()
+    wait_sent(2)
+    assert api.calls.count("patch_node") == 2  # five pokes of n0 became one patch
+    first = api.nodes["n0"]["metadata"]["annotations"][FREED_ANNOTATION]
+    nudger.poke("n0")
+    wait_sent(3)
+    nudger.stop()
+    assert api.nodes["n0"]["metadata"]["annotations"][FREED_ANNOTATION] != first  # every touch is a change
