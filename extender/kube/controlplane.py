@@ -23,9 +23,21 @@ BINARIES = ("etcd", "kube-apiserver", "kube-scheduler")
 TOKEN = "gpuslice-test-admin-token"
 
 
-def assets_dir() -> Path | None:
-    """The directory named by KUBEBUILDER_ASSETS, if it holds etcd and kube-apiserver."""
+# controller-runtime's envtest looks here when KUBEBUILDER_ASSETS is not set; so do we.
+ENVTEST_DEFAULT = "/usr/local/kubebuilder/bin"
+
+
+def _assets_raw() -> str | None:
     raw = os.environ.get("KUBEBUILDER_ASSETS")
+    if raw:
+        return raw
+    return ENVTEST_DEFAULT if Path(ENVTEST_DEFAULT).is_dir() else None
+
+
+def assets_dir() -> Path | None:
+    """The directory named by KUBEBUILDER_ASSETS (else envtest's default), if it holds etcd and
+    kube-apiserver."""
+    raw = _assets_raw()
     if not raw:
         return None
     path = Path(raw)
@@ -33,9 +45,10 @@ def assets_dir() -> Path | None:
 
 
 def missing_reason() -> str | None:
-    raw = os.environ.get("KUBEBUILDER_ASSETS")
+    raw = _assets_raw()
     if not raw:
-        return "KUBEBUILDER_ASSETS is not set (a directory with etcd, kube-apiserver and kube-scheduler)"
+        return (f"KUBEBUILDER_ASSETS is not set and {ENVTEST_DEFAULT} does not exist (a directory with etcd, "
+                "kube-apiserver and kube-scheduler)")
     missing = [b for b in BINARIES if not (Path(raw) / b).is_file()]
     if missing:
         return f"KUBEBUILDER_ASSETS={raw} lacks {', '.join(missing)}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from extender.kube.controlplane import assets_dir
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -46,7 +47,7 @@ def test_rbac_is_least_privilege() -> None:
 
 
 def test_kustomization_builds() -> None:
-    kubectl = Path(os.environ.get("KUBEBUILDER_ASSETS", "/nonexistent")) / "kubectl"
+    kubectl = (assets_dir() or Path("/nonexistent")) / "kubectl"
     if not kubectl.is_file():
         pytest.skip("kubectl not found in $KUBEBUILDER_ASSETS")
     out = subprocess.run([str(kubectl), "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60)
