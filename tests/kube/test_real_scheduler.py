@@ -52,18 +52,11 @@ def create_pods(env: Env, bodies: list[dict]) -> None:
         env.api.create_namespaced_pod(NS, body)
 
 
-def assert_consistent(env: Env) -> None:
-    """Assignments on bound pods match their nodes and the extender's ledger; guarantees never overlap."""
-    ledger = env.extender.get("/debug/ledger")
-    in_ledger: dict[str, dict[tuple[str, int], frozenset[int]]] = {}
-    for node in ledger["nodes"]:
-        assert node["reservations"] == [], node  # nothing left half-bound
-        for gpu in node["gpus"]:
-            for t in gpu["tenants"]:
-                in_ledger.setdefault(t["pod"], {})[(node["node"], gpu["index"])] = parse_ranges(t["cus"])
-    on_pods: dict[str, dict[tuple[str, int], frozenset[int]]] = {}
+def _assignments(pods_by_name: dict[str, dict]) -> dict[str, dict[tuple[str, int], frozenset[int]]]:
+    """pod key -> (node, gpu) -> guaranteed CUs, from bound pods' annotations; checks they never overlap."""
+    out: dict[str, dict[tuple[str, int], frozenset[int]]] = {}
     taken: dict[tuple[str, int], frozenset[int]] = {}
-    for name, pod in bound(env).items():
+    for name, pod in pods_by_name.items():
         ann = pod["metadata"].get("annotations", {})
         assert ASSIGNMENT_ANNOTATION in ann, f"{name} was bound without the extender"
         a = parse_assignment(ann[ASSIGNMENT_ANNOTATION])
@@ -72,8 +65,33 @@ def assert_consistent(env: Env) -> None:
             key = (a.node, g.index)
             assert not (taken.get(key, frozenset()) & g.cus), f"{name}: guaranteed CUs overlap on {key}"
             taken[key] = taken.get(key, frozenset()) | g.cus
-            on_pods.setdefault(f"{NS}/{name}", {})[key] = g.cus
-    assert in_ledger == on_pods
+            out.setdefault(f"{NS}/{name}", {})[key] = g.cus
+    return out
+
+
+def assert_consistent(env: Env, settled: bool = True) -> None:
+    """Assignments on bound pods match their nodes and the extender's ledger; guarantees never overlap.
+    `settled` False: binds may be in flight (reserved in the ledger, or bound between our two reads)."""
+    before = _assignments(bound(env))
+    ledger = env.extender.get("/debug/ledger")
+    after = _assignments(bound(env))
+    in_ledger: dict[str, dict[tuple[str, int], frozenset[int]]] = {}
+    reserved: set[str] = set()
+    for node in ledger["nodes"]:
+        if settled:
+            assert node["reservations"] == [], node  # nothing left half-bound
+        reserved |= set(node["reservations"])
+        for gpu in node["gpus"]:
+            for t in gpu["tenants"]:
+                in_ledger.setdefault(t["pod"], {})[(node["node"], gpu["index"])] = parse_ranges(t["cus"])
+    if settled:
+        assert before == after == in_ledger
+        return
+    for pod, cus in before.items():  # bound before the ledger was read: in it, exactly
+        assert in_ledger.get(pod) == cus, pod
+    for pod, cus in in_ledger.items():  # committed in the ledger: bound in the cluster, exactly
+        if pod not in reserved:
+            assert after.get(pod) == cus, pod
 
 
 @pytest.fixture
@@ -185,7 +203,7 @@ def test_extender_killed_mid_stream_stays_consistent(kube_env: Env, nodes: list[
     create_pods(kube_env, batch("b"))  # arrive while the extender is down
     time.sleep(1)
     kube_env.extender.start()
-    assert_consistent(kube_env)  # the rebuilt ledger is exactly what the pods say
+    assert_consistent(kube_env, settled=False)  # the rebuilt ledger is what the pods say (binds resume at once)
     wait_for("all 16 pods bound", lambda: len(bound(kube_env)) == 16, timeout=90)
     assert at_kill < 16
     assert_consistent(kube_env)
