@@ -569,14 +569,15 @@ class _Model:
 
     def hint(self, placement: Placement) -> None:
         chosen = {(i, b) for i, where in enumerate(placement) for b in where or ()}
+        # Hints are ints: older OR-Tools (9.10) rejects Python booleans in the hint proto.
         for key, v in self.x.items():
-            self.m.add_hint(v, key in chosen)
+            self.m.add_hint(v, int(key in chosen))
         for i, placed in enumerate(self.placed):
             if not isinstance(placed, int):
-                self.m.add_hint(placed, placement[i] is not None)
+                self.m.add_hint(placed, int(placement[i] is not None))
         ls = loads(self.p, placement)
         for var, value in self.aux:
-            self.m.add_hint(var, value(ls, placement))
+            self.m.add_hint(var, int(value(ls, placement)))
 
     def value_at(self, placement: Placement) -> int:
         """The model's objective at a placement (its auxiliaries at their best, as in `hint`)."""
