@@ -130,7 +130,11 @@ def _score(req: SliceRequest, gpu: GpuState, n: int, policy: Policy, frag: float
 
 
 def _min_slice(gpu: GpuState, policy: Policy) -> int:
-    model = policy.model_for(gpu.info.model)
+    return _min_slice_for(gpu.info.model, policy)
+
+
+def _min_slice_for(model_name: str, policy: Policy) -> int:
+    model = policy.model_for(model_name)
     if policy.rounding.mode == "balanced":
         return max(policy.rounding.minComputeUnits, model.balanced_multiple)
     return policy.rounding.minComputeUnits

@@ -12,8 +12,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
 from extender.core.errors import AssignmentError, InventoryError, LedgerConflict, SliceRequestError
+from extender.core.gpuindex import Table
 from extender.core.inventory import (
     INVENTORY_ANNOTATION,
     LABEL_CU_COUNT,
@@ -30,6 +33,7 @@ from extender.engine.cluster import BindError, Cluster, NodeView, PodView
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
+from extender.engine.vectorised import Columns, exact_gpu_score
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +245,22 @@ class Engine:
         uid = pod.uid
         passed, failed = result.passed, result.failed
         rejected: Counter[str] = Counter()
-        for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
+        names = list(candidates)
+        if nodes is None and self.checker is check:
+            # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
+            ledger = self.ledger
+            cols = Columns(req, policy, ledger.gpu_index)
+            fits = cols.node_fits(cols.slots(names)).tolist()
+            mine = ledger.node_of(uid)
+            slow = []
+            for name, ok in zip(names, fits, strict=True):
+                if ok and not candidates[name] and name != mine:
+                    passed.append(name)
+                else:
+                    slow.append(name)
+            names = slow
+        for name, state in zip(names, self.ledger.states(names), strict=True):
+            problem = candidates[name]
             if problem:
                 failed[name] = problem
                 rejected["inventory"] += 1
@@ -260,6 +279,9 @@ class Engine:
             else:
                 failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
                 rejected[fit.category] += 1  # type: ignore[attr-defined]
+        if len(passed) > 1 and len(names) < len(candidates) and passed[-1] in names:
+            order = {n: i for i, n in enumerate(candidates)}  # a node passed the slow way: keep request order
+            passed.sort(key=order.__getitem__)
         self.stats.filter_rejections.update(rejected)
         return result
 
@@ -274,6 +296,8 @@ class Engine:
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
         key = fit_key(req, policy)
+        if nodes is None and self.scorer is rank and req.count == 1:
+            return self._prioritize_columns(pod, req, policy, list(candidates), key)
         out: list[tuple[str, int]] = []
         for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
@@ -285,6 +309,36 @@ class Engine:
             if fit is None:
                 fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
             out.append((name, to_score(fit)))  # type: ignore[arg-type]
+        return out
+
+    def _prioritize_columns(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
+                            key: str) -> list[tuple[str, int]]:
+        """prioritize for a one-GPU slice from the GPU index: the best fitting GPU's score per node."""
+        ledger = self.ledger
+        cols = Columns(req, policy, ledger.gpu_index)
+        slots = cols.slots(names)
+        scores, exact = cols.gpu_scores()
+        table = cols.table
+        for slot, pos in zip(*np.nonzero(exact), strict=True):  # rare: scored the slow way
+            state = ledger.node(_name_of(table, int(slot)))
+            gpu = state.gpus[pos] if state is not None and pos < len(state.gpus) else None
+            value = exact_gpu_score(req, policy, gpu) if gpu is not None else None
+            scores[slot, pos] = np.nan if value is None else value
+        with np.errstate(invalid="ignore"):
+            best = np.fmax.reduce(scores, axis=1)  # NaN only where no GPU fits
+        node_best = np.where(slots >= 0, np.take(best, slots, mode="clip"), np.nan)
+        ints = np.where(np.isnan(node_best), 0, np.clip(np.round(np.nan_to_num(node_best) * 10), 0, 10))
+        out = list(zip(names, ints.astype(int).tolist(), strict=True))
+        mine = ledger.node_of(pod.uid)
+        if mine is not None and mine in names:  # the pod holds a slice there: score it as if freed
+            i = names.index(mine)
+            state = ledger.node(mine)
+            if state is not None:
+                base = state.without(pod.uid)
+                fit = base.memo.get("rank|" + key)
+                if fit is None:
+                    fit = self._memoize(base, "rank|" + key, self.scorer(req, base, policy))
+                out[i] = (mine, to_score(fit))  # type: ignore[arg-type]
         return out
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
@@ -471,6 +525,13 @@ class Engine:
             n = self.ledger.expire()
             if n:
                 log.warning("%d reservation(s) expired without a bind", n)
+
+
+def _name_of(table: Table, slot: int) -> str:
+    for name, s in list(table.slots.items()):
+        if s == slot:
+            return name
+    return ""
 
 
 def _signature(view: NodeView) -> tuple:
