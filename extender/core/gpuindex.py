@@ -10,7 +10,6 @@ builds a new table and swaps the reference.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,32 +21,28 @@ if TYPE_CHECKING:
 MEMORY_BOUND_CLASS = "memory-bound"
 COMPUTE_BOUND_CLASS = "compute-bound"
 
-RUNS = 16  # free CU runs kept per GPU; a GPU with more is flagged and answered the slow way
+RUNS = 8  # free CU runs kept per GPU; a GPU with more is flagged and answered the slow way
 
-_INT = ("free", "total", "used", "shared", "slices", "mem_bound", "compute_bound", "model", "topo", "nruns")
-_BIG = ("mem_free", "mem_bytes", "mem_used", "limit_used")
-_BOOL = ("valid", "healthy")
+# One int64 per field per GPU (booleans as 0/1), then RUNS run lengths and RUNS run starts.
+FIELDS = ("valid", "healthy", "gpu", "free", "total", "used", "shared", "slices", "mem_bound", "compute_bound",
+          "model", "topo", "nruns", "mem_free", "mem_bytes", "mem_used", "limit_used")
+RUN_LENGTHS = len(FIELDS)  # where the run lengths start in a GPU's row
+_WIDTH = len(FIELDS) + 2 * RUNS
 
 
 @dataclass
 class Table:
     width: int
     slots: dict[str, int]
-    cols: dict[str, np.ndarray]
-    run_len: np.ndarray  # [slot, gpu, RUNS]
-    run_start: np.ndarray
+    data: np.ndarray  # [field, slot, gpu]: each field contiguous, for the readers' column operations
+
+    @property
+    def cols(self) -> dict[str, np.ndarray]:
+        return {name: self.data[i] for i, name in enumerate(FIELDS)}
 
 
 def _empty(capacity: int, width: int) -> Table:
-    cols: dict[str, np.ndarray] = {}
-    for name in _INT:
-        cols[name] = np.zeros((capacity, width), np.int32)
-    for name in _BIG:
-        cols[name] = np.zeros((capacity, width), np.int64)
-    for name in _BOOL:
-        cols[name] = np.zeros((capacity, width), np.bool_)
-    return Table(width, {}, cols, np.zeros((capacity, width, RUNS), np.int32),
-                 np.zeros((capacity, width, RUNS), np.int32))
+    return Table(width, {}, np.zeros((_WIDTH, capacity, width), np.int64))
 
 
 class GpuIndex:
@@ -59,6 +54,7 @@ class GpuIndex:
         self.model_keys: list[tuple[str, int]] = []
         self.topos: dict[object, int] = {}  # topology key (hive id, else NUMA node) -> id; None -> -1
         self._free_slots: list[int] = []
+        self._rows: dict[int, tuple[GpuState, ...]] = {}  # slot -> the GPU states written there
         self._next = 0
         self._lock = threading.Lock()
 
@@ -66,11 +62,12 @@ class GpuIndex:
         with self._lock:
             t = self.table
             if len(state.gpus) > t.width or (state.name not in t.slots and not self._free_slots
-                                            and self._next >= len(t.cols["valid"])):
+                                            and self._next >= t.data.shape[1]):
                 t = self._grow(max(t.width, len(state.gpus)))
             slot = t.slots.get(state.name)
             if slot is None:
                 slot = self._free_slots.pop() if self._free_slots else self._take()
+                self._rows.pop(slot, None)
             self._write(t, slot, state.gpus)
             t.slots[state.name] = slot
 
@@ -79,7 +76,8 @@ class GpuIndex:
             t = self.table
             slot = t.slots.pop(name, None)
             if slot is not None:
-                t.cols["valid"][slot] = False
+                t.data[0, slot, :] = 0
+                self._rows.pop(slot, None)
                 self._free_slots.append(slot)
 
     def _take(self) -> int:
@@ -88,48 +86,35 @@ class GpuIndex:
 
     def _grow(self, width: int) -> Table:
         old = self.table
-        capacity = len(old.cols["valid"])
+        capacity = old.data.shape[1]
         if self._next >= capacity:
             capacity *= 2
         new = _empty(capacity, width)
-        n, w = len(old.cols["valid"]), old.width
-        for name, col in old.cols.items():
-            new.cols[name][:n, :w] = col
-        new.run_len[:n, :w] = old.run_len
-        new.run_start[:n, :w] = old.run_start
+        new.data[:, :old.data.shape[1], :old.width] = old.data
         new.slots = dict(old.slots)
         self.table = new
         return new
 
-    def _write(self, t: Table, slot: int, gpus: Iterable[GpuState]) -> None:
-        c = t.cols
-        c["valid"][slot] = False
-        gpus = list(gpus)
+    def _write(self, t: Table, slot: int, gpus: tuple[GpuState, ...]) -> None:
+        """Rewrite the slot's GPUs that changed (states are immutable: an unchanged GPU is the same object)."""
+        data = t.data
+        prev = self._rows.get(slot, ())
         for pos, g in enumerate(gpus):
+            if pos < len(prev) and prev[pos] is g:
+                continue
             info = g.info
             counts = g.class_counts
-            rs = g.free_runs
-            c["healthy"][slot, pos] = info.healthy
-            c["free"][slot, pos] = len(g.free_cus)
-            c["total"][slot, pos] = info.computeUnits
-            c["used"][slot, pos] = g.used_cus
-            c["shared"][slot, pos] = len(g.shared)
-            c["slices"][slot, pos] = len(g.slices)
-            c["mem_bound"][slot, pos] = counts.get(MEMORY_BOUND_CLASS, 0)
-            c["compute_bound"][slot, pos] = counts.get(COMPUTE_BOUND_CLASS, 0)
-            c["model"][slot, pos] = self._model(info.model, info.computeUnits)
-            c["topo"][slot, pos] = self._topo(info.hiveId if info.hiveId is not None else info.numaNode)
-            c["mem_free"][slot, pos] = g.memory_free
-            c["mem_bytes"][slot, pos] = info.memoryBytes
-            c["mem_used"][slot, pos] = g.memory_used
-            c["limit_used"][slot, pos] = g.memory_limit_used
-            c["nruns"][slot, pos] = len(rs)
-            t.run_len[slot, pos] = 0
-            for r, (start, length) in enumerate(rs[:RUNS]):
-                t.run_start[slot, pos, r] = start
-                t.run_len[slot, pos, r] = length
-        c["valid"][slot, :len(gpus)] = True
-
+            rs = g.free_runs[:RUNS]
+            pad = [0] * (RUNS - len(rs))
+            data[:, slot, pos] = [
+                1, info.healthy, info.index, len(g.free_cus), info.computeUnits, g.used_cus, len(g.shared),
+                len(g.slices), counts.get(MEMORY_BOUND_CLASS, 0), counts.get(COMPUTE_BOUND_CLASS, 0),
+                self._model(info.model, info.computeUnits),
+                self._topo(info.hiveId if info.hiveId is not None else info.numaNode), len(g.free_runs),
+                g.memory_free, info.memoryBytes, g.memory_used, g.memory_limit_used,
+                *(length for _, length in rs), *pad, *(start for start, _ in rs), *pad]
+        data[0, slot, len(gpus):] = 0
+        self._rows[slot] = gpus
     def _model(self, model: str, cus: int) -> int:
         key = (model, cus)
         mid = self.models.get(key)

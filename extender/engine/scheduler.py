@@ -33,7 +33,7 @@ from extender.engine.cluster import BindError, Cluster, NodeView, PodView
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
-from extender.engine.vectorised import Columns, exact_gpu_score
+from extender.engine.vectorised import Columns, exact_gpu_score, node_scores
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +250,24 @@ class Engine:
             # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
             ledger = self.ledger
             cols = Columns(req, policy, ledger.gpu_index)
-            fits = cols.node_fits(cols.slots(names)).tolist()
+            slots = cols.slots(names)
+            fits = cols.node_fits(slots).tolist()
             mine = ledger.node_of(uid)
-            slow = []
-            for name, ok in zip(names, fits, strict=True):
-                if ok and not candidates[name] and name != mine:
+            slow, failing, failing_slots = [], [], []
+            for name, ok, slot in zip(names, fits, slots.tolist(), strict=True):
+                if candidates[name] or name == mine or slot < 0:
+                    slow.append(name)
+                elif ok:
                     passed.append(name)
                 else:
+                    failing.append(name)
+                    failing_slots.append(slot)
+            for name, why in zip(failing, cols.rejections(failing_slots), strict=True):
+                if why is None:
                     slow.append(name)
+                else:
+                    failed[name] = f"gpuslice: {why[1]}"
+                    rejected[why[0]] += 1
             names = slow
         for name, state in zip(names, self.ledger.states(names), strict=True):
             problem = candidates[name]
@@ -296,7 +306,7 @@ class Engine:
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
         key = fit_key(req, policy)
-        if nodes is None and self.scorer is rank and req.count == 1:
+        if nodes is None and self.scorer is rank:
             return self._prioritize_columns(pod, req, policy, list(candidates), key)
         out: list[tuple[str, int]] = []
         for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
@@ -313,7 +323,7 @@ class Engine:
 
     def _prioritize_columns(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
                             key: str) -> list[tuple[str, int]]:
-        """prioritize for a one-GPU slice from the GPU index: the best fitting GPU's score per node."""
+        """prioritize from the GPU index: `rank`'s score for every node at once."""
         ledger = self.ledger
         cols = Columns(req, policy, ledger.gpu_index)
         slots = cols.slots(names)
@@ -324,8 +334,7 @@ class Engine:
             gpu = state.gpus[pos] if state is not None and pos < len(state.gpus) else None
             value = exact_gpu_score(req, policy, gpu) if gpu is not None else None
             scores[slot, pos] = np.nan if value is None else value
-        with np.errstate(invalid="ignore"):
-            best = np.fmax.reduce(scores, axis=1)  # NaN only where no GPU fits
+        best = node_scores(cols, scores)
         node_best = np.where(slots >= 0, np.take(best, slots, mode="clip"), np.nan)
         ints = np.where(np.isnan(node_best), 0, np.clip(np.round(np.nan_to_num(node_best) * 10), 0, 10))
         out = list(zip(names, ints.astype(int).tolist(), strict=True))

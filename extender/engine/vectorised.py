@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from extender.core.gpuindex import RUNS, GpuIndex, Table
+from extender.core.gpuindex import RUN_LENGTHS, RUNS, GpuIndex, Table
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
-from extender.engine.placement import COMPUTE_BOUND, MEMORY_BOUND, _min_slice_for, _place, _shared
+from extender.engine.placement import (
+    COMPUTE_BOUND,
+    MEMORY_BOUND,
+    _min_slice_for,
+    _place,
+    _shared,
+    reject_message,
+    reject_words,
+)
+
+CATEGORIES = ("", "unhealthy", "compute", "memory", "memory-limit", "class-rule", "bandwidth")
 
 
 class Columns:
@@ -32,20 +42,27 @@ class Columns:
         self.keys = keys
         total, slices = c["total"], c["slices"]
         self.whole = whole = (need >= total) & (slices == 0)
-        free = np.where(whole, total, c["free"])
-        ok = c["valid"] & c["healthy"] & (need <= free) & (req.memory_bytes <= c["mem_free"])
-        ok &= c["limit_used"] + req.memory_limit_bytes <= c["mem_bytes"] * policy.overcommit.memory
+        self.free = free = np.where(whole, total, c["free"])
+        overcommit = policy.overcommit.memory
         rules = policy.classes
         cls = req.workload_class
-        if cls == MEMORY_BOUND and rules.maxMemoryBoundPerGpu is not None:
-            ok &= c["mem_bound"] < rules.maxMemoryBoundPerGpu
-        if cls == COMPUTE_BOUND and rules.maxComputeBoundPerGpu is not None:
-            ok &= c["compute_bound"] < rules.maxComputeBoundPerGpu
+        limit = (rules.maxMemoryBoundPerGpu if cls == MEMORY_BOUND
+                 else rules.maxComputeBoundPerGpu if cls == COMPUTE_BOUND else None)
+        self.same = same = c["mem_bound"] if cls == MEMORY_BOUND else c["compute_bound"]
+        share = rules.bandwidthShare
+        self.bandwidth = (c["mem_bound"] * share.get(MEMORY_BOUND, 0.0)
+                          + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0))
+        fails = [c["healthy"] == 0, need > free, req.memory_bytes > c["mem_free"],
+                 c["limit_used"] + req.memory_limit_bytes > c["mem_bytes"] * overcommit]
+        if limit is not None:
+            fails.append(same >= limit)
         if rules.bandwidthBudget is not None:
-            share = rules.bandwidthShare
-            used = c["mem_bound"] * share.get(MEMORY_BOUND, 0.0) + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0)
-            ok &= used + share.get(cls, 0.0) <= rules.bandwidthBudget + 1e-9
-        self.ok = ok
+            fails.append(self.bandwidth + share.get(cls, 0.0) > rules.bandwidthBudget + 1e-9)
+        # Which of gpu_reject_reason's rules rejects each GPU first (0: it fits), as an index into CATEGORIES.
+        self.code = np.select(fails, [np.int8(k + 1) for k in range(len(fails))], np.int8(0))
+        if limit is None and rules.bandwidthBudget is not None:
+            self.code[self.code == 5] = 6
+        self.ok = (c["valid"] != 0) & (self.code == 0)
 
     def slots(self, names: list[str]) -> np.ndarray:
         get = self.table.slots.get
@@ -55,6 +72,41 @@ class Columns:
         """Per candidate: at least req.count GPUs fit (False for nodes not in the index)."""
         counts = self.ok.sum(axis=1)
         return (slots >= 0) & (np.take(counts, slots, mode="clip") >= self.req.count)
+
+    def rejections(self, slots: list[int]) -> list[tuple[str, str] | None]:
+        """`check`'s (category, reason) for each of these failing nodes, from their rows; None where a row
+        cannot say (a node with no GPUs: the per-node path words that)."""
+        if not slots:
+            return []
+        c, req, policy = self.table.cols, self.req, self.policy
+        idx = np.asarray(slots, np.int64)
+        valid = c["valid"][idx] != 0
+        codes = np.where(valid, self.code[idx], 0)
+        gpus = valid.sum(axis=1).tolist()
+        bad = (codes != 0).sum(axis=1).tolist()
+        left = c["mem_bytes"][idx] * policy.overcommit.memory - c["limit_used"][idx]
+        cols = [codes.tolist(), c["gpu"][idx].tolist(), self.need[idx].tolist(), self.free[idx].tolist(),
+                c["mem_free"][idx].tolist(), left.tolist(), self.same[idx].tolist(), self.bandwidth[idx].tolist()]
+        out: list[tuple[str, str] | None] = []
+        for r, (row, index, need, free, mem_free, lefts, same, used) in enumerate(zip(*cols, strict=True)):
+            if not gpus[r]:
+                out.append(None)
+                continue
+            words: list[str] = []
+            category = "no-gpus"
+            for pos, code in enumerate(row):
+                if not code:
+                    continue
+                kind = CATEGORIES[code]
+                if not words:
+                    category = kind
+                words.append(reject_words(kind, index[pos], req, policy, n=need[pos], free=free[pos],
+                                          memory_free=mem_free[pos], left=int(lefts[pos]), have=same[pos],
+                                          used=used[pos]))
+                if len(words) > 3:  # reject_message shows three, and whether there were more
+                    break
+            out.append((category, reject_message(req, gpus[r], words, gpus[r] - bad[r])))
+        return out
 
     def gpu_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
@@ -83,24 +135,74 @@ class Columns:
         return np.where(self.ok, score, np.nan), exact & self.ok
 
     def _fragmentation(self) -> tuple[np.ndarray, np.ndarray]:
-        """`fragmentation_after_cut` of the best-fit run, per GPU, for the spread layout."""
+        """`fragmentation_after_cut` of the best-fit run, per fitting GPU, for the spread layout; and
+        which fitting GPUs the runs cannot answer for."""
         t, c, need = self.table, self.table.cols, self.need
-        mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
-        min_slice = np.take(mins, c["model"], mode="clip")[..., None]
-        lengths, starts = t.run_len.astype(np.int64), t.run_start.astype(np.int64)
-        holds = lengths >= need[..., None]
-        key = np.where(holds, lengths * 1_000_000 + starts, np.iinfo(np.int64).max)
-        best = key.argmin(axis=-1)
-        any_run = holds.any(axis=-1)
-        cut = lengths - np.where(np.arange(RUNS) == best[..., None], need[..., None], 0)
-        total = cut.sum(axis=-1)
-        stranded = np.where((cut > 0) & (cut < min_slice), cut, 0).sum(axis=-1)
-        frag = np.where(total > 0, stranded / np.where(total > 0, total, 1), 0.0)
-        frag = np.where(self.whole, 0.0, frag)
-        exact = ~self.whole & ((c["nruns"] > RUNS) | ~any_run)
+        frag = np.zeros(need.shape)
         if self.policy.layout.mode != "spread":
-            exact = ~self.whole
+            return frag, ~self.whole
+        rows = np.flatnonzero((self.ok & ~self.whole).ravel())
+        mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
+        min_slice = np.take(mins, c["model"].ravel()[rows], mode="clip")[:, None]
+        n = need.ravel()[rows][:, None]
+        runs = t.data[RUN_LENGTHS:].reshape(2 * RUNS, -1)[:, rows].T  # the fitting GPUs' runs only
+        lengths, starts = runs[:, :RUNS], runs[:, RUNS:]
+        holds = lengths >= n
+        key = np.where(holds, lengths * 65536 + starts, np.iinfo(np.int64).max)
+        best = key.argmin(axis=1)
+        cut = lengths
+        cut[np.arange(len(rows)), best] -= n[:, 0]
+        total = cut.sum(axis=1)
+        stranded = np.where((cut > 0) & (cut < min_slice), cut, 0).sum(axis=1)
+        frag.ravel()[rows] = np.where(total > 0, stranded / np.where(total > 0, total, 1), 0.0)
+        exact = np.zeros(need.shape, np.bool_)
+        exact.ravel()[rows] = (c["nruns"].ravel()[rows] > RUNS) | ~holds.any(axis=1)
         return frag, exact
+
+
+def node_scores(cols: Columns, scores: np.ndarray) -> np.ndarray:
+    """Per slot, `rank`'s node score from its GPUs' scores (NaN: fewer than req.count GPUs fit): the best
+    GPU for one GPU, else `_pick`'s choice (a topology group that holds them all, else the best GPUs) and
+    its topology blend, with sums taken in the same order."""
+    count = cols.req.count
+    if count == 1:
+        with np.errstate(invalid="ignore"):
+            return np.fmax.reduce(scores, axis=1)
+    c = cols.table.cols
+    out = np.full(len(scores), np.nan)
+    rows = np.flatnonzero((~np.isnan(scores)).sum(axis=1) >= count)
+    scores, topo, index = scores[rows], c["topo"][rows], c["gpu"][rows]
+    fit = ~np.isnan(scores)
+    neg = np.where(fit, -scores, np.inf)
+    # Groups: for each GPU, the fitting GPUs of its node that share its topology key (hive, else NUMA).
+    together = (topo[:, :, None] == topo[:, None, :]) & fit[:, None, :] & (topo[:, :, None] >= 0)
+    top = np.sort(np.where(together, neg[:, None, :], np.inf), axis=2)[:, :, :count]
+    group_sums = _ordered_sum(-top)
+    group_sums[~np.isfinite(group_sums)] = -np.inf
+    best_group = group_sums.max(axis=1)
+    grouped = np.isfinite(best_group)
+    order = np.lexsort((index, neg), axis=-1)[:, :count]  # ranked: best score, then lowest GPU index
+    chosen = np.take_along_axis(scores, order, axis=1)
+    keys = np.take_along_axis(topo, order, axis=1)
+    same = (keys[:, :, None] == keys[:, None, :]).sum(axis=2).max(axis=1)
+    spread_topo = np.where(keys[:, 0] < 0, 0, same) / count
+    score = np.where(grouped, best_group, _ordered_sum(chosen)) / count
+    topology = np.where(grouped, 1.0, spread_topo)
+    w = cols.policy.scoring.weights
+    if (w.packing + w.complementarity + w.fragmentation + w.topology) > 0:
+        base = w.packing + w.complementarity + w.fragmentation
+        score = (score * base + w.topology * topology) / (base + w.topology)
+    out[rows] = score
+    return out
+
+
+def _ordered_sum(columns: np.ndarray) -> np.ndarray:
+    """Sums over the last axis added left to right, as Python's sum() does (numpy's pairwise sum may
+    round differently)."""
+    total = np.zeros(columns.shape[:-1])
+    for k in range(columns.shape[-1]):
+        total = total + columns[..., k]
+    return total
 
 
 def exact_gpu_score(req: SliceRequest, policy: Policy, gpu: object) -> float | None:
