@@ -10,6 +10,8 @@ builds a new table and swaps the reference.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,10 +58,23 @@ class GpuIndex:
         self._free_slots: list[int] = []
         self._rows: dict[int, tuple[GpuState, ...]] = {}  # slot -> the GPU states written there
         self._next = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        # Odd while a write is under way; a reader that sees the same even value before and after its
+        # reads read rows that match the node states of that moment.
+        self.writes = 0
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the index while a node's state and its rows change together."""
+        with self._lock:
+            self.writes += 1
+            try:
+                yield
+            finally:
+                self.writes += 1
 
     def put(self, state: NodeState) -> None:
-        with self._lock:
+        with self.writing():
             t = self.table
             if len(state.gpus) > t.width or (state.name not in t.slots and not self._free_slots
                                             and self._next >= t.data.shape[1]):
@@ -72,7 +87,7 @@ class GpuIndex:
             t.slots[state.name] = slot
 
     def remove(self, name: str) -> None:
-        with self._lock:
+        with self.writing():
             t = self.table
             slot = t.slots.pop(name, None)
             if slot is not None:

@@ -308,9 +308,10 @@ class Ledger:
 
     def _put(self, node: _Node, state: NodeState) -> None:
         """Replace a node's state (caller holds its lock) and its rows of the index."""
-        node.state = state
-        if self._nodes.get(state.name) is node:  # a node removed meanwhile stays out of the index
-            self.gpu_index.put(state)
+        with self.gpu_index.writing():
+            node.state = state
+            if self._nodes.get(state.name) is node:  # a node removed meanwhile stays out of the index
+                self.gpu_index.put(state)
 
     def remove_node(self, name: str) -> None:
         with self._index:

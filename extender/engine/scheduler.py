@@ -16,7 +16,6 @@ import numpy as np
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
 from extender.core.errors import AssignmentError, InventoryError, LedgerConflict, SliceRequestError
-from extender.core.gpuindex import Table
 from extender.core.inventory import (
     INVENTORY_ANNOTATION,
     LABEL_CU_COUNT,
@@ -246,7 +245,9 @@ class Engine:
         passed, failed = result.passed, result.failed
         rejected: Counter[str] = Counter()
         names = list(candidates)
-        if nodes is None and self.checker is check:
+        columns = nodes is None and self.checker is check
+        late = False  # some node passed out of request order
+        if columns:
             # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
             ledger = self.ledger
             cols = Columns(req, policy, ledger.gpu_index)
@@ -262,12 +263,31 @@ class Engine:
                 else:
                     failing.append(name)
                     failing_slots.append(slot)
-            for name, why in zip(failing, cols.rejections(failing_slots), strict=True):
-                if why is None:
-                    slow.append(name)
+            # A failing node's words: from its state's memo when this request shape was asked before,
+            # else from its row (and memoised).
+            unknown, unknown_slots, unknown_states = [], [], []
+            for name, slot, state in zip(failing, failing_slots, ledger.states(failing), strict=True):
+                fit = state.memo.get(key) if state is not None else None
+                if fit is None:
+                    unknown.append(name)
+                    unknown_slots.append(slot)
+                    unknown_states.append(state)
+                elif fit.ok:  # type: ignore[attr-defined]  # the row was stale: the state says it fits
+                    passed.append(name)
+                    late = True
                 else:
-                    failed[name] = f"gpuslice: {why[1]}"
-                    rejected[why[0]] += 1
+                    failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
+                    rejected[fit.category] += 1  # type: ignore[attr-defined]
+            whys = cols.rejections(unknown_slots)
+            quiet = cols.quiet()  # else a row may be older than the state read: answer, but do not memoise
+            for name, state, why in zip(unknown, unknown_states, whys, strict=True):
+                if why is None or state is None:
+                    slow.append(name)
+                    continue
+                failed[name] = f"gpuslice: {why[1]}"
+                rejected[why[0]] += 1
+                if quiet:
+                    self._memoize(state, key, NodeFit(False, why[1], why[0]))
             names = slow
         for name, state in zip(names, self.ledger.states(names), strict=True):
             problem = candidates[name]
@@ -286,10 +306,11 @@ class Engine:
                 fit = self._memoize(state, key, self.checker(req, state, policy))
             if fit.ok:  # type: ignore[attr-defined]
                 passed.append(name)
+                late = columns
             else:
                 failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
                 rejected[fit.category] += 1  # type: ignore[attr-defined]
-        if len(passed) > 1 and len(names) < len(candidates) and passed[-1] in names:
+        if late and len(passed) > 1:
             order = {n: i for i, n in enumerate(candidates)}  # a node passed the slow way: keep request order
             passed.sort(key=order.__getitem__)
         self.stats.filter_rejections.update(rejected)
@@ -306,7 +327,7 @@ class Engine:
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
         key = fit_key(req, policy)
-        if nodes is None and self.scorer is rank:
+        if nodes is None and self.scorer is rank and policy.layout.mode == "spread":
             return self._prioritize_columns(pod, req, policy, list(candidates), key)
         out: list[tuple[str, int]] = []
         for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
@@ -328,9 +349,10 @@ class Engine:
         cols = Columns(req, policy, ledger.gpu_index)
         slots = cols.slots(names)
         scores, exact = cols.gpu_scores()
-        table = cols.table
-        for slot, pos in zip(*np.nonzero(exact), strict=True):  # rare: scored the slow way
-            state = ledger.node(_name_of(table, int(slot)))
+        slow = np.nonzero(exact)
+        names_of = {slot: name for name, slot in list(cols.table.slots.items())} if len(slow[0]) else {}
+        for slot, pos in zip(*slow, strict=True):  # rare: scored the slow way
+            state = ledger.node(names_of.get(int(slot), ""))
             gpu = state.gpus[pos] if state is not None and pos < len(state.gpus) else None
             value = exact_gpu_score(req, policy, gpu) if gpu is not None else None
             scores[slot, pos] = np.nan if value is None else value
@@ -534,13 +556,6 @@ class Engine:
             n = self.ledger.expire()
             if n:
                 log.warning("%d reservation(s) expired without a bind", n)
-
-
-def _name_of(table: Table, slot: int) -> str:
-    for name, s in list(table.slots.items()):
-        if s == slot:
-            return name
-    return ""
 
 
 def _signature(view: NodeView) -> tuple:

@@ -32,6 +32,8 @@ class Columns:
 
     def __init__(self, req: SliceRequest, policy: Policy, index: GpuIndex) -> None:
         self.req, self.policy = req, policy
+        self.index = index
+        self.writes = index.writes  # see quiet()
         self.table: Table = index.table
         t = self.table
         c = t.cols
@@ -64,6 +66,10 @@ class Columns:
             self.code[self.code == 5] = 6
         self.ok = (c["valid"] != 0) & (self.code == 0)
 
+    def quiet(self) -> bool:
+        """No write to the index since these columns were read: node states read since then match them."""
+        return self.writes % 2 == 0 and self.index.writes == self.writes
+
     def slots(self, names: list[str]) -> np.ndarray:
         get = self.table.slots.get
         return np.fromiter((get(n, -1) for n in names), np.int64, len(names))
@@ -82,30 +88,39 @@ class Columns:
         idx = np.asarray(slots, np.int64)
         valid = c["valid"][idx] != 0
         codes = np.where(valid, self.code[idx], 0)
+        bad = codes != 0
         gpus = valid.sum(axis=1).tolist()
-        bad = (codes != 0).sum(axis=1).tolist()
-        left = c["mem_bytes"][idx] * policy.overcommit.memory - c["limit_used"][idx]
-        cols = [codes.tolist(), c["gpu"][idx].tolist(), self.need[idx].tolist(), self.free[idx].tolist(),
-                c["mem_free"][idx].tolist(), left.tolist(), self.same[idx].tolist(), self.bandwidth[idx].tolist()]
+        nbad = bad.sum(axis=1).tolist()
+        # The first four rejected GPUs of each node (reject_message shows three, and whether there are more).
+        first = np.argsort(~bad, axis=1, kind="stable")[:, :4]
+        rows = idx[:, None]
+        shown = np.take_along_axis(bad, first, axis=1)
+        left = (c["mem_bytes"][rows, first] * policy.overcommit.memory - c["limit_used"][rows, first]).astype(np.int64)
+        fields = np.stack([np.take_along_axis(codes, first, axis=1), c["gpu"][rows, first],
+                           self.need[rows, first], self.free[rows, first], c["mem_free"][rows, first], left,
+                           self.same[rows, first]], axis=2).tolist()
+        used = self.bandwidth[rows, first].tolist()
+        shown_l = shown.tolist()
+        words_of: dict[tuple, str] = {}
         out: list[tuple[str, str] | None] = []
-        for r, (row, index, need, free, mem_free, lefts, same, used) in enumerate(zip(*cols, strict=True)):
+        for r, gpu_rows in enumerate(fields):
             if not gpus[r]:
                 out.append(None)
                 continue
             words: list[str] = []
-            category = "no-gpus"
-            for pos, code in enumerate(row):
-                if not code:
-                    continue
-                kind = CATEGORIES[code]
-                if not words:
-                    category = kind
-                words.append(reject_words(kind, index[pos], req, policy, n=need[pos], free=free[pos],
-                                          memory_free=mem_free[pos], left=int(lefts[pos]), have=same[pos],
-                                          used=used[pos]))
-                if len(words) > 3:  # reject_message shows three, and whether there were more
+            for k, row in enumerate(gpu_rows):
+                if not shown_l[r][k]:
                     break
-            out.append((category, reject_message(req, gpus[r], words, gpus[r] - bad[r])))
+                key = (*row, used[r][k])
+                text = words_of.get(key)
+                if text is None:
+                    code, index, need, free, mem_free, lefts, same = row
+                    text = words_of[key] = reject_words(CATEGORIES[code], index, req, policy, n=need, free=free,
+                                                        memory_free=mem_free, left=lefts, have=same,
+                                                        used=used[r][k])
+                words.append(text)
+            category = CATEGORIES[gpu_rows[0][0]] if words else "no-gpus"
+            out.append((category, reject_message(req, gpus[r], words, gpus[r] - nbad[r])))
         return out
 
     def gpu_scores(self) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from extender.core.ledger import Ledger, PodRef
 from extender.core.policy import Policy, parse_policy
-from extender.core.requests import SliceRequest
+from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import MemoryCluster, PodView
 from extender.engine.demo import mi300x_inventory
 from extender.engine.placement import build_assignment, check, evaluate, rank, to_score
@@ -41,12 +41,12 @@ policies = st.builds(
     st.sampled_from(["binpack", "spread"]), st.sampled_from([1.0, 1.5]))
 
 ops = st.one_of(
-    st.tuples(st.just("reserve"), st.sampled_from(NODES), requests, st.booleans()),
+    st.tuples(st.just("reserve"), st.sampled_from(NODES), requests, st.booleans(), st.integers(1, 6)),
     st.tuples(st.just("release"), st.integers(0, 40)),
     st.tuples(st.just("commit"), st.integers(0, 40)),
     st.tuples(st.just("expire"), st.floats(0, 20)),
     st.tuples(st.just("set_node"), st.sampled_from(NODES), st.sampled_from([4, 8, 10]),
-              st.one_of(st.none(), st.integers(0, 9))),
+              st.one_of(st.none(), st.integers(0, 9)), st.sampled_from(["hive", "numa", "none"])),
     st.tuples(st.just("remove_node"), st.sampled_from(NODES)),
     st.tuples(st.just("burst"), st.sampled_from([0.0, 0.125, 0.25])),
 )
@@ -62,16 +62,17 @@ class Clock:
 def apply(ledger: Ledger, clock: Clock, op: tuple, policy: Policy, uids: list[str]) -> None:
     kind = op[0]
     if kind == "reserve":
-        _, name, req, bound = op
-        state = ledger.node(name)
-        if state is None:
-            return
-        fit = evaluate(req, state, policy)
-        if fit.ok:
-            uid = f"u{len(uids)}"
-            uids.append(uid)
-            ledger.reserve(PodRef(uid, "ns", uid), build_assignment(req, name, fit.choices, policy),
-                           req.workload_class, req.compute_millis, None if bound else 10.0)
+        _, name, req, bound, times = op
+        for _ in range(times):
+            state = ledger.node(name)
+            if state is None:
+                return
+            fit = evaluate(req, state, policy)
+            if fit.ok:
+                uid = f"u{len(uids)}"
+                uids.append(uid)
+                ledger.reserve(PodRef(uid, "ns", uid), build_assignment(req, name, fit.choices, policy),
+                               req.workload_class, req.compute_millis, None if bound else 10.0)
     elif kind in ("release", "commit") and uids:
         uid = uids[op[1] % len(uids)]
         ledger.release(uid) if kind == "release" else ledger.commit(uid)
@@ -79,8 +80,10 @@ def apply(ledger: Ledger, clock: Clock, op: tuple, policy: Policy, uids: list[st
         clock.now += op[1]
         ledger.expire()
     elif kind == "set_node":
-        _, name, count, unhealthy = op
+        _, name, count, unhealthy, topology = op
         gpus = mi300x_inventory(name, count)
+        if topology != "hive":  # NUMA nodes only, or no topology at all
+            gpus = [replace(g, hiveId=None, numaNode=g.numaNode if topology == "numa" else None) for g in gpus]
         if unhealthy is not None and unhealthy < count:
             gpus[unhealthy] = replace(gpus[unhealthy], healthy=False)
         ledger.set_node(name, gpus)
@@ -114,7 +117,6 @@ def test_columns_agree_with_check_and_rank(policy: Policy, steps: list[tuple], r
     uid = uids[0] if holder and uids else "fresh"
     pod = pod_for(req, uid)
     parsed = engine.filter(pod, names=[*NODES, "ghost"])
-    from extender.core.requests import parse_slice_request
     r = parse_slice_request(pod.labels, pod.annotations, policy)
     assert r is not None
     expect_pass, expect_fail = [], {}
@@ -135,3 +137,67 @@ def test_columns_agree_with_check_and_rank(policy: Policy, steps: list[tuple], r
         state = ledger.node(name)
         want = 0 if state is None else to_score(rank(r, state.without(uid), policy))
         assert scores[name] == want, name
+
+
+def test_class_rule_and_bandwidth_words_match_check() -> None:
+    policy = parse_policy({"classes": {"maxMemoryBoundPerGpu": 1, "bandwidthBudget": 0.6}})
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    uids: list[str] = []
+    for name in NODES[:2]:
+        ledger.set_node(name, mi300x_inventory(name))
+    apply(ledger, clock, ("reserve", "n0", request(125, 0, 8, "memory-bound", 1), True, 8), policy, uids)
+    apply(ledger, clock, ("reserve", "n1", request(125, 0, 8, "compute-bound", 1), True, 24), policy, uids)
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    for cls, word in (("memory-bound", "memory-bound tenants already"), ("compute-bound", "would exceed the budget")):
+        req = request(125, 0, 8, cls, 1)
+        result = engine.filter(pod_for(req, "x"), names=NODES[:2])
+        assert any(word in reason for reason in result.failed.values()), result.failed
+        for name, reason in result.failed.items():
+            assert reason == f"gpuslice: {check(req, ledger.node(name), policy).reason}"
+
+
+def test_readers_never_crash_while_the_ledger_changes() -> None:
+    import threading
+
+    policy = parse_policy({})
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    for name in NODES:
+        ledger.set_node(name, mi300x_inventory(name))
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        uids: list[str] = []
+        i = 0
+        while not stop.is_set():
+            i += 1
+            name = NODES[i % len(NODES)]
+            try:
+                apply(ledger, clock, ("reserve", name, request(250, 0, 16, CLASSES[i % 2], 1), i % 3 == 0, 2),
+                      policy, uids)
+                apply(ledger, clock, ("release", i * 7), policy, uids)
+                if i % 5 == 0:  # new names and wider nodes grow the index while it is read
+                    extra = f"x{i}"
+                    ledger.set_node(extra, mi300x_inventory(extra, 8 + i % 9))
+                    ledger.remove_node(f"x{i - 5}")
+            except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+                errors.append(exc)
+                return
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for k in range(150):
+            req = request(125 + 125 * (k % 4), 0, 8 + k % 40, CLASSES[k % 2], 1 + (k % 3 == 0))
+            names = [*NODES, *ledger.node_names()]
+            engine.filter(pod_for(req, f"r{k}"), names=names)
+            engine.prioritize(pod_for(req, f"r{k}"), names=names)
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors
