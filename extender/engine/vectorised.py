@@ -9,9 +9,11 @@ keeps, or whose slice no single run holds.
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 
-from extender.core.gpuindex import RUN_LENGTHS, RUNS, GpuIndex, Table
+from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Table
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
 from extender.engine.placement import (
@@ -24,6 +26,7 @@ from extender.engine.placement import (
     reject_words,
 )
 
+FIELD = {name: i for i, name in enumerate(FIELDS)}
 CATEGORIES = ("", "unhealthy", "compute", "memory", "memory-limit", "class-rule", "bandwidth")
 
 
@@ -71,8 +74,7 @@ class Columns:
         return self.writes % 2 == 0 and self.index.writes == self.writes
 
     def slots(self, names: list[str]) -> np.ndarray:
-        get = self.table.slots.get
-        return np.fromiter((get(n, -1) for n in names), np.int64, len(names))
+        return np.fromiter(map(self.table.slots.get, names, repeat(-1)), np.int64, len(names))
 
     def node_fits(self, slots: np.ndarray) -> np.ndarray:
         """Per candidate: at least req.count GPUs fit (False for nodes not in the index)."""
@@ -98,80 +100,89 @@ class Columns:
         left = (c["mem_bytes"][rows, first] * policy.overcommit.memory - c["limit_used"][rows, first]).astype(np.int64)
         fields = np.stack([np.take_along_axis(codes, first, axis=1), c["gpu"][rows, first],
                            self.need[rows, first], self.free[rows, first], c["mem_free"][rows, first], left,
-                           self.same[rows, first]], axis=2).tolist()
-        used = self.bandwidth[rows, first].tolist()
-        shown_l = shown.tolist()
+                           self.same[rows, first], self.bandwidth[rows, first].view(np.int64)], axis=2)
+        fields[~shown] = -1
+        # Nodes whose shown GPUs say the same things get the same message: one key of bytes per node.
+        flat = np.ascontiguousarray(np.concatenate(
+            [fields.reshape(len(idx), -1), np.asarray(gpus)[:, None], np.asarray(nbad)[:, None]], axis=1))
+        signatures = flat.view(f"V{flat.shape[1] * 8}").ravel().tolist()
+        messages: dict[bytes, tuple[str, str]] = {}
         words_of: dict[tuple, str] = {}
         out: list[tuple[str, str] | None] = []
-        for r, gpu_rows in enumerate(fields):
+        for r, sig in enumerate(signatures):
             if not gpus[r]:
                 out.append(None)
                 continue
-            words: list[str] = []
-            for k, row in enumerate(gpu_rows):
-                if not shown_l[r][k]:
-                    break
-                key = (*row, used[r][k])
-                text = words_of.get(key)
-                if text is None:
-                    code, index, need, free, mem_free, lefts, same = row
-                    text = words_of[key] = reject_words(CATEGORIES[code], index, req, policy, n=need, free=free,
-                                                        memory_free=mem_free, left=lefts, have=same,
-                                                        used=used[r][k])
-                words.append(text)
-            category = CATEGORIES[gpu_rows[0][0]] if words else "no-gpus"
-            out.append((category, reject_message(req, gpus[r], words, gpus[r] - nbad[r])))
+            found = messages.get(sig)
+            if found is None:
+                words: list[str] = []
+                for row in fields[r].tolist():
+                    if row[0] < 0:
+                        break
+                    key = tuple(row)
+                    text = words_of.get(key)
+                    if text is None:
+                        code, index, need, free, mem_free, lefts, same, used = row
+                        text = words_of[key] = reject_words(
+                            CATEGORIES[code], index, req, policy, n=need, free=free, memory_free=mem_free,
+                            left=lefts, have=same, used=float(np.int64(used).view(np.float64)))
+                    words.append(text)
+                category = CATEGORIES[fields[r, 0, 0]] if words else "no-gpus"
+                found = messages[sig] = (category, reject_message(req, gpus[r], words, gpus[r] - nbad[r]))
+            out.append(found)
         return out
 
     def gpu_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
-        GPUs whose score needs the exact path (free CUs in more runs than kept, or in no run big enough)."""
-        req, policy, c, t = self.req, self.policy, self.table.cols, self.table
-        need = self.need
-        usable = c["total"] - c["shared"]
+        GPUs whose score needs the exact path (free CUs in more runs than kept, or in no run big enough).
+        Worked out on the fitting GPUs only."""
+        req, policy = self.req, self.policy
+        shape = self.need.shape
+        rows = np.flatnonzero(self.ok.ravel())
+        data = self.table.data
+        f = data.reshape(data.shape[0], -1)[:, rows]  # [field, fitting GPU]
+        need, whole = self.need.ravel()[rows], self.whole.ravel()[rows]
+        usable = f[FIELD["total"]] - f[FIELD["shared"]]
         with np.errstate(divide="ignore", invalid="ignore"):
-            after = np.where(usable > 0, np.minimum(1.0, (c["used"] + need) / usable), 1.0)
+            after = np.where(usable > 0, np.minimum(1.0, (f[FIELD["used"]] + need) / usable), 1.0)
             binpack = policy.scoring.strategy == "binpack"
             pack = after if binpack else 1.0 - after
-            mem_after = (c["mem_used"] + req.memory_bytes) / c["mem_bytes"]
+            mem_after = (f[FIELD["mem_used"]] + req.memory_bytes) / f[FIELD["mem_bytes"]]
             pack = 0.7 * pack + 0.3 * (mem_after if binpack else 1.0 - mem_after)
-            slices = c["slices"]
-            same = c["mem_bound"] if req.workload_class == MEMORY_BOUND else c["compute_bound"]
+            slices = f[FIELD["slices"]]
+            same = f[FIELD["mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"]]
             same_weight = 0.6 if req.workload_class == COMPUTE_BOUND else 0.0
             comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices, 0.5)
-            frag, exact = self._fragmentation()
+            frag, exact = self._fragmentation(f, need, whole)
             w = policy.scoring.weights
             total_w = w.packing + w.complementarity + w.fragmentation
             if total_w == 0:
-                score = np.full(need.shape, 0.5)
+                score = np.full(len(rows), 0.5)
             else:
                 score = (w.packing * pack + w.complementarity * comp + w.fragmentation * (1.0 - frag)) / total_w
-        del t
-        return np.where(self.ok, score, np.nan), exact & self.ok
+        scores = np.full(self.need.size, np.nan)
+        scores[rows] = score
+        slow = np.zeros(self.need.size, np.bool_)
+        slow[rows] = exact
+        return scores.reshape(shape), slow.reshape(shape)
 
-    def _fragmentation(self) -> tuple[np.ndarray, np.ndarray]:
-        """`fragmentation_after_cut` of the best-fit run, per fitting GPU, for the spread layout; and
-        which fitting GPUs the runs cannot answer for."""
-        t, c, need = self.table, self.table.cols, self.need
-        frag = np.zeros(need.shape)
+    def _fragmentation(self, f: np.ndarray, need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`fragmentation_after_cut` of the best-fit run for these GPUs' fields `f` (spread layout), and
+        which of them the kept runs cannot answer for."""
         if self.policy.layout.mode != "spread":
-            return frag, ~self.whole
-        rows = np.flatnonzero((self.ok & ~self.whole).ravel())
+            return np.zeros(len(need)), ~whole
         mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
-        min_slice = np.take(mins, c["model"].ravel()[rows], mode="clip")[:, None]
-        n = need.ravel()[rows][:, None]
-        runs = t.data[RUN_LENGTHS:].reshape(2 * RUNS, -1)[:, rows].T  # the fitting GPUs' runs only
-        lengths, starts = runs[:, :RUNS], runs[:, RUNS:]
-        holds = lengths >= n
+        min_slice = np.take(mins, f[FIELD["model"]], mode="clip")
+        lengths, starts = f[RUN_LENGTHS:RUN_LENGTHS + RUNS].copy(), f[RUN_LENGTHS + RUNS:]  # [run, GPU]
+        holds = lengths >= need
         key = np.where(holds, lengths * 65536 + starts, np.iinfo(np.int64).max)
-        best = key.argmin(axis=1)
+        best = key.argmin(axis=0)
         cut = lengths
-        cut[np.arange(len(rows)), best] -= n[:, 0]
-        total = cut.sum(axis=1)
-        stranded = np.where((cut > 0) & (cut < min_slice), cut, 0).sum(axis=1)
-        frag.ravel()[rows] = np.where(total > 0, stranded / np.where(total > 0, total, 1), 0.0)
-        exact = np.zeros(need.shape, np.bool_)
-        exact.ravel()[rows] = (c["nruns"].ravel()[rows] > RUNS) | ~holds.any(axis=1)
+        cut[best, np.arange(len(need))] -= need
+        total = cut.sum(axis=0)
+        stranded = np.where((cut > 0) & (cut < min_slice), cut, 0).sum(axis=0)
+        frag = np.where(whole | (total <= 0), 0.0, stranded / np.where(total > 0, total, 1))
+        exact = ~whole & ((f[FIELD["nruns"]] > RUNS) | ~holds.any(axis=0))
         return frag, exact
 
 
