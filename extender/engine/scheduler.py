@@ -96,6 +96,7 @@ class Engine:
         # Test hook: called with the name of each bind step ("reserved", "recorded") to inject crashes.
         self.fault: Callable[[str], None] | None = None
         self.synced = False
+        self._last_columns: tuple[str, Columns] | None = None  # see _columns()
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
@@ -250,7 +251,7 @@ class Engine:
         if columns:
             # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
             ledger = self.ledger
-            cols = Columns(req, policy, ledger.gpu_index)
+            cols = self._columns(req, policy, key)
             slots = cols.slots(names)
             fits = cols.node_fits(slots).tolist()
             mine = ledger.node_of(uid)
@@ -346,7 +347,7 @@ class Engine:
                             key: str) -> list[tuple[str, int]]:
         """prioritize from the GPU index: `rank`'s score for every node at once."""
         ledger = self.ledger
-        cols = Columns(req, policy, ledger.gpu_index)
+        cols = self._columns(req, policy, "check|" + key)
         slots = cols.slots(names)
         scores, exact = cols.gpu_scores()
         slow = np.nonzero(exact)
@@ -371,6 +372,16 @@ class Engine:
                     fit = self._memoize(base, "rank|" + key, self.scorer(req, base, policy))
                 out[i] = (mine, to_score(fit))  # type: ignore[arg-type]
         return out
+
+    def _columns(self, req: SliceRequest, policy: Policy, key: str) -> Columns:
+        """The request's columns; prioritize reuses filter's when no write to the index came between."""
+        index = self.ledger.gpu_index
+        last = self._last_columns
+        if last is not None and last[0] == key and last[1].index is index and last[1].quiet():
+            return last[1]
+        cols = Columns(req, policy, index)
+        self._last_columns = (key, cols)
+        return cols
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
         """Reserve the slice, record the assignment and the binding in the cluster; roll back on any
