@@ -11,6 +11,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 
 import numpy as np
 
@@ -253,17 +254,18 @@ class Engine:
             ledger = self.ledger
             cols = self._columns(req, policy, key)
             slots = cols.slots(names)
-            fits = cols.node_fits(slots).tolist()
+            fits = cols.node_fits(slots)
+            slow_mask = slots < 0  # not in the index; below: unreadable inventory, or the pod's own node
+            if self.stats.skipped_nodes:
+                slow_mask |= np.fromiter((bool(candidates[n]) for n in names), np.bool_, len(names))
             mine = ledger.node_of(uid)
-            slow, failing, failing_slots = [], [], []
-            for name, ok, slot in zip(names, fits, slots.tolist(), strict=True):
-                if candidates[name] or name == mine or slot < 0:
-                    slow.append(name)
-                elif ok:
-                    passed.append(name)
-                else:
-                    failing.append(name)
-                    failing_slots.append(slot)
+            if mine is not None and mine in candidates:
+                slow_mask[names.index(mine)] = True
+            fast_fail = ~fits & ~slow_mask
+            passed.extend(compress(names, (fits & ~slow_mask).tolist()))
+            failing = list(compress(names, fast_fail.tolist()))
+            failing_slots = slots[fast_fail].tolist()
+            slow = list(compress(names, slow_mask.tolist()))
             # A failing node's words: from its state's memo when this request shape was asked before,
             # else from its row (and memoised).
             unknown, unknown_slots, unknown_states = [], [], []

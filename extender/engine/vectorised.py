@@ -140,7 +140,7 @@ class Columns:
         shape = self.need.shape
         rows = np.flatnonzero(self.ok.ravel())
         data = self.table.data
-        f = data.reshape(data.shape[0], -1)[:, rows]  # [field, fitting GPU]
+        f = data.reshape(data.shape[0], -1)[:RUN_LENGTHS + RUNS, rows]  # [field, fitting GPU]; no run starts
         need, whole = self.need.ravel()[rows], self.whole.ravel()[rows]
         usable = f[FIELD["total"]] - f[FIELD["shared"]]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -173,10 +173,11 @@ class Columns:
             return np.zeros(len(need)), ~whole
         mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
         min_slice = np.take(mins, f[FIELD["model"]], mode="clip")
-        lengths, starts = f[RUN_LENGTHS:RUN_LENGTHS + RUNS].copy(), f[RUN_LENGTHS + RUNS:]  # [run, GPU]
+        lengths = f[RUN_LENGTHS:RUN_LENGTHS + RUNS].copy()  # [run, GPU]
         holds = lengths >= need
-        key = np.where(holds, lengths * 65536 + starts, np.iinfo(np.int64).max)
-        best = key.argmin(axis=0)
+        # best_fit_run: the shortest run that holds the slice, lowest start first; runs are kept in bit
+        # order, so argmin's first minimum is the lowest start.
+        best = np.where(holds, lengths, np.iinfo(np.int64).max).argmin(axis=0)
         cut = lengths
         cut[best, np.arange(len(need))] -= need
         total = cut.sum(axis=0)
