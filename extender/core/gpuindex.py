@@ -95,6 +95,11 @@ class GpuIndex:
                 self._rows.pop(slot, None)
                 self._free_slots.append(slot)
 
+    @property
+    def used(self) -> int:
+        """Slots below this may hold a node; the rest are empty."""
+        return self._next
+
     def _take(self) -> int:
         self._next += 1
         return self._next - 1

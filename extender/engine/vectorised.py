@@ -38,8 +38,10 @@ class Columns:
         self.index = index
         self.writes = index.writes  # see quiet()
         self.table: Table = index.table
-        t = self.table
-        c = t.cols
+        # Slots past `used` are empty: left out of every operation (capped: the table may be an older, smaller one).
+        self.used = used = min(index.used, self.table.data.shape[1])
+        self.data = self.table.data[:, :used]
+        self.cols = c = {name: self.data[i] for i, name in enumerate(FIELDS)}
         keys = list(index.model_keys)
         need_by_model = np.array([req.guaranteed_cus(policy, policy.model_for(m), cu) for m, cu in keys] or [0],
                                  np.int64)
@@ -74,7 +76,9 @@ class Columns:
         return self.writes % 2 == 0 and self.index.writes == self.writes
 
     def slots(self, names: list[str]) -> np.ndarray:
-        return np.fromiter(map(self.table.slots.get, names, repeat(-1)), np.int64, len(names))
+        slots = np.fromiter(map(self.table.slots.get, names, repeat(-1)), np.int64, len(names))
+        slots[slots >= self.used] = -1  # added after these columns were read
+        return slots
 
     def node_fits(self, slots: np.ndarray) -> np.ndarray:
         """Per candidate: at least req.count GPUs fit (False for nodes not in the index)."""
@@ -86,7 +90,7 @@ class Columns:
         cannot say (a node with no GPUs: the per-node path words that)."""
         if not slots:
             return []
-        c, req, policy = self.table.cols, self.req, self.policy
+        c, req, policy = self.cols, self.req, self.policy
         idx = np.asarray(slots, np.int64)
         valid = c["valid"][idx] != 0
         codes = np.where(valid, self.code[idx], 0)
@@ -139,7 +143,7 @@ class Columns:
         req, policy = self.req, self.policy
         shape = self.need.shape
         rows = np.flatnonzero(self.ok.ravel())
-        data = self.table.data
+        data = self.data
         f = data.reshape(data.shape[0], -1)[:RUN_LENGTHS + RUNS, rows]  # [field, fitting GPU]; no run starts
         need, whole = self.need.ravel()[rows], self.whole.ravel()[rows]
         usable = f[FIELD["total"]] - f[FIELD["shared"]]
@@ -195,7 +199,7 @@ def node_scores(cols: Columns, scores: np.ndarray) -> np.ndarray:
     if count == 1:
         with np.errstate(invalid="ignore"):
             return np.fmax.reduce(scores, axis=1)
-    c = cols.table.cols
+    c = cols.cols
     out = np.full(len(scores), np.nan)
     rows = np.flatnonzero((~np.isnan(scores)).sum(axis=1) >= count)
     scores, topo, index = scores[rows], c["topo"][rows], c["gpu"][rows]
