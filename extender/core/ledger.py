@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 from extender.core.assignment import Assignment, GpuAssignment
 from extender.core.errors import LedgerConflict
+from extender.core.gpuindex import GpuIndex
 from extender.core.inventory import GpuInfo
 from extender.core.layout import runs
 
@@ -274,6 +275,7 @@ class Ledger:
         self._index = threading.Lock()
         self.expired_total = 0
         self.conflicts_total = 0
+        self.gpu_index = GpuIndex()  # every node's GPUs as columns, rewritten with each state (see _put)
 
     # --- nodes -------------------------------------------------------------------------------
     def set_node(self, name: str, gpus: Iterable[GpuInfo]) -> None:
@@ -283,8 +285,10 @@ class Ledger:
         with self._index:
             node = self._nodes.get(name)
             if node is None:
-                self._nodes[name] = _Node(NodeState(
-                    name, tuple(GpuState(i, burst_region(i, self.shared_fraction)) for i in infos.values())))
+                state = NodeState(
+                    name, tuple(GpuState(i, burst_region(i, self.shared_fraction)) for i in infos.values()))
+                self.gpu_index.put(state)
+                self._nodes[name] = _Node(state)
                 return
         with node.lock:
             old = node.state
@@ -300,13 +304,21 @@ class Ledger:
                 merged.append(replace(g, info=info, shared=burst_region(info, self.shared_fraction)))
             merged.extend(GpuState(i, burst_region(i, self.shared_fraction)) for i in infos.values())
             merged.sort(key=lambda g: g.info.index)
-            node.state = NodeState(name, tuple(merged), old.pods)
+            self._put(node, NodeState(name, tuple(merged), old.pods))
+
+    def _put(self, node: _Node, state: NodeState) -> None:
+        """Replace a node's state (caller holds its lock) and its rows of the index."""
+        with self.gpu_index.writing():
+            node.state = state
+            if self._nodes.get(state.name) is node:  # a node removed meanwhile stays out of the index
+                self.gpu_index.put(state)
 
     def remove_node(self, name: str) -> None:
         with self._index:
             node = self._nodes.pop(name, None)
             if node is None:
                 return
+            self.gpu_index.remove(name)
             for uid, entry in node.state.pods.items():
                 self._where.pop(uid, None)
                 self._account(entry, -1)
@@ -316,8 +328,8 @@ class Ledger:
         for node in list(self._nodes.values()):
             with node.lock:
                 s = node.state
-                node.state = NodeState(s.name, tuple(replace(g, shared=burst_region(g.info, fraction))
-                                                     for g in s.gpus), s.pods)
+                self._put(node, NodeState(s.name, tuple(replace(g, shared=burst_region(g.info, fraction))
+                                                        for g in s.gpus), s.pods))
 
     def node(self, name: str) -> NodeState | None:
         n = self._nodes.get(name)
@@ -363,7 +375,7 @@ class Ledger:
             pods = dict(base.pods)
             pods[pod.uid] = entry
             previous = node.state.pods.get(pod.uid)
-            node.state = NodeState(base.name, tuple(gpus), MappingProxyType(pods))
+            self._put(node, NodeState(base.name, tuple(gpus), MappingProxyType(pods)))
             if ttl is not None:
                 self._reserving.add(base.name)
             with self._index:
@@ -389,7 +401,7 @@ class Ledger:
                 return False
             pods = dict(s.pods)
             pods[uid] = replace(entry, expires_at=None)
-            node.state = NodeState(s.name, s.gpus, MappingProxyType(pods))
+            node.state = NodeState(s.name, s.gpus, MappingProxyType(pods))  # same GPUs: index rows stand
         return True
 
     def release(self, uid: str, assignment: Assignment | None = None) -> bool:
@@ -413,7 +425,7 @@ class Ledger:
             entry = node.state.pods.get(uid)
             if entry is None or (assignment is not None and entry.assignment != assignment):
                 return False
-            node.state = _without(node.state, uid)
+            self._put(node, _without(node.state, uid))
             with self._index:
                 if assignment is not None and self._where.get(uid) == name:
                     del self._where[uid]
@@ -436,7 +448,7 @@ class Ledger:
                 for uid, e in list(node.state.pods.items()):
                     if e.expires_at is None or e.expires_at > now:
                         continue
-                    node.state = _without(node.state, uid)
+                    self._put(node, _without(node.state, uid))
                     with self._index:
                         if self._where.get(uid) == node.state.name:
                             del self._where[uid]
@@ -444,6 +456,10 @@ class Ledger:
                     dropped += 1
         self.expired_total += dropped
         return dropped
+
+    def node_of(self, uid: str) -> str | None:
+        """The node pod `uid` holds (or reserves) a slice on, if any."""
+        return self._where.get(uid)
 
     def entry(self, uid: str) -> PodEntry | None:
         name = self._where.get(uid)

@@ -56,35 +56,52 @@ def gpu_reject_reason(req: SliceRequest, gpu: GpuState, policy: Policy) -> tuple
     """Why the slice cannot go on this GPU: (category, words a person can act on); None if it fits."""
     i = gpu.info.index
     if not gpu.info.healthy:
-        return "unhealthy", f"gpu {i}: unhealthy"
+        return "unhealthy", reject_words("unhealthy", i, req, policy)
     n = needed_cus(req, gpu, policy)
     free = len(usable_cus(gpu, n))
     if n > free:
-        return "compute", f"gpu {i}: needs {n} CUs, {free} free"
+        return "compute", reject_words("compute", i, req, policy, n=n, free=free)
     if req.memory_bytes > gpu.memory_free:
-        return "memory", f"gpu {i}: needs {_gib(req.memory_bytes)} memory, {_gib(gpu.memory_free)} free"
+        return "memory", reject_words("memory", i, req, policy, memory_free=gpu.memory_free)
     cap = gpu.info.memoryBytes * policy.overcommit.memory
     if gpu.memory_limit_used + req.memory_limit_bytes > cap:
-        return "memory-limit", (f"gpu {i}: memory limit {_gib(req.memory_limit_bytes)} would take limits past "
-                f"{policy.overcommit.memory:g}x the GPU ({_gib(int(cap - gpu.memory_limit_used))} left)")
+        return "memory-limit", reject_words("memory-limit", i, req, policy, left=int(cap - gpu.memory_limit_used))
     rules = policy.classes
     if req.workload_class == MEMORY_BOUND and rules.maxMemoryBoundPerGpu is not None:
         have = gpu.count(MEMORY_BOUND)
         if have >= rules.maxMemoryBoundPerGpu:
-            return "class-rule", (f"gpu {i}: {have} memory-bound tenants already "
-                                  f"(policy max {rules.maxMemoryBoundPerGpu})")
+            return "class-rule", reject_words("class-rule", i, req, policy, have=have)
     if req.workload_class == COMPUTE_BOUND and rules.maxComputeBoundPerGpu is not None:
         have = gpu.count(COMPUTE_BOUND)
         if have >= rules.maxComputeBoundPerGpu:
-            return "class-rule", (f"gpu {i}: {have} compute-bound tenants already "
-                                  f"(policy max {rules.maxComputeBoundPerGpu})")
+            return "class-rule", reject_words("class-rule", i, req, policy, have=have)
     if rules.bandwidthBudget is not None:
         used = bandwidth_used(gpu, policy)
         mine = rules.bandwidthShare.get(req.workload_class, 0.0)
         if used + mine > rules.bandwidthBudget + 1e-9:
-            return "bandwidth", (f"gpu {i}: bandwidth {used + mine:.2f} of the GPU would exceed "
-                                 f"the budget {rules.bandwidthBudget:g}")
+            return "bandwidth", reject_words("bandwidth", i, req, policy, used=used)
     return None
+
+
+def reject_words(category: str, i: int, req: SliceRequest, policy: Policy, *, n: int = 0, free: int = 0,
+                 memory_free: int = 0, left: int = 0, have: int = 0, used: float = 0.0) -> str:
+    """The words of `gpu_reject_reason` for GPU `i`, from the numbers its rule looked at (shared with the
+    column filter, so both say the same)."""
+    if category == "unhealthy":
+        return f"gpu {i}: unhealthy"
+    if category == "compute":
+        return f"gpu {i}: needs {n} CUs, {free} free"
+    if category == "memory":
+        return f"gpu {i}: needs {_gib(req.memory_bytes)} memory, {_gib(memory_free)} free"
+    if category == "memory-limit":
+        return (f"gpu {i}: memory limit {_gib(req.memory_limit_bytes)} would take limits past "
+                f"{policy.overcommit.memory:g}x the GPU ({_gib(left)} left)")
+    rules = policy.classes
+    if category == "class-rule":
+        limit = rules.maxMemoryBoundPerGpu if req.workload_class == MEMORY_BOUND else rules.maxComputeBoundPerGpu
+        return f"gpu {i}: {have} {req.workload_class} tenants already (policy max {limit})"
+    mine = rules.bandwidthShare.get(req.workload_class, 0.0)
+    return f"gpu {i}: bandwidth {used + mine:.2f} of the GPU would exceed the budget {rules.bandwidthBudget:g}"
 
 
 def bandwidth_used(gpu: GpuState, policy: Policy) -> float:
@@ -130,7 +147,11 @@ def _score(req: SliceRequest, gpu: GpuState, n: int, policy: Policy, frag: float
 
 
 def _min_slice(gpu: GpuState, policy: Policy) -> int:
-    model = policy.model_for(gpu.info.model)
+    return _min_slice_for(gpu.info.model, policy)
+
+
+def _min_slice_for(model_name: str, policy: Policy) -> int:
+    model = policy.model_for(model_name)
     if policy.rounding.mode == "balanced":
         return max(policy.rounding.minComputeUnits, model.balanced_multiple)
     return policy.rounding.minComputeUnits
@@ -354,7 +375,7 @@ def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int
         if reason is not None:
             reasons.append((reason[0], f"gpu {gpu.info.index}: {reason[1]}"))  # type: ignore[index]
     category = reasons[0][0] if reasons else "no-gpus"
-    return NodeFit(False, _reject_message(req, state, [r for _, r in reasons], fitting), category)
+    return NodeFit(False, reject_message(req, len(state.gpus), [r for _, r in reasons], fitting), category)
 
 
 def _pick(candidates: list[_Candidate], count: int) -> tuple[list[_Candidate], float]:
@@ -374,10 +395,10 @@ def _pick(candidates: list[_Candidate], count: int) -> tuple[list[_Candidate], f
     return chosen, same / count
 
 
-def _reject_message(req: SliceRequest, state: NodeState, reasons: list[str], fitting: int) -> str:
-    if not state.gpus:
+def reject_message(req: SliceRequest, gpus: int, reasons: list[str], fitting: int) -> str:
+    if not gpus:
         return "node has no GPUs in its inventory"
-    head = f"{fitting}/{len(state.gpus)} GPUs can take the slice (pod needs {req.count})"
+    head = f"{fitting}/{gpus} GPUs can take the slice (pod needs {req.count})"
     shown = "; ".join(reasons[:3]) + ("; …" if len(reasons) > 3 else "")
     return f"{head}: {shown}" if shown else head
 

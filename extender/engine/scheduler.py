@@ -11,6 +11,9 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+
+import numpy as np
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
 from extender.core.errors import AssignmentError, InventoryError, LedgerConflict, SliceRequestError
@@ -30,6 +33,7 @@ from extender.engine.cluster import BindError, Cluster, NodeView, PodView
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
+from extender.engine.vectorised import Columns, exact_gpu_score, node_scores
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,7 @@ class Engine:
         # Test hook: called with the name of each bind step ("reserved", "recorded") to inject crashes.
         self.fault: Callable[[str], None] | None = None
         self.synced = False
+        self._last_columns: tuple[str, Columns] | None = None  # see _columns()
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
@@ -241,7 +246,54 @@ class Engine:
         uid = pod.uid
         passed, failed = result.passed, result.failed
         rejected: Counter[str] = Counter()
-        for (name, problem), state in zip(candidates.items(), self.ledger.states(candidates), strict=True):
+        names = list(candidates)
+        columns = nodes is None and self.checker is check
+        late = False  # some node passed out of request order
+        if columns:
+            # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
+            ledger = self.ledger
+            cols = self._columns(req, policy, key)
+            slots = cols.slots(names)
+            fits = cols.node_fits(slots)
+            slow_mask = slots < 0  # not in the index; below: unreadable inventory, or the pod's own node
+            if self.stats.skipped_nodes:
+                slow_mask |= np.fromiter((bool(candidates[n]) for n in names), np.bool_, len(names))
+            mine = ledger.node_of(uid)
+            if mine is not None and mine in candidates:
+                slow_mask[names.index(mine)] = True
+            fast_fail = ~fits & ~slow_mask
+            passed.extend(compress(names, (fits & ~slow_mask).tolist()))
+            failing = list(compress(names, fast_fail.tolist()))
+            failing_slots = slots[fast_fail].tolist()
+            slow = list(compress(names, slow_mask.tolist()))
+            # A failing node's words: from its state's memo when this request shape was asked before,
+            # else from its row (and memoised).
+            unknown, unknown_slots, unknown_states = [], [], []
+            for name, slot, state in zip(failing, failing_slots, ledger.states(failing), strict=True):
+                fit = state.memo.get(key) if state is not None else None
+                if fit is None:
+                    unknown.append(name)
+                    unknown_slots.append(slot)
+                    unknown_states.append(state)
+                elif fit.ok:  # type: ignore[attr-defined]  # the row was stale: the state says it fits
+                    passed.append(name)
+                    late = True
+                else:
+                    failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
+                    rejected[fit.category] += 1  # type: ignore[attr-defined]
+            whys = cols.rejections(unknown_slots)
+            quiet = cols.quiet()  # else a row may be older than the state read: answer, but do not memoise
+            for name, state, why in zip(unknown, unknown_states, whys, strict=True):
+                if why is None or state is None:
+                    slow.append(name)
+                    continue
+                failed[name] = f"gpuslice: {why[1]}"
+                rejected[why[0]] += 1
+                if quiet:
+                    self._memoize(state, key, NodeFit(False, why[1], why[0]))
+            names = slow
+        for name, state in zip(names, self.ledger.states(names), strict=True):
+            problem = candidates[name]
             if problem:
                 failed[name] = problem
                 rejected["inventory"] += 1
@@ -257,9 +309,13 @@ class Engine:
                 fit = self._memoize(state, key, self.checker(req, state, policy))
             if fit.ok:  # type: ignore[attr-defined]
                 passed.append(name)
+                late = columns
             else:
                 failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
                 rejected[fit.category] += 1  # type: ignore[attr-defined]
+        if late and len(passed) > 1:
+            order = {n: i for i, n in enumerate(candidates)}  # a node passed the slow way: keep request order
+            passed.sort(key=order.__getitem__)
         self.stats.filter_rejections.update(rejected)
         return result
 
@@ -274,6 +330,8 @@ class Engine:
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
         key = fit_key(req, policy)
+        if nodes is None and self.scorer is rank and policy.layout.mode == "spread":
+            return self._prioritize_columns(pod, req, policy, list(candidates), key)
         out: list[tuple[str, int]] = []
         for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
             if state is None:
@@ -286,6 +344,46 @@ class Engine:
                 fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
             out.append((name, to_score(fit)))  # type: ignore[arg-type]
         return out
+
+    def _prioritize_columns(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
+                            key: str) -> list[tuple[str, int]]:
+        """prioritize from the GPU index: `rank`'s score for every node at once."""
+        ledger = self.ledger
+        cols = self._columns(req, policy, "check|" + key)
+        slots = cols.slots(names)
+        scores, exact = cols.gpu_scores()
+        slow = np.nonzero(exact)
+        names_of = {slot: name for name, slot in list(cols.table.slots.items())} if len(slow[0]) else {}
+        for slot, pos in zip(*slow, strict=True):  # rare: scored the slow way
+            state = ledger.node(names_of.get(int(slot), ""))
+            gpu = state.gpus[pos] if state is not None and pos < len(state.gpus) else None
+            value = exact_gpu_score(req, policy, gpu) if gpu is not None else None
+            scores[slot, pos] = np.nan if value is None else value
+        best = node_scores(cols, scores)
+        node_best = np.where(slots >= 0, np.take(best, slots, mode="clip"), np.nan)
+        ints = np.where(np.isnan(node_best), 0, np.clip(np.round(np.nan_to_num(node_best) * 10), 0, 10))
+        out = list(zip(names, ints.astype(int).tolist(), strict=True))
+        mine = ledger.node_of(pod.uid)
+        if mine is not None and mine in names:  # the pod holds a slice there: score it as if freed
+            i = names.index(mine)
+            state = ledger.node(mine)
+            if state is not None:
+                base = state.without(pod.uid)
+                fit = base.memo.get("rank|" + key)
+                if fit is None:
+                    fit = self._memoize(base, "rank|" + key, self.scorer(req, base, policy))
+                out[i] = (mine, to_score(fit))  # type: ignore[arg-type]
+        return out
+
+    def _columns(self, req: SliceRequest, policy: Policy, key: str) -> Columns:
+        """The request's columns; prioritize reuses filter's when no write to the index came between."""
+        index = self.ledger.gpu_index
+        last = self._last_columns
+        if last is not None and last[0] == key and last[1].index is index and last[1].quiet():
+            return last[1]
+        cols = Columns(req, policy, index)
+        self._last_columns = (key, cols)
+        return cols
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
         """Reserve the slice, record the assignment and the binding in the cluster; roll back on any

@@ -1,0 +1,152 @@
+"""A column store of every GPU in the ledger, for questions asked of thousands of nodes at once.
+
+Each node owns one slot: a row of width `width` (GPUs in index order, the rest invalid) in every
+column. The ledger writes a node's row whenever it replaces that node's state, under that node's
+lock; readers take `table` once and never lock. A reader may see a row half-written (a stale
+answer, which bind re-checks under the node lock), but never arrays that change size: growing
+builds a new table and swaps the reference.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from extender.core.ledger import GpuState, NodeState
+
+MEMORY_BOUND_CLASS = "memory-bound"
+COMPUTE_BOUND_CLASS = "compute-bound"
+
+RUNS = 8  # free CU runs kept per GPU; a GPU with more is flagged and answered the slow way
+
+# One int64 per field per GPU (booleans as 0/1), then RUNS run lengths and RUNS run starts.
+FIELDS = ("valid", "healthy", "gpu", "free", "total", "used", "shared", "slices", "mem_bound", "compute_bound",
+          "model", "topo", "nruns", "mem_free", "mem_bytes", "mem_used", "limit_used")
+RUN_LENGTHS = len(FIELDS)  # where the run lengths start in a GPU's row
+_WIDTH = len(FIELDS) + 2 * RUNS
+
+
+@dataclass
+class Table:
+    width: int
+    slots: dict[str, int]
+    data: np.ndarray  # [field, slot, gpu]: each field contiguous, for the readers' column operations
+
+    @property
+    def cols(self) -> dict[str, np.ndarray]:
+        return {name: self.data[i] for i, name in enumerate(FIELDS)}
+
+
+def _empty(capacity: int, width: int) -> Table:
+    return Table(width, {}, np.zeros((_WIDTH, capacity, width), np.int64))
+
+
+class GpuIndex:
+    """Per-GPU columns of the current state of every node (see the module doc)."""
+
+    def __init__(self, capacity: int = 64, width: int = 8) -> None:
+        self.table = _empty(capacity, width)
+        self.models: dict[tuple[str, int], int] = {}  # (model name, CUs) -> id
+        self.model_keys: list[tuple[str, int]] = []
+        self.topos: dict[object, int] = {}  # topology key (hive id, else NUMA node) -> id; None -> -1
+        self._free_slots: list[int] = []
+        self._rows: dict[int, tuple[GpuState, ...]] = {}  # slot -> the GPU states written there
+        self._next = 0
+        self._lock = threading.RLock()
+        # Odd while a write is under way; a reader that sees the same even value before and after its
+        # reads read rows that match the node states of that moment.
+        self.writes = 0
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the index while a node's state and its rows change together."""
+        with self._lock:
+            self.writes += 1
+            try:
+                yield
+            finally:
+                self.writes += 1
+
+    def put(self, state: NodeState) -> None:
+        with self.writing():
+            t = self.table
+            if len(state.gpus) > t.width or (state.name not in t.slots and not self._free_slots
+                                            and self._next >= t.data.shape[1]):
+                t = self._grow(max(t.width, len(state.gpus)))
+            slot = t.slots.get(state.name)
+            if slot is None:
+                slot = self._free_slots.pop() if self._free_slots else self._take()
+                self._rows.pop(slot, None)
+            self._write(t, slot, state.gpus)
+            t.slots[state.name] = slot
+
+    def remove(self, name: str) -> None:
+        with self.writing():
+            t = self.table
+            slot = t.slots.pop(name, None)
+            if slot is not None:
+                t.data[0, slot, :] = 0
+                self._rows.pop(slot, None)
+                self._free_slots.append(slot)
+
+    @property
+    def used(self) -> int:
+        """Slots below this may hold a node; the rest are empty."""
+        return self._next
+
+    def _take(self) -> int:
+        self._next += 1
+        return self._next - 1
+
+    def _grow(self, width: int) -> Table:
+        old = self.table
+        capacity = old.data.shape[1]
+        if self._next >= capacity:
+            capacity *= 2
+        new = _empty(capacity, width)
+        new.data[:, :old.data.shape[1], :old.width] = old.data
+        new.slots = dict(old.slots)
+        self.table = new
+        return new
+
+    def _write(self, t: Table, slot: int, gpus: tuple[GpuState, ...]) -> None:
+        """Rewrite the slot's GPUs that changed (states are immutable: an unchanged GPU is the same object)."""
+        data = t.data
+        prev = self._rows.get(slot, ())
+        for pos, g in enumerate(gpus):
+            if pos < len(prev) and prev[pos] is g:
+                continue
+            info = g.info
+            counts = g.class_counts
+            rs = g.free_runs[:RUNS]
+            pad = [0] * (RUNS - len(rs))
+            data[:, slot, pos] = [
+                1, info.healthy, info.index, len(g.free_cus), info.computeUnits, g.used_cus, len(g.shared),
+                len(g.slices), counts.get(MEMORY_BOUND_CLASS, 0), counts.get(COMPUTE_BOUND_CLASS, 0),
+                self._model(info.model, info.computeUnits),
+                self._topo(info.hiveId if info.hiveId is not None else info.numaNode), len(g.free_runs),
+                g.memory_free, info.memoryBytes, g.memory_used, g.memory_limit_used,
+                *(length for _, length in rs), *pad, *(start for start, _ in rs), *pad]
+        data[0, slot, len(gpus):] = 0
+        self._rows[slot] = gpus
+    def _model(self, model: str, cus: int) -> int:
+        key = (model, cus)
+        mid = self.models.get(key)
+        if mid is None:
+            mid = self.models[key] = len(self.model_keys)
+            self.model_keys.append(key)
+        return mid
+
+    def _topo(self, key: object) -> int:
+        if key is None:
+            return -1
+        tid = self.topos.get(key)
+        if tid is None:
+            tid = self.topos[key] = len(self.topos)
+        return tid

@@ -1,0 +1,242 @@
+"""Filter's and prioritize's per-GPU rules as numpy operations over the ledger's GPU index, so that a
+request is answered for thousands of nodes without a Python loop per node.
+
+The rules are those of `placement.check` and `placement.rank` (same integer tests, same float
+operations in the same order). Only a node the vectors cannot vouch for is worked out by those
+functions: a node that fails (for its words), a GPU whose free CUs lie in more runs than the index
+keeps, or whose slice no single run holds.
+"""
+
+from __future__ import annotations
+
+from itertools import repeat
+
+import numpy as np
+
+from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Table
+from extender.core.policy import Policy
+from extender.core.requests import SliceRequest
+from extender.engine.placement import (
+    COMPUTE_BOUND,
+    MEMORY_BOUND,
+    _min_slice_for,
+    _place,
+    _shared,
+    reject_message,
+    reject_words,
+)
+
+FIELD = {name: i for i, name in enumerate(FIELDS)}
+CATEGORIES = ("", "unhealthy", "compute", "memory", "memory-limit", "class-rule", "bandwidth")
+
+
+class Columns:
+    """One request's per-GPU answers over a snapshot of the index."""
+
+    def __init__(self, req: SliceRequest, policy: Policy, index: GpuIndex) -> None:
+        self.req, self.policy = req, policy
+        self.index = index
+        self.writes = index.writes  # see quiet()
+        self.table: Table = index.table
+        # Slots past `used` are empty: left out of every operation (capped: the table may be an older, smaller one).
+        self.used = used = min(index.used, self.table.data.shape[1])
+        self.data = self.table.data[:, :used]
+        self.cols = c = {name: self.data[i] for i, name in enumerate(FIELDS)}
+        keys = list(index.model_keys)
+        need_by_model = np.array([req.guaranteed_cus(policy, policy.model_for(m), cu) for m, cu in keys] or [0],
+                                 np.int64)
+        self.need = need = np.take(need_by_model, c["model"], mode="clip")
+        self.keys = keys
+        total, slices = c["total"], c["slices"]
+        self.whole = whole = (need >= total) & (slices == 0)
+        self.free = free = np.where(whole, total, c["free"])
+        overcommit = policy.overcommit.memory
+        rules = policy.classes
+        cls = req.workload_class
+        limit = (rules.maxMemoryBoundPerGpu if cls == MEMORY_BOUND
+                 else rules.maxComputeBoundPerGpu if cls == COMPUTE_BOUND else None)
+        self.same = same = c["mem_bound"] if cls == MEMORY_BOUND else c["compute_bound"]
+        share = rules.bandwidthShare
+        self.bandwidth = (c["mem_bound"] * share.get(MEMORY_BOUND, 0.0)
+                          + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0))
+        fails = [c["healthy"] == 0, need > free, req.memory_bytes > c["mem_free"],
+                 c["limit_used"] + req.memory_limit_bytes > c["mem_bytes"] * overcommit]
+        if limit is not None:
+            fails.append(same >= limit)
+        if rules.bandwidthBudget is not None:
+            fails.append(self.bandwidth + share.get(cls, 0.0) > rules.bandwidthBudget + 1e-9)
+        # Which of gpu_reject_reason's rules rejects each GPU first (0: it fits), as an index into CATEGORIES.
+        self.code = np.select(fails, [np.int8(k + 1) for k in range(len(fails))], np.int8(0))
+        if limit is None and rules.bandwidthBudget is not None:
+            self.code[self.code == 5] = 6
+        self.ok = (c["valid"] != 0) & (self.code == 0)
+
+    def quiet(self) -> bool:
+        """No write to the index since these columns were read: node states read since then match them."""
+        return self.writes % 2 == 0 and self.index.writes == self.writes
+
+    def slots(self, names: list[str]) -> np.ndarray:
+        slots = np.fromiter(map(self.table.slots.get, names, repeat(-1)), np.int64, len(names))
+        slots[slots >= self.used] = -1  # added after these columns were read
+        return slots
+
+    def node_fits(self, slots: np.ndarray) -> np.ndarray:
+        """Per candidate: at least req.count GPUs fit (False for nodes not in the index)."""
+        counts = self.ok.sum(axis=1)
+        return (slots >= 0) & (np.take(counts, slots, mode="clip") >= self.req.count)
+
+    def rejections(self, slots: list[int]) -> list[tuple[str, str] | None]:
+        """`check`'s (category, reason) for each of these failing nodes, from their rows; None where a row
+        cannot say (a node with no GPUs: the per-node path words that)."""
+        if not slots:
+            return []
+        c, req, policy = self.cols, self.req, self.policy
+        idx = np.asarray(slots, np.int64)
+        valid = c["valid"][idx] != 0
+        codes = np.where(valid, self.code[idx], 0)
+        bad = codes != 0
+        gpus = valid.sum(axis=1).tolist()
+        nbad = bad.sum(axis=1).tolist()
+        # The first four rejected GPUs of each node (reject_message shows three, and whether there are more).
+        first = np.argsort(~bad, axis=1, kind="stable")[:, :4]
+        rows = idx[:, None]
+        shown = np.take_along_axis(bad, first, axis=1)
+        left = (c["mem_bytes"][rows, first] * policy.overcommit.memory - c["limit_used"][rows, first]).astype(np.int64)
+        fields = np.stack([np.take_along_axis(codes, first, axis=1), c["gpu"][rows, first],
+                           self.need[rows, first], self.free[rows, first], c["mem_free"][rows, first], left,
+                           self.same[rows, first], self.bandwidth[rows, first].view(np.int64)], axis=2)
+        fields[~shown] = -1
+        # Nodes whose shown GPUs say the same things get the same message: one key of bytes per node.
+        flat = np.ascontiguousarray(np.concatenate(
+            [fields.reshape(len(idx), -1), np.asarray(gpus)[:, None], np.asarray(nbad)[:, None]], axis=1))
+        signatures = flat.view(f"V{flat.shape[1] * 8}").ravel().tolist()
+        messages: dict[bytes, tuple[str, str]] = {}
+        words_of: dict[tuple, str] = {}
+        out: list[tuple[str, str] | None] = []
+        for r, sig in enumerate(signatures):
+            if not gpus[r]:
+                out.append(None)
+                continue
+            found = messages.get(sig)
+            if found is None:
+                words: list[str] = []
+                for row in fields[r].tolist():
+                    if row[0] < 0:
+                        break
+                    key = tuple(row)
+                    text = words_of.get(key)
+                    if text is None:
+                        code, index, need, free, mem_free, lefts, same, used = row
+                        text = words_of[key] = reject_words(
+                            CATEGORIES[code], index, req, policy, n=need, free=free, memory_free=mem_free,
+                            left=lefts, have=same, used=float(np.int64(used).view(np.float64)))
+                    words.append(text)
+                category = CATEGORIES[fields[r, 0, 0]] if words else "no-gpus"
+                found = messages[sig] = (category, reject_message(req, gpus[r], words, gpus[r] - nbad[r]))
+            out.append(found)
+        return out
+
+    def gpu_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
+        GPUs whose score needs the exact path (free CUs in more runs than kept, or in no run big enough).
+        Worked out on the fitting GPUs only."""
+        req, policy = self.req, self.policy
+        shape = self.need.shape
+        rows = np.flatnonzero(self.ok.ravel())
+        data = self.data
+        f = data.reshape(data.shape[0], -1)[:RUN_LENGTHS + RUNS, rows]  # [field, fitting GPU]; no run starts
+        need, whole = self.need.ravel()[rows], self.whole.ravel()[rows]
+        usable = f[FIELD["total"]] - f[FIELD["shared"]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            after = np.where(usable > 0, np.minimum(1.0, (f[FIELD["used"]] + need) / usable), 1.0)
+            binpack = policy.scoring.strategy == "binpack"
+            pack = after if binpack else 1.0 - after
+            mem_after = (f[FIELD["mem_used"]] + req.memory_bytes) / f[FIELD["mem_bytes"]]
+            pack = 0.7 * pack + 0.3 * (mem_after if binpack else 1.0 - mem_after)
+            slices = f[FIELD["slices"]]
+            same = f[FIELD["mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"]]
+            same_weight = 0.6 if req.workload_class == COMPUTE_BOUND else 0.0
+            comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices, 0.5)
+            frag, exact = self._fragmentation(f, need, whole)
+            w = policy.scoring.weights
+            total_w = w.packing + w.complementarity + w.fragmentation
+            if total_w == 0:
+                score = np.full(len(rows), 0.5)
+            else:
+                score = (w.packing * pack + w.complementarity * comp + w.fragmentation * (1.0 - frag)) / total_w
+        scores = np.full(self.need.size, np.nan)
+        scores[rows] = score
+        slow = np.zeros(self.need.size, np.bool_)
+        slow[rows] = exact
+        return scores.reshape(shape), slow.reshape(shape)
+
+    def _fragmentation(self, f: np.ndarray, need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`fragmentation_after_cut` of the best-fit run for these GPUs' fields `f` (spread layout), and
+        which of them the kept runs cannot answer for."""
+        if self.policy.layout.mode != "spread":
+            return np.zeros(len(need)), ~whole
+        mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
+        min_slice = np.take(mins, f[FIELD["model"]], mode="clip")
+        lengths = f[RUN_LENGTHS:RUN_LENGTHS + RUNS].copy()  # [run, GPU]
+        holds = lengths >= need
+        # best_fit_run: the shortest run that holds the slice, lowest start first; runs are kept in bit
+        # order, so argmin's first minimum is the lowest start.
+        best = np.where(holds, lengths, np.iinfo(np.int64).max).argmin(axis=0)
+        cut = lengths
+        cut[best, np.arange(len(need))] -= need
+        total = cut.sum(axis=0)
+        stranded = np.where((cut > 0) & (cut < min_slice), cut, 0).sum(axis=0)
+        frag = np.where(whole | (total <= 0), 0.0, stranded / np.where(total > 0, total, 1))
+        exact = ~whole & ((f[FIELD["nruns"]] > RUNS) | ~holds.any(axis=0))
+        return frag, exact
+
+
+def node_scores(cols: Columns, scores: np.ndarray) -> np.ndarray:
+    """Per slot, `rank`'s node score from its GPUs' scores (NaN: fewer than req.count GPUs fit): the best
+    GPU for one GPU, else `_pick`'s choice (a topology group that holds them all, else the best GPUs) and
+    its topology blend, with sums taken in the same order."""
+    count = cols.req.count
+    if count == 1:
+        with np.errstate(invalid="ignore"):
+            return np.fmax.reduce(scores, axis=1)
+    c = cols.cols
+    out = np.full(len(scores), np.nan)
+    rows = np.flatnonzero((~np.isnan(scores)).sum(axis=1) >= count)
+    scores, topo, index = scores[rows], c["topo"][rows], c["gpu"][rows]
+    fit = ~np.isnan(scores)
+    neg = np.where(fit, -scores, np.inf)
+    # Groups: for each GPU, the fitting GPUs of its node that share its topology key (hive, else NUMA).
+    together = (topo[:, :, None] == topo[:, None, :]) & fit[:, None, :] & (topo[:, :, None] >= 0)
+    top = np.sort(np.where(together, neg[:, None, :], np.inf), axis=2)[:, :, :count]
+    group_sums = _ordered_sum(-top)
+    group_sums[~np.isfinite(group_sums)] = -np.inf
+    best_group = group_sums.max(axis=1)
+    grouped = np.isfinite(best_group)
+    order = np.lexsort((index, neg), axis=-1)[:, :count]  # ranked: best score, then lowest GPU index
+    chosen = np.take_along_axis(scores, order, axis=1)
+    keys = np.take_along_axis(topo, order, axis=1)
+    same = (keys[:, :, None] == keys[:, None, :]).sum(axis=2).max(axis=1)
+    spread_topo = np.where(keys[:, 0] < 0, 0, same) / count
+    score = np.where(grouped, best_group, _ordered_sum(chosen)) / count
+    topology = np.where(grouped, 1.0, spread_topo)
+    w = cols.policy.scoring.weights
+    if (w.packing + w.complementarity + w.fragmentation + w.topology) > 0:
+        base = w.packing + w.complementarity + w.fragmentation
+        score = (score * base + w.topology * topology) / (base + w.topology)
+    out[rows] = score
+    return out
+
+
+def _ordered_sum(columns: np.ndarray) -> np.ndarray:
+    """Sums over the last axis added left to right, as Python's sum() does (numpy's pairwise sum may
+    round differently)."""
+    total = np.zeros(columns.shape[:-1])
+    for k in range(columns.shape[-1]):
+        total = total + columns[..., k]
+    return total
+
+
+def exact_gpu_score(req: SliceRequest, policy: Policy, gpu: object) -> float | None:
+    """`rank`'s per-GPU score the slow way (None: does not fit)."""
+    entry = _place(_shared(req, policy), gpu)  # type: ignore[arg-type]
+    return None if entry is None else entry[3]
