@@ -14,9 +14,10 @@ from kubernetes.config import ConfigException
 from rich.console import Console
 from rich.table import Table
 
+from extender.core.ledger import PodRef
 from extender.core.policy import Policy, PolicyError, load_policy, parse_policy
 from extender.engine.occupancy import Occupancy, occupancy
-from extender.engine.planner import Plan, PlanInputError, parse_cluster, parse_workloads, plan
+from extender.engine.planner import PLAN_NAMESPACE, Plan, PlanInputError, parse_cluster, parse_workloads, plan
 from extender.kube.client import api_client, core_api
 from extender.kube.snapshot import list_views
 
@@ -102,6 +103,11 @@ def _live(args: argparse.Namespace, policy: Policy) -> Occupancy:
     return occupancy(nodes, pods, policy)
 
 
+def _tenant(pod: PodRef) -> str:
+    # the planner reserves its replicas in the "plan" namespace; anything else was already running
+    return pod.name if pod.namespace == PLAN_NAMESPACE else f"{pod.key} (running)"
+
+
 def show(result: Plan, console: Console) -> None:
     table = Table(title="placement per GPU")
     for col in ("node", "gpu", "tenant", "class", "CUs", "memory", "GPU CUs", "GPU memory"):
@@ -111,7 +117,7 @@ def show(result: Plan, console: Console) -> None:
             usable = g.info.computeUnits - len(g.shared)
             for k, s in enumerate(g.slices):
                 last = k == len(g.slices) - 1
-                table.add_row(state.name if k == 0 else "", str(g.info.index) if k == 0 else "", s.pod.name,
+                table.add_row(state.name if k == 0 else "", str(g.info.index) if k == 0 else "", _tenant(s.pod),
                               s.workload_class, str(len(s.cus)), f"{s.memory / GIB:.0f}Gi",
                               f"{len(g.guaranteed)}/{usable}" if last else "",
                               f"{g.memory_used / GIB:.0f}/{g.info.memoryBytes / GIB:.0f}Gi" if last else "",

@@ -47,6 +47,7 @@ WORKLOAD_KEYS = {"compute": "compute", "computeLimit": "computeLimit", "memory":
                  "memoryLimit": "memoryLimit", "class": "class", "count": "count", "profile": "profile",
                  "targetRps": "target-rps"}
 MAX_REPLICAS = 10_000
+PLAN_NAMESPACE = "plan"  # the scratch ledger's namespace of planned replicas
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ def _reserve(ledger: Ledger, bins: tuple[Bin, ...], items: list[Item], owners: l
             burst = choose_burst(gpu.burst_cus, max(0, workload.request.limit_cus(gpu.info.computeUnits) - n))
             choices.append(GpuChoice(gpu, cus, burst, gpu_score(workload.request, gpu, cus, policy)))
         assignment = build_assignment(workload.request, node, tuple(choices), policy)
-        ledger.reserve(PodRef(items[i].key, "plan", items[i].key), assignment, workload.request.workload_class,
+        ledger.reserve(PodRef(items[i].key, PLAN_NAMESPACE, items[i].key), assignment, workload.request.workload_class,
                        workload.request.compute_millis, ttl=None)
         placed.append(Placed(workload.name, replica, assignment, len(choices[0].cus)))
     placed.sort(key=lambda p: (p.assignment.node, p.assignment.gpus[0].index, p.workload, p.replica))

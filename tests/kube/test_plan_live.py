@@ -159,3 +159,13 @@ def test_plan_on_a_real_api_server(control_plane: ControlPlane, tmp_path: Path) 
 
     doc = run_cli(control_plane, workloads, "--ignore-existing")
     assert sorted(p["node"] for p in doc["placements"]) == ["n1", "n2"] and not doc["unplaced"]
+
+
+def test_plan_table_says_what_the_live_cluster_held(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    fake_cluster(monkeypatch)
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(WORKLOADS))
+    assert main(["plan", "--kubeconfig", "unused", "--workloads", str(tmp_path / "w.yaml"), "--time-limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "live cluster: 2 GPU node(s), 1 existing tenant(s) reserved first" in out
+    assert "skipped bad: gpuslice.io/inventory[0].index" in out and "ns/old (running)" in out
