@@ -188,7 +188,7 @@ def _workload(spec: object, label: str, seen: set[str], policy: Policy) -> Workl
 
 def _items(workloads: list[Workload], states: list[NodeState], policy: Policy
            ) -> tuple[list[Item], list[tuple[Workload, int]], list[Unplaced]]:
-    """One optional model item per replica that fits somewhere on an empty cluster; a reason for the rest."""
+    """One optional model item per replica that fits somewhere beside the existing tenants; a reason for the rest."""
     items: list[Item] = []
     owners: list[tuple[Workload, int]] = []
     unplaced: list[Unplaced] = []
