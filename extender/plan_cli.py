@@ -7,20 +7,33 @@ import json
 import sys
 from pathlib import Path
 
+import urllib3
 import yaml
+from kubernetes.client import ApiException
+from kubernetes.config import ConfigException
 from rich.console import Console
 from rich.table import Table
 
+from extender.core.ledger import PodRef
 from extender.core.policy import Policy, PolicyError, load_policy, parse_policy
-from extender.engine.planner import Plan, PlanInputError, parse_cluster, parse_workloads, plan
+from extender.engine.occupancy import Occupancy, occupancy
+from extender.engine.planner import PLAN_NAMESPACE, Plan, PlanInputError, parse_cluster, parse_workloads, plan
+from extender.kube.client import api_client, core_api
+from extender.kube.snapshot import list_views
 
 GIB = 2**30
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="plan workloads onto a cluster's GPUs (CP-SAT), with a proven lower bound")
-    p.add_argument("--cluster", required=True, metavar="FILE",
-                   help='YAML/JSON {"nodes": [{"name", "inventory": [...]} | {"name", "gpus": N, "model"}]}')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cluster", metavar="FILE",
+                        help='YAML/JSON {"nodes": [{"name", "inventory": [...]} | {"name", "gpus": N, "model"}]}')
+    source.add_argument("--kubeconfig", metavar="FILE", help="plan on the live cluster this kubeconfig names")
+    source.add_argument("--in-cluster", action="store_true", help="plan on the live cluster this pod runs in")
+    p.add_argument("--ignore-existing", action="store_true",
+                   help="live cluster: plan on empty GPUs (default: on what the bound pods' gpuslice.io/assignment "
+                        "annotations leave free)")
     p.add_argument("--workloads", required=True, metavar="FILE",
                    help='YAML/JSON {"workloads": [{"name", "replicas", "compute", "memory", "class"} | '
                         '{"name", "replicas", "profile", "targetRps"}]}')
@@ -46,25 +59,53 @@ def plan_cmd(args: argparse.Namespace) -> int:
     """Exit 0 with a plan (replicas that cannot be placed are listed in it), 2 on unusable input."""
     try:
         policy: Policy = load_policy(args.policy) if args.policy else parse_policy({})
-        nodes = parse_cluster(_load(args.cluster, "cluster"), policy)
+        nodes = parse_cluster(_load(args.cluster, "cluster"), policy) if args.cluster else {}
         workloads, rejected = parse_workloads(_load(args.workloads, "workloads"), policy)
-    except PolicyError as exc:
+        if args.time_limit <= 0:
+            raise PlanInputError("--time-limit must be positive")
+        live = None if args.cluster else _live(args, policy)
+        if live is not None:
+            nodes = live.nodes
+            if not nodes:
+                raise PlanInputError(f"cluster: no node with GPUs ({len(live.skipped)} skipped for unreadable "
+                                     f"inventory, {live.without_gpus} without GPUs)")
+        existing = [] if live is None or args.ignore_existing else live.existing
+        result = plan(nodes, workloads, policy, args.time_limit, args.workers or policy.solver.workers, existing)
+    except (PolicyError, PlanInputError, KubeReadError) as exc:
         print(f"gpuslice plan: {exc}", file=sys.stderr)
         return 2
-    except PlanInputError as exc:
-        print(f"gpuslice plan: {exc}", file=sys.stderr)
-        return 2
-    if args.time_limit <= 0:
-        print("gpuslice plan: --time-limit must be positive", file=sys.stderr)
-        return 2
-    result = plan(nodes, workloads, policy, args.time_limit, args.workers or policy.solver.workers)
     result.unplaced[:0] = rejected
+    # piped output has no terminal width; keep the table readable instead of 80 columns
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        doc = result.to_dict()
+        if live is not None:  # the file path's document stays as it was (a stable interface)
+            doc["cluster"] = {**live.to_dict(), "existingCounted": not args.ignore_existing}
+        print(json.dumps(doc, indent=2))
     else:
-        # piped output has no terminal width; keep the table readable instead of 80 columns
-        show(result, Console() if sys.stdout.isatty() else Console(width=160))
+        show(result, console)
+        if live is not None:
+            show_live(live, args.ignore_existing, console)
     return 0
+
+
+class KubeReadError(RuntimeError):
+    """The live cluster could not be read (credentials, connection, permissions)."""
+
+
+def _live(args: argparse.Namespace, policy: Policy) -> Occupancy:
+    try:
+        api = core_api(api_client(args.kubeconfig, pool=2))
+        nodes, pods = list_views(api)
+    except (ConfigException, ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+        where = args.kubeconfig or "in-cluster"
+        raise KubeReadError(f"cannot list Nodes and Pods ({where}): {exc}") from None
+    return occupancy(nodes, pods, policy)
+
+
+def _tenant(pod: PodRef) -> str:
+    # the planner reserves its replicas in the "plan" namespace; anything else was already running
+    return pod.name if pod.namespace == PLAN_NAMESPACE else f"{pod.key} (running)"
 
 
 def show(result: Plan, console: Console) -> None:
@@ -76,7 +117,7 @@ def show(result: Plan, console: Console) -> None:
             usable = g.info.computeUnits - len(g.shared)
             for k, s in enumerate(g.slices):
                 last = k == len(g.slices) - 1
-                table.add_row(state.name if k == 0 else "", str(g.info.index) if k == 0 else "", s.pod.name,
+                table.add_row(state.name if k == 0 else "", str(g.info.index) if k == 0 else "", _tenant(s.pod),
                               s.workload_class, str(len(s.cus)), f"{s.memory / GIB:.0f}Gi",
                               f"{len(g.guaranteed)}/{usable}" if last else "",
                               f"{g.memory_used / GIB:.0f}/{g.info.memoryBytes / GIB:.0f}Gi" if last else "",
@@ -92,3 +133,13 @@ def show(result: Plan, console: Console) -> None:
         for u in result.unplaced:
             which = u.workload if u.replica is None else f"{u.workload}#{u.replica}"
             console.print(f"  {which}: {u.reason}")
+
+
+def show_live(live: Occupancy, ignore_existing: bool, console: Console) -> None:
+    counted = "ignored (--ignore-existing)" if ignore_existing else "reserved first"
+    console.print(f"live cluster: {len(live.nodes)} GPU node(s), {len(live.existing)} existing tenant(s) {counted}; "
+                  f"{live.without_gpus} node(s) without GPUs")
+    for name, reason in sorted(live.skipped.items()):
+        console.print(f"  [yellow]skipped[/yellow] {name}: {reason}")
+    for problem in live.problems:
+        console.print(f"  [yellow]not counted[/yellow] {problem}")

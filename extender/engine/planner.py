@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from extender.core.assignment import Assignment
 from extender.core.errors import InventoryError, SliceRequestError
 from extender.core.inventory import GpuInfo, format_inventory, parse_inventory
 from extender.core.layout import choose_burst, choose_cus
-from extender.core.ledger import Ledger, NodeState, PodRef
+from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.core.solver import (
@@ -47,6 +47,7 @@ WORKLOAD_KEYS = {"compute": "compute", "computeLimit": "computeLimit", "memory":
                  "memoryLimit": "memoryLimit", "class": "class", "count": "count", "profile": "profile",
                  "targetRps": "target-rps"}
 MAX_REPLICAS = 10_000
+PLAN_NAMESPACE = "plan"  # the scratch ledger's namespace of planned replicas
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def _workload(spec: object, label: str, seen: set[str], policy: Policy) -> Workl
 
 def _items(workloads: list[Workload], states: list[NodeState], policy: Policy
            ) -> tuple[list[Item], list[tuple[Workload, int]], list[Unplaced]]:
-    """One optional model item per replica that fits somewhere on an empty cluster; a reason for the rest."""
+    """One optional model item per replica that fits somewhere beside the existing tenants; a reason for the rest."""
     items: list[Item] = []
     owners: list[tuple[Workload, int]] = []
     unplaced: list[Unplaced] = []
@@ -195,7 +196,9 @@ def _items(workloads: list[Workload], states: list[NodeState], policy: Policy
         if not any(_fits_empty(w.request, s, policy) for s in states):
             fits = [evaluate(w.request, s, policy) for s in states]
             reason = "; ".join(f"{s.name}: {f.reason}" for s, f in zip(states, fits, strict=True))
-            unplaced.append(Unplaced(w.name, None, f"fits on no node even when empty: {reason}"))
+            room = "even when empty" if all(not g.slices for s in states for g in s.gpus) else \
+                "in what existing tenants leave free"
+            unplaced.append(Unplaced(w.name, None, f"fits on no node {room}: {reason}"))
             continue
         cus = tuple(needed_cus(w.request, g, policy) for s in states for g in s.gpus)
         for r in range(w.replicas):
@@ -244,10 +247,16 @@ class Packing:
     unplaced: list[Unplaced]
 
 
-def packing_problem(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy) -> Packing:
-    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory)
-    for name, gpus in nodes.items():
-        ledger.set_node(name, gpus)
+# A tenant already on the cluster: the pod, its assignment and its compute millis (as in ledger.rebuild).
+Existing = tuple[PodRef, Assignment, int]
+
+
+def packing_problem(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy,
+                    existing: Iterable[Existing] = ()) -> Packing:
+    """`existing` tenants are reserved first: the batch is planned on what they leave free."""
+    ledger, conflicts = rebuild(nodes, existing, policy.burst.sharedFraction, policy.overcommit.memory)
+    if conflicts:
+        raise PlanInputError(f"existing tenants do not fit their nodes: {'; '.join(conflicts)}")
     states = [s for s in (ledger.node(n) for n in nodes) if s is not None]
     bins = tuple(b for s in states for b in bins_for_node(s, policy))
     items, owners, unplaced = _items(workloads, states, policy)
@@ -256,9 +265,9 @@ def packing_problem(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload
 
 
 def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy,
-         time_limit: float = 5.0, workers: int = 1) -> Plan:
+         time_limit: float = 5.0, workers: int = 1, existing: Iterable[Existing] = ()) -> Plan:
     start = time.perf_counter()
-    packing = packing_problem(nodes, workloads, policy)
+    packing = packing_problem(nodes, workloads, policy, existing)
     ledger, first, owners, unplaced = packing.ledger, packing.problem, packing.owners, packing.unplaced
     bins, items, rules = first.bins, list(first.items), first.rules
     bounds = lower_bounds(bins, items, rules)
@@ -289,6 +298,9 @@ def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: 
     lb_bounds = lower_bounds(bins, placed_items, rules) if len(placed_items) < len(items) else bounds
     if "solver" in bounds and len(placed_items) == len(items):
         lb_bounds["solver"] = bounds["solver"]
+    occupied = sum(1 for b in bins if not b.empty)
+    if occupied:  # GPUs existing tenants hold stay in use whatever the batch does
+        lb_bounds = {**lb_bounds, "occupied": occupied}
     return Plan(gpus_total=len(bins), gpus_used=used_gpus, lower_bound=max(lb_bounds.values(), default=0),
                 bounds=lb_bounds, one_per_gpu=sum(it.count for it in placed_items), outcome=solution.outcome,
                 seconds=time.perf_counter() - start, placements=placed, unplaced=unplaced,
@@ -336,7 +348,7 @@ def _reserve(ledger: Ledger, bins: tuple[Bin, ...], items: list[Item], owners: l
             burst = choose_burst(gpu.burst_cus, max(0, workload.request.limit_cus(gpu.info.computeUnits) - n))
             choices.append(GpuChoice(gpu, cus, burst, gpu_score(workload.request, gpu, cus, policy)))
         assignment = build_assignment(workload.request, node, tuple(choices), policy)
-        ledger.reserve(PodRef(items[i].key, "plan", items[i].key), assignment, workload.request.workload_class,
+        ledger.reserve(PodRef(items[i].key, PLAN_NAMESPACE, items[i].key), assignment, workload.request.workload_class,
                        workload.request.compute_millis, ttl=None)
         placed.append(Placed(workload.name, replica, assignment, len(choices[0].cus)))
     placed.sort(key=lambda p: (p.assignment.node, p.assignment.gpus[0].index, p.workload, p.replica))

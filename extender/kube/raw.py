@@ -8,7 +8,10 @@ on the API server), which halves bind throughput.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+
+PAGE = 500
 
 
 def read_json(resp: Any) -> dict[str, Any]:
@@ -23,3 +26,19 @@ def release(resp: Any) -> None:
     release_conn = getattr(resp, "release_conn", None)
     if release_conn is not None:
         release_conn()
+
+
+def list_items(fn: Callable[..., Any], **selector: str) -> tuple[list[dict[str, Any]], str]:
+    """Every item of a list call, page by page, and the list's resourceVersion."""
+    items: list[dict[str, Any]] = []
+    cont: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_request_timeout": (5, 60), **selector}
+        if cont:
+            kwargs["_continue"] = cont
+        data = read_json(fn(**kwargs))
+        items.extend(data.get("items") or [])
+        meta = data.get("metadata") or {}
+        cont = meta.get("continue")
+        if not cont:
+            return items, meta.get("resourceVersion", "")

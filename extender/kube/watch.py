@@ -24,12 +24,11 @@ from kubernetes.watch.watch import iter_resp_lines
 from extender.engine.cluster import NodeView, PodView
 from extender.engine.scheduler import Engine
 from extender.kube.cluster import KubeCluster
-from extender.kube.raw import read_json
+from extender.kube.raw import list_items
 from extender.kube.views import node_view, pod_view
 
 log = logging.getLogger(__name__)
 
-PAGE = 500
 WATCH_SECONDS = 240
 READ_TIMEOUT = 90.0  # bookmarks arrive about every minute; a silent stream is resumed, not trusted
 BACKOFF_MIN = 0.2
@@ -106,19 +105,7 @@ class ClusterWatch:
 
     # --- listing -------------------------------------------------------------------------------
     def _list(self, fn: Callable[..., Any], **selector: str) -> tuple[list[dict[str, Any]], str]:
-        items: list[dict[str, Any]] = []
-        cont: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_request_timeout": (5, 60),
-                                      **selector}
-            if cont:
-                kwargs["_continue"] = cont
-            data = read_json(fn(**kwargs))
-            items.extend(data.get("items") or [])
-            meta = data.get("metadata") or {}
-            cont = meta.get("continue")
-            if not cont:
-                return items, meta.get("resourceVersion", "")
+        return list_items(fn, **selector)
 
     def _relist_nodes(self) -> str:
         items, rv = self._list(self.api.list_node)

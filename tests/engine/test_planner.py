@@ -126,3 +126,19 @@ def test_example_40_models_plan_within_5_percent_of_the_lower_bound() -> None:
     assert result.unplaced == []
     assert result.gpus_used <= 1.05 * result.lower_bound
     assert result.gpus_used < result.one_per_gpu / 2
+
+
+def test_existing_tenants_that_do_not_fit_their_node_are_unusable_input() -> None:
+    policy = parse_policy({})
+    nodes = parse_cluster({"nodes": [{"name": "n1", "inventory": [gpu(0)]}]}, policy)
+    workloads, _ = parse_workloads({"workloads": [{"name": "w", "compute": "250m", "memory": "10Gi"}]}, policy)
+    a = parse_assignment(json.dumps({"node": "n1", "class": "memory-bound", "policy": "v1",
+                                     "assignedAt": "2026-01-01T00:00:00Z",
+                                     "gpus": [{"index": 0, "id": "id0", "cus": "0-31", "burstCus": "",
+                                               "memoryBytes": 100 * GIB, "memoryLimitBytes": 100 * GIB}]}))
+    twice = [(PodRef(uid, "ns", uid), a, 250) for uid in ("a", "b")]  # 200Gi on a 192Gi GPU, same CUs
+    with pytest.raises(PlanInputError, match="existing tenants do not fit"):
+        plan(nodes, workloads, policy, 1.0, existing=twice)
+    result = plan(nodes, workloads, policy, 1.0, existing=twice[:1])
+    assert [p.assignment.node for p in result.placements] == ["n1"] and result.bounds["occupied"] == 1
+    assert not {c for g in result.placements[0].assignment.gpus for c in g.cus} & frozenset(range(32))
