@@ -55,11 +55,13 @@ class PolicyStore:
             self.last_error = None
             if new.version == self._policy.version:
                 return False
+            # Listeners (the ledger's burst region and overcommit) adopt the new policy before it is
+            # published, so whoever sees the new version also sees the state that goes with it.
+            for listener in self._listeners:
+                listener(new)
             self._policy = new
             self.reloads["applied"] += 1
             log.info("policy %s applied from %s", new.version, source)
-        for listener in self._listeners:
-            listener(new)
         return True
 
     def reload(self) -> bool:
