@@ -116,14 +116,19 @@ def gpu_pod_body(name: str, compute: str = "250m", memory: str = "16Gi", cls: st
                                                    "limits": {"gpuslice.io/gpu-share": "1"}}}]}}
 
 
-@pytest.fixture(scope="session")
-def kube_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def start_control_plane() -> ControlPlane:
+    """A started etcd + kube-apiserver from the assets directory, or skip saying what is missing."""
     reason = missing_reason()
     if reason:
         pytest.skip(f"real control plane tests skipped: {reason}")
     assets = assets_dir()
     assert assets is not None
-    cp = ControlPlane(assets).start()
+    return ControlPlane(assets).start()
+
+
+@pytest.fixture(scope="session")
+def kube_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    cp = start_control_plane()
     workdir = tmp_path_factory.mktemp("extender")
     extender = Extender(cp.kubeconfig, free_port(), workdir)
     try:

@@ -20,7 +20,8 @@ from extender.core.inventory import INVENTORY_ANNOTATION, LABEL_PRODUCT, RESOURC
 from extender.core.policy import parse_policy
 from extender.engine.cluster import NodeView, PodView
 from extender.engine.occupancy import occupancy
-from extender.kube.controlplane import ControlPlane, assets_dir, missing_reason
+from extender.kube.controlplane import ControlPlane
+from tests.kube.conftest import start_control_plane
 from tests.kube.fake_api import FakeApi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,12 +110,7 @@ def test_plan_needs_exactly_one_cluster_source(tmp_path: Path) -> None:
 # --- integration: a real API server --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(f"real control plane tests skipped: {reason}")
-    assets = assets_dir()
-    assert assets is not None
-    cp = ControlPlane(assets).start()
+    cp = start_control_plane()
     try:
         yield cp
     finally:
