@@ -41,6 +41,19 @@ GIB = 2**30
 SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-with-extender")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(procs: dict[str, int]) -> dict[str, float]:
+    snap = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    t = os.times()
+    snap["bench"] = t.user + t.system
+    return snap
+
+
 def node_body(name: str) -> dict:
     inv = format_inventory([GpuInfo(index=i, id=f"{name}-g{i}", model="MI300X", computeUnits=304, xcds=8,
                                     shaderEngines=32, memoryBytes=192 * GIB, healthy=True) for i in range(8)])
@@ -100,8 +113,12 @@ class Bench:
                 return
             time.sleep(0.5)
 
-    def measure(self, ns: str, count: int, config: str, name: str, timeout: float) -> dict:
+    def measure(self, ns: str, count: int, config: str, name: str, timeout: float,
+                procs: dict[str, int] | None = None) -> dict:
+        """Pods/s between the first and the last bind, and the CPU each process used in that span."""
         bound_at: list[float] = []
+        cpu: list[dict[str, float]] = []  # snapshots at the first and the last bind
+        procs = dict(procs or {})
         errors: list[str] = []
         done = threading.Event()
         rv = self.api.list_namespaced_pod(ns, limit=1).metadata.resource_version
@@ -126,6 +143,8 @@ class Bench:
                         if (obj.get("spec") or {}).get("nodeName") and meta.get("uid") not in seen:
                             seen.add(meta.get("uid"))
                             bound_at.append(time.monotonic())
+                            if len(seen) == 1 or len(seen) >= count:
+                                cpu.append(cpu_snapshot(procs))
                             if len(seen) >= count:
                                 break
                     resp.close()
@@ -138,14 +157,17 @@ class Bench:
         watcher.start()
         time.sleep(0.3)
         start = time.monotonic()
-        self.cp.start_scheduler(config, name)
+        procs["kube-scheduler"] = self.cp.start_scheduler(config, name).pid
         done.wait(timeout)
         self.cp.stop_process(name)
         n = len(bound_at)
         span = bound_at[-1] - bound_at[0] if n > 1 else 0.0
+        # CPU milliseconds per scheduled pod, by process: where a 2-core machine's time goes.
+        cpu_ms = ({k: round(1000 * (cpu[-1][k] - cpu[0][k]) / (n - 1), 2) for k in cpu[0]}
+                  if len(cpu) == 2 and n > 1 else {})
         return {"pods": count, "bound": n, "podsPerSecond": round((n - 1) / span, 1) if span > 0 else 0.0,
                 "firstBindAfterStartS": round(bound_at[0] - start, 2) if n else None,
-                "bindSpanS": round(span, 2), **({"watchError": errors[0]} if errors else {})}
+                "bindSpanS": round(span, 2), "cpuMsPerPod": cpu_ms, **({"watchError": errors[0]} if errors else {})}
 
 
 def start_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
@@ -206,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                     gpu = scenario.startswith("gpu")
                     bench.create_pods("bench", sched, args.pods, sched, gpu)
                     cfg = scheduler_config(cp.kubeconfig, sched, None if scenario == "plain-no-extender" else port)
-                    r = bench.measure("bench", args.pods, cfg, sched, args.timeout)
+                    r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
+                        "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,
+                        **({"extender": extender.pid} if scenario != "plain-no-extender" else {})})
                     r.update(nodes=n, scenario=scenario, round=rnd)
                     results.append(r)
                     print(json.dumps(r), file=sys.stderr, flush=True)

@@ -69,7 +69,7 @@ class Cluster(Protocol):
     def list_pods(self) -> list[PodView]: ...
 
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
-        """Write `annotations` onto the pod, then bind it to `node`; all or nothing. Raises BindError."""
+        """Bind the pod to `node` with `annotations` written onto it; all or nothing. Raises BindError."""
         ...
 
 

@@ -105,8 +105,8 @@ class Engine:
         """Rebuild every ledger from the cluster (start-up, or after losing the watch).
 
         Only bound pods (nodeName set) count: the Binding is the commit point of a bind. A pod that
-        carries an assignment but no nodeName is a bind that crashed between writing the annotation
-        and creating the Binding; it holds nothing, and its next bind overwrites the annotation.
+        carries an assignment but no nodeName (written by some other tool, or by a gpuslice before
+        binds became one write) holds nothing, and its next bind overwrites the annotation.
         Reservations of binds in flight in this process are carried over into the new ledger."""
         with self._swap:
             return self._sync()

@@ -1,14 +1,13 @@
 """The cluster on a real API server: cached views fed by the watch, and the crash-safe bind.
 
-A bind has two writes, in this order:
-1. patch the pod's `gpuslice.io/assignment` annotation, with the pod's resourceVersion as a
-   precondition (a pod changed, recreated or bound meanwhile makes the patch fail with 409);
-2. create the pod's Binding (POST pods/<name>/binding, with the pod's UID as a precondition).
-The Binding is the commit point: a pod counts in the ledger only once it has a nodeName, and the
-node named in its annotation must be that nodeName. A crash between 1 and 2 leaves an annotation
-on an unbound pod, which counts for nothing and is overwritten by the pod's next bind. On a failed
-Binding the annotation is removed again, unless the pod turns out to be bound to this node after
-all (a lost answer), which makes the bind a success.
+A bind is one write: the pod's Binding (POST pods/<name>/binding) carrying the assignment in its
+metadata.annotations, with the pod's UID and resourceVersion as preconditions. The API server
+applies it in a single update of the pod (pkg/registry/core/pod/storage: the Binding's annotations
+are merged into the pod as nodeName is set), so the assignment annotation and the nodeName appear
+together or not at all: there is no moment, and no crash point, at which a pod holds one without
+the other. A pod that changed since we read it (409) is read again and the Binding retried under
+its new resourceVersion; a pod bound, recreated or being deleted meanwhile fails the bind. A
+Binding whose answer was lost is read back: bound here with our assignment means success.
 """
 
 from __future__ import annotations
@@ -20,14 +19,19 @@ from collections.abc import Callable, Mapping
 
 from kubernetes.client import ApiException, CoreV1Api
 
+from extender.core.requests import has_slice_keys
 from extender.engine.cluster import BindError, NodeView, PodView
 from extender.kube.raw import read_json, release
 from extender.kube.views import pod_view
 
 log = logging.getLogger(__name__)
 
-PATCH_ATTEMPTS = 3
+BIND_ATTEMPTS = 3  # a pod that changes under every attempt is left for kube-scheduler to retry
 API_TIMEOUT = (5.0, 10.0)  # connect, read seconds: a bind must answer well inside kube-scheduler's httpTimeout
+
+
+class _Done(Exception):
+    """The pod turned out to be bound as asked: the bind succeeded."""
 
 
 def api_message(exc: ApiException) -> str:
@@ -41,8 +45,10 @@ class KubeCluster:
     """`Cluster` over the API server. Node and pod views come from the watch (see watch.py)."""
 
     def __init__(self, api: CoreV1Api, leading: Callable[[], bool] | None = None,
-                 on_failed: Callable[[str], None] | None = None) -> None:
+                 on_failed: Callable[[str], None] | None = None,
+                 prefix: Callable[[], str] = lambda: "gpuslice.io") -> None:
         self.api = api
+        self.prefix = prefix  # the policy's key prefix (it may be reloaded)
         self.leading = leading
         # Called with the node of a failed bind: its reservation is released, and no cluster event
         # tells kube-scheduler so (see nudge.py).
@@ -50,8 +56,9 @@ class KubeCluster:
         self._nodes: dict[str, NodeView] = {}
         self._pods: dict[str, PodView] = {}  # uid -> view
         self._uids: dict[str, str] = {}  # namespace/name -> uid
+        self._waiting: set[str] = set()  # uids of live, unbound pods that ask for a slice
         self._lock = threading.Lock()
-        # Test hook: called with each bind step ("annotated", "bound") to inject crashes.
+        # Test hook: called with each bind step ("binding" before a write, "bound" after) to inject crashes.
         self.fault: Callable[[str], None] | None = None
 
     # --- the watch's cache -------------------------------------------------------------------
@@ -63,6 +70,7 @@ class KubeCluster:
         with self._lock:
             self._pods = {v.uid: v for v in views}
             self._uids = {v.key: v.uid for v in views}
+            self._waiting = {v.uid for v in views if self._waits(v)}
 
     def put_node(self, view: NodeView) -> NodeView | None:
         with self._lock:
@@ -79,13 +87,26 @@ class KubeCluster:
             old = self._pods.get(view.uid)
             self._pods[view.uid] = view
             self._uids[view.key] = view.uid
+            if self._waits(view):
+                self._waiting.add(view.uid)
+            else:
+                self._waiting.discard(view.uid)
             return old
 
     def drop_pod(self, view: PodView) -> PodView | None:
         with self._lock:
             if self._uids.get(view.key) == view.uid:
                 del self._uids[view.key]
+            self._waiting.discard(view.uid)
             return self._pods.pop(view.uid, None)
+
+    def has_waiting_pods(self) -> bool:
+        """Some live pod asks for a GPU slice and is not bound yet: it may be waiting for capacity."""
+        return bool(self._waiting)
+
+    def _waits(self, view: PodView) -> bool:
+        return (not view.node_name and not view.terminal and not view.deleting
+                and has_slice_keys(view.labels, view.annotations, self.prefix()))
 
     # --- Cluster protocol ----------------------------------------------------------------------
     def get_pod(self, namespace: str, name: str) -> PodView | None:
@@ -107,6 +128,8 @@ class KubeCluster:
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         try:
             self._bind_pod(pod, node, annotations)
+        except _Done:
+            return
         except BindError:
             if self.on_failed is not None and annotations:
                 self.on_failed(node)
@@ -115,61 +138,39 @@ class KubeCluster:
     def _bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         if self.leading is not None and not self.leading():
             raise BindError("gpuslice: this extender's scheduler does not hold the leader lease", temporary=True)
-        written: str | None = None
-        if annotations:
-            written = self._annotate(pod, node, annotations)
-            if written is None:
-                return  # already bound here with this assignment
-        self._step("annotated")
-        try:
-            release(self.api.create_namespaced_pod_binding(
-                pod.name, pod.namespace,
-                {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name, "uid": pod.uid},
-                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}},
-                _preload_content=False, _request_timeout=API_TIMEOUT))
-        except ApiException as exc:
-            self._binding_failed(pod, node, annotations, f"{exc.status} {api_message(exc)}", exc.status)
-            return
-        except Exception as exc:  # no answer: the Binding may or may not exist
-            self._binding_failed(pod, node, annotations, f"no answer: {exc}", None)
-            return
-        self._step("bound")
-
-    # --- steps -------------------------------------------------------------------------------
-    def _annotate(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> str | None:
-        """Write the annotations under a resourceVersion precondition. Returns the pod's new
-        resourceVersion, or None if the pod is already bound to `node` with these annotations."""
         current = self._pods.get(pod.uid)
-        rv = (current or pod).resource_version
-        for _ in range(PATCH_ATTEMPTS):
-            if rv is not None:
-                body = {"metadata": {"resourceVersion": rv, "annotations": dict(annotations)}}
-                try:
-                    resp = self.api.patch_namespaced_pod(pod.name, pod.namespace, body, _preload_content=False,
-                                                         _request_timeout=API_TIMEOUT)
-                    return str(read_json(resp)["metadata"]["resourceVersion"])
-                except ApiException as exc:
-                    if exc.status not in (404, 409):
-                        raise BindError(f"gpuslice: writing the assignment of {pod.key}: {exc.status} "
-                                        f"{api_message(exc)}", temporary=exc.status >= 429) from None
-                except Exception as exc:
-                    raise BindError(f"gpuslice: writing the assignment of {pod.key}: {exc}", temporary=True) from exc
-            fresh = self._read(pod.namespace, pod.name)
-            if fresh is None or fresh.uid != pod.uid:
-                raise BindError(f"gpuslice: pod {pod.key} ({pod.uid}) no longer exists")
-            if fresh.node_name:
-                if fresh.node_name == node and all(fresh.annotations.get(k) == v for k, v in annotations.items()):
-                    return None
-                raise BindError(f"gpuslice: pod {pod.key} is already bound to {fresh.node_name}")
-            if fresh.deleting:
-                raise BindError(f"gpuslice: pod {pod.key} is being deleted")
-            rv = fresh.resource_version
-        raise BindError(f"gpuslice: pod {pod.key} kept changing while its assignment was written", temporary=True)
+        rv = (current or pod).resource_version if annotations else None
+        for _ in range(BIND_ATTEMPTS):
+            self._step("binding")
+            meta: dict = {"name": pod.name, "uid": pod.uid}
+            if annotations:
+                meta["annotations"] = dict(annotations)
+                if rv is not None:
+                    meta["resourceVersion"] = rv
+            try:
+                release(self.api.create_namespaced_pod_binding(
+                    pod.name, pod.namespace,
+                    {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
+                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}},
+                    _preload_content=False, _request_timeout=API_TIMEOUT))
+            except ApiException as exc:
+                rv = self._binding_failed(pod, node, annotations, f"{exc.status} {api_message(exc)}", exc.status, rv)
+                continue
+            except Exception as exc:  # no answer: the Binding may or may not exist
+                rv = self._binding_failed(pod, node, annotations, f"no answer: {exc}", None, rv)
+                continue
+            self._step("bound")
+            return
+        raise BindError(f"gpuslice: pod {pod.key} kept changing while it was being bound", temporary=True)
 
     def _binding_failed(self, pod: PodView, node: str, annotations: Mapping[str, str], why: str,
-                        status: int | None) -> None:
-        """Find out what the failed Binding left behind; succeed if the pod is bound here after all,
-        else remove the annotation and raise BindError."""
+                        status: int | None, sent_rv: str | None) -> str | None:
+        """Find out what a failed Binding left behind: raises _Done if the pod is bound here with our
+        assignment after all (a lost answer), returns the pod's new resourceVersion if a 409 came from
+        a pod that is still unbound and merely changed since `sent_rv` (try again), else raises
+        BindError."""
+        if status == 404:
+            raise BindError(f"gpuslice: pod {pod.key} ({pod.uid}) no longer exists")
         try:
             fresh = self._read(pod.namespace, pod.name)
         except BindError:
@@ -179,43 +180,16 @@ class KubeCluster:
             raise BindError(f"gpuslice: binding {pod.key} to {node}: {why}; the pod no longer exists")
         if fresh.node_name == node and all(fresh.annotations.get(k) == v for k, v in annotations.items()):
             log.info("pod %s: binding answered %s but the pod is bound to %s: done", pod.key, why, node)
-            return
-        if not fresh.node_name:
-            self._unannotate(fresh, annotations)
-        if status == 409:
-            state = f"bound to {fresh.node_name}" if fresh.node_name else (
-                "being deleted" if fresh.deleting else "changed")
+            raise _Done()
+        if fresh.node_name or fresh.deleting:
+            state = f"bound to {fresh.node_name}" if fresh.node_name else "being deleted"
             raise BindError(f"gpuslice: binding {pod.key} to {node} refused: pod is {state} ({why})")
+        if status == 409:
+            if sent_rv is not None and fresh.resource_version != sent_rv:
+                return fresh.resource_version  # only the precondition failed: the pod changed meanwhile
+            raise BindError(f"gpuslice: binding {pod.key} to {node} refused ({why})")
         raise BindError(f"gpuslice: binding {pod.key} to {node}: {why}",
                         temporary=status is None or status >= 429)
-
-    def _unannotate(self, fresh: PodView, annotations: Mapping[str, str]) -> None:
-        """Remove our annotations from an unbound pod, if they are still ours."""
-        pod: PodView | None = fresh
-        for _ in range(PATCH_ATTEMPTS):
-            if pod is None or pod.node_name:
-                return
-            mine = [k for k, v in annotations.items() if pod.annotations.get(k) == v]
-            if not mine:
-                return
-            body = {"metadata": {"resourceVersion": pod.resource_version, "annotations": dict.fromkeys(mine)}}
-            try:
-                release(self.api.patch_namespaced_pod(pod.name, pod.namespace, body, _preload_content=False,
-                                                      _request_timeout=API_TIMEOUT))
-                return
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-                if exc.status != 409:
-                    break
-            except Exception:
-                break
-            try:
-                pod = self._read(fresh.namespace, fresh.name)
-            except BindError:
-                break
-        # Harmless if it stays: an unbound pod's annotation counts for nothing and is overwritten.
-        log.warning("pod %s: could not remove the assignment annotation of a failed bind", fresh.key)
 
     def _read(self, namespace: str, name: str) -> PodView | None:
         try:

@@ -7,7 +7,10 @@ included). A deleted pod is such an event already, but kube-scheduler may see it
 extender's watch has freed the slice, retry at once, be rejected again and then sit in the
 unschedulable pool for up to five minutes. So once the ledger has freed capacity on a node, the
 extender touches an annotation on that Node: an event that arrives after the ledger changed.
-Touches are coalesced per node, at most one patch per node per interval.
+Touches are coalesced per node, at most one patch per node per interval, and made only while
+some pod that asks for a slice is unbound (`wanted`): with nobody waiting there is nothing to
+retry, and a Node update makes kube-scheduler and every watcher of Nodes do work. A pod rejected
+later sees the freed capacity anyway, because the ledger changed before the poke.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from kubernetes.client import CoreV1Api
 
@@ -26,9 +30,10 @@ FREED_ANNOTATION = "gpuslice.io/capacity-freed"
 
 
 class Nudger:
-    def __init__(self, api: CoreV1Api, interval: float = 0.25) -> None:
+    def __init__(self, api: CoreV1Api, interval: float = 0.25, wanted: Callable[[], bool] | None = None) -> None:
         self.api = api
         self.interval = interval
+        self.wanted = wanted
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -36,6 +41,7 @@ class Nudger:
         self._seq = 0
         self.sent = 0
         self.failed = 0
+        self.skipped = 0  # pokes dropped because no pod was waiting
 
     def poke(self, node: str) -> None:
         with self._lock:
@@ -57,6 +63,9 @@ class Nudger:
             self._wake.clear()
             with self._lock:
                 nodes, self._pending = self._pending, set()
+            if nodes and self.wanted is not None and not self.wanted():
+                self.skipped += len(nodes)
+                continue
             for node in sorted(nodes):
                 self._touch(node)
             self._stop.wait(self.interval)

@@ -44,8 +44,9 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
     if lease:
         namespace, _, name = lease.partition("/")
         gate = LeaseGate(client, namespace, name)
-    nudger = Nudger(core) if nudge else None
-    cluster = KubeCluster(core, leading=gate, on_failed=nudger.poke if nudger else None)
+    cluster = KubeCluster(core, leading=gate, prefix=lambda: policies.current.prefix)
+    nudger = Nudger(core, wanted=cluster.has_waiting_pods) if nudge else None
+    cluster.on_failed = nudger.poke if nudger else None
     engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # CP-SAT picks GPUs and CUs at bind
     watch = ClusterWatch(core, cluster, engine, on_freed=nudger.poke if nudger else None,
                          scheduler_name=scheduler_name)

@@ -152,14 +152,21 @@ class FakeApi:
         pod = self.pods.get((namespace, name))
         if pod is None:
             raise _err(404, f'pods "{name}" not found')
-        uid = body.get("metadata", {}).get("uid")
+        # As the API server's BindingREST: UID and resourceVersion preconditions, then nodeName and the
+        # Binding's annotations in one update.
+        meta = body.get("metadata", {})
+        uid = meta.get("uid")
         if uid and uid != pod["metadata"]["uid"]:
             raise _err(409, "Precondition failed: UID in precondition does not match")
+        rv = meta.get("resourceVersion")
+        if rv and rv != pod["metadata"]["resourceVersion"]:
+            raise _err(409, "Precondition failed: ResourceVersion in precondition does not match")
         if pod["metadata"].get("deletionTimestamp"):
             raise _err(409, f"pod {name} is being deleted, cannot be assigned to a host")
         if pod["spec"].get("nodeName"):
             raise _err(409, f"pod {name} is already assigned to node \"{pod['spec']['nodeName']}\"")
         pod["spec"]["nodeName"] = body["target"]["name"]
+        pod["metadata"].setdefault("annotations", {}).update(meta.get("annotations") or {})
         self._bump(pod)
         self._leave("create_namespaced_pod_binding")
         return Resp({"kind": "Status", "status": "Success"})

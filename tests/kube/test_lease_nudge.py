@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+from extender.kube.cluster import KubeCluster
 from extender.kube.lease import LeaseGate
 from extender.kube.nudge import FREED_ANNOTATION, Nudger
+from extender.kube.views import pod_view
 from tests.kube.fake_api import FakeApi, Resp
 
 
@@ -72,7 +74,7 @@ def test_bind_refused_while_not_leading() -> None:
     err = engine.bind("default", "p", pod["metadata"]["uid"], "n0")
     assert "leader lease" in err
     assert engine.ledger.entry(pod["metadata"]["uid"]) is None
-    assert "patch_namespaced_pod" not in api.calls
+    assert "patch_namespaced_pod" not in api.calls and "create_namespaced_pod_binding" not in api.calls
 
 
 def test_nudges_are_coalesced_per_node() -> None:
@@ -97,3 +99,43 @@ def test_nudges_are_coalesced_per_node() -> None:
     wait_sent(3)
     nudger.stop()
     assert api.nodes["n0"]["metadata"]["annotations"][FREED_ANNOTATION] != first  # every touch is a change
+
+
+def test_nudges_only_while_a_slice_pod_is_unbound() -> None:
+    from tests.kube.test_bind_faults import SLICE
+
+    api = FakeApi()
+    api.add_node("n0")
+    cluster = KubeCluster(api)  # type: ignore[arg-type]
+    nudger = Nudger(api, interval=0.05, wanted=cluster.has_waiting_pods)  # type: ignore[arg-type]
+    nudger.start()
+
+    def settle() -> None:
+        deadline = time.monotonic() + 5
+        while (nudger._pending or nudger._wake.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+
+    try:
+        plain = pod_view(api.add_pod("default", "plain", {}))
+        cluster.put_pod(plain)  # unbound, but asks for no slice
+        nudger.poke("n0")
+        settle()
+        assert api.calls.count("patch_node") == 0 and nudger.skipped == 1
+        gpu = api.add_pod("default", "gpu", SLICE)
+        cluster.put_pod(pod_view(gpu))
+        assert cluster.has_waiting_pods()
+        nudger.poke("n0")
+        settle()
+        assert api.calls.count("patch_node") == 1
+        api.bind_elsewhere("default", "gpu", "n0")
+        cluster.put_pod(pod_view(gpu))  # bound now: nobody waits
+        assert not cluster.has_waiting_pods()
+        nudger.poke("n0")
+        settle()
+        assert api.calls.count("patch_node") == 1 and nudger.skipped == 2
+        cluster.put_pod(pod_view(api.add_pod("default", "gpu2", SLICE)))
+        cluster.replace_pods([plain])  # a relist that no longer has it
+        assert not cluster.has_waiting_pods()
+    finally:
+        nudger.stop()
