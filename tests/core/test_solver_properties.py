@@ -126,3 +126,16 @@ def test_objective_terms_by_hand() -> None:
     # only the memory-bound one: leftover 8 < 16 is stranded (-1000), the compute-bound one unplaced
     alone = objective(p, ((0,), None))
     assert alone < -1000 - 7 - 1000
+
+
+@SETTINGS
+@given(problems(max_bins=4, max_items=1))
+def test_enumeration_and_cp_sat_agree_on_one_item(p: Problem) -> None:
+    """A bind's problem is solved by trying every GPU set; CP-SAT on the same model finds the same optimum."""
+    by_enumeration = solve(p, time_limit=5.0)
+    by_model = solve(p, time_limit=5.0, enumerate_limit=0)
+    assert by_enumeration.outcome == by_model.outcome or {by_enumeration.outcome, by_model.outcome} <= {
+        "optimal", "fallback-greedy"}
+    assert by_enumeration.objective == by_model.objective
+    if by_enumeration.objective is not None:
+        assert independent_check(p, by_enumeration.placement) == []
