@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 from kubernetes.watch.watch import iter_resp_lines
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +53,23 @@ def cpu_snapshot(procs: dict[str, int]) -> dict[str, float]:
     t = os.times()
     snap["bench"] = t.user + t.system
     return snap
+
+
+def verb_seconds(port: int) -> dict[str, tuple[float, float]]:
+    """The extender's own answer time per verb so far: (sum of seconds, count), from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "gpuslice_extender_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            verb = sample.labels.get("verb", "")
+            if sample.name.endswith("_sum"):
+                out.setdefault(verb, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_count"):
+                out.setdefault(verb, [0.0, 0.0])[1] = sample.value
+    return {verb: (v[0], v[1]) for verb, v in out.items()}
 
 
 def node_body(name: str) -> dict:
@@ -228,10 +246,16 @@ def main(argv: list[str] | None = None) -> int:
                     gpu = scenario.startswith("gpu")
                     bench.create_pods("bench", sched, args.pods, sched, gpu)
                     cfg = scheduler_config(cp.kubeconfig, sched, None if scenario == "plain-no-extender" else port)
+                    before = verb_seconds(port) if scenario != "plain-no-extender" else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,
                         **({"extender": extender.pid} if scenario != "plain-no-extender" else {})})
                     r.update(nodes=n, scenario=scenario, round=rnd)
+                    if before:  # mean time the extender took to answer each verb in this run (ms)
+                        after = verb_seconds(port)
+                        r["extenderMeanMs"] = {
+                            verb: round(1000 * (after[verb][0] - t0) / (after[verb][1] - c0), 2)
+                            for verb, (t0, c0) in before.items() if verb in after and after[verb][1] > c0}
                     results.append(r)
                     print(json.dumps(r), file=sys.stderr, flush=True)
                     bench.delete_pods("bench")

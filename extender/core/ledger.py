@@ -432,8 +432,9 @@ class Ledger:
                 self._account(entry, -1)
         return True
 
-    def expire(self) -> int:
-        """Drop reservations past their deadline (their bind never completed). Returns the count."""
+    def expire(self, on_node: Callable[[str], None] | None = None) -> int:
+        """Drop reservations past their deadline (their bind never completed). Returns the count;
+        `on_node` is called with each node that got capacity back."""
         now = self.clock()
         dropped = 0
         for name in list(self._reserving):
@@ -454,6 +455,8 @@ class Ledger:
                             del self._where[uid]
                         self._account(e, -1)
                     dropped += 1
+                    if on_node is not None:
+                        on_node(name)
         self.expired_total += dropped
         return dropped
 

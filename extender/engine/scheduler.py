@@ -96,6 +96,9 @@ class Engine:
         self._swap = threading.RLock()
         # Test hook: called with the name of each bind step ("reserved", "recorded") to inject crashes.
         self.fault: Callable[[str], None] | None = None
+        # Called with a node whose capacity came free without a cluster event (an expired reservation,
+        # a policy change), so that kube-scheduler can be told to retry (kube/nudge.py).
+        self.on_freed: Callable[[str], None] | None = None
         self.synced = False
         self._last_columns: tuple[str, Columns] | None = None  # see _columns()
         policies.on_change(self._policy_changed)
@@ -214,6 +217,11 @@ class Engine:
         if policy.burst.sharedFraction != self.ledger.shared_fraction:
             self.ledger.set_burst_fraction(policy.burst.sharedFraction)
         self.ledger.overcommit = policy.overcommit.memory
+        # New rules may let a rejected pod fit anywhere; no cluster event says so. Any one node stands
+        # for all: kube-scheduler requeues every extender-rejected pod on any Node event.
+        names = self.ledger.node_names() if self.on_freed is not None else []
+        if names and self.on_freed is not None:
+            self.on_freed(names[0])
 
     # --- verbs ---------------------------------------------------------------------------------
     def filter(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
@@ -566,9 +574,19 @@ class Engine:
         now = self.clock()
         if now - self._last_expire >= 1.0:
             self._last_expire = now
-            n = self.ledger.expire()
-            if n:
-                log.warning("%d reservation(s) expired without a bind", n)
+            self.expire_reservations()
+
+    def expire_reservations(self) -> int:
+        """Drop reservations whose bind never completed; each node that got capacity back goes to
+        `on_freed` (no cluster event tells kube-scheduler about it)."""
+        freed: set[str] = set()
+        n = self.ledger.expire(on_node=freed.add)
+        if n:
+            log.warning("%d reservation(s) expired without a bind", n)
+        if self.on_freed is not None:
+            for node in sorted(freed):
+                self.on_freed(node)
+        return n
 
 
 def _signature(view: NodeView) -> tuple:

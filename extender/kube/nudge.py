@@ -7,7 +7,9 @@ included). A deleted pod is such an event already, but kube-scheduler may see it
 extender's watch has freed the slice, retry at once, be rejected again and then sit in the
 unschedulable pool for up to five minutes. So once the ledger has freed capacity on a node, the
 extender touches an annotation on that Node: an event that arrives after the ledger changed.
-Touches are coalesced per node, at most one patch per node per interval, and made only while
+One Node update requeues every pod the extender rejected, wherever its capacity came free (the
+Extender pseudo-plugin queues on any Node event), so pokes are coalesced into at most one patch per
+interval, on the node that freed last; and made only while
 some pod that asks for a slice is unbound (`wanted`): with nobody waiting there is nothing to
 retry, and a Node update makes kube-scheduler and every watcher of Nodes do work. A pod rejected
 later sees the freed capacity anyway, because the ledger changed before the poke.
@@ -35,6 +37,7 @@ class Nudger:
         self.interval = interval
         self.wanted = wanted
         self._pending: set[str] = set()
+        self._last: str | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -46,6 +49,7 @@ class Nudger:
     def poke(self, node: str) -> None:
         with self._lock:
             self._pending.add(node)
+            self._last = node
         self._wake.set()
 
     def start(self) -> threading.Thread:
@@ -62,21 +66,25 @@ class Nudger:
             self._wake.wait()
             self._wake.clear()
             with self._lock:
-                nodes, self._pending = self._pending, set()
+                nodes, self._pending, last = self._pending, set(), self._last
             if nodes and self.wanted is not None and not self.wanted():
                 self.skipped += len(nodes)
                 continue
-            for node in sorted(nodes):
-                self._touch(node)
+            # the node that freed last, else (deleted meanwhile) another one
+            for node in sorted(nodes, key=lambda n: n != last)[:3]:
+                if self._touch(node):
+                    break
             self._stop.wait(self.interval)
 
-    def _touch(self, node: str) -> None:
+    def _touch(self, node: str) -> bool:
         self._seq += 1
         stamp = f"{time.time():.3f}/{self._seq}"
         try:
             release(self.api.patch_node(node, {"metadata": {"annotations": {FREED_ANNOTATION: stamp}}},
                                         _preload_content=False, _request_timeout=(5, 10)))
             self.sent += 1
+            return True
         except Exception as exc:  # a missed nudge only delays a retry; never fail the watch for it
             self.failed += 1
             log.warning("node %s: could not signal freed capacity: %s", node, exc)
+            return False

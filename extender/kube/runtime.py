@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+from dataclasses import dataclass, field
 
 from kubernetes.client import ApiClient
 
@@ -15,6 +17,11 @@ from extender.kube.lease import LeaseGate
 from extender.kube.nudge import Nudger
 from extender.kube.watch import ClusterWatch
 
+log = logging.getLogger(__name__)
+
+
+EXPIRE_EVERY = 1.0  # seconds between sweeps for reservations whose bind never completed
+
 
 @dataclass
 class KubeRuntime:
@@ -22,17 +29,29 @@ class KubeRuntime:
     cluster: KubeCluster
     watch: ClusterWatch
     nudger: Nudger | None
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> KubeRuntime:
         if self.nudger is not None:
             self.nudger.start()
         self.watch.start()
+        # filter sweeps too, but while every waiting pod sits in kube-scheduler's unschedulable pool no
+        # filter comes; the capacity a lapsed reservation held must still be freed and announced.
+        threading.Thread(target=self._expire_loop, name="expire-reservations", daemon=True).start()
         return self
 
     def stop(self) -> None:
+        self._stop.set()
         self.watch.stop()
         if self.nudger is not None:
             self.nudger.stop()
+
+    def _expire_loop(self) -> None:
+        while not self._stop.wait(EXPIRE_EVERY):
+            try:
+                self.engine.expire_reservations()
+            except Exception:  # never let a sweep kill the loop
+                log.exception("expiring reservations failed")
 
 
 def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: ApiClient | None = None,
@@ -48,6 +67,7 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
     nudger = Nudger(core, wanted=cluster.has_waiting_pods) if nudge else None
     cluster.on_failed = nudger.poke if nudger else None
     engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # CP-SAT picks GPUs and CUs at bind
+    engine.on_freed = nudger.poke if nudger else None
     watch = ClusterWatch(core, cluster, engine, on_freed=nudger.poke if nudger else None,
                          scheduler_name=scheduler_name)
     return KubeRuntime(engine, cluster, watch, nudger)

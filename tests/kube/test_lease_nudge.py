@@ -77,7 +77,7 @@ def test_bind_refused_while_not_leading() -> None:
     assert "patch_namespaced_pod" not in api.calls and "create_namespaced_pod_binding" not in api.calls
 
 
-def test_nudges_are_coalesced_per_node() -> None:
+def test_nudges_are_coalesced_into_one_patch() -> None:
     api = FakeApi()
     api.add_node("n0")
     api.add_node("n1")
@@ -92,13 +92,17 @@ def test_nudges_are_coalesced_per_node() -> None:
         nudger.poke("n0")
     nudger.poke("n1")
     nudger.start()
+    wait_sent(1)
+    time.sleep(0.3)
+    # One Node event requeues every rejected pod: six pokes on two nodes became one patch, on the last.
+    assert api.calls.count("patch_node") == 1
+    assert FREED_ANNOTATION in api.nodes["n1"]["metadata"].get("annotations", {})
+    assert FREED_ANNOTATION not in api.nodes["n0"]["metadata"].get("annotations", {})
+    first = api.nodes["n1"]["metadata"]["annotations"][FREED_ANNOTATION]
+    nudger.poke("n1")
     wait_sent(2)
-    assert api.calls.count("patch_node") == 2  # five pokes of n0 became one patch
-    first = api.nodes["n0"]["metadata"]["annotations"][FREED_ANNOTATION]
-    nudger.poke("n0")
-    wait_sent(3)
     nudger.stop()
-    assert api.nodes["n0"]["metadata"]["annotations"][FREED_ANNOTATION] != first  # every touch is a change
+    assert api.nodes["n1"]["metadata"]["annotations"][FREED_ANNOTATION] != first  # every touch is a change
 
 
 def test_nudges_only_while_a_slice_pod_is_unbound() -> None:
@@ -139,3 +143,37 @@ def test_nudges_only_while_a_slice_pod_is_unbound() -> None:
         assert not cluster.has_waiting_pods()
     finally:
         nudger.stop()
+
+
+def test_expired_reservation_and_policy_change_announce_freed_capacity() -> None:
+    import urllib3
+
+    from extender.engine.policy_store import PolicyStore
+    from extender.engine.scheduler import Engine
+    from extender.kube.watch import ClusterWatch
+    from tests.kube.test_bind_faults import SLICE, inventory
+
+    api = FakeApi()
+    api.add_node("n0", inventory("n0"))
+    pod = api.add_pod("default", "p", SLICE)
+    now = [1000.0]
+    cluster = KubeCluster(api)  # type: ignore[arg-type]
+    policies = PolicyStore()
+    engine = Engine(cluster, policies, clock=lambda: now[0])
+    watch = ClusterWatch(api, cluster, engine)  # type: ignore[arg-type]
+    watch._relist_nodes()
+    watch._relist_pods()
+    engine.sync()
+    freed: list[str] = []
+    engine.on_freed = freed.append
+    view = pod_view(pod)
+    api.fail["create_namespaced_pod_binding"] = urllib3.exceptions.ProtocolError("connection reset")
+    api.fail["read_namespaced_pod"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")
+    engine.filter(view, names=["n0"])
+    assert "cannot be read back" in engine.bind("default", "p", view.uid, "n0")  # reservation kept
+    assert engine.expire_reservations() == 0 and freed == []
+    now[0] += 3600
+    assert engine.expire_reservations() == 1
+    assert freed == ["n0"] and engine.ledger.entry(view.uid) is None
+    assert policies.update_text("overcommit:\n  memory: 1.5\n")
+    assert freed == ["n0", "n0"]
