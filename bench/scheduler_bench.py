@@ -1,5 +1,8 @@
 """Real-scheduler throughput: pods bound per second by kube-scheduler at 100 and 1,000 nodes, for
-non-GPU pods without and with the extender configured, and for GPU pods through the extender.
+non-GPU pods without and with the extender configured, for GPU pods through the extender, and for the
+same GPU pods with no extender (kube-scheduler fitting the extended resource itself: the ceiling).
+Per run it also reports the CPU each process spent per scheduled pod and the extender's own mean
+answer time per verb.
 
 Needs etcd, kube-apiserver and kube-scheduler in $KUBEBUILDER_ASSETS. Per run, the pods are created
 first while no scheduler serves their schedulerName; then kube-scheduler starts and the rate is
@@ -39,7 +42,10 @@ from extender.kube.client import api_client, core_api  # noqa: E402
 from extender.kube.controlplane import ControlPlane, assets_dir, free_port, missing_reason  # noqa: E402
 
 GIB = 2**30
-SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-with-extender")
+# gpu-no-extender: the same GPU pods (they request the extended resource gpuslice.io/gpu-share, which
+# the nodes advertise) with no extender configured: what kube-scheduler and the API server alone
+# manage for such pods here, the ceiling for any extender on this machine.
+SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-no-extender", "gpu-with-extender")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -245,11 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                     sched = f"bench-{n}-{scenario}-{rnd}"
                     gpu = scenario.startswith("gpu")
                     bench.create_pods("bench", sched, args.pods, sched, gpu)
-                    cfg = scheduler_config(cp.kubeconfig, sched, None if scenario == "plain-no-extender" else port)
-                    before = verb_seconds(port) if scenario != "plain-no-extender" else {}
+                    uses_extender = not scenario.endswith("no-extender")
+                    cfg = scheduler_config(cp.kubeconfig, sched, port if uses_extender else None)
+                    before = verb_seconds(port) if uses_extender else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,
-                        **({"extender": extender.pid} if scenario != "plain-no-extender" else {})})
+                        **({"extender": extender.pid} if uses_extender else {})})
                     r.update(nodes=n, scenario=scenario, round=rnd)
                     if before:  # mean time the extender took to answer each verb in this run (ms)
                         after = verb_seconds(port)
@@ -266,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         cp.stop()
     table = Table(title=f"kube-scheduler throughput ({args.pods} pods per run, median of {args.repeat}, "
                         f"{os.cpu_count()} CPUs, control plane + extender on one machine)")
-    for col in ("nodes", "scenario", "pods/s (median)", "runs (pods/s)", "all bound"):
+    for col in ("nodes", "scenario", "pods/s (median)", "runs (pods/s)", "all bound",
+                "CPU ms/pod: scheduler, apiserver+etcd, extender", "extender ms: filter, prioritize, bind"):
         table.add_column(col, justify="right" if col != "scenario" else "left")
     medians: dict[str, dict[str, float]] = {}
     for n in args.nodes:
@@ -275,8 +283,15 @@ def main(argv: list[str] | None = None) -> int:
             rates = [r["podsPerSecond"] for r in runs]
             med = statistics.median(rates)
             medians.setdefault(str(n), {})[scenario] = med
+            mid = sorted(runs, key=lambda r: r["podsPerSecond"])[len(runs) // 2]  # the median run's details
+            cpu = mid.get("cpuMsPerPod") or {}
+            verbs = mid.get("extenderMeanMs") or {}
             table.add_row(str(n), scenario, f"{med:.1f}", ", ".join(f"{x:.0f}" for x in rates),
-                          "yes" if all(r["bound"] == r["pods"] for r in runs) else "NO")
+                          "yes" if all(r["bound"] == r["pods"] for r in runs) else "NO",
+                          f"{cpu.get('kube-scheduler', 0):.1f}, "
+                          f"{cpu.get('kube-apiserver', 0) + cpu.get('etcd', 0):.1f}, "
+                          + (f"{cpu['extender']:.1f}" if "extender" in cpu else "-"),
+                          ", ".join(f"{verbs[v]:.1f}" if v in verbs else "-" for v in ("filter", "prioritize", "bind")))
     Console().print(table)
     summary: dict = {"cpus": os.cpu_count(), "podsPerRun": args.pods, "repeat": args.repeat,
                      "medianPodsPerSecond": medians, "results": results}
