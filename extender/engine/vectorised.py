@@ -2,9 +2,9 @@
 request is answered for thousands of nodes without a Python loop per node.
 
 The rules are those of `placement.check` and `placement.rank` (same integer tests, same float
-operations in the same order). Only a node the vectors cannot vouch for is worked out by those
-functions: a node that fails (for its words), a GPU whose free CUs lie in more runs than the index
-keeps, or whose slice no single run holds.
+operations in the same order), and a failing node's reason has `check`'s words. Only what the vectors
+cannot vouch for is worked out by those functions: a node with no GPUs in its row, a GPU whose free CUs
+lie in more runs than the index keeps, or whose slice no single run holds.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from extender.engine.placement import (
 
 FIELD = {name: i for i, name in enumerate(FIELDS)}
 CATEGORIES = ("", "unhealthy", "compute", "memory", "memory-limit", "class-rule", "bandwidth")
+SHOWN = 3  # rejected GPUs a reason names (reject_message)
 
 
 class Columns:
@@ -85,56 +86,77 @@ class Columns:
         counts = self.ok.sum(axis=1)
         return (slots >= 0) & (np.take(counts, slots, mode="clip") >= self.req.count)
 
-    def rejections(self, slots: list[int]) -> list[tuple[str, str] | None]:
-        """`check`'s (category, reason) for each of these failing nodes, from their rows; None where a row
-        cannot say (a node with no GPUs: the per-node path words that)."""
-        if not slots:
-            return []
-        c, req, policy = self.cols, self.req, self.policy
-        idx = np.asarray(slots, np.int64)
+    def rejections(self, slots: np.ndarray, prefix: str = "") -> tuple[list[str], np.ndarray, np.ndarray]:
+        """`check`'s reason (after `prefix`) and category (an index into CATEGORIES, 0: "no-gpus") for each
+        of these failing nodes, from their rows, and which of them a row cannot word (a node with no GPUs:
+        the per-node path words that; its reason here is "")."""
+        n = len(slots)
+        if not n:
+            return [], np.zeros(0, np.int64), np.zeros(0, np.bool_)
+        c = self.cols
+        idx = np.asarray(slots, np.intp)
         valid = c["valid"][idx] != 0
-        codes = np.where(valid, self.code[idx], 0)
+        codes = np.where(valid, self.code[idx], 0).astype(np.int64)
         bad = codes != 0
-        gpus = valid.sum(axis=1).tolist()
-        nbad = bad.sum(axis=1).tolist()
-        # The first four rejected GPUs of each node (reject_message shows three, and whether there are more).
-        first = np.argsort(~bad, axis=1, kind="stable")[:, :4]
+        gpus = valid.sum(axis=1)
+        nbad = bad.sum(axis=1)
+        # reject_message shows the first three rejected GPUs, then "…" if there are more (nbad says so).
+        first = np.argsort(~bad, axis=1, kind="stable")[:, :SHOWN]
         rows = idx[:, None]
         shown = np.take_along_axis(bad, first, axis=1)
-        left = (c["mem_bytes"][rows, first] * policy.overcommit.memory - c["limit_used"][rows, first]).astype(np.int64)
-        fields = np.stack([np.take_along_axis(codes, first, axis=1), c["gpu"][rows, first],
-                           self.need[rows, first], self.free[rows, first], c["mem_free"][rows, first], left,
-                           self.same[rows, first], self.bandwidth[rows, first].view(np.int64)], axis=2)
-        fields[~shown] = -1
-        # Nodes whose shown GPUs say the same things get the same message: one key of bytes per node.
-        flat = np.ascontiguousarray(np.concatenate(
-            [fields.reshape(len(idx), -1), np.asarray(gpus)[:, None], np.asarray(nbad)[:, None]], axis=1))
-        signatures = flat.view(f"V{flat.shape[1] * 8}").ravel().tolist()
-        messages: dict[bytes, tuple[str, str]] = {}
-        words_of: dict[tuple, str] = {}
-        out: list[tuple[str, str] | None] = []
-        for r, sig in enumerate(signatures):
-            if not gpus[r]:
-                out.append(None)
+        code = np.where(shown, np.take_along_axis(codes, first, axis=1), 0)
+        # Each rule's words show at most two numbers besides the GPU index; only those go into a node's
+        # signature, so nodes whose rejected GPUs differ in numbers the words do not show share one message
+        # (thousands of failing nodes have a few hundred distinct messages), worded once.
+        left = (c["mem_bytes"][rows, first] * self.policy.overcommit.memory
+                - c["limit_used"][rows, first]).astype(np.int64)
+        a = np.select([code == 2, code == 3, code == 4, code == 5, code == 6],
+                      [self.need[rows, first], c["mem_free"][rows, first], left, self.same[rows, first],
+                       self.bandwidth[rows, first].view(np.int64)], np.int64(0))
+        b = np.where(code == 2, self.free[rows, first], 0)
+        gpu = np.where(shown, c["gpu"][rows, first], -1)
+        key = np.concatenate([np.stack([code, gpu, a, b], axis=2).reshape(n, -1), gpus[:, None], nbad[:, None]],
+                             axis=1).astype(np.int64)
+        signatures = np.ascontiguousarray(key).view(f"V{key.shape[1] * 8}").ravel().tolist()
+        texts: dict[bytes, str] = {}
+        words_of: dict[tuple[int, int, int, int], str] = {}
+        for sig, r in dict(zip(signatures, range(n), strict=True)).items():  # one node per signature
+            count = int(gpus[r])
+            if not count:
+                texts[sig] = ""
                 continue
-            found = messages.get(sig)
-            if found is None:
-                words: list[str] = []
-                for row in fields[r].tolist():
-                    if row[0] < 0:
-                        break
-                    key = tuple(row)
-                    text = words_of.get(key)
-                    if text is None:
-                        code, index, need, free, mem_free, lefts, same, used = row
-                        text = words_of[key] = reject_words(
-                            CATEGORIES[code], index, req, policy, n=need, free=free, memory_free=mem_free,
-                            left=lefts, have=same, used=float(np.int64(used).view(np.float64)))
-                    words.append(text)
-                category = CATEGORIES[fields[r, 0, 0]] if words else "no-gpus"
-                found = messages[sig] = (category, reject_message(req, gpus[r], words, gpus[r] - nbad[r]))
-            out.append(found)
-        return out
+            words: list[str] = []
+            for shown_code, index, x, y in key[r, :-2].reshape(-1, 4).tolist():
+                if not shown_code:
+                    break
+                facts = (shown_code, index, x, y)
+                text = words_of.get(facts)
+                if text is None:
+                    text = words_of[facts] = self._words(shown_code, index, x, y)
+                words.append(text)
+            shown_bad = int(nbad[r])
+            if shown_bad > len(words):  # the ellipsis of a fourth rejected GPU
+                words.append("")
+            texts[sig] = prefix + reject_message(self.req, count, words, count - shown_bad)
+        return list(map(texts.__getitem__, signatures)), code[:, 0] if code.shape[1] else np.zeros(n, np.int64), \
+            gpus == 0
+
+    def _words(self, code: int, index: int, x: int, y: int) -> str:
+        """reject_words for one GPU from the numbers its rule (CATEGORIES[code]) shows: x and y as
+        `rejections` keeps them."""
+        category = CATEGORIES[code]
+        req, policy = self.req, self.policy
+        if category == "compute":
+            return reject_words(category, index, req, policy, n=x, free=y)
+        if category == "memory":
+            return reject_words(category, index, req, policy, memory_free=x)
+        if category == "memory-limit":
+            return reject_words(category, index, req, policy, left=x)
+        if category == "class-rule":
+            return reject_words(category, index, req, policy, have=x)
+        if category == "bandwidth":
+            return reject_words(category, index, req, policy, used=float(np.int64(x).view(np.float64)))
+        return reject_words(category, index, req, policy)
 
     def gpu_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
