@@ -338,7 +338,7 @@ class Engine:
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
         slots = cols.slots(names)
-        scores, exact = cols.gpu_scores()
+        scores, exact = cols.gpu_scores(slots)
         slow = np.nonzero(exact)
         names_of = {slot: name for name, slot in list(cols.table.slots.items())} if len(slow[0]) else {}
         for slot, pos in zip(*slow, strict=True):  # rare: scored the slow way

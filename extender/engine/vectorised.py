@@ -158,28 +158,36 @@ class Columns:
             return reject_words(category, index, req, policy, used=float(np.int64(x).view(np.float64)))
         return reject_words(category, index, req, policy)
 
-    def gpu_scores(self) -> tuple[np.ndarray, np.ndarray]:
+    def gpu_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
         GPUs whose score needs the exact path (free CUs in more runs than kept, or in no run big enough).
-        Worked out on the fitting GPUs only."""
+        Worked out on the fitting GPUs only, and only those of these `slots` when given (-1s are skipped)."""
         req, policy = self.req, self.policy
         shape = self.need.shape
-        rows = np.flatnonzero(self.ok.ravel())
-        data = self.data
-        f = data.reshape(data.shape[0], -1)[:RUN_LENGTHS + RUNS, rows]  # [field, fitting GPU]; no run starts
+        ok = self.ok
+        if slots is not None:
+            asked = np.zeros(shape[0], np.bool_)
+            asked[slots[slots >= 0]] = True
+            ok = ok & asked[:, None]
+        rows = np.flatnonzero(ok.ravel())
+        flat = self.data.reshape(self.data.shape[0], -1)
+        same_field = "mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"
+        # One gather of the fields the score reads (the run starts and most flags are not read).
+        fields = [FIELD[n] for n in ("total", "shared", "used", "mem_used", "mem_bytes", "slices", same_field,
+                                     "model", "nruns")]
+        f = flat[np.array([*fields, *range(RUN_LENGTHS, RUN_LENGTHS + RUNS)])[:, None], rows]
+        total, shared, used, mem_used, mem_bytes, slices, same, model, nruns = f[:len(fields)]
         need, whole = self.need.ravel()[rows], self.whole.ravel()[rows]
-        usable = f[FIELD["total"]] - f[FIELD["shared"]]
+        usable = total - shared
         with np.errstate(divide="ignore", invalid="ignore"):
-            after = np.where(usable > 0, np.minimum(1.0, (f[FIELD["used"]] + need) / usable), 1.0)
+            after = np.where(usable > 0, np.minimum(1.0, (used + need) / usable), 1.0)
             binpack = policy.scoring.strategy == "binpack"
             pack = after if binpack else 1.0 - after
-            mem_after = (f[FIELD["mem_used"]] + req.memory_bytes) / f[FIELD["mem_bytes"]]
+            mem_after = (mem_used + req.memory_bytes) / mem_bytes
             pack = 0.7 * pack + 0.3 * (mem_after if binpack else 1.0 - mem_after)
-            slices = f[FIELD["slices"]]
-            same = f[FIELD["mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"]]
             same_weight = 0.6 if req.workload_class == COMPUTE_BOUND else 0.0
             comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices, 0.5)
-            frag, exact = self._fragmentation(f, need, whole)
+            frag, exact = self._fragmentation(f[len(fields):], model, nruns, need, whole)
             w = policy.scoring.weights
             total_w = w.packing + w.complementarity + w.fragmentation
             if total_w == 0:
@@ -192,24 +200,29 @@ class Columns:
         slow[rows] = exact
         return scores.reshape(shape), slow.reshape(shape)
 
-    def _fragmentation(self, f: np.ndarray, need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`fragmentation_after_cut` of the best-fit run for these GPUs' fields `f` (spread layout), and
-        which of them the kept runs cannot answer for."""
+    def _fragmentation(self, lengths: np.ndarray, model: np.ndarray, nruns: np.ndarray, need: np.ndarray,
+                       whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`fragmentation_after_cut` of the best-fit run for GPUs with these free run `lengths` [run, GPU]
+        (spread layout), and which of them the kept runs cannot answer for."""
         if self.policy.layout.mode != "spread":
             return np.zeros(len(need)), ~whole
         mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
-        min_slice = np.take(mins, f[FIELD["model"]], mode="clip")
-        lengths = f[RUN_LENGTHS:RUN_LENGTHS + RUNS].copy()  # [run, GPU]
-        holds = lengths >= need
-        # best_fit_run: the shortest run that holds the slice, lowest start first; runs are kept in bit
-        # order, so argmin's first minimum is the lowest start.
-        best = np.where(holds, lengths, np.iinfo(np.int64).max).argmin(axis=0)
-        cut = lengths
-        cut[best, np.arange(len(need))] -= need
-        total = cut.sum(axis=0)
-        stranded = np.where((cut > 0) & (cut < min_slice), cut, 0).sum(axis=0)
+        min_slice = np.take(mins, model, mode="clip")
+        # best_fit_run cuts the shortest run that holds the slice. Which of equally short runs it picks
+        # does not change the lengths left, so its length is enough: the cut changes only that run's
+        # part of the total and of the stranded CUs (runs shorter than a minimum slice).
+        best = np.where(lengths >= need, lengths, np.iinfo(np.int64).max).min(axis=0)
+        holds = best != np.iinfo(np.int64).max
+        left = best - need
+
+        def stranded_part(x: np.ndarray) -> np.ndarray:
+            return np.where((x > 0) & (x < min_slice), x, 0)
+
+        stranded = (np.where((lengths > 0) & (lengths < min_slice), lengths, 0).sum(axis=0)
+                    - stranded_part(best) + stranded_part(left))
+        total = lengths.sum(axis=0) - need
         frag = np.where(whole | (total <= 0), 0.0, stranded / np.where(total > 0, total, 1))
-        exact = ~whole & ((f[FIELD["nruns"]] > RUNS) | ~holds.any(axis=0))
+        exact = ~whole & ((nruns > RUNS) | ~holds)
         return frag, exact
 
 
@@ -227,12 +240,24 @@ def node_scores(cols: Columns, scores: np.ndarray) -> np.ndarray:
     scores, topo, index = scores[rows], c["topo"][rows], c["gpu"][rows]
     fit = ~np.isnan(scores)
     neg = np.where(fit, -scores, np.inf)
-    # Groups: for each GPU, the fitting GPUs of its node that share its topology key (hive, else NUMA).
-    together = (topo[:, :, None] == topo[:, None, :]) & fit[:, None, :] & (topo[:, :, None] >= 0)
-    top = np.sort(np.where(together, neg[:, None, :], np.inf), axis=2)[:, :, :count]
-    group_sums = _ordered_sum(-top)
-    group_sums[~np.isfinite(group_sums)] = -np.inf
-    best_group = group_sums.max(axis=1)
+    # Groups: a node's fitting GPUs that share a topology key (hive, else NUMA). Sorted by key, best
+    # score first, a group's best `count` GPUs are the `count` places from where its key starts.
+    by_group = np.lexsort((neg, topo), axis=-1)
+    ranked, keys = np.take_along_axis(neg, by_group, axis=1), np.take_along_axis(topo, by_group, axis=1)
+    starts = np.ones(keys.shape, np.bool_)
+    starts[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    whole_group = starts & (keys >= 0)
+    group_sums = np.zeros(keys.shape)
+    width = keys.shape[1]
+    with np.errstate(invalid="ignore"):
+        for k in range(count):  # added in rank order, as rank's sum() does
+            later = np.full(keys.shape, np.inf)
+            later[:, :width - k] = ranked[:, k:]
+            later_keys = np.full(keys.shape, -1)
+            later_keys[:, :width - k] = keys[:, k:]
+            whole_group &= (later_keys == keys) & np.isfinite(later)
+            group_sums = group_sums + -later
+    best_group = np.where(whole_group, group_sums, -np.inf).max(axis=1)
     grouped = np.isfinite(best_group)
     order = np.lexsort((index, neg), axis=-1)[:, :count]  # ranked: best score, then lowest GPU index
     chosen = np.take_along_axis(scores, order, axis=1)
