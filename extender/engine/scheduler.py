@@ -253,7 +253,7 @@ class Engine:
             # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
             ledger = self.ledger
             cols = self._columns(req, policy, key)
-            slots = cols.slots(names)
+            slots, layout = cols.slots(names)
             fits = cols.node_fits(slots)
             slow_mask = slots < 0  # not in the index; below: unreadable inventory, or the pod's own node
             if self.stats.skipped_nodes:
@@ -262,7 +262,8 @@ class Engine:
             if mine is not None and mine in candidates:
                 slow_mask[names.index(mine)] = True
             fast_fail = ~fits & ~slow_mask
-            passed.extend(compress(names, (fits & ~slow_mask).tolist()))
+            fast_pass = fits & ~slow_mask
+            passed.extend(compress(names, fast_pass.tolist()))
             # Failing nodes are worded from their rows: per distinct message, not per node, and no
             # per-node memo (reading thousands of memos cost more than wording from the rows).
             failing = list(compress(names, fast_fail.tolist()))
@@ -303,6 +304,9 @@ class Engine:
         if late and len(passed) > 1:
             order = {n: i for i, n in enumerate(candidates)}  # a node passed the slow way: keep request order
             passed.sort(key=order.__getitem__)
+        elif columns and len(passed) > 1:
+            # prioritize is asked about exactly the nodes that passed: their slots are known already.
+            cols.index.remember_slots(passed, slots[fast_pass], layout)
         self.stats.filter_rejections.update(rejected)
         return result
 
@@ -337,7 +341,7 @@ class Engine:
         """prioritize from the GPU index: `rank`'s score for every node at once."""
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
-        slots = cols.slots(names)
+        slots = cols.slots(names).slots
         scores, exact = cols.gpu_scores(slots)
         slow = np.nonzero(exact)
         names_of = {slot: name for name, slot in list(cols.table.slots.items())} if len(slow[0]) else {}

@@ -9,11 +9,9 @@ lie in more runs than the index keeps, or whose slice no single run holds.
 
 from __future__ import annotations
 
-from itertools import repeat
-
 import numpy as np
 
-from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Table
+from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Slots, Table
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
 from extender.engine.placement import (
@@ -76,10 +74,13 @@ class Columns:
         """No write to the index since these columns were read: node states read since then match them."""
         return self.writes % 2 == 0 and self.index.writes == self.writes
 
-    def slots(self, names: list[str]) -> np.ndarray:
-        slots = np.fromiter(map(self.table.slots.get, names, repeat(-1)), np.int64, len(names))
-        slots[slots >= self.used] = -1  # added after these columns were read
-        return slots
+    def slots(self, names: list[str]) -> Slots:
+        """Each name's slot in these columns (-1: none), and the index layout it was looked up in."""
+        found = self.index.slots_of(names)
+        slots = found.slots
+        if len(slots) and slots.max() >= self.used:  # added after these columns were read
+            slots = np.where(slots < self.used, slots, -1)
+        return Slots(slots, found.layout)
 
     def node_fits(self, slots: np.ndarray) -> np.ndarray:
         """Per candidate: at least req.count GPUs fit (False for nodes not in the index)."""

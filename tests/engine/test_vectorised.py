@@ -231,3 +231,26 @@ def test_nodes_that_share_a_message_get_their_own_numbers() -> None:
         assert result.failed, req
         for name, reason in result.failed.items():
             assert reason == f"gpuslice: {check(req, ledger.node(name), policy).reason}", name
+
+
+def test_prioritize_after_filter_sees_nodes_removed_and_slots_reused_in_between() -> None:
+    """prioritize gets the list filter passed, whose slots filter remembers; a node removed between the
+    two, its slot taken by a new node, must not be scored as that new node."""
+    policy = parse_policy({})
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    for name in NODES:
+        ledger.set_node(name, mi300x_inventory(name))
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    req = request(250, 0, 16, "memory-bound", 1)
+    pod = pod_for(req, "p")
+    passed = engine.filter(pod, names=NODES).passed
+    assert passed == NODES
+    ledger.remove_node("n1")
+    ledger.set_node("new", mi300x_inventory("new"))  # takes n1's slot
+    scores = dict(engine.prioritize(pod, names=passed))
+    assert scores["n1"] == 0
+    for name in passed:
+        state = ledger.node(name)
+        assert scores[name] == (0 if state is None else to_score(rank(req, state, policy)))
