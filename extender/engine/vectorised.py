@@ -9,6 +9,8 @@ lie in more runs than the index keeps, or whose slice no single run holds.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Slots, Table
@@ -56,19 +58,25 @@ class Columns:
                  else rules.maxComputeBoundPerGpu if cls == COMPUTE_BOUND else None)
         self.same = same = c["mem_bound"] if cls == MEMORY_BOUND else c["compute_bound"]
         share = rules.bandwidthShare
-        self.bandwidth = (c["mem_bound"] * share.get(MEMORY_BOUND, 0.0)
-                          + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0))
-        fails = [c["healthy"] == 0, need > free, req.memory_bytes > c["mem_free"],
-                 c["limit_used"] + req.memory_limit_bytes > c["mem_bytes"] * overcommit]
+        # gpu_reject_reason's rules in its order, each with its index into CATEGORIES.
+        fails = [(1, c["healthy"] == 0), (2, need > free), (3, req.memory_bytes > c["mem_free"]),
+                 (4, c["limit_used"] + req.memory_limit_bytes > c["mem_bytes"] * overcommit)]
         if limit is not None:
-            fails.append(same >= limit)
+            fails.append((5, same >= limit))
         if rules.bandwidthBudget is not None:
-            fails.append(self.bandwidth + share.get(cls, 0.0) > rules.bandwidthBudget + 1e-9)
-        # Which of gpu_reject_reason's rules rejects each GPU first (0: it fits), as an index into CATEGORIES.
-        self.code = np.select(fails, [np.int8(k + 1) for k in range(len(fails))], np.int8(0))
-        if limit is None and rules.bandwidthBudget is not None:
-            self.code[self.code == 5] = 6
+            fails.append((6, self.bandwidth + share.get(cls, 0.0) > rules.bandwidthBudget + 1e-9))
+        # Which rule rejects each GPU first (0: it fits): rules written last to first, so the first that
+        # fails is the one left (cheaper than np.select).
+        self.code = np.zeros(need.shape, np.int8)
+        for code, failing in reversed(fails):
+            np.putmask(self.code, failing, code)
         self.ok = (c["valid"] != 0) & (self.code == 0)
+
+    @cached_property
+    def bandwidth(self) -> np.ndarray:
+        """Per GPU: the bandwidth share its tenants take (read only by a bandwidth budget and its words)."""
+        c, share = self.cols, self.policy.classes.bandwidthShare
+        return c["mem_bound"] * share.get(MEMORY_BOUND, 0.0) + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0)
 
     def quiet(self) -> bool:
         """No write to the index since these columns were read: node states read since then match them."""
@@ -173,12 +181,12 @@ class Columns:
         rows = np.flatnonzero(ok.ravel())
         flat = self.data.reshape(self.data.shape[0], -1)
         same_field = "mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"
-        # One gather of the fields the score reads (the run starts and most flags are not read).
-        fields = [FIELD[n] for n in ("total", "shared", "used", "mem_used", "mem_bytes", "slices", same_field,
-                                     "model", "nruns")]
-        f = flat[np.array([*fields, *range(RUN_LENGTHS, RUN_LENGTHS + RUNS)])[:, None], rows]
-        total, shared, used, mem_used, mem_bytes, slices, same, model, nruns = f[:len(fields)]
-        need, whole = self.need.ravel()[rows], self.whole.ravel()[rows]
+        # Only the fields the score reads, each gathered on its own (faster than one 2-D gather).
+        total, shared, used, mem_used, mem_bytes, slices, same, model, nruns, free = (
+            flat[FIELD[n]].take(rows) for n in ("total", "shared", "used", "mem_used", "mem_bytes", "slices",
+                                                same_field, "model", "nruns", "free"))
+        lengths = flat[RUN_LENGTHS:RUN_LENGTHS + RUNS].take(rows, axis=1)  # [run, GPU]
+        need, whole = self.need.ravel().take(rows), self.whole.ravel().take(rows)
         usable = total - shared
         with np.errstate(divide="ignore", invalid="ignore"):
             after = np.where(usable > 0, np.minimum(1.0, (used + need) / usable), 1.0)
@@ -188,7 +196,7 @@ class Columns:
             pack = 0.7 * pack + 0.3 * (mem_after if binpack else 1.0 - mem_after)
             same_weight = 0.6 if req.workload_class == COMPUTE_BOUND else 0.0
             comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices, 0.5)
-            frag, exact = self._fragmentation(f[len(fields):], model, nruns, need, whole)
+            frag, exact = self._fragmentation(lengths, free, model, nruns, need, whole)
             w = policy.scoring.weights
             total_w = w.packing + w.complementarity + w.fragmentation
             if total_w == 0:
@@ -201,10 +209,10 @@ class Columns:
         slow[rows] = exact
         return scores.reshape(shape), slow.reshape(shape)
 
-    def _fragmentation(self, lengths: np.ndarray, model: np.ndarray, nruns: np.ndarray, need: np.ndarray,
-                       whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _fragmentation(self, lengths: np.ndarray, free: np.ndarray, model: np.ndarray, nruns: np.ndarray,
+                       need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`fragmentation_after_cut` of the best-fit run for GPUs with these free run `lengths` [run, GPU]
-        (spread layout), and which of them the kept runs cannot answer for."""
+        and `free` CUs (spread layout), and which of them the kept runs cannot answer for."""
         if self.policy.layout.mode != "spread":
             return np.zeros(len(need)), ~whole
         mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
@@ -221,7 +229,7 @@ class Columns:
 
         stranded = (np.where((lengths > 0) & (lengths < min_slice), lengths, 0).sum(axis=0)
                     - stranded_part(best) + stranded_part(left))
-        total = lengths.sum(axis=0) - need
+        total = free - need  # the runs hold every free CU when there are no more than RUNS of them
         frag = np.where(whole | (total <= 0), 0.0, stranded / np.where(total > 0, total, 1))
         exact = ~whole & ((nruns > RUNS) | ~holds)
         return frag, exact
