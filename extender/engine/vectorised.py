@@ -71,6 +71,7 @@ class Columns:
         for code, failing in reversed(fails):
             np.putmask(self.code, failing, code)
         self.ok = (c["valid"] != 0) & (self.code == 0)
+        self._last_rejections: tuple[tuple[str, bytes], tuple[list[str], np.ndarray, np.ndarray]] | None = None
 
     @cached_property
     def bandwidth(self) -> np.ndarray:
@@ -104,6 +105,12 @@ class Columns:
             return [], np.zeros(0, np.int64), np.zeros(0, np.bool_)
         c = self.cols
         idx = np.asarray(slots, np.intp)
+        # A pod kube-scheduler retries asks again about the same rows (these columns are reused only while
+        # no write came between): the last answer is kept, and shared (callers do not change it).
+        asked = (prefix, idx.tobytes())
+        last = self._last_rejections
+        if last is not None and last[0] == asked:
+            return last[1]
         valid = c["valid"][idx] != 0
         codes = np.where(valid, self.code[idx], 0).astype(np.int64)
         bad = codes != 0
@@ -147,8 +154,10 @@ class Columns:
             if shown_bad > len(words):  # the ellipsis of a fourth rejected GPU
                 words.append("")
             texts[sig] = prefix + reject_message(self.req, count, words, count - shown_bad)
-        return list(map(texts.__getitem__, signatures)), code[:, 0] if code.shape[1] else np.zeros(n, np.int64), \
-            gpus == 0
+        out = (list(map(texts.__getitem__, signatures)), code[:, 0] if code.shape[1] else np.zeros(n, np.int64),
+               gpus == 0)
+        self._last_rejections = (asked, out)
+        return out
 
     def _words(self, code: int, index: int, x: int, y: int) -> str:
         """reject_words for one GPU from the numbers its rule (CATEGORIES[code]) shows: x and y as

@@ -254,3 +254,28 @@ def test_prioritize_after_filter_sees_nodes_removed_and_slots_reused_in_between(
     for name in passed:
         state = ledger.node(name)
         assert scores[name] == (0 if state is None else to_score(rank(req, state, policy)))
+
+
+def test_a_retried_filter_sees_writes_made_since_the_last_try() -> None:
+    """Filter keeps its last answer for failing nodes while no write reaches the index; a retry after a
+    write must word the rows as they are now."""
+    policy = parse_policy({})
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    for name in NODES:
+        ledger.set_node(name, mi300x_inventory(name))
+    uids: list[str] = []
+    for name in NODES:  # a tenant or two on every node: eight whole GPUs fit nowhere
+        apply(ledger, clock, ("reserve", name, request(125, 0, 8, "compute-bound", 1), True, 2), policy, uids)
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    req = request(1000, 0, 8, "memory-bound", 8)
+    pod = pod_for(req, "p")
+    first = engine.filter(pod, names=NODES)
+    assert set(first.failed) == set(NODES)
+    assert engine.filter(pod, names=NODES).failed == first.failed  # a retry, nothing changed
+    apply(ledger, clock, ("release", 0), policy, uids)  # frees CUs on one node
+    retry = engine.filter(pod, names=NODES)
+    assert retry.failed != first.failed
+    for name, reason in retry.failed.items():
+        assert reason == f"gpuslice: {check(req, ledger.node(name), policy).reason}", name
