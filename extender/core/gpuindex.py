@@ -10,10 +10,12 @@ builds a new table and swaps the reference.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from itertools import repeat
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -24,6 +26,7 @@ MEMORY_BOUND_CLASS = "memory-bound"
 COMPUTE_BOUND_CLASS = "compute-bound"
 
 RUNS = 8  # free CU runs kept per GPU; a GPU with more is flagged and answered the slow way
+SLOT_LISTS = 8  # name lists whose slots are remembered (see GpuIndex.slots_of)
 
 # One int64 per field per GPU (booleans as 0/1), then RUNS run lengths and RUNS run starts.
 FIELDS = ("valid", "healthy", "gpu", "free", "total", "used", "shared", "slices", "mem_bound", "compute_bound",
@@ -41,6 +44,11 @@ class Table:
     @property
     def cols(self) -> dict[str, np.ndarray]:
         return {name: self.data[i] for i, name in enumerate(FIELDS)}
+
+
+class Slots(NamedTuple):
+    slots: np.ndarray  # per name: its slot, -1 for a name not in the index; read-only (shared between callers)
+    layout: int  # GpuIndex.layout when the names were looked up (for remember_slots)
 
 
 def _empty(capacity: int, width: int) -> Table:
@@ -62,6 +70,11 @@ class GpuIndex:
         # Odd while a write is under way; a reader that sees the same even value before and after its
         # reads read rows that match the node states of that moment.
         self.writes = 0
+        # Bumped after every change of which name holds which slot (growing the table keeps them): slot
+        # lists remembered under an older value are not used.
+        self.layout = 0
+        self._slot_lists: OrderedDict[tuple[str, ...], tuple[int, np.ndarray]] = OrderedDict()
+        self._slot_lists_lock = threading.Lock()
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -84,7 +97,9 @@ class GpuIndex:
                 slot = self._free_slots.pop() if self._free_slots else self._take()
                 self._rows.pop(slot, None)
             self._write(t, slot, state.gpus)
-            t.slots[state.name] = slot
+            if state.name not in t.slots:
+                t.slots[state.name] = slot
+                self.layout += 1  # after the change: a reader that looked names up before it keeps nothing
 
     def remove(self, name: str) -> None:
         with self.writing():
@@ -94,6 +109,35 @@ class GpuIndex:
                 t.data[0, slot, :] = 0
                 self._rows.pop(slot, None)
                 self._free_slots.append(slot)
+                self.layout += 1
+
+    def slots_of(self, names: Sequence[str]) -> Slots:
+        """Each name's slot. The answers for the last few name lists are remembered: kube-scheduler asks
+        about the same list more than once (prioritize gets the list filter passed, see remember_slots)."""
+        key = tuple(names)
+        layout, table = self.layout, self.table  # the layout first: a change after it makes the answer unused
+        with self._slot_lists_lock:
+            known = self._slot_lists.get(key)
+            if known is not None and known[0] == layout:
+                self._slot_lists.move_to_end(key)
+                return Slots(known[1], layout)
+        slots = np.fromiter(map(table.slots.get, key, repeat(-1)), np.int64, len(key))
+        self._keep(key, slots, layout)
+        return Slots(slots, layout)
+
+    def remember_slots(self, names: Sequence[str], slots: np.ndarray, layout: int) -> None:
+        """Remember `slots` as the slots of `names`, looked up (via slots_of) when the layout was `layout`."""
+        self._keep(tuple(names), np.array(slots, np.int64), layout)
+
+    def _keep(self, key: tuple[str, ...], slots: np.ndarray, layout: int) -> None:
+        slots.flags.writeable = False
+        with self._slot_lists_lock:
+            if layout != self.layout:  # the names moved meanwhile
+                return
+            self._slot_lists[key] = (layout, slots)
+            self._slot_lists.move_to_end(key)
+            while len(self._slot_lists) > SLOT_LISTS:
+                self._slot_lists.popitem(last=False)
 
     @property
     def used(self) -> int:

@@ -33,7 +33,7 @@ from extender.engine.cluster import BindError, Cluster, NodeView, PodView
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
-from extender.engine.vectorised import Columns, exact_gpu_score, node_scores
+from extender.engine.vectorised import CATEGORIES, Columns, exact_gpu_score, node_scores
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class Engine:
             # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
             ledger = self.ledger
             cols = self._columns(req, policy, key)
-            slots = cols.slots(names)
+            slots, layout = cols.slots(names)
             fits = cols.node_fits(slots)
             slow_mask = slots < 0  # not in the index; below: unreadable inventory, or the pod's own node
             if self.stats.skipped_nodes:
@@ -270,35 +270,23 @@ class Engine:
             if mine is not None and mine in candidates:
                 slow_mask[names.index(mine)] = True
             fast_fail = ~fits & ~slow_mask
-            passed.extend(compress(names, (fits & ~slow_mask).tolist()))
+            fast_pass = fits & ~slow_mask
+            passed.extend(compress(names, fast_pass.tolist()))
+            # Failing nodes are worded from their rows: per distinct message, not per node, and no
+            # per-node memo (reading thousands of memos cost more than wording from the rows).
             failing = list(compress(names, fast_fail.tolist()))
-            failing_slots = slots[fast_fail].tolist()
+            reasons, categories, unsaid = cols.rejections(slots[fast_fail], prefix="gpuslice: ")
+            if unsaid.any():  # a node with no GPUs: the per-node path words it
+                said = ~unsaid
+                slow_mask[np.flatnonzero(fast_fail)[unsaid]] = True
+                failing = list(compress(failing, said.tolist()))
+                reasons = list(compress(reasons, said.tolist()))
+                categories = categories[said]
+            failed.update(zip(failing, reasons, strict=True))
+            for code, n in enumerate(np.bincount(categories, minlength=len(CATEGORIES)).tolist()):
+                if n:
+                    rejected[CATEGORIES[code] or "no-gpus"] += n
             slow = list(compress(names, slow_mask.tolist()))
-            # A failing node's words: from its state's memo when this request shape was asked before,
-            # else from its row (and memoised).
-            unknown, unknown_slots, unknown_states = [], [], []
-            for name, slot, state in zip(failing, failing_slots, ledger.states(failing), strict=True):
-                fit = state.memo.get(key) if state is not None else None
-                if fit is None:
-                    unknown.append(name)
-                    unknown_slots.append(slot)
-                    unknown_states.append(state)
-                elif fit.ok:  # type: ignore[attr-defined]  # the row was stale: the state says it fits
-                    passed.append(name)
-                    late = True
-                else:
-                    failed[name] = f"gpuslice: {fit.reason}"  # type: ignore[attr-defined]
-                    rejected[fit.category] += 1  # type: ignore[attr-defined]
-            whys = cols.rejections(unknown_slots)
-            quiet = cols.quiet()  # else a row may be older than the state read: answer, but do not memoise
-            for name, state, why in zip(unknown, unknown_states, whys, strict=True):
-                if why is None or state is None:
-                    slow.append(name)
-                    continue
-                failed[name] = f"gpuslice: {why[1]}"
-                rejected[why[0]] += 1
-                if quiet:
-                    self._memoize(state, key, NodeFit(False, why[1], why[0]))
             names = slow
         for name, state in zip(names, self.ledger.states(names), strict=True):
             problem = candidates[name]
@@ -324,6 +312,9 @@ class Engine:
         if late and len(passed) > 1:
             order = {n: i for i, n in enumerate(candidates)}  # a node passed the slow way: keep request order
             passed.sort(key=order.__getitem__)
+        elif columns and len(passed) > 1:
+            # prioritize is asked about exactly the nodes that passed: their slots are known already.
+            cols.index.remember_slots(passed, slots[fast_pass], layout)
         self.stats.filter_rejections.update(rejected)
         return result
 
@@ -358,8 +349,8 @@ class Engine:
         """prioritize from the GPU index: `rank`'s score for every node at once."""
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
-        slots = cols.slots(names)
-        scores, exact = cols.gpu_scores()
+        slots = cols.slots(names).slots
+        scores, exact = cols.gpu_scores(slots)
         slow = np.nonzero(exact)
         names_of = {slot: name for name, slot in list(cols.table.slots.items())} if len(slow[0]) else {}
         for slot, pos in zip(*slow, strict=True):  # rare: scored the slow way

@@ -2,18 +2,18 @@
 request is answered for thousands of nodes without a Python loop per node.
 
 The rules are those of `placement.check` and `placement.rank` (same integer tests, same float
-operations in the same order). Only a node the vectors cannot vouch for is worked out by those
-functions: a node that fails (for its words), a GPU whose free CUs lie in more runs than the index
-keeps, or whose slice no single run holds.
+operations in the same order), and a failing node's reason has `check`'s words. Only what the vectors
+cannot vouch for is worked out by those functions: a node with no GPUs in its row, a GPU whose free CUs
+lie in more runs than the index keeps, or whose slice no single run holds.
 """
 
 from __future__ import annotations
 
-from itertools import repeat
+from functools import cached_property
 
 import numpy as np
 
-from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Table
+from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Slots, Table
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
 from extender.engine.placement import (
@@ -28,6 +28,7 @@ from extender.engine.placement import (
 
 FIELD = {name: i for i, name in enumerate(FIELDS)}
 CATEGORIES = ("", "unhealthy", "compute", "memory", "memory-limit", "class-rule", "bandwidth")
+SHOWN = 3  # rejected GPUs a reason names (reject_message)
 
 
 class Columns:
@@ -57,107 +58,154 @@ class Columns:
                  else rules.maxComputeBoundPerGpu if cls == COMPUTE_BOUND else None)
         self.same = same = c["mem_bound"] if cls == MEMORY_BOUND else c["compute_bound"]
         share = rules.bandwidthShare
-        self.bandwidth = (c["mem_bound"] * share.get(MEMORY_BOUND, 0.0)
-                          + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0))
-        fails = [c["healthy"] == 0, need > free, req.memory_bytes > c["mem_free"],
-                 c["limit_used"] + req.memory_limit_bytes > c["mem_bytes"] * overcommit]
+        # gpu_reject_reason's rules in its order, each with its index into CATEGORIES.
+        fails = [(1, c["healthy"] == 0), (2, need > free), (3, req.memory_bytes > c["mem_free"]),
+                 (4, c["limit_used"] + req.memory_limit_bytes > c["mem_bytes"] * overcommit)]
         if limit is not None:
-            fails.append(same >= limit)
+            fails.append((5, same >= limit))
         if rules.bandwidthBudget is not None:
-            fails.append(self.bandwidth + share.get(cls, 0.0) > rules.bandwidthBudget + 1e-9)
-        # Which of gpu_reject_reason's rules rejects each GPU first (0: it fits), as an index into CATEGORIES.
-        self.code = np.select(fails, [np.int8(k + 1) for k in range(len(fails))], np.int8(0))
-        if limit is None and rules.bandwidthBudget is not None:
-            self.code[self.code == 5] = 6
+            fails.append((6, self.bandwidth + share.get(cls, 0.0) > rules.bandwidthBudget + 1e-9))
+        # Which rule rejects each GPU first (0: it fits): rules written last to first, so the first that
+        # fails is the one left (cheaper than np.select).
+        self.code = np.zeros(need.shape, np.int8)
+        for code, failing in reversed(fails):
+            np.putmask(self.code, failing, code)
         self.ok = (c["valid"] != 0) & (self.code == 0)
+        self._last_rejections: tuple[tuple[str, bytes], tuple[list[str], np.ndarray, np.ndarray]] | None = None
+
+    @cached_property
+    def bandwidth(self) -> np.ndarray:
+        """Per GPU: the bandwidth share its tenants take (read only by a bandwidth budget and its words)."""
+        c, share = self.cols, self.policy.classes.bandwidthShare
+        return c["mem_bound"] * share.get(MEMORY_BOUND, 0.0) + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0)
 
     def quiet(self) -> bool:
         """No write to the index since these columns were read: node states read since then match them."""
         return self.writes % 2 == 0 and self.index.writes == self.writes
 
-    def slots(self, names: list[str]) -> np.ndarray:
-        slots = np.fromiter(map(self.table.slots.get, names, repeat(-1)), np.int64, len(names))
-        slots[slots >= self.used] = -1  # added after these columns were read
-        return slots
+    def slots(self, names: list[str]) -> Slots:
+        """Each name's slot in these columns (-1: none), and the index layout it was looked up in."""
+        found = self.index.slots_of(names)
+        slots = found.slots
+        if len(slots) and slots.max() >= self.used:  # added after these columns were read
+            slots = np.where(slots < self.used, slots, -1)
+        return Slots(slots, found.layout)
 
     def node_fits(self, slots: np.ndarray) -> np.ndarray:
         """Per candidate: at least req.count GPUs fit (False for nodes not in the index)."""
         counts = self.ok.sum(axis=1)
         return (slots >= 0) & (np.take(counts, slots, mode="clip") >= self.req.count)
 
-    def rejections(self, slots: list[int]) -> list[tuple[str, str] | None]:
-        """`check`'s (category, reason) for each of these failing nodes, from their rows; None where a row
-        cannot say (a node with no GPUs: the per-node path words that)."""
-        if not slots:
-            return []
-        c, req, policy = self.cols, self.req, self.policy
-        idx = np.asarray(slots, np.int64)
+    def rejections(self, slots: np.ndarray, prefix: str = "") -> tuple[list[str], np.ndarray, np.ndarray]:
+        """`check`'s reason (after `prefix`) and category (an index into CATEGORIES, 0: "no-gpus") for each
+        of these failing nodes, from their rows, and which of them a row cannot word (a node with no GPUs:
+        the per-node path words that; its reason here is "")."""
+        n = len(slots)
+        if not n:
+            return [], np.zeros(0, np.int64), np.zeros(0, np.bool_)
+        c = self.cols
+        idx = np.asarray(slots, np.intp)
+        # A pod kube-scheduler retries asks again about the same rows (these columns are reused only while
+        # no write came between): the last answer is kept, and shared (callers do not change it).
+        asked = (prefix, idx.tobytes())
+        last = self._last_rejections
+        if last is not None and last[0] == asked:
+            return last[1]
         valid = c["valid"][idx] != 0
-        codes = np.where(valid, self.code[idx], 0)
+        codes = np.where(valid, self.code[idx], 0).astype(np.int64)
         bad = codes != 0
-        gpus = valid.sum(axis=1).tolist()
-        nbad = bad.sum(axis=1).tolist()
-        # The first four rejected GPUs of each node (reject_message shows three, and whether there are more).
-        first = np.argsort(~bad, axis=1, kind="stable")[:, :4]
+        gpus = valid.sum(axis=1)
+        nbad = bad.sum(axis=1)
+        # reject_message shows the first three rejected GPUs, then "…" if there are more (nbad says so).
+        first = np.argsort(~bad, axis=1, kind="stable")[:, :SHOWN]
         rows = idx[:, None]
         shown = np.take_along_axis(bad, first, axis=1)
-        left = (c["mem_bytes"][rows, first] * policy.overcommit.memory - c["limit_used"][rows, first]).astype(np.int64)
-        fields = np.stack([np.take_along_axis(codes, first, axis=1), c["gpu"][rows, first],
-                           self.need[rows, first], self.free[rows, first], c["mem_free"][rows, first], left,
-                           self.same[rows, first], self.bandwidth[rows, first].view(np.int64)], axis=2)
-        fields[~shown] = -1
-        # Nodes whose shown GPUs say the same things get the same message: one key of bytes per node.
-        flat = np.ascontiguousarray(np.concatenate(
-            [fields.reshape(len(idx), -1), np.asarray(gpus)[:, None], np.asarray(nbad)[:, None]], axis=1))
-        signatures = flat.view(f"V{flat.shape[1] * 8}").ravel().tolist()
-        messages: dict[bytes, tuple[str, str]] = {}
-        words_of: dict[tuple, str] = {}
-        out: list[tuple[str, str] | None] = []
-        for r, sig in enumerate(signatures):
-            if not gpus[r]:
-                out.append(None)
+        code = np.where(shown, np.take_along_axis(codes, first, axis=1), 0)
+        # Each rule's words show at most two numbers besides the GPU index; only those go into a node's
+        # signature, so nodes whose rejected GPUs differ in numbers the words do not show share one message
+        # (thousands of failing nodes have a few hundred distinct messages), worded once.
+        left = (c["mem_bytes"][rows, first] * self.policy.overcommit.memory
+                - c["limit_used"][rows, first]).astype(np.int64)
+        a = np.select([code == 2, code == 3, code == 4, code == 5, code == 6],
+                      [self.need[rows, first], c["mem_free"][rows, first], left, self.same[rows, first],
+                       self.bandwidth[rows, first].view(np.int64)], np.int64(0))
+        b = np.where(code == 2, self.free[rows, first], 0)
+        gpu = np.where(shown, c["gpu"][rows, first], -1)
+        key = np.concatenate([np.stack([code, gpu, a, b], axis=2).reshape(n, -1), gpus[:, None], nbad[:, None]],
+                             axis=1).astype(np.int64)
+        signatures = np.ascontiguousarray(key).view(f"V{key.shape[1] * 8}").ravel().tolist()
+        texts: dict[bytes, str] = {}
+        words_of: dict[tuple[int, int, int, int], str] = {}
+        for sig, r in dict(zip(signatures, range(n), strict=True)).items():  # one node per signature
+            count = int(gpus[r])
+            if not count:
+                texts[sig] = ""
                 continue
-            found = messages.get(sig)
-            if found is None:
-                words: list[str] = []
-                for row in fields[r].tolist():
-                    if row[0] < 0:
-                        break
-                    key = tuple(row)
-                    text = words_of.get(key)
-                    if text is None:
-                        code, index, need, free, mem_free, lefts, same, used = row
-                        text = words_of[key] = reject_words(
-                            CATEGORIES[code], index, req, policy, n=need, free=free, memory_free=mem_free,
-                            left=lefts, have=same, used=float(np.int64(used).view(np.float64)))
-                    words.append(text)
-                category = CATEGORIES[fields[r, 0, 0]] if words else "no-gpus"
-                found = messages[sig] = (category, reject_message(req, gpus[r], words, gpus[r] - nbad[r]))
-            out.append(found)
+            words: list[str] = []
+            for shown_code, index, x, y in key[r, :-2].reshape(-1, 4).tolist():
+                if not shown_code:
+                    break
+                facts = (shown_code, index, x, y)
+                text = words_of.get(facts)
+                if text is None:
+                    text = words_of[facts] = self._words(shown_code, index, x, y)
+                words.append(text)
+            shown_bad = int(nbad[r])
+            if shown_bad > len(words):  # the ellipsis of a fourth rejected GPU
+                words.append("")
+            texts[sig] = prefix + reject_message(self.req, count, words, count - shown_bad)
+        out = (list(map(texts.__getitem__, signatures)), code[:, 0] if code.shape[1] else np.zeros(n, np.int64),
+               gpus == 0)
+        self._last_rejections = (asked, out)
         return out
 
-    def gpu_scores(self) -> tuple[np.ndarray, np.ndarray]:
+    def _words(self, code: int, index: int, x: int, y: int) -> str:
+        """reject_words for one GPU from the numbers its rule (CATEGORIES[code]) shows: x and y as
+        `rejections` keeps them."""
+        category = CATEGORIES[code]
+        req, policy = self.req, self.policy
+        if category == "compute":
+            return reject_words(category, index, req, policy, n=x, free=y)
+        if category == "memory":
+            return reject_words(category, index, req, policy, memory_free=x)
+        if category == "memory-limit":
+            return reject_words(category, index, req, policy, left=x)
+        if category == "class-rule":
+            return reject_words(category, index, req, policy, have=x)
+        if category == "bandwidth":
+            return reject_words(category, index, req, policy, used=float(np.int64(x).view(np.float64)))
+        return reject_words(category, index, req, policy)
+
+    def gpu_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
         GPUs whose score needs the exact path (free CUs in more runs than kept, or in no run big enough).
-        Worked out on the fitting GPUs only."""
+        Worked out on the fitting GPUs only, and only those of these `slots` when given (-1s are skipped)."""
         req, policy = self.req, self.policy
         shape = self.need.shape
-        rows = np.flatnonzero(self.ok.ravel())
-        data = self.data
-        f = data.reshape(data.shape[0], -1)[:RUN_LENGTHS + RUNS, rows]  # [field, fitting GPU]; no run starts
-        need, whole = self.need.ravel()[rows], self.whole.ravel()[rows]
-        usable = f[FIELD["total"]] - f[FIELD["shared"]]
+        ok = self.ok
+        if slots is not None:
+            asked = np.zeros(shape[0], np.bool_)
+            asked[slots[slots >= 0]] = True
+            ok = ok & asked[:, None]
+        rows = np.flatnonzero(ok.ravel())
+        flat = self.data.reshape(self.data.shape[0], -1)
+        same_field = "mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"
+        # Only the fields the score reads, each gathered on its own (faster than one 2-D gather).
+        total, shared, used, mem_used, mem_bytes, slices, same, model, nruns, free = (
+            flat[FIELD[n]].take(rows) for n in ("total", "shared", "used", "mem_used", "mem_bytes", "slices",
+                                                same_field, "model", "nruns", "free"))
+        lengths = flat[RUN_LENGTHS:RUN_LENGTHS + RUNS].take(rows, axis=1)  # [run, GPU]
+        need, whole = self.need.ravel().take(rows), self.whole.ravel().take(rows)
+        usable = total - shared
         with np.errstate(divide="ignore", invalid="ignore"):
-            after = np.where(usable > 0, np.minimum(1.0, (f[FIELD["used"]] + need) / usable), 1.0)
+            after = np.where(usable > 0, np.minimum(1.0, (used + need) / usable), 1.0)
             binpack = policy.scoring.strategy == "binpack"
             pack = after if binpack else 1.0 - after
-            mem_after = (f[FIELD["mem_used"]] + req.memory_bytes) / f[FIELD["mem_bytes"]]
+            mem_after = (mem_used + req.memory_bytes) / mem_bytes
             pack = 0.7 * pack + 0.3 * (mem_after if binpack else 1.0 - mem_after)
-            slices = f[FIELD["slices"]]
-            same = f[FIELD["mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"]]
             same_weight = 0.6 if req.workload_class == COMPUTE_BOUND else 0.0
             comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices, 0.5)
-            frag, exact = self._fragmentation(f, need, whole)
+            frag, exact = self._fragmentation(lengths, free, model, nruns, need, whole)
             w = policy.scoring.weights
             total_w = w.packing + w.complementarity + w.fragmentation
             if total_w == 0:
@@ -170,24 +218,29 @@ class Columns:
         slow[rows] = exact
         return scores.reshape(shape), slow.reshape(shape)
 
-    def _fragmentation(self, f: np.ndarray, need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`fragmentation_after_cut` of the best-fit run for these GPUs' fields `f` (spread layout), and
-        which of them the kept runs cannot answer for."""
+    def _fragmentation(self, lengths: np.ndarray, free: np.ndarray, model: np.ndarray, nruns: np.ndarray,
+                       need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`fragmentation_after_cut` of the best-fit run for GPUs with these free run `lengths` [run, GPU]
+        and `free` CUs (spread layout), and which of them the kept runs cannot answer for."""
         if self.policy.layout.mode != "spread":
             return np.zeros(len(need)), ~whole
         mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
-        min_slice = np.take(mins, f[FIELD["model"]], mode="clip")
-        lengths = f[RUN_LENGTHS:RUN_LENGTHS + RUNS].copy()  # [run, GPU]
-        holds = lengths >= need
-        # best_fit_run: the shortest run that holds the slice, lowest start first; runs are kept in bit
-        # order, so argmin's first minimum is the lowest start.
-        best = np.where(holds, lengths, np.iinfo(np.int64).max).argmin(axis=0)
-        cut = lengths
-        cut[best, np.arange(len(need))] -= need
-        total = cut.sum(axis=0)
-        stranded = np.where((cut > 0) & (cut < min_slice), cut, 0).sum(axis=0)
+        min_slice = np.take(mins, model, mode="clip")
+        # best_fit_run cuts the shortest run that holds the slice. Which of equally short runs it picks
+        # does not change the lengths left, so its length is enough: the cut changes only that run's
+        # part of the total and of the stranded CUs (runs shorter than a minimum slice).
+        best = np.where(lengths >= need, lengths, np.iinfo(np.int64).max).min(axis=0)
+        holds = best != np.iinfo(np.int64).max
+        left = best - need
+
+        def stranded_part(x: np.ndarray) -> np.ndarray:
+            return np.where((x > 0) & (x < min_slice), x, 0)
+
+        stranded = (np.where((lengths > 0) & (lengths < min_slice), lengths, 0).sum(axis=0)
+                    - stranded_part(best) + stranded_part(left))
+        total = free - need  # the runs hold every free CU when there are no more than RUNS of them
         frag = np.where(whole | (total <= 0), 0.0, stranded / np.where(total > 0, total, 1))
-        exact = ~whole & ((f[FIELD["nruns"]] > RUNS) | ~holds.any(axis=0))
+        exact = ~whole & ((nruns > RUNS) | ~holds)
         return frag, exact
 
 
@@ -205,12 +258,24 @@ def node_scores(cols: Columns, scores: np.ndarray) -> np.ndarray:
     scores, topo, index = scores[rows], c["topo"][rows], c["gpu"][rows]
     fit = ~np.isnan(scores)
     neg = np.where(fit, -scores, np.inf)
-    # Groups: for each GPU, the fitting GPUs of its node that share its topology key (hive, else NUMA).
-    together = (topo[:, :, None] == topo[:, None, :]) & fit[:, None, :] & (topo[:, :, None] >= 0)
-    top = np.sort(np.where(together, neg[:, None, :], np.inf), axis=2)[:, :, :count]
-    group_sums = _ordered_sum(-top)
-    group_sums[~np.isfinite(group_sums)] = -np.inf
-    best_group = group_sums.max(axis=1)
+    # Groups: a node's fitting GPUs that share a topology key (hive, else NUMA). Sorted by key, best
+    # score first, a group's best `count` GPUs are the `count` places from where its key starts.
+    by_group = np.lexsort((neg, topo), axis=-1)
+    ranked, keys = np.take_along_axis(neg, by_group, axis=1), np.take_along_axis(topo, by_group, axis=1)
+    starts = np.ones(keys.shape, np.bool_)
+    starts[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    whole_group = starts & (keys >= 0)
+    group_sums = np.zeros(keys.shape)
+    width = keys.shape[1]
+    with np.errstate(invalid="ignore"):
+        for k in range(count):  # added in rank order, as rank's sum() does
+            later = np.full(keys.shape, np.inf)
+            later[:, :width - k] = ranked[:, k:]
+            later_keys = np.full(keys.shape, -1)
+            later_keys[:, :width - k] = keys[:, k:]
+            whole_group &= (later_keys == keys) & np.isfinite(later)
+            group_sums = group_sums + -later
+    best_group = np.where(whole_group, group_sums, -np.inf).max(axis=1)
     grouped = np.isfinite(best_group)
     order = np.lexsort((index, neg), axis=-1)[:, :count]  # ranked: best score, then lowest GPU index
     chosen = np.take_along_axis(scores, order, axis=1)

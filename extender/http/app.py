@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from flask import Flask, Response, jsonify, request
-from pydantic_core import to_json
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from extender import __version__
@@ -151,8 +151,9 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
 
 
 def _json(out: object) -> Response:
-    # pydantic-core's serializer: a filter reply in the Nodes form may hold thousands of Node objects
-    return Response(to_json(out), mimetype="application/json")
+    # orjson: a filter reply in the Nodes form may hold thousands of Node objects, and a prioritize reply
+    # thousands of HostPriority objects (replies are plain dicts and lists with string keys).
+    return Response(orjson.dumps(out), mimetype="application/json")
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:

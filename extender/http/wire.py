@@ -300,7 +300,9 @@ def error_filter_reply(message: str) -> dict[str, Any]:
 
 
 def priority_reply(scores: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    return [{"Host": host, "Score": max(0, min(10, int(score)))} for host, score in scores]
+    """HostPriorityList, scores clamped to 0..10 (the engine's already are: the test is cheaper than the clamp)."""
+    return [{"Host": host, "Score": score if type(score) is int and 0 <= score <= 10 else max(0, min(10, int(score)))}
+            for host, score in scores]
 
 
 def preemption_reply(args: ParsedPreemption, kept: dict[str, list[str]]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ new burst fraction, and other policies."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -120,17 +121,21 @@ def test_columns_agree_with_check_and_rank(policy: Policy, steps: list[tuple], r
     r = parse_slice_request(pod.labels, pod.annotations, policy)
     assert r is not None
     expect_pass, expect_fail = [], {}
+    expect_categories = Counter({"unknown-node": 1})  # the ghost
     for name in NODES:
         state = ledger.node(name)
         if state is None:
             expect_fail[name] = "gpuslice: node has no GPU inventory known to gpuslice yet"
+            expect_categories["unknown-node"] += 1
             continue
         fit = check(r, state.without(uid), policy)
         if fit.ok:
             expect_pass.append(name)
         else:
             expect_fail[name] = f"gpuslice: {fit.reason}"
+            expect_categories[fit.category] += 1
     assert parsed.passed == expect_pass
+    assert +engine.stats.filter_rejections == expect_categories
     assert {k: v for k, v in parsed.failed.items() if k != "ghost"} == expect_fail
     scores = dict(engine.prioritize(pod, names=NODES))
     for name in NODES:
@@ -201,3 +206,76 @@ def test_readers_never_crash_while_the_ledger_changes() -> None:
         stop.set()
         writer.join()
     assert not errors
+
+
+def test_nodes_that_share_a_message_get_their_own_numbers() -> None:
+    """Failing nodes are worded once per distinct message: nodes whose rejected GPUs differ only in numbers
+    the words do not show share one text, and nodes that differ in a shown number (the GPU, its free CUs or
+    memory, the count of rejected GPUs) do not."""
+    policy = parse_policy({})
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    names = [f"m{i}" for i in range(24)]
+    uids: list[str] = []
+    for i, name in enumerate(names):
+        ledger.set_node(name, mi300x_inventory(name))
+        # Different tenants per node: memory differs on every node, CUs on some, and some GPUs stay free.
+        apply(ledger, clock, ("reserve", name, request(125 * (1 + i % 3), 0, 4 + i, CLASSES[i % 2], 1), True,
+                              2 + i % 7), policy, uids)
+        apply(ledger, clock, ("reserve", name, request(750, 0, 100 + i, CLASSES[0], 1), True, i % 9), policy, uids)
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    for req in (request(500, 0, 8, "compute-bound", 2), request(250, 0, 120, "memory-bound", 1),
+                request(125, 0, 185, "memory-bound", 1), request(1000, 0, 8, "compute-bound", 8)):
+        result = engine.filter(pod_for(req, "x"), names=names)
+        assert result.failed, req
+        for name, reason in result.failed.items():
+            assert reason == f"gpuslice: {check(req, ledger.node(name), policy).reason}", name
+
+
+def test_prioritize_after_filter_sees_nodes_removed_and_slots_reused_in_between() -> None:
+    """prioritize gets the list filter passed, whose slots filter remembers; a node removed between the
+    two, its slot taken by a new node, must not be scored as that new node."""
+    policy = parse_policy({})
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    for name in NODES:
+        ledger.set_node(name, mi300x_inventory(name))
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    req = request(250, 0, 16, "memory-bound", 1)
+    pod = pod_for(req, "p")
+    passed = engine.filter(pod, names=NODES).passed
+    assert passed == NODES
+    ledger.remove_node("n1")
+    ledger.set_node("new", mi300x_inventory("new"))  # takes n1's slot
+    scores = dict(engine.prioritize(pod, names=passed))
+    assert scores["n1"] == 0
+    for name in passed:
+        state = ledger.node(name)
+        assert scores[name] == (0 if state is None else to_score(rank(req, state, policy)))
+
+
+def test_a_retried_filter_sees_writes_made_since_the_last_try() -> None:
+    """Filter keeps its last answer for failing nodes while no write reaches the index; a retry after a
+    write must word the rows as they are now."""
+    policy = parse_policy({})
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    for name in NODES:
+        ledger.set_node(name, mi300x_inventory(name))
+    uids: list[str] = []
+    for name in NODES:  # a tenant or two on every node: eight whole GPUs fit nowhere
+        apply(ledger, clock, ("reserve", name, request(125, 0, 8, "compute-bound", 1), True, 2), policy, uids)
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    req = request(1000, 0, 8, "memory-bound", 8)
+    pod = pod_for(req, "p")
+    first = engine.filter(pod, names=NODES)
+    assert set(first.failed) == set(NODES)
+    assert engine.filter(pod, names=NODES).failed == first.failed  # a retry, nothing changed
+    apply(ledger, clock, ("release", 0), policy, uids)  # frees CUs on one node
+    retry = engine.filter(pod, names=NODES)
+    assert retry.failed != first.failed
+    for name, reason in retry.failed.items():
+        assert reason == f"gpuslice: {check(req, ledger.node(name), policy).reason}", name
