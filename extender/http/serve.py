@@ -25,7 +25,6 @@ from extender.http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_URL_PREFIX, create
 from extender.http.tls import make_tls_server, tls_context
 
 log = logging.getLogger(__name__)
-SWITCH_INTERVAL = 0.0005  # seconds; see run_server
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,10 +91,6 @@ def run_server(engine: Engine, args: argparse.Namespace, banner: Callable[[str],
     """Serve `engine` until interrupted, with the flags from add_server_arguments."""
     if args.policy:
         engine.policies.watch(args.policy_poll)
-    # kube-scheduler waits for filter and prioritize inside its (sequential) scheduling cycle, while binds
-    # and the watch run on other threads here. With CPython's default 5 ms GIL switch interval a verb
-    # that arrives while one of them computes can wait up to 5 ms for the interpreter; 0.5 ms bounds that.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("gpuslice serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
