@@ -39,7 +39,7 @@ def test_rbac_is_least_privilege() -> None:
     docs = list(yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()))
     role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "gpuslice-extender")
     rules = {tuple(r["resources"]): set(r["verbs"]) for r in role["rules"]}
-    assert rules == {("nodes",): {"get", "list", "watch", "patch"}, ("pods",): {"get", "list", "watch", "patch"},
+    assert rules == {("nodes",): {"get", "list", "watch", "patch"}, ("pods",): {"get", "list", "watch"},
                      ("pods/binding",): {"create"}}
     for d in docs:
         for r in d.get("rules", []):
