@@ -1,4 +1,6 @@
-"""The bind placer: the CP-SAT co-location model on the chosen node, with greedy as its floor.
+"""The bind placer: the co-location model on the chosen node, with greedy as its floor. (For one pod
+on one node `solve()` tries every GPU set against the model's objective; CP-SAT when the problem is
+bigger.)
 
 Filter and prioritize stay on the greedy `evaluate` (cheap, and it is what the solver starts from);
 bind asks the solver for the best GPUs on the node kube-scheduler picked. The solver's search starts
