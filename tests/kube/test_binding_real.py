@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from kubernetes.client import ApiException
@@ -20,25 +21,49 @@ from tests.kube.conftest import Env, gpu_node_body, gpu_pod_body
 ANN = "gpuslice.io/assignment"
 
 
+NS = "bind-test"  # apart from the other tests' pods, which they list and check
+
+
+def isolated_node_body(name: str) -> dict:
+    """A GPU node that kube-scheduler never picks (unschedulable, not labelled like the other tests'
+    nodes): a Binding does not ask the scheduler, so these tests can still bind to it."""
+    body = gpu_node_body(name)
+    body["metadata"]["labels"] = {"kubernetes.io/hostname": name}
+    body["spec"] = {"unschedulable": True}
+    return body
+
+
 @pytest.fixture
-def node(kube_env: Env) -> str:
+def node(kube_env: Env) -> Iterator[str]:
     name = f"bind-{uuid.uuid4().hex[:6]}"
-    kube_env.api.create_node(gpu_node_body(name))
-    return name
+    try:
+        kube_env.api.create_namespace({"metadata": {"name": NS}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    kube_env.api.create_node(isolated_node_body(name))
+    yield name
+    kube_env.api.delete_collection_namespaced_pod(NS, grace_period_seconds=0)
+    for n in (name, f"{name}-other"):
+        try:
+            kube_env.api.delete_node(n)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
-def new_pod(env: Env, labels: dict[str, str] | None = None) -> dict:
+def new_pod(env: Env) -> dict:
     body = gpu_pod_body(f"bind-{uuid.uuid4().hex[:6]}", scheduler="nobody")  # no scheduler will touch it
-    body["metadata"]["labels"].update(labels or {})
-    return env.api.create_namespaced_pod("default", body).to_dict()
+    body["metadata"]["labels"] = {}
+    return env.api.create_namespaced_pod(NS, body).to_dict()
 
 
 def read(env: Env, name: str) -> dict:
-    return env.api.read_namespaced_pod(name, "default").to_dict()
+    return env.api.read_namespaced_pod(name, NS).to_dict()
 
 
 def view_of(env: Env, name: str) -> PodView:
-    return pod_view(read_json(env.api.read_namespaced_pod(name, "default", _preload_content=False)))
+    return pod_view(read_json(env.api.read_namespaced_pod(name, NS, _preload_content=False)))
 
 
 class Counting:
@@ -76,7 +101,7 @@ def test_stale_resource_version_is_refused_then_retried(kube_env: Env, node: str
     pod = new_pod(kube_env)
     name = pod["metadata"]["name"]
     stale = view_of(kube_env, name)
-    kube_env.api.patch_namespaced_pod(name, "default", {"metadata": {"labels": {"team": "search"}}})
+    kube_env.api.patch_namespaced_pod(name, NS, {"metadata": {"labels": {"team": "search"}}})
     api = Counting(kube_env.api)
     KubeCluster(api).bind_pod(stale, node, {ANN: "a"})  # type: ignore[arg-type]
     # the API server refused the stale resourceVersion (409), the pod was read again, the retry took
@@ -91,8 +116,8 @@ def test_pod_bound_elsewhere_is_refused_and_keeps_no_assignment(kube_env: Env, n
     name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
     view = view_of(kube_env, name)
     other = f"{node}-other"
-    kube_env.api.create_node(gpu_node_body(other))
-    kube_env.api.create_namespaced_pod_binding(name, "default", {
+    kube_env.api.create_node(isolated_node_body(other))
+    kube_env.api.create_namespaced_pod_binding(name, NS, {
         "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "uid": uid},
         "target": {"apiVersion": "v1", "kind": "Node", "name": other}}, _preload_content=False)
     with pytest.raises(BindError, match=f"bound to {other}"):
@@ -104,11 +129,12 @@ def test_recreated_pod_is_refused(kube_env: Env, node: str) -> None:
     pod = new_pod(kube_env)
     name = pod["metadata"]["name"]
     old = view_of(kube_env, name)
-    kube_env.api.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+    kube_env.api.delete_namespaced_pod(name, NS, grace_period_seconds=0)
     body = gpu_pod_body(name, scheduler="nobody")
+    body["metadata"]["labels"] = {}
     for _ in range(50):  # the old object may take a moment to go
         try:
-            kube_env.api.create_namespaced_pod("default", body)
+            kube_env.api.create_namespaced_pod(NS, body)
             break
         except ApiException:
             time.sleep(0.1)
