@@ -219,9 +219,10 @@ class Engine:
         self.ledger.overcommit = policy.overcommit.memory
         # New rules may let a rejected pod fit anywhere; no cluster event says so. Any one node stands
         # for all: kube-scheduler requeues every extender-rejected pod on any Node event.
-        names = self.ledger.node_names() if self.on_freed is not None else []
-        if names and self.on_freed is not None:
-            self.on_freed(names[0])
+        if self.on_freed is not None:
+            names = self.ledger.node_names()
+            if names:
+                self.on_freed(names[0])
 
     # --- verbs ---------------------------------------------------------------------------------
     def filter(self, pod: PodView, nodes: Iterable[NodeView] | None = None,

@@ -30,10 +30,6 @@ BIND_ATTEMPTS = 3  # a pod that changes under every attempt is left for kube-sch
 API_TIMEOUT = (5.0, 10.0)  # connect, read seconds: a bind must answer well inside kube-scheduler's httpTimeout
 
 
-class _Done(Exception):
-    """The pod turned out to be bound as asked: the bind succeeded."""
-
-
 def api_message(exc: ApiException) -> str:
     try:
         return str(json.loads(exc.body).get("message") or exc.reason)
@@ -128,8 +124,6 @@ class KubeCluster:
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         try:
             self._bind_pod(pod, node, annotations)
-        except _Done:
-            return
         except BindError:
             if self.on_failed is not None and annotations:
                 self.on_failed(node)
@@ -155,20 +149,20 @@ class KubeCluster:
                     _preload_content=False, _request_timeout=API_TIMEOUT))
             except ApiException as exc:
                 rv = self._binding_failed(pod, node, annotations, f"{exc.status} {api_message(exc)}", exc.status, rv)
-                continue
             except Exception as exc:  # no answer: the Binding may or may not exist
                 rv = self._binding_failed(pod, node, annotations, f"no answer: {exc}", None, rv)
-                continue
-            self._step("bound")
-            return
+            else:
+                self._step("bound")
+                return
+            if rv is None:
+                return  # bound here with our assignment after all
         raise BindError(f"gpuslice: pod {pod.key} kept changing while it was being bound", temporary=True)
 
     def _binding_failed(self, pod: PodView, node: str, annotations: Mapping[str, str], why: str,
                         status: int | None, sent_rv: str | None) -> str | None:
-        """Find out what a failed Binding left behind: raises _Done if the pod is bound here with our
-        assignment after all (a lost answer), returns the pod's new resourceVersion if a 409 came from
-        a pod that is still unbound and merely changed since `sent_rv` (try again), else raises
-        BindError."""
+        """Find out what a failed Binding left behind: None if the pod is bound here with our assignment
+        after all (a lost answer: done), the pod's new resourceVersion if a 409 came from a pod that is
+        still unbound and merely changed since `sent_rv` (try again), else raises BindError."""
         if status == 404:
             raise BindError(f"gpuslice: pod {pod.key} ({pod.uid}) no longer exists")
         try:
@@ -180,12 +174,12 @@ class KubeCluster:
             raise BindError(f"gpuslice: binding {pod.key} to {node}: {why}; the pod no longer exists")
         if fresh.node_name == node and all(fresh.annotations.get(k) == v for k, v in annotations.items()):
             log.info("pod %s: binding answered %s but the pod is bound to %s: done", pod.key, why, node)
-            raise _Done()
+            return None
         if fresh.node_name or fresh.deleting:
             state = f"bound to {fresh.node_name}" if fresh.node_name else "being deleted"
             raise BindError(f"gpuslice: binding {pod.key} to {node} refused: pod is {state} ({why})")
         if status == 409:
-            if sent_rv is not None and fresh.resource_version != sent_rv:
+            if sent_rv is not None and fresh.resource_version not in (None, sent_rv):
                 return fresh.resource_version  # only the precondition failed: the pod changed meanwhile
             raise BindError(f"gpuslice: binding {pod.key} to {node} refused ({why})")
         raise BindError(f"gpuslice: binding {pod.key} to {node}: {why}",

@@ -36,8 +36,7 @@ class Nudger:
         self.api = api
         self.interval = interval
         self.wanted = wanted
-        self._pending: set[str] = set()
-        self._last: str | None = None
+        self._pending: dict[str, None] = {}  # nodes poked since the last touch, the latest last
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -48,8 +47,8 @@ class Nudger:
 
     def poke(self, node: str) -> None:
         with self._lock:
-            self._pending.add(node)
-            self._last = node
+            self._pending.pop(node, None)
+            self._pending[node] = None
         self._wake.set()
 
     def start(self) -> threading.Thread:
@@ -66,12 +65,12 @@ class Nudger:
             self._wake.wait()
             self._wake.clear()
             with self._lock:
-                nodes, self._pending, last = self._pending, set(), self._last
+                nodes, self._pending = self._pending, {}
             if nodes and self.wanted is not None and not self.wanted():
                 self.skipped += len(nodes)
                 continue
-            # the node that freed last, else (deleted meanwhile) another one
-            for node in sorted(nodes, key=lambda n: n != last)[:3]:
+            # the node that freed last, else (deleted meanwhile) the one before
+            for node in list(reversed(nodes))[:3]:
                 if self._touch(node):
                     break
             self._stop.wait(self.interval)
