@@ -46,7 +46,11 @@ EXTENDER_PROFILE = "gpuslice"  # the schedulerName of every run through the exte
 # gpu-no-extender: the same GPU pods (they request the extended resource gpuslice.io/gpu-share, which
 # the nodes advertise) with no extender configured: what kube-scheduler and the API server alone
 # manage for such pods here, the ceiling for any extender on this machine.
-SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-no-extender", "gpu-with-extender")
+# gpu-null-extender: the same GPU pods through bench/null_extender.py, an extender served like gpuslice
+# that does no GPU work (passes every node, scores 0, posts the Binding): what the extender protocol
+# alone costs here, so the table separates that from gpuslice's own cost.
+SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-no-extender", "gpu-null-extender",
+             "gpu-with-extender")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,14 +206,27 @@ def start_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Pope
                              "--scheduler-name", EXTENDER_PROFILE],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_ready(port)
+    return proc
+
+
+def start_null_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
+    log = open(logdir / "null-extender.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "null_extender.py"), "--kubeconfig", str(kubeconfig),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    wait_ready(port)
+    return proc
+
+
+def wait_ready(port: int) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                return proc
+                return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError("extender did not become ready")
+    raise RuntimeError(f"extender on port {port} did not become ready")
 
 
 def wait_extender_nodes(port: int, n: int) -> None:
@@ -236,13 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scheduler_bench: {reason}", file=sys.stderr)
         return 2
     cp = ControlPlane(assets_dir()).start()  # type: ignore[arg-type]
-    port = free_port()
+    port, null_port = free_port(), free_port()
     results: list[dict] = []
-    extender = None
+    extender = null = None
     try:
         bench = Bench(cp)
         bench.api.create_namespace({"metadata": {"name": "bench"}})
         extender = start_extender(cp.kubeconfig, port, cp.workdir)
+        if "gpu-null-extender" in args.scenarios:
+            null = start_null_extender(cp.kubeconfig, null_port, cp.workdir)
         for n in args.nodes:
             bench.ensure_nodes(n)
             wait_extender_nodes(port, n)
@@ -252,16 +271,19 @@ def main(argv: list[str] | None = None) -> int:
                 for scenario in args.scenarios:
                     sched = f"bench-{n}-{scenario}-{rnd}"
                     gpu = scenario.startswith("gpu")
-                    uses_extender = not scenario.endswith("no-extender")
+                    uses_extender = scenario.endswith("with-extender")
                     # As deployed, the extender watches only its own scheduler's pods; runs without it
                     # use a name of their own, which it never sees.
                     profile = EXTENDER_PROFILE if uses_extender else sched
                     bench.create_pods("bench", sched, args.pods, profile, gpu)
-                    cfg = scheduler_config(cp.kubeconfig, profile, port if uses_extender else None)
+                    ext_port, ext_pid = ((port, extender.pid) if uses_extender else
+                                         (null_port, null.pid) if scenario == "gpu-null-extender" and null else
+                                         (None, None))
+                    cfg = scheduler_config(cp.kubeconfig, profile, ext_port)
                     before = verb_seconds(port) if uses_extender else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,
-                        **({"extender": extender.pid} if uses_extender else {})})
+                        **({"extender": ext_pid} if ext_pid else {})})
                     r.update(nodes=n, scenario=scenario, round=rnd)
                     if before:  # mean time the extender took to answer each verb in this run (ms)
                         after = verb_seconds(port)
@@ -272,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(r), file=sys.stderr, flush=True)
                     bench.delete_pods("bench")
     finally:
-        if extender is not None:
-            extender.send_signal(signal.SIGTERM)
-            extender.wait(10)
+        for proc in (extender, null):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
         cp.stop()
     table = Table(title=f"kube-scheduler throughput ({args.pods} pods per run, median of {args.repeat}, "
                         f"{os.cpu_count()} CPUs, control plane + extender on one machine)")
