@@ -1,6 +1,8 @@
 """Real-scheduler throughput: pods bound per second by kube-scheduler at 100 and 1,000 nodes, for
-non-GPU pods without and with the extender configured, for GPU pods through the extender, and for the
-same GPU pods with no extender (kube-scheduler fitting the extended resource itself: the ceiling).
+non-GPU pods without and with the extender configured, for GPU pods through the extender, and two
+references for the same GPU pods: no extender (kube-scheduler fitting the extended resource itself)
+and bench/null_extender.py (an extender served like gpuslice that does no GPU work: what the
+extender protocol alone costs).
 Per run it also reports the CPU each process spent per scheduled pod and the extender's own mean
 answer time per verb.
 
