@@ -73,13 +73,32 @@ class Cluster(Protocol):
         ...
 
 
-class MemoryCluster:
-    """An in-memory cluster: the demo's and the simulator's source of truth."""
+class ClusterStore:
+    """Node views by name and pod views by UID behind one lock: what a `Cluster` answers reads from
+    (the memory cluster's truth, the watch's cache in the Kubernetes one)."""
 
     def __init__(self) -> None:
         self._nodes: dict[str, NodeView] = {}
         self._pods: dict[str, PodView] = {}  # uid -> pod
         self._lock = threading.Lock()
+
+    def get_node(self, name: str) -> NodeView | None:
+        return self._nodes.get(name)
+
+    def list_nodes(self) -> list[NodeView]:
+        with self._lock:
+            return list(self._nodes.values())
+
+    def list_pods(self) -> list[PodView]:
+        with self._lock:
+            return list(self._pods.values())
+
+
+class MemoryCluster(ClusterStore):
+    """An in-memory cluster: the demo's and the simulator's source of truth."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.binds = 0
 
     def add_node(self, node: NodeView) -> None:
@@ -104,17 +123,6 @@ class MemoryCluster:
                 if pod.namespace == namespace and pod.name == name:
                     return pod
         return None
-
-    def get_node(self, name: str) -> NodeView | None:
-        return self._nodes.get(name)
-
-    def list_nodes(self) -> list[NodeView]:
-        with self._lock:
-            return list(self._nodes.values())
-
-    def list_pods(self) -> list[PodView]:
-        with self._lock:
-            return list(self._pods.values())
 
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         with self._lock:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Mapping
 
 from kubernetes.client import ApiException, CoreV1Api
 
 from extender.core.requests import has_slice_keys
-from extender.engine.cluster import BindError, NodeView, PodView
+from extender.engine.cluster import BindError, ClusterStore, NodeView, PodView
 from extender.kube.raw import read_json, release
 from extender.kube.views import pod_view
 
@@ -37,23 +36,21 @@ def api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
-class KubeCluster:
+class KubeCluster(ClusterStore):
     """`Cluster` over the API server. Node and pod views come from the watch (see watch.py)."""
 
     def __init__(self, api: CoreV1Api, leading: Callable[[], bool] | None = None,
                  on_failed: Callable[[str], None] | None = None,
                  prefix: Callable[[], str] = lambda: "gpuslice.io") -> None:
+        super().__init__()  # the watch's cache: nodes by name, pods by UID
         self.api = api
         self.prefix = prefix  # the policy's key prefix (it may be reloaded)
         self.leading = leading
         # Called with the node of a failed bind: its reservation is released, and no cluster event
         # tells kube-scheduler so (see nudge.py).
         self.on_failed = on_failed
-        self._nodes: dict[str, NodeView] = {}
-        self._pods: dict[str, PodView] = {}  # uid -> view
         self._uids: dict[str, str] = {}  # namespace/name -> uid
         self._waiting: set[str] = set()  # uids of live, unbound pods that ask for a slice
-        self._lock = threading.Lock()
         # Test hook: called with each bind step ("binding" before a write, "bound" after) to inject crashes.
         self.fault: Callable[[str], None] | None = None
 
@@ -109,17 +106,6 @@ class KubeCluster:
         uid = self._uids.get(f"{namespace}/{name}")
         view = self._pods.get(uid) if uid else None
         return view if view is not None else self._read(namespace, name)
-
-    def get_node(self, name: str) -> NodeView | None:
-        return self._nodes.get(name)
-
-    def list_nodes(self) -> list[NodeView]:
-        with self._lock:
-            return list(self._nodes.values())
-
-    def list_pods(self) -> list[PodView]:
-        with self._lock:
-            return list(self._pods.values())
 
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         try:
