@@ -77,18 +77,12 @@ class GpuState:
 
     @cached_property
     def guaranteed(self) -> frozenset[int]:
-        out: set[int] = set()
-        for s in self.slices:
-            out |= s.cus
-        return frozenset(out)
+        return frozenset().union(*(s.cus for s in self.slices))
 
     @cached_property
     def bursting(self) -> frozenset[int]:
         """CUs in some tenant's burst set."""
-        out: set[int] = set()
-        for s in self.slices:
-            out |= s.burst
-        return frozenset(out)
+        return frozenset().union(*(s.burst for s in self.slices))
 
     @cached_property
     def free_cus(self) -> frozenset[int]:
