@@ -8,6 +8,7 @@ import urllib3
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, parse_assignment
 from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, format_inventory
+from extender.engine.cluster import PodView
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.kube.cluster import KubeCluster
@@ -80,6 +81,16 @@ def bind(engine: Engine, api: FakeApi, name: str, node: str = "n0") -> str:
     return engine.bind("default", name, view.uid, node)
 
 
+def filtered(api: FakeApi, annotations: dict[str, str] = SLICE) -> tuple[Engine, KubeCluster, PodView]:
+    """Pod default/p created, the extender started, and filter passing it on n0: where kube-scheduler's
+    bind call comes in."""
+    api.add_pod("default", "p", annotations)
+    engine, cluster = start(api)
+    view = pod_view(api.pods[("default", "p")])
+    assert engine.filter(view, names=["n0"]).passed == ["n0"]
+    return engine, cluster, view
+
+
 def test_bind_is_one_binding_carrying_the_assignment(api: FakeApi) -> None:
     api.add_pod("default", "p", SLICE)
     engine, _ = start(api)
@@ -140,10 +151,7 @@ def test_repeated_bind_is_idempotent(api: FakeApi) -> None:
 
 
 def test_stale_resource_version_is_reread_and_retried(api: FakeApi) -> None:
-    api.add_pod("default", "p", SLICE)
-    engine, _ = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, _, view = filtered(api)
     api.touch_pod("default", "p")  # e.g. kube-scheduler updated its status meanwhile
     assert engine.bind("default", "p", view.uid, "n0") == ""
     assert api.calls.count("create_namespaced_pod_binding") == 2 and "read_namespaced_pod" in api.calls
@@ -152,10 +160,7 @@ def test_stale_resource_version_is_reread_and_retried(api: FakeApi) -> None:
 
 
 def test_binding_409_pod_being_deleted_rolls_back(api: FakeApi) -> None:
-    api.add_pod("default", "p", SLICE)
-    engine, _ = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, _, view = filtered(api)
     api.fail["create_namespaced_pod_binding"] = _err(409, "pod p is being deleted, cannot be assigned to a host")
     err = engine.bind("default", "p", view.uid, "n0")
     assert "refused" in err and "409" in err
@@ -166,10 +171,7 @@ def test_binding_409_pod_being_deleted_rolls_back(api: FakeApi) -> None:
 
 
 def test_binding_409_already_bound_elsewhere(api: FakeApi) -> None:
-    api.add_pod("default", "p", SLICE)
-    engine, cluster = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, cluster, view = filtered(api)
     cluster.fault = lambda step: api.bind_elsewhere("default", "p", "n1") if step == "binding" else None
     err = engine.bind("default", "p", view.uid, "n0")
     assert "bound to n1" in err
@@ -181,10 +183,7 @@ def test_binding_409_already_bound_elsewhere(api: FakeApi) -> None:
 
 
 def test_binding_server_error_rolls_back_the_reservation(api: FakeApi) -> None:
-    api.add_pod("default", "p", SLICE)
-    engine, _ = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, _, view = filtered(api)
     api.fail["create_namespaced_pod_binding"] = _err(500, "etcd unavailable")
     err = engine.bind("default", "p", view.uid, "n0")
     assert "500" in err
@@ -203,10 +202,7 @@ def test_lost_binding_answer_is_a_success(api: FakeApi) -> None:
 
 
 def test_unreachable_api_keeps_reservation_until_watch_decides(api: FakeApi) -> None:
-    api.add_pod("default", "p", SLICE)
-    engine, _ = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, _, view = filtered(api)
     api.fail_after["create_namespaced_pod_binding"] = urllib3.exceptions.ProtocolError("connection reset")
     api.fail["read_namespaced_pod"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")
     err = engine.bind("default", "p", view.uid, "n0")
@@ -219,10 +215,7 @@ def test_unreachable_api_keeps_reservation_until_watch_decides(api: FakeApi) -> 
 
 
 def test_pod_recreated_with_same_name_is_refused(api: FakeApi) -> None:
-    api.add_pod("default", "p", SLICE)
-    engine, _ = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, _, view = filtered(api)
     del api.pods[("default", "p")]
     api.add_pod("default", "p", SLICE)
     err = engine.bind("default", "p", view.uid, "n0")
@@ -244,10 +237,7 @@ def test_failed_bind_signals_the_node_it_released() -> None:
 
 
 def test_binding_keeps_other_annotations_and_retries_a_changed_pod(api: FakeApi) -> None:
-    api.add_pod("default", "p", {**SLICE, "team": "search"})
-    engine, cluster = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, cluster, view = filtered(api, {**SLICE, "team": "search"})
     touched: list[str] = []
 
     def change_once(step: str) -> None:  # another writer updates the pod between our read and our write
@@ -264,10 +254,7 @@ def test_binding_keeps_other_annotations_and_retries_a_changed_pod(api: FakeApi)
 
 
 def test_pod_that_keeps_changing_is_left_for_a_retry(api: FakeApi) -> None:
-    api.add_pod("default", "p", SLICE)
-    engine, cluster = start(api)
-    view = pod_view(api.pods[("default", "p")])
-    engine.filter(view, names=["n0"])
+    engine, cluster, view = filtered(api)
     cluster.fault = lambda step: api.touch_pod("default", "p") if step == "binding" else None
     err = engine.bind("default", "p", view.uid, "n0")
     assert "kept changing" in err
