@@ -122,18 +122,20 @@ class FakeApi:
         self.selectors.append(kw.get("field_selector"))
         return Resp({"items": copy.deepcopy(list(self.pods.values())), "metadata": {"resourceVersion": str(self.rv)}})
 
-    def read_namespaced_pod(self, name: str, namespace: str, **kw: Any) -> Resp:
-        self._enter("read_namespaced_pod")
+    def _pod(self, namespace: str, name: str) -> dict:
         pod = self.pods.get((namespace, name))
         if pod is None:
             raise _err(404, f'pods "{name}" not found')
+        return pod
+
+    def read_namespaced_pod(self, name: str, namespace: str, **kw: Any) -> Resp:
+        self._enter("read_namespaced_pod")
+        pod = self._pod(namespace, name)
         return Resp(pod)
 
     def patch_namespaced_pod(self, name: str, namespace: str, body: dict, **kw: Any) -> Resp:
         self._enter("patch_namespaced_pod")
-        pod = self.pods.get((namespace, name))
-        if pod is None:
-            raise _err(404, f'pods "{name}" not found')
+        pod = self._pod(namespace, name)
         meta = body.get("metadata", {})
         if "resourceVersion" in meta and meta["resourceVersion"] != pod["metadata"]["resourceVersion"]:
             raise _err(409, "the object has been modified; please apply your changes to the latest version")
@@ -149,9 +151,7 @@ class FakeApi:
 
     def create_namespaced_pod_binding(self, name: str, namespace: str, body: dict, **kw: Any) -> Resp:
         self._enter("create_namespaced_pod_binding")
-        pod = self.pods.get((namespace, name))
-        if pod is None:
-            raise _err(404, f'pods "{name}" not found')
+        pod = self._pod(namespace, name)
         # As the API server's BindingREST: UID and resourceVersion preconditions, then nodeName and the
         # Binding's annotations in one update.
         meta = body.get("metadata", {})
