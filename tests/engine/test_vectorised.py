@@ -60,6 +60,22 @@ class Clock:
         return self.now
 
 
+def fresh_ledger(policy: Policy, names: list[str] = NODES) -> tuple[Ledger, Clock]:
+    """A ledger on its own clock, holding empty MI300X nodes `names`."""
+    clock = Clock()
+    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    for name in names:
+        ledger.set_node(name, mi300x_inventory(name))
+    return ledger, clock
+
+
+def engine_on(ledger: Ledger, policy: Policy) -> Engine:
+    """An engine answering from `ledger`."""
+    engine = Engine(MemoryCluster(), PolicyStore(policy))
+    engine.ledger = ledger
+    return engine
+
+
 def apply(ledger: Ledger, clock: Clock, op: tuple, policy: Policy, uids: list[str]) -> None:
     kind = op[0]
     if kind == "reserve":
@@ -105,15 +121,11 @@ def pod_for(req: SliceRequest, uid: str) -> PodView:
 @given(policy=policies, steps=st.lists(ops, max_size=40), req=requests, holder=st.booleans())
 def test_columns_agree_with_check_and_rank(policy: Policy, steps: list[tuple], req: SliceRequest,
                                            holder: bool) -> None:
-    clock = Clock()
-    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
-    for name in NODES:
-        ledger.set_node(name, mi300x_inventory(name))
+    ledger, clock = fresh_ledger(policy)
     uids: list[str] = []
     for op in steps:
         apply(ledger, clock, op, policy, uids)
-    engine = Engine(MemoryCluster(), PolicyStore(policy))
-    engine.ledger = ledger
+    engine = engine_on(ledger, policy)
     # Sometimes the pod itself holds a slice (a retried filter): it is judged as if freed.
     uid = uids[0] if holder and uids else "fresh"
     pod = pod_for(req, uid)
@@ -146,15 +158,11 @@ def test_columns_agree_with_check_and_rank(policy: Policy, steps: list[tuple], r
 
 def test_class_rule_and_bandwidth_words_match_check() -> None:
     policy = parse_policy({"classes": {"maxMemoryBoundPerGpu": 1, "bandwidthBudget": 0.6}})
-    clock = Clock()
-    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
+    ledger, clock = fresh_ledger(policy, NODES[:2])
     uids: list[str] = []
-    for name in NODES[:2]:
-        ledger.set_node(name, mi300x_inventory(name))
     apply(ledger, clock, ("reserve", "n0", request(125, 0, 8, "memory-bound", 1), True, 8), policy, uids)
     apply(ledger, clock, ("reserve", "n1", request(125, 0, 8, "compute-bound", 1), True, 24), policy, uids)
-    engine = Engine(MemoryCluster(), PolicyStore(policy))
-    engine.ledger = ledger
+    engine = engine_on(ledger, policy)
     for cls, word in (("memory-bound", "memory-bound tenants already"), ("compute-bound", "would exceed the budget")):
         req = request(125, 0, 8, cls, 1)
         result = engine.filter(pod_for(req, "x"), names=NODES[:2])
@@ -167,12 +175,8 @@ def test_readers_never_crash_while_the_ledger_changes() -> None:
     import threading
 
     policy = parse_policy({})
-    clock = Clock()
-    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
-    for name in NODES:
-        ledger.set_node(name, mi300x_inventory(name))
-    engine = Engine(MemoryCluster(), PolicyStore(policy))
-    engine.ledger = ledger
+    ledger, clock = fresh_ledger(policy)
+    engine = engine_on(ledger, policy)
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -213,18 +217,15 @@ def test_nodes_that_share_a_message_get_their_own_numbers() -> None:
     the words do not show share one text, and nodes that differ in a shown number (the GPU, its free CUs or
     memory, the count of rejected GPUs) do not."""
     policy = parse_policy({})
-    clock = Clock()
-    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
     names = [f"m{i}" for i in range(24)]
+    ledger, clock = fresh_ledger(policy, names)
     uids: list[str] = []
     for i, name in enumerate(names):
-        ledger.set_node(name, mi300x_inventory(name))
         # Different tenants per node: memory differs on every node, CUs on some, and some GPUs stay free.
         apply(ledger, clock, ("reserve", name, request(125 * (1 + i % 3), 0, 4 + i, CLASSES[i % 2], 1), True,
                               2 + i % 7), policy, uids)
         apply(ledger, clock, ("reserve", name, request(750, 0, 100 + i, CLASSES[0], 1), True, i % 9), policy, uids)
-    engine = Engine(MemoryCluster(), PolicyStore(policy))
-    engine.ledger = ledger
+    engine = engine_on(ledger, policy)
     for req in (request(500, 0, 8, "compute-bound", 2), request(250, 0, 120, "memory-bound", 1),
                 request(125, 0, 185, "memory-bound", 1), request(1000, 0, 8, "compute-bound", 8)):
         result = engine.filter(pod_for(req, "x"), names=names)
@@ -237,12 +238,8 @@ def test_prioritize_after_filter_sees_nodes_removed_and_slots_reused_in_between(
     """prioritize gets the list filter passed, whose slots filter remembers; a node removed between the
     two, its slot taken by a new node, must not be scored as that new node."""
     policy = parse_policy({})
-    clock = Clock()
-    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
-    for name in NODES:
-        ledger.set_node(name, mi300x_inventory(name))
-    engine = Engine(MemoryCluster(), PolicyStore(policy))
-    engine.ledger = ledger
+    ledger, clock = fresh_ledger(policy)
+    engine = engine_on(ledger, policy)
     req = request(250, 0, 16, "memory-bound", 1)
     pod = pod_for(req, "p")
     passed = engine.filter(pod, names=NODES).passed
@@ -260,15 +257,11 @@ def test_a_retried_filter_sees_writes_made_since_the_last_try() -> None:
     """Filter keeps its last answer for failing nodes while no write reaches the index; a retry after a
     write must word the rows as they are now."""
     policy = parse_policy({})
-    clock = Clock()
-    ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, clock)
-    for name in NODES:
-        ledger.set_node(name, mi300x_inventory(name))
+    ledger, clock = fresh_ledger(policy)
     uids: list[str] = []
     for name in NODES:  # a tenant or two on every node: eight whole GPUs fit nowhere
         apply(ledger, clock, ("reserve", name, request(125, 0, 8, "compute-bound", 1), True, 2), policy, uids)
-    engine = Engine(MemoryCluster(), PolicyStore(policy))
-    engine.ledger = ledger
+    engine = engine_on(ledger, policy)
     req = request(1000, 0, 8, "memory-bound", 8)
     pod = pod_for(req, "p")
     first = engine.filter(pod, names=NODES)
