@@ -65,9 +65,9 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
         gate = LeaseGate(client, namespace, name)
     cluster = KubeCluster(core, leading=gate, prefix=lambda: policies.current.prefix)
     nudger = Nudger(core, wanted=cluster.has_waiting_pods) if nudge else None
-    cluster.on_failed = nudger.poke if nudger else None
-    engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # CP-SAT picks GPUs and CUs at bind
-    engine.on_freed = nudger.poke if nudger else None
-    watch = ClusterWatch(core, cluster, engine, on_freed=nudger.poke if nudger else None,
-                         scheduler_name=scheduler_name)
+    poke = nudger.poke if nudger else None  # capacity came free on a node: retry waiting pods
+    cluster.on_failed = poke
+    engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # the solver's objective picks GPUs and CUs at bind
+    engine.on_freed = poke
+    watch = ClusterWatch(core, cluster, engine, on_freed=poke, scheduler_name=scheduler_name)
     return KubeRuntime(engine, cluster, watch, nudger)

@@ -91,10 +91,7 @@ class ClusterWatch:
                 gc.freeze()  # the rebuilt ledgers live long: keep them out of full GC scans
                 break
             except Exception as exc:
-                self.errors += 1
-                log.warning("initial list failed (%s); retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = self._back_off(delay, "initial list failed (%s); retrying in %.1fs", exc, delay)
         else:
             return
         log.info("ledgers synced: %d nodes, %d pods", len(self.cluster.list_nodes()), len(self.cluster.list_pods()))
@@ -104,16 +101,13 @@ class ClusterWatch:
             self._threads.append(t)
 
     # --- listing -------------------------------------------------------------------------------
-    def _list(self, fn: Callable[..., Any], **selector: str) -> tuple[list[dict[str, Any]], str]:
-        return list_items(fn, **selector)
-
     def _relist_nodes(self) -> str:
-        items, rv = self._list(self.api.list_node)
+        items, rv = list_items(self.api.list_node)
         self.cluster.replace_nodes([node_view(i) for i in items])
         return rv
 
     def _relist_pods(self) -> str:
-        items, rv = self._list(self.api.list_pod_for_all_namespaces, **self.pod_filter)
+        items, rv = list_items(self.api.list_pod_for_all_namespaces, **self.pod_filter)
         self.cluster.replace_pods([pod_view(i) for i in items])
         return rv
 
@@ -134,17 +128,18 @@ class ClusterWatch:
                     self.relists += 1
                     delay = BACKOFF_MIN
                 except Exception as exc:
-                    self.errors += 1
-                    log.warning("relist %s failed (%s); retrying in %.1fs", kind, exc, delay)
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, BACKOFF_MAX)
+                    delay = self._back_off(delay, "relist %s failed (%s); retrying in %.1fs", kind, exc, delay)
             except Exception as exc:
                 if self._stop.is_set():
                     return
-                self.errors += 1
-                log.warning("watch %s failed (%s); resuming from %s in %.1fs", kind, exc, rv, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = self._back_off(delay, "watch %s failed (%s); resuming from %s in %.1fs", kind, exc, rv, delay)
+
+    def _back_off(self, delay: float, message: str, *args: object) -> float:
+        """Count and log a failure, wait `delay` (cut short by stop), and return the next, doubled delay."""
+        self.errors += 1
+        log.warning(message, *args)
+        self._stop.wait(delay)
+        return min(delay * 2, BACKOFF_MAX)
 
     def _stream(self, kind: str, fn: Callable[..., Any], rv: str) -> str:
         """Apply events from `rv` until the server ends the watch; returns the last resourceVersion."""
