@@ -339,10 +339,7 @@ class Engine:
                 continue
             if pod.uid in state.pods:
                 state = state.without(pod.uid)
-            fit = state.memo.get("rank|" + key)
-            if fit is None:
-                fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
-            out.append((name, to_score(fit)))  # type: ignore[arg-type]
+            out.append((name, self._score(req, state, policy, key)))
         return out
 
     def _prioritize_columns(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
@@ -368,12 +365,15 @@ class Engine:
             i = names.index(mine)
             state = ledger.node(mine)
             if state is not None:
-                base = state.without(pod.uid)
-                fit = base.memo.get("rank|" + key)
-                if fit is None:
-                    fit = self._memoize(base, "rank|" + key, self.scorer(req, base, policy))
-                out[i] = (mine, to_score(fit))  # type: ignore[arg-type]
+                out[i] = (mine, self._score(req, state.without(pod.uid), policy, key))
         return out
+
+    def _score(self, req: SliceRequest, state: NodeState, policy: Policy, key: str) -> int:
+        """The scorer's 0..10 score for this exact (immutable) node state, memoised on it."""
+        fit = state.memo.get("rank|" + key)
+        if fit is None:
+            fit = self._memoize(state, "rank|" + key, self.scorer(req, state, policy))
+        return to_score(fit)  # type: ignore[arg-type]
 
     def _columns(self, req: SliceRequest, policy: Policy, key: str) -> Columns:
         """The request's columns; prioritize reuses filter's when no write to the index came between."""
