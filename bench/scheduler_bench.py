@@ -202,20 +202,19 @@ class Bench:
 
 
 def start_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
-    log = open(logdir / "extender.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "extender", "--log-level", "WARNING", "serve", "--kubeconfig",
-                             str(kubeconfig), "--port", str(port), "--threads", "16",
-                             "--scheduler-name", EXTENDER_PROFILE],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_ready(port)
-    return proc
+    return spawn_server([sys.executable, "-m", "extender", "--log-level", "WARNING", "serve", "--kubeconfig",
+                         str(kubeconfig), "--port", str(port), "--threads", "16", "--scheduler-name", EXTENDER_PROFILE],
+                        port, logdir / "extender.log", env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def start_null_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
-    log = open(logdir / "null-extender.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "null_extender.py"), "--kubeconfig", str(kubeconfig),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return spawn_server([sys.executable, str(ROOT / "bench" / "null_extender.py"), "--kubeconfig", str(kubeconfig),
+                         "--port", str(port)], port, logdir / "null-extender.log")
+
+
+def spawn_server(argv: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it open
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     wait_ready(port)
     return proc
 
@@ -255,15 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scheduler_bench: {reason}", file=sys.stderr)
         return 2
     cp = ControlPlane(assets_dir()).start()  # type: ignore[arg-type]
-    port, null_port = free_port(), free_port()
+    port = free_port()
     results: list[dict] = []
-    extender = null = None
+    servers: dict[str, tuple[int, subprocess.Popen]] = {}  # scenario -> the extender it runs through (port, process)
     try:
         bench = Bench(cp)
         bench.api.create_namespace({"metadata": {"name": "bench"}})
         extender = start_extender(cp.kubeconfig, port, cp.workdir)
+        servers.update({s: (port, extender) for s in SCENARIOS if s.endswith("with-extender")})
         if "gpu-null-extender" in args.scenarios:
-            null = start_null_extender(cp.kubeconfig, null_port, cp.workdir)
+            null_port = free_port()
+            servers["gpu-null-extender"] = (null_port, start_null_extender(cp.kubeconfig, null_port, cp.workdir))
         for n in args.nodes:
             bench.ensure_nodes(n)
             wait_extender_nodes(port, n)
@@ -278,14 +279,12 @@ def main(argv: list[str] | None = None) -> int:
                     # use a name of their own, which it never sees.
                     profile = EXTENDER_PROFILE if uses_extender else sched
                     bench.create_pods("bench", sched, args.pods, profile, gpu)
-                    ext_port, ext_pid = ((port, extender.pid) if uses_extender else
-                                         (null_port, null.pid) if scenario == "gpu-null-extender" and null else
-                                         (None, None))
-                    cfg = scheduler_config(cp.kubeconfig, profile, ext_port)
+                    server = servers.get(scenario)
+                    cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None)
                     before = verb_seconds(port) if uses_extender else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,
-                        **({"extender": ext_pid} if ext_pid else {})})
+                        **({"extender": server[1].pid} if server else {})})
                     r.update(nodes=n, scenario=scenario, round=rnd)
                     if before:  # mean time the extender took to answer each verb in this run (ms)
                         after = verb_seconds(port)
@@ -296,10 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(r), file=sys.stderr, flush=True)
                     bench.delete_pods("bench")
     finally:
-        for proc in (extender, null):
-            if proc is not None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(10)
+        for proc in {proc for _, proc in servers.values()}:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
         cp.stop()
     table = Table(title=f"kube-scheduler throughput ({args.pods} pods per run, median of {args.repeat}, "
                         f"{os.cpu_count()} CPUs, control plane + extender on one machine)")
