@@ -36,7 +36,8 @@ def _share_count(resources: Any) -> int:
 def pod_info(pod: client.V1Pod) -> PodInfo:
     """A V1Pod as the agent sees it."""
     meta, spec, status = pod.metadata, pod.spec, pod.status
-    shares = {c.name: n for c in (spec.containers or []) if (n := _share_count(c.resources)) > 0}
+    containers = [*(spec.init_containers or []), *(spec.containers or [])]
+    shares = {c.name: n for c in containers if (n := _share_count(c.resources)) > 0}
     started = any(s.state is not None and (s.state.running is not None or s.state.terminated is not None)
                   for s in (status.container_statuses or [] if status else []))
     return PodInfo(uid=meta.uid, namespace=meta.namespace, name=meta.name, node=spec.node_name,

@@ -59,6 +59,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, podresources_v1_pb2_grpc.Po
         # podDevices: (namespace, pod) -> container -> (device ids, the plugin's answer)
         self.pod_devices: dict[tuple[str, str], dict[str, tuple[list[str], api_pb2.ContainerAllocateResponse]]] = {}
         self.list_calls = 0
+        self.init_containers: set[tuple[str, str, str]] = set()  # regular init containers: not in List
 
     @property
     def pod_resources_socket(self) -> Path:
@@ -76,6 +77,8 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, podresources_v1_pb2_grpc.Po
         for (namespace, name), containers in sorted(self.pod_devices.items()):
             out = []
             for cname, (ids, _) in sorted(containers.items()):
+                if (namespace, name, cname) in self.init_containers:
+                    continue  # server_v1.go lists only restartable init containers
                 by_numa: dict[int, list[str]] = {}
                 for i in ids:
                     by_numa.setdefault(self.numa.get(i, -1), []).append(i)
@@ -110,8 +113,10 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, podresources_v1_pb2_grpc.Po
         channel = grpc.insecure_channel(f"unix://{self.dir / self.requests[-1].endpoint}")
         return channel, api_pb2_grpc.DevicePluginStub(channel)
 
-    def admit(self, namespace: str, pod: str, containers: dict[str, list[str]]) -> None:
-        """Allocate each container's devices and record the answer with the pod (at admission)."""
+    def admit(self, namespace: str, pod: str, containers: dict[str, list[str]], init: tuple[str, ...] = ()) -> None:
+        """Allocate each container's devices and record the answer with the pod (at admission).
+        `init` names the regular init containers among them."""
+        self.init_containers |= {(namespace, pod, c) for c in init}
         channel, stub = self._plugin()
         with channel:
             for cname, ids in containers.items():

@@ -98,7 +98,10 @@ def v1pod(**status) -> client.V1Pod:
     return client.V1Pod(
         metadata=client.V1ObjectMeta(uid="u1", namespace="ns", name="p1", annotations={"a": "b"},
                                      creation_timestamp=datetime(2026, 11, 28, 19, 0, 5, tzinfo=UTC)),
-        spec=client.V1PodSpec(node_name="n1", containers=[
+        spec=client.V1PodSpec(node_name="n1", init_containers=[
+            client.V1Container(name="warm",
+                               resources=client.V1ResourceRequirements(limits={"gpuslice.io/gpu-share": "2"}))
+        ], containers=[
             client.V1Container(name="main",
                                resources=client.V1ResourceRequirements(limits={"gpuslice.io/gpu-share": "1"})),
             client.V1Container(name="sidecar")]),
@@ -108,7 +111,7 @@ def v1pod(**status) -> client.V1Pod:
 def test_pod_info_from_v1pod() -> None:
     p = pod_info(v1pod())
     assert (p.uid, p.key, p.node, p.created, dict(p.share_requests), p.started) == (
-        "u1", "ns/p1", "n1", "2026-11-28T19:00:05Z", {"main": 1}, False)
+        "u1", "ns/p1", "n1", "2026-11-28T19:00:05Z", {"warm": 2, "main": 1}, False)
     running = client.V1ContainerStatus(name="main", image="i", image_id="", ready=True, restart_count=0,
                                        state=client.V1ContainerState(running=client.V1ContainerStateRunning()))
     assert pod_info(v1pod(container_statuses=[running])).started is True
