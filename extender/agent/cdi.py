@@ -9,7 +9,9 @@ create a container, so a file written before CreateContainer decides what that c
 Each device gets a file of its own (`<vendor>-<class>-<name>.json`): CDI refuses a device name
 defined twice, and one file a device lets a writer replace or remove it without touching any other.
 A file is written to a hidden temporary name (not `*.json`, so a runtime never loads it half
-written) and renamed into place. cdiVersion 0.5.0 is the newest the CDI library in containerd 1.7
+written) in the same directory and renamed into place: the CDI cache's directory watcher refreshes
+on Rename, Remove and `*.json` Write events (pkg/cdi/cache.go), and a rename within the directory
+is a Rename event for it. cdiVersion 0.5.0 is the newest the CDI library in containerd 1.7
 accepts and covers everything written here (env, device nodes, bind mounts).
 """
 
