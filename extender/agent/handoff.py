@@ -145,7 +145,10 @@ class HandOff:
             raise HandOffError("ambiguous", f"{self.resource} {shown} are held by several pods ({names})")
         namespace, name = owners[0]
         containers = tuple(sorted(h.container for h in exact))
-        pod = self.pods.get_pod(namespace, name)
+        try:
+            pod = self.pods.get_pod(namespace, name)
+        except Exception as exc:  # the API server is down or refuses: kubelet retries the start
+            raise HandOffError("api", f"cannot read pod {namespace}/{name}: {exc}") from None
         if pod is None:
             raise HandOffError("no-pod", f"pod {namespace}/{name} holds {self.resource} {shown} but the API "
                                "server does not show it (yet)", PodInfo("", namespace, name, None))

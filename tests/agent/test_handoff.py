@@ -175,6 +175,29 @@ def test_unsafe_mask_is_refused_with_event_and_metric() -> None:
         assert (pod, reason, kind) == ("ns/p2", EVENT_REASON, "Warning") and "XCDs [4, 5, 6, 7]" in message
 
 
+def test_api_server_kubelet_or_cdi_dir_failing_refuses_the_start() -> None:
+    class Down(MemoryPodSource):
+        def get_pod(self, namespace: str, name: str) -> PodInfo | None:
+            raise ConnectionError("API server unreachable")
+
+    with rig() as r:
+        add_pod(r, 1, {"main": 1})
+        r.kubelet.admit("ns", "p1", {"main": ids(1)})
+        r.handoff.pods = Down()
+        with pytest.raises(grpc.RpcError, match="unreachable"):
+            r.kubelet.start_container("ns", "p1", "main")
+        r.handoff.pods = r.pods
+        r.handoff.holders = PodResourcesClient(str(r.kubelet.dir / "absent.sock"), timeout=1)
+        with pytest.raises(grpc.RpcError, match="did not answer"):
+            r.kubelet.start_container("ns", "p1", "main")
+        r.handoff.holders = PodResourcesClient(str(r.kubelet.pod_resources_socket))
+        (r.kubelet.dir / "not-a-dir").write_text("")
+        r.handoff.cdi_dir = r.kubelet.dir / "not-a-dir" / "cdi"
+        with pytest.raises(grpc.RpcError, match="cannot write the CDI spec"):
+            r.kubelet.start_container("ns", "p1", "main")
+        assert (r.count("api"), r.count("podresources"), r.count("cdi-write"), r.count("ok")) == (1, 1, 1, 0)
+
+
 @pytest.mark.parametrize(("case", "reason"), [
     ("other-node", "wrong-node"), ("recreated", "wrong-pod"), ("deleting", "wrong-pod"), ("garbled", "bad-assignment")])
 def test_pods_that_cannot_be_the_one_starting_are_refused(case: str, reason: str) -> None:
