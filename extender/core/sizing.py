@@ -47,6 +47,10 @@ def rps_within_budget(policy: Policy, profile_name: str, cus: int,
     return profile_rps(profile, cus) * (1.0 - loss(policy, budget)), budget
 
 
+_SIZED: dict[tuple[str, str, float, str | None], Sizing | SliceRequestError] = {}
+_SIZED_LIMIT = 4096
+
+
 def size_for_target(policy: Policy, profile_name: str, target_rps: float,
                     workload_class: GpuClass | None = None) -> Sizing:
     """The smallest CU count (after the policy's rounding, on one GPU of the profile's model) whose
@@ -55,8 +59,25 @@ def size_for_target(policy: Policy, profile_name: str, target_rps: float,
     is the whole GPU, which has no co-tenant.
 
     `workload_class` is the pod's class when it overrides the profile's. Raises SliceRequestError
-    (key `<prefix>/target-rps`) when no CU count meets the target.
+    (key `<prefix>/target-rps`) when no CU count meets the target. A pure function of its arguments,
+    memoised on the policy's version (every verb of a scheduling cycle parses the pod again).
     """
+    key = (policy.version, profile_name, target_rps, workload_class)
+    answer = _SIZED.get(key)
+    if answer is None:
+        if len(_SIZED) >= _SIZED_LIMIT:
+            _SIZED.clear()
+        try:
+            answer = _size(policy, profile_name, target_rps, workload_class)
+        except SliceRequestError as exc:
+            answer = exc
+        _SIZED[key] = answer
+    if isinstance(answer, SliceRequestError):
+        raise SliceRequestError(answer.key, answer.value, answer.reason)
+    return answer
+
+
+def _size(policy: Policy, profile_name: str, target_rps: float, workload_class: GpuClass | None) -> Sizing:
     profile = policy.profiles[profile_name]
     model = policy.models[profile.gpuModel]
     total = model.computeUnits
