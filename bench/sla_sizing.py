@@ -58,7 +58,8 @@ def synthetic(seed: int) -> tuple[dict, dict, Policy]:
 
 def examples() -> tuple[dict, dict, Policy]:
     return (yaml.safe_load((EXAMPLES / "cluster-8node.yaml").read_text()),
-            yaml.safe_load((EXAMPLES / "workloads-40.yaml").read_text()), load_policy(EXAMPLES / "policy-profiles.yaml"))
+            yaml.safe_load((EXAMPLES / "workloads-40.yaml").read_text()),
+            load_policy(EXAMPLES / "policy-profiles.yaml"))
 
 
 def without_interference(policy: Policy) -> Policy:

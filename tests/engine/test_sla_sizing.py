@@ -4,12 +4,14 @@ target once its real co-tenants' interference is counted (issue 11, point 3)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extender.cli import main
 from extender.core.errors import SliceRequestError
 from extender.core.ledger import GpuState, Ledger, PodRef
 from extender.core.policy import Policy, load_policy, parse_policy, profile_rps
@@ -184,3 +186,21 @@ def test_plan_leaves_no_sla_replica_under_its_target(policy: Policy, ops: list[t
     for p in result.placements:
         if p.sla is not None:
             assert p.sla.met, p
+
+
+def test_plan_prints_each_sla_replicas_predicted_rps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.json").write_text(json.dumps({"nodes": [{"name": "n", "gpus": 1}]}))
+    (tmp_path / "w.json").write_text(json.dumps({"workloads": [
+        {"name": "chat", "replicas": 1, "profile": LLAMA, "targetRps": 7},
+        {"name": "decoder", "replicas": 1, "compute": "100m", "memory": "16Gi", "class": "memory-bound"}]}))
+    args = ["plan", "--cluster", str(tmp_path / "c.json"), "--workloads", str(tmp_path / "w.json"),
+            "--policy", str(ROOT / "policies" / "mi300x-inference.yaml"), "--time-limit", "1"]
+    assert main([*args, "--json"]) == 0
+    placements = {p["workload"]: p for p in json.loads(capsys.readouterr().out)["placements"]}
+    assert "sla" not in placements["decoder"]
+    assert placements["chat"]["sla"] == {"targetRps": 7.0, "computeUnits": 64,
+                                         "coTenants": {"memoryBound": 1, "computeBound": 0},
+                                         "predictedRps": round(10.6 * 0.87, 2), "met": True}
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "SLA per replica" in text and "chat#0" in text and "9.22" in text
