@@ -59,9 +59,15 @@ def size_for_target(policy: Policy, profile_name: str, target_rps: float,
     is the whole GPU, which has no co-tenant.
 
     `workload_class` is the pod's class when it overrides the profile's. Raises SliceRequestError
-    (key `<prefix>/target-rps`) when no CU count meets the target. A pure function of its arguments,
+    naming `<prefix>/profile` for a profile the policy lacks and `<prefix>/target-rps` for a target
+    that is not a positive number or that no CU count meets. A pure function of its arguments,
     memoised on the policy's version (every verb of a scheduling cycle parses the pod again).
     """
+    if profile_name not in policy.profiles:
+        known = ", ".join(sorted(policy.profiles)) or "none defined"
+        raise SliceRequestError(f"{policy.prefix}/profile", profile_name, f"unknown profile (policy has: {known})")
+    if not (math.isfinite(target_rps) and target_rps > 0):
+        raise SliceRequestError(f"{policy.prefix}/target-rps", f"{target_rps:g}", "must be a finite number above 0")
     key = (policy.version, profile_name, target_rps, workload_class)
     answer = _SIZED.get(key)
     if answer is None:

@@ -65,6 +65,15 @@ def test_an_unreachable_target_names_the_key_and_the_budget() -> None:
     assert "reaches at most 13.5 req/s" in err.value.reason
 
 
+@pytest.mark.parametrize(("profile", "target", "key"), [("nope", 1.0, "profile"), (LLAMA, 0.0, "target-rps"),
+                                                         (LLAMA, -2.0, "target-rps"), (LLAMA, math.nan, "target-rps"),
+                                                         (LLAMA, math.inf, "target-rps")])
+def test_bad_arguments_are_typed_errors(profile: str, target: float, key: str) -> None:
+    with pytest.raises(SliceRequestError) as err:
+        size_for_target(INFERENCE, profile, target)
+    assert err.value.key == f"gpuslice.io/{key}"
+
+
 @pytest.mark.parametrize("cus", [8, 32, 64, 96, 128, 160, 272, 304])
 def test_millis_turn_back_into_the_same_cus(cus: int) -> None:
     m = millis_for_cus(cus, 304)
