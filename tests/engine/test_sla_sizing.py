@@ -4,6 +4,7 @@ target once its real co-tenants' interference is counted (issue 11, point 3)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -204,3 +205,14 @@ def test_plan_prints_each_sla_replicas_predicted_rps(tmp_path: Path, capsys: pyt
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "SLA per replica" in text and "chat#0" in text and "9.22" in text
+
+
+def test_sla_benchmark_alone_breaks_slas_that_the_budget_keeps() -> None:
+    spec = importlib.util.spec_from_file_location("sla_sizing", ROOT / "bench" / "sla_sizing.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cluster, doc, policy = mod.examples()
+    alone, check, budgeted = (mod.first_fit(cluster, doc, policy, rule) for rule in ("alone", "check", "budgeted"))
+    assert alone["underTarget"] > 0 and check["underTarget"] == budgeted["underTarget"] == 0
+    assert alone["slaReplicas"] == check["slaReplicas"] == budgeted["slaReplicas"] == 40
