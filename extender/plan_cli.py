@@ -128,11 +128,32 @@ def show(result: Plan, console: Console) -> None:
                   f"(one model per GPU would take {result.one_per_gpu})")
     console.print(f"lower bound: [bold]{result.lower_bound}[/bold] ({bounds or 'nothing to place'}); "
                   f"gap {result.gap:.1%}; solver {result.outcome} in {result.seconds:.2f}s")
+    show_sla(result, console)
     if result.unplaced:
         console.print(f"[red]{len(result.unplaced)} not placed:[/red]")
         for u in result.unplaced:
             which = u.workload if u.replica is None else f"{u.workload}#{u.replica}"
             console.print(f"  {which}: {u.reason}")
+
+
+def show_sla(result: Plan, console: Console) -> None:
+    """Each SLA replica's predicted req/s beside the co-tenants the plan gave it (core/sizing.predict)."""
+    rows = [p for p in result.placements if p.sla is not None]
+    if not rows:
+        return
+    table = Table(title="SLA per replica: predicted req/s beside its co-tenants")
+    for col in ("replica", "node", "gpu", "CUs", "co-tenants (memory/compute-bound)", "target req/s",
+                "predicted req/s", "status"):
+        table.add_column(col, justify="left" if col in ("replica", "node", "status") else "right")
+    for p in rows:
+        sla = p.sla
+        assert sla is not None
+        status = {True: "met", False: "[red]under target[/red]", None: "not measured on this GPU model"}[sla.met]
+        table.add_row(f"{p.workload}#{p.replica}", p.assignment.node,
+                      ",".join(str(g.index) for g in p.assignment.gpus), str(sla.cus),
+                      f"{sla.co_tenants.memory_bound}/{sla.co_tenants.compute_bound}", f"{sla.target_rps:g}",
+                      "-" if sla.predicted_rps is None else f"{sla.predicted_rps:.2f}", status)
+    console.print(table)
 
 
 def show_live(live: Occupancy, ignore_existing: bool, console: Console) -> None:
