@@ -74,6 +74,7 @@ class Env:
         pol = policy or Policy()
         self.preparer = Preparer(NODE, lambda: self.topo, self.claims, lambda: pol, self.tmp / "state",
                                  self.tmp / "cdi")
+        self.preparer.restore()
         self.plugin = DraPlugin(self.preparer, self.tmp / "plugins_registry", self.tmp / "plugins" / DRIVER)
         self.plugin.serve()
         self.kubelet.register()
@@ -250,3 +251,15 @@ def test_masks_parse_as_range_lists(env: Env) -> None:
     env.kubelet.prepare(ref)
     data = json.loads((env.tmp / "state" / "checkpoint.json").read_text())["claims"][ref.uid]
     assert len(parse_ranges(data["assignment"]["gpus"][0]["cus"])) == 64
+
+
+def test_a_failed_prepare_leaves_nothing_behind(env: Env, monkeypatch) -> None:
+    ref = env.claim("x", [("gpu", env.gpus[0], 64, GIB)])
+
+    def full_disk(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("extender.agent.dra.prepare.write_spec", full_disk)
+    assert "No space left" in env.kubelet.prepare(ref).claims[ref.uid].error
+    assert env.preparer.ledger.node(NODE).gpu(0).slices == ()
+    assert env.preparer.prepared() == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from extender.agent.dra.prepare import PreparedClaim
@@ -89,3 +89,13 @@ class DraKube:
             except ApiException as exc:
                 if exc.status != 409 or attempt:
                     raise
+
+
+def api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """An ApiClient from `kubeconfig`, else the pod's service account."""
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(cfg)

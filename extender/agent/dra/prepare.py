@@ -109,7 +109,7 @@ class Preparer:
         self._lock = threading.Lock()
         self._prepared: dict[str, PreparedClaim] = {}
         self.ledger = Ledger(policy().burst.sharedFraction, policy().overcommit.memory)
-        self._restore()
+        self.restored = False
 
     # --- public -----------------------------------------------------------------------------
     def prepare(self, uid: str, namespace: str, name: str) -> PreparedClaim:
@@ -125,9 +125,16 @@ class Preparer:
             if got != uid:
                 raise ClaimError("claim.uid", got, f"claim {namespace}/{name} is not the one kubelet asks for ({uid})")
             prepared = self._decide(claim_allocation(claim, self.node))
-            self._write_cdi(prepared)
-            self._prepared[uid] = prepared
-            self._save()
+            try:
+                self._write_cdi(prepared)
+                self._prepared[uid] = prepared
+                self._save()
+            except BaseException:
+                self._prepared.pop(uid, None)
+                self.ledger.release(uid)
+                for d in prepared.devices:
+                    remove_spec(self.cdi_dir, CDI_KIND, d.cdi_device)
+                raise
         log.info("prepared claim %s/%s (%s): %s", namespace, name, uid,
                  "; ".join(f"gpu {g.index} cus {format_ranges(g.cus)}" for g in prepared.assignment.gpus))
         if self.status is not None:
@@ -177,6 +184,9 @@ class Preparer:
             kfd = by_name.get(share.device)
             if kfd is None:
                 raise ClaimError(f"results[{i}].device", share.device, "no such GPU on this node now")
+            if not kfd.info.healthy:
+                raise ClaimError(f"results[{i}].device", share.device,
+                                 f"GPU is unhealthy: {'; '.join(kfd.problems)}")
             gpu = state.gpu(kfd.info.index)
             assert gpu is not None
             if any(g.index == kfd.info.index for g in gpus):
@@ -260,11 +270,14 @@ class Preparer:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _restore(self) -> None:
-        """Claims prepared before a restart: back into the ledger with the CU sets they had."""
+    def restore(self) -> None:
+        """Claims prepared before a restart: back into the ledger with the CU sets they had. Call once
+        the topology is known and before serving kubelet. An unreadable checkpoint raises (every time:
+        serving without it could hand out CUs that running containers hold)."""
         try:
             data = json.loads(self.checkpoint.read_text())
         except FileNotFoundError:
+            self.restored = True
             return
         except (OSError, ValueError) as exc:
             raise ClaimError(str(self.checkpoint), "", f"unreadable checkpoint: {exc}") from None
@@ -280,4 +293,5 @@ class Preparer:
                 log.error("checkpointed claim %s cannot be restored: %s", uid, exc)
                 continue
             self._prepared[uid] = claim
+        self.restored = True
         log.info("restored %d prepared claims from %s", len(self._prepared), self.checkpoint)
