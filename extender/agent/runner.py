@@ -192,7 +192,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         dra_kube = DraKube(api_client(args.kubeconfig))
         agent.dra = DraAgent(args.node_name, args.root, DraConfig(args.dra_registry_dir, args.dra_plugin_dir,
                                                                   args.cdi_dir),
-                             lambda: agent.topology, lambda: policy, dra_kube, dra_kube, dra_kube)
+                             lambda: agent.topology, lambda: policy, dra_kube, dra_kube, dra_kube, pods=kube)
     server = create_server(health_app(agent), host="0.0.0.0", port=args.port, threads=2)
     threading.Thread(target=server.run, name="agent-http", daemon=True).start()
     stop = threading.Event()

@@ -12,9 +12,11 @@ import pytest
 from extender.agent.allocation import ENV_MEMORY_LIMIT, ENV_VISIBLE
 from extender.agent.cdi import read_spec
 from extender.agent.dra.plugin import DraPlugin
-from extender.agent.dra.prepare import CDI_KIND, Preparer
+from extender.agent.dra.prepare import CDI_KIND, Preparer, extender_tenants
 from extender.agent.dra.slices import DRIVER, device_name
+from extender.agent.podmatch import PodInfo
 from extender.agent.topology import Topology, read_topology
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, GpuAssignment
 from extender.core.atoms import is_xcc_complete
 from extender.core.cumask import ENV_CU_MASK, parse_cu_mask
 from extender.core.policy import Policy
@@ -65,6 +67,7 @@ class Env:
         self.plugin: DraPlugin | None = None
         self.preparer: Preparer | None = None
         self.kubelet = TestKubelet(tmp / "plugins_registry")
+        self.pods: list[PodInfo] = []  # the extender's pods on this node
 
     @property
     def gpus(self) -> list[str]:
@@ -73,7 +76,7 @@ class Env:
     def start(self, policy: Policy | None = None) -> None:
         pol = policy or Policy()
         self.preparer = Preparer(NODE, lambda: self.topo, self.claims, lambda: pol, self.tmp / "state",
-                                 self.tmp / "cdi")
+                                 self.tmp / "cdi", held=lambda: extender_tenants(self.pods, NODE))
         self.preparer.restore()
         self.plugin = DraPlugin(self.preparer, self.tmp / "plugins_registry", self.tmp / "plugins" / DRIVER)
         self.plugin.serve()
@@ -263,3 +266,21 @@ def test_a_failed_prepare_leaves_nothing_behind(env: Env, monkeypatch) -> None:
     assert "No space left" in env.kubelet.prepare(ref).claims[ref.uid].error
     assert env.preparer.ledger.node(NODE).gpu(0).slices == ()
     assert env.preparer.prepared() == []
+
+
+def test_prepare_chooses_around_the_extenders_pods_on_the_gpu(env: Env) -> None:
+    g = env.topo.gpus[0].info
+    held = Assignment(NODE, (GpuAssignment(0, g.id, frozenset(range(64)), frozenset(), 100 * GIB, 100 * GIB),),
+                      "compute-bound", "p")
+    env.pods.append(PodInfo("pod-1", "ml", "extender-pod", NODE, "Running",
+                            annotations={ASSIGNMENT_ANNOTATION: held.to_json()}))
+    env.pods.append(PodInfo("pod-2", "ml", "elsewhere", "other-node", "Running",
+                            annotations={ASSIGNMENT_ANNOTATION: held.to_json()}))
+    a = env.claim("a", [("gpu", env.gpus[0], 64, 60 * GIB)])
+    (cus,) = env.masks(env.kubelet.prepare(a), a.uid).values()
+    assert not cus & frozenset(range(64))
+    b = env.claim("b", [("gpu", env.gpus[0], 64, 60 * GIB)])  # CUs would fit; memory (100+60+60Gi) does not
+    assert "memory" in env.kubelet.prepare(b).claims[b.uid].error
+    env.pods[0] = PodInfo("pod-1", "ml", "extender-pod", NODE, "Succeeded",
+                          annotations={ASSIGNMENT_ANNOTATION: held.to_json()})
+    assert env.kubelet.prepare(b).claims[b.uid].error == ""  # the extender's pod ended: room again

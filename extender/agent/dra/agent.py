@@ -10,8 +10,9 @@ from pathlib import Path
 
 from extender.agent.cdi import DEFAULT_SPEC_DIR
 from extender.agent.dra.plugin import DEFAULT_PLUGIN_DIR, DEFAULT_REGISTRY_DIR, DraPlugin
-from extender.agent.dra.prepare import ClaimSource, ClaimStatusWriter, Preparer
+from extender.agent.dra.prepare import ClaimSource, ClaimStatusWriter, Preparer, extender_tenants
 from extender.agent.dra.publisher import SlicePublisher, SliceStore
+from extender.agent.podmatch import PodSource
 from extender.agent.topology import Topology
 from extender.core.policy import Policy
 
@@ -28,10 +29,11 @@ class DraConfig:
 class DraAgent:
     def __init__(self, node: str, root: str, cfg: DraConfig, topology: Callable[[], Topology],
                  policy: Callable[[], Policy], slices: SliceStore, claims: ClaimSource,
-                 status: ClaimStatusWriter | None = None) -> None:
+                 status: ClaimStatusWriter | None = None, pods: PodSource | None = None) -> None:
         self.policy = policy
         self.publisher = SlicePublisher(slices, node, root)
-        self.preparer = Preparer(node, topology, claims, policy, Path(cfg.plugin_dir), cfg.cdi_dir, status)
+        held = (lambda: extender_tenants(pods.pods_on_node(node), node)) if pods is not None else None
+        self.preparer = Preparer(node, topology, claims, policy, Path(cfg.plugin_dir), cfg.cdi_dir, status, held)
         self.plugin = DraPlugin(self.preparer, cfg.registry_dir, cfg.plugin_dir)
 
     def poll(self, topology: Topology) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +26,9 @@ from extender.agent.allocation import ContainerAllocation, allocation_for
 from extender.agent.cdi import ContainerEdits, DeviceNode, Kind, remove_spec, write_spec
 from extender.agent.dra.claims import ClaimAllocation, ClaimError, Share, claim_allocation
 from extender.agent.dra.slices import DRIVER, device_name, guaranteeable_cus
+from extender.agent.podmatch import PodInfo
 from extender.agent.topology import KfdGpu, Topology
-from extender.core.assignment import Assignment, GpuAssignment, parse_assignment
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, GpuAssignment, parse_assignment
 from extender.core.atoms import check_xcc_complete, round_up_to_atoms
 from extender.core.errors import AssignmentError, LedgerConflict
 from extender.core.layout import choose_burst, choose_cus
@@ -49,6 +50,24 @@ class ClaimSource(Protocol):
 
 class ClaimStatusWriter(Protocol):
     def publish_prepared(self, claim: PreparedClaim) -> None: ...
+
+
+def extender_tenants(pods: Iterable[PodInfo], node: str) -> list[tuple[PodRef, Assignment]]:
+    """The extender's tenants on this node: live pods carrying a `gpuslice.io/assignment` for it.
+    Prepare chooses around their CUs and memory, so the two paths never double-book a GPU."""
+    out = []
+    for pod in pods:
+        text = pod.annotations.get(ASSIGNMENT_ANNOTATION)
+        if text is None or pod.phase in ("Succeeded", "Failed") or pod.node != node:
+            continue
+        try:
+            a = parse_assignment(text)
+        except AssignmentError as exc:
+            log.warning("pod %s: assignment not counted: %s", pod.key, exc)
+            continue
+        if a.node == node:
+            out.append((PodRef(pod.uid, pod.namespace, pod.name), a))
+    return out
 
 
 @dataclass(frozen=True)
@@ -98,8 +117,11 @@ class Preparer:
 
     def __init__(self, node: str, topology: Callable[[], Topology], claims: ClaimSource,
                  policy: Callable[[], Policy], state_dir: str | Path, cdi_dir: str | Path,
-                 status: ClaimStatusWriter | None = None) -> None:
+                 status: ClaimStatusWriter | None = None,
+                 held: Callable[[], list[tuple[PodRef, Assignment]]] | None = None) -> None:
         self.node = node
+        self.held = held  # the extender's tenants on this node (extender_tenants), read at each prepare
+        self._held: dict[str, Assignment] = {}
         self.topology = topology
         self.claims = claims
         self.policy = policy
@@ -167,11 +189,30 @@ class Preparer:
         self.ledger.set_node(self.node, topology.inventory())
         return topology
 
+    def _sync_held(self) -> None:
+        """Bring the extender's tenants on this node into the ledger (and drop those that ended)."""
+        if self.held is None:
+            return
+        now = {ref.uid: (ref, a) for ref, a in self.held()}
+        for uid in [u for u, a in self._held.items() if u not in now or now[u][1] != a]:
+            self.ledger.release(uid)
+            del self._held[uid]
+        for uid, (ref, a) in now.items():
+            if uid in self._held:
+                continue
+            try:
+                self.ledger.reserve(ref, a, a.workload_class, 0, ttl=None)
+            except LedgerConflict as exc:  # already double-booked before this agent saw it: say so loudly
+                log.error("extender pod %s overlaps a prepared DRA claim: %s", ref.key, exc)
+                continue
+            self._held[uid] = a
+
     def _decide(self, alloc: ClaimAllocation) -> PreparedClaim:
         if not alloc.shares:
             raise ClaimError("status.allocation.devices.results", self.node,
                              f"no device of driver {DRIVER} in this node's pool")
         topology = self._sync_node()
+        self._sync_held()
         policy = self.policy()
         state = self.ledger.node(self.node)
         assert state is not None
