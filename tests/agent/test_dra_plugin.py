@@ -284,3 +284,11 @@ def test_prepare_chooses_around_the_extenders_pods_on_the_gpu(env: Env) -> None:
     env.pods[0] = PodInfo("pod-1", "ml", "extender-pod", NODE, "Succeeded",
                           annotations={ASSIGNMENT_ANNOTATION: held.to_json()})
     assert env.kubelet.prepare(b).claims[b.uid].error == ""  # the extender's pod ended: room again
+
+
+def test_an_unreadable_claim_fails_alone(env: Env) -> None:
+    good = env.claim("good", [("gpu", env.gpus[0], 64, GIB)])
+    missing = ClaimRef("default", "gone-0000", "gone")  # the claim source raises KeyError
+    resp = env.kubelet.prepare(missing, good)
+    assert "KeyError" in resp.claims[missing.uid].error
+    assert resp.claims[good.uid].error == ""

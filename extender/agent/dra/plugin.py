@@ -68,6 +68,10 @@ class DraService(dra_pb2_grpc.DRAPluginServicer):
                 log.error("prepare %s/%s (%s) failed: %s", claim.namespace, claim.name, claim.uid, exc)
                 out[claim.uid] = dra_pb2.NodePrepareResourceResponse(error=_words(exc))
                 continue
+            except Exception as exc:  # e.g. the API server unreachable: this claim fails, kubelet retries it
+                log.exception("prepare %s/%s (%s) failed", claim.namespace, claim.name, claim.uid)
+                out[claim.uid] = dra_pb2.NodePrepareResourceResponse(error=f"{type(exc).__name__}: {exc}")
+                continue
             out[claim.uid] = dra_pb2.NodePrepareResourceResponse(devices=[
                 dra_pb2.Device(request_names=[d.request], pool_name=d.pool, device_name=d.device,
                                cdi_device_ids=[d.cdi_id], **({"share_id": d.share_id} if d.share_id else {}))

@@ -130,7 +130,8 @@ class Preparer:
         self.status = status
         self._lock = threading.Lock()
         self._prepared: dict[str, PreparedClaim] = {}
-        self.ledger = Ledger(policy().burst.sharedFraction, policy().overcommit.memory)
+        start = policy()
+        self.ledger = Ledger(start.burst.sharedFraction, start.overcommit.memory)
         self.restored = False
 
     # --- public -----------------------------------------------------------------------------
