@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from extender.core.atoms import is_xcc_complete
 from extender.core.policy import Policy
 from extender.core.rangelist import parse_ranges
 from extender.kube.client import api_client
+from extender.kube.controlplane import TOKEN, ControlPlane
 from tests.agent.dra_kubelet import ClaimRef, TestKubelet
 from tests.kube.conftest import ROOT, start_control_plane
 
@@ -79,7 +82,9 @@ def pod_body(name: str, claim: str) -> dict:
 
 
 class Cluster:
-    def __init__(self, kubeconfig: Path, workdir: Path, topology: Topology) -> None:
+    def __init__(self, cp: ControlPlane, workdir: Path, topology: Topology) -> None:
+        self.cp = cp
+        kubeconfig = cp.kubeconfig
         self.api_client = api_client(str(kubeconfig))
         self.core = CoreV1Api(self.api_client)
         self.resource = ResourceV1Api(self.api_client)
@@ -100,8 +105,18 @@ class Cluster:
     def pod(self, name: str) -> dict:
         return json.loads(self.core.read_namespaced_pod(name, NS, _preload_content=False).data)
 
+    def create_claim(self, body: dict) -> None:
+        """POST the claim as compact JSON, as kubectl and Go clients send it. (The Python client adds
+        spaces; the API server keeps opaque parameters' bytes as sent but serves them compacted, so a
+        later status write of such a claim reads as a change to its immutable allocation.)"""
+        req = urllib.request.Request(f"{self.cp.url}/apis/resource.k8s.io/v1/namespaces/{NS}/resourceclaims",
+                                     data=json.dumps(body, separators=(",", ":")).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=_insecure(), timeout=10) as resp:
+            assert resp.status == 201
+
     def run(self, name: str, cus: int | None, memory: str | None) -> None:
-        self.resource.create_namespaced_resource_claim(NS, claim_body(name, cus, memory))
+        self.create_claim(claim_body(name, cus, memory))
         self.core.create_namespaced_pod(NS, pod_body(name, name))
 
     def scheduled(self, name: str) -> bool:
@@ -136,6 +151,13 @@ class Cluster:
         self.plugin.stop()
 
 
+def _insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def _gone(read: Callable[[], object]) -> bool:
     try:
         read()
@@ -151,7 +173,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         cp.start_scheduler(scheduler_config(cp.kubeconfig))
         full = read_topology(FIXTURE)
-        c = Cluster(cp.kubeconfig, base, Topology(full.gpus[:2]))  # two MI300X in one hive
+        c = Cluster(cp, base, Topology(full.gpus[:2]))  # two MI300X in one hive
         c.core.create_namespace({"metadata": {"name": NS}})
         c.core.create_node(node_body(NODE))
         c.resource.create_device_class(yaml.safe_load((ROOT / "deploy" / "dra" / "deviceclass.yaml").read_text()))
@@ -243,4 +265,31 @@ def test_deleting_a_pod_frees_its_share_for_a_waiting_one(cluster: Cluster) -> N
     assert len(now) == 3 and all(is_xcc_complete(s, 8) for s in now)
     assert len(frozenset().union(*now)) == 3 * 64
     for name in [n for n in names if n != "m1"] + ["waiting"]:
+        cluster.finish(name)
+
+
+def test_deploy_templates_are_valid_and_allocate_as_documented(cluster: Cluster) -> None:
+    templates = [t for t in yaml.safe_load_all((ROOT / "deploy" / "dra" / "claim-templates.yaml").read_text()) if t]
+    for t in templates:  # the API server validates them (templates need kube-controller-manager to be used)
+        cluster.resource.create_namespaced_resource_claim_template(NS, t)
+    specs = {t["metadata"]["name"]: t["spec"]["spec"] for t in templates}
+    for name, spec in specs.items():  # the claim each template would stamp out, created directly
+        cluster.create_claim({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": name},
+                              "spec": spec})
+        cluster.core.create_namespaced_pod(NS, pod_body(name, name))
+        wait_for(f"{name} scheduled", lambda n=name: cluster.scheduled(n))
+        results = cluster.claim(name)["status"]["allocation"]["devices"]["results"]
+        cluster.prepare(name)
+        data = {d["device"]: d["data"] for d in cluster.claim(name)["status"]["devices"]}
+        if name == "gpu-slice-64cu-60gi":
+            assert results[0]["consumedCapacity"] == {"computeUnits": "64", "memory": "60Gi"}
+            (d,) = data.values()
+            assert len(parse_ranges(d["cus"])) == 64 and len(parse_ranges(d["burstCus"])) == 32
+            assert d["class"] == "memory-bound"
+        elif name == "gpu-whole":
+            assert results[0]["consumedCapacity"]["computeUnits"] == "272"
+            (d,) = data.values()
+            assert parse_ranges(d["cus"]) == frozenset(range(304)) and d["memoryBytes"] == 192 * GIB
+        else:
+            assert len({r["device"] for r in results}) == 2 and len(data) == 2
         cluster.finish(name)

@@ -73,8 +73,13 @@ class DraKube:
                                                                       _request_timeout=TIMEOUT))
 
     def publish_prepared(self, claim: PreparedClaim) -> None:
-        """Replace this driver's entries of the claim's status.devices (others' entries are kept);
-        the resourceVersion makes a concurrent writer's change a conflict, retried once."""
+        """Replace this driver's entries of the claim's status.devices (others' entries are kept); the
+        resourceVersion makes a concurrent writer's change a conflict, retried once.
+
+        Known limit, seen on the 1.36 API server (tests/kube/test_dra_real.py): when a claim with opaque
+        parameters was created as non-compact JSON (Python's json.dumps; kubectl and Go clients send
+        compact JSON), every status write of it is refused with "status.allocation: field is
+        immutable" (422), merge or JSON patch alike; the share stays prepared but unpublished (logged)."""
         for attempt in range(2):
             current = self.get_claim(claim.namespace, claim.name)
             status = current.get("status") or {}
