@@ -110,11 +110,15 @@ def pod_body(name: str, scheduler: str, gpu: bool) -> dict:
                      "containers": [{"name": "c", "image": "registry.invalid/pause:1", "resources": resources}]}}
 
 
-def scheduler_config(kubeconfig: Path, name: str, extender_port: int | None) -> str:
+def scheduler_config(kubeconfig: Path, name: str, extender_port: int | None, all_nodes: bool = True) -> str:
+    """deploy/scheduler-config.yaml for this run; `all_nodes` False restores kube-scheduler's default
+    share of nodes to find feasible (DRA pods are scheduled as deployed: no extender to show them all)."""
     cfg = yaml.safe_load((ROOT / "deploy" / "scheduler-config.yaml").read_text())
     cfg["clientConnection"] = {"kubeconfig": str(kubeconfig), "qps": 5000, "burst": 5000}
     cfg["leaderElection"] = {"leaderElect": False}
     cfg["profiles"][0]["schedulerName"] = name
+    if not all_nodes:
+        del cfg["profiles"][0]["percentageOfNodesToScore"]
     if extender_port is None:
         del cfg["extenders"]
     else:
@@ -291,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                     profile = EXTENDER_PROFILE if uses_extender else sched
                     bench.create_pods("bench", sched, args.pods, profile, gpu, dra=scenario == "gpu-dra")
                     server = servers.get(scenario)
-                    cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None)
+                    cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None,
+                                           all_nodes=scenario != "gpu-dra")
                     before = verb_seconds(port) if uses_extender else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,

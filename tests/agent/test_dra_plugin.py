@@ -292,3 +292,23 @@ def test_an_unreadable_claim_fails_alone(env: Env) -> None:
     resp = env.kubelet.prepare(missing, good)
     assert "KeyError" in resp.claims[missing.uid].error
     assert resp.claims[good.uid].error == ""
+
+
+def test_a_failed_status_write_is_retried(env: Env) -> None:
+    class FlakyStatus:
+        def __init__(self) -> None:
+            self.fail = True
+            self.published: list[str] = []
+
+        def publish_prepared(self, claim) -> None:
+            if self.fail:
+                raise OSError("API server unreachable")
+            self.published.append(claim.uid)
+
+    status = FlakyStatus()
+    env.preparer.status = status
+    ref = env.claim("s", [("gpu", env.gpus[0], 64, GIB)])
+    assert env.kubelet.prepare(ref).claims[ref.uid].error == ""  # the container may start regardless
+    assert env.preparer.publish_pending() == 1
+    status.fail = False
+    assert env.preparer.publish_pending() == 0 and status.published == [ref.uid]

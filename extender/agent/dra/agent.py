@@ -47,6 +47,7 @@ class DraAgent:
         except Exception as exc:
             log.error("cannot publish the ResourceSlice: %s", exc)
         self.plugin.check()
+        self.preparer.publish_pending()
 
     def ready(self) -> bool:
         return self.publisher.published is not None and self.plugin.registration.registered.is_set()

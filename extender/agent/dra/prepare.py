@@ -130,6 +130,7 @@ class Preparer:
         self.status = status
         self._lock = threading.Lock()
         self._prepared: dict[str, PreparedClaim] = {}
+        self._unpublished: set[str] = set()  # prepared, CU sets not yet on the claim's status
         start = policy()
         self.ledger = Ledger(start.burst.sharedFraction, start.overcommit.memory)
         self.restored = False
@@ -160,12 +161,32 @@ class Preparer:
                 raise
         log.info("prepared claim %s/%s (%s): %s", namespace, name, uid,
                  "; ".join(f"gpu {g.index} cus {format_ranges(g.cus)}" for g in prepared.assignment.gpus))
-        if self.status is not None:
-            try:
-                self.status.publish_prepared(prepared)
-            except Exception as exc:  # the CU sets are checkpointed; the status is for readers only
-                log.warning("cannot publish prepared CU sets of claim %s/%s: %s", namespace, name, exc)
+        self._publish(prepared)
         return prepared
+
+    def _publish(self, prepared: PreparedClaim) -> bool:
+        """Write the CU sets to the claim's status, where the extender counts them; a failure is
+        retried by `publish_pending` (the container can start meanwhile: the sets are checkpointed)."""
+        if self.status is None:
+            return True
+        try:
+            self.status.publish_prepared(prepared)
+        except Exception as exc:
+            self._unpublished.add(prepared.uid)
+            log.warning("cannot publish prepared CU sets of claim %s/%s (retried): %s", prepared.namespace,
+                        prepared.name, exc)
+            return False
+        self._unpublished.discard(prepared.uid)
+        return True
+
+    def publish_pending(self) -> int:
+        """Retry the status writes that failed; returns how many are still pending."""
+        with self._lock:
+            pending = [self._prepared[u] for u in self._unpublished if u in self._prepared]
+            self._unpublished &= set(self._prepared)
+        for prepared in pending:
+            self._publish(prepared)
+        return len(self._unpublished)
 
     def unprepare(self, uid: str) -> bool:
         """Free a claim's shares; False when it held none (unprepare is idempotent)."""
