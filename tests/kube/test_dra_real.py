@@ -105,15 +105,18 @@ class Cluster:
     def pod(self, name: str) -> dict:
         return json.loads(self.core.read_namespaced_pod(name, NS, _preload_content=False).data)
 
-    def create_claim(self, body: dict) -> None:
-        """POST the claim as compact JSON, as kubectl and Go clients send it. (The Python client adds
-        spaces; the API server keeps opaque parameters' bytes as sent but serves them compacted, so a
-        later status write of such a claim reads as a change to its immutable allocation.)"""
-        req = urllib.request.Request(f"{self.cp.url}/apis/resource.k8s.io/v1/namespaces/{NS}/resourceclaims",
+    def post(self, resource: str, body: dict) -> None:
+        """POST a namespaced resource.k8s.io object as compact JSON, as kubectl and Go clients send it.
+        (The Python client's JSON has spaces; a claim whose opaque parameters arrived that way — itself
+        or through its template — has every later status write refused, see agent/dra/kube.py.)"""
+        req = urllib.request.Request(f"{self.cp.url}/apis/resource.k8s.io/v1/namespaces/{NS}/{resource}",
                                      data=json.dumps(body, separators=(",", ":")).encode(), method="POST",
                                      headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
         with urllib.request.urlopen(req, context=_insecure(), timeout=10) as resp:
             assert resp.status == 201
+
+    def create_claim(self, body: dict) -> None:
+        self.post("resourceclaims", body)
 
     def run(self, name: str, cus: int | None, memory: str | None) -> None:
         self.create_claim(claim_body(name, cus, memory))
