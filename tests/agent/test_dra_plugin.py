@@ -11,6 +11,7 @@ import pytest
 
 from extender.agent.allocation import ENV_MEMORY_LIMIT, ENV_VISIBLE
 from extender.agent.cdi import read_spec
+from extender.agent.dra.claims import ClaimError
 from extender.agent.dra.plugin import DraPlugin
 from extender.agent.dra.prepare import CDI_KIND, Preparer, extender_tenants
 from extender.agent.dra.slices import DRIVER, device_name
@@ -312,3 +313,14 @@ def test_a_failed_status_write_is_retried(env: Env) -> None:
     assert env.preparer.publish_pending() == 1
     status.fail = False
     assert env.preparer.publish_pending() == 0 and status.published == [ref.uid]
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"version": 99, "claims": {}}',
+                                  '{"version": 1, "claims": {"u": {"namespace": "ns"}}}'])
+def test_an_unreadable_checkpoint_stops_the_restore(env: Env, text: str) -> None:
+    env.stop()
+    (env.tmp / "state").mkdir(exist_ok=True)
+    (env.tmp / "state" / "checkpoint.json").write_text(text)
+    with pytest.raises(ClaimError):
+        env.start()
+    assert not env.preparer.restored

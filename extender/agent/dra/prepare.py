@@ -4,26 +4,31 @@ kube-scheduler has allocated a claim *amounts* of a GPU (computeUnits, memory); 
 CUs, with the same code the extender's bind uses (engine.placement's `usable_cus`, core.layout's
 `choose_cus`/`choose_burst`) and records them in a core Ledger of this node, so every share's
 guarantee is XCC-complete and disjoint from every other share on that GPU, and burst comes from the
-GPU's shared region up to the claim's `computeLimit`. Prepared claims are checkpointed (one JSON file,
-replaced atomically) before the answer goes back, so a restarted agent re-prepares the same CU sets.
+GPU's shared region up to the claim's `computeLimit`. Prepared claims are checkpointed (checkpoint.py)
+before the answer goes back, so a restarted agent re-prepares the same CU sets.
 Each request of a claim becomes one CDI device holding the device nodes, `ROCR_VISIBLE_DEVICES`,
 `HSA_CU_MASK` and the memory limit (agent.allocation, as for the device plugin).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from extender.agent.allocation import ContainerAllocation, allocation_for
-from extender.agent.cdi import ContainerEdits, DeviceNode, Kind, remove_spec, write_spec
+from extender.agent.cdi import ContainerEdits, DeviceNode, remove_spec, write_spec
+from extender.agent.dra.checkpoint import (
+    CDI_KIND,
+    CHECKPOINT,
+    PreparedClaim,
+    PreparedDevice,
+    cdi_device_name,
+    load_checkpoint,
+    save_checkpoint,
+)
 from extender.agent.dra.claims import ClaimAllocation, ClaimError, Share, claim_allocation
 from extender.agent.dra.slices import DRIVER, device_name, guaranteeable_cus
 from extender.agent.podmatch import PodInfo
@@ -39,9 +44,6 @@ from extender.engine.placement import usable_cus
 
 log = logging.getLogger(__name__)
 
-CDI_KIND = Kind(DRIVER, "slice")
-CHECKPOINT = "checkpoint.json"
-CHECKPOINT_VERSION = 1
 
 
 class ClaimSource(Protocol):
@@ -68,48 +70,6 @@ def extender_tenants(pods: Iterable[PodInfo], node: str) -> list[tuple[PodRef, A
         if a.node == node:
             out.append((PodRef(pod.uid, pod.namespace, pod.name), a))
     return out
-
-
-@dataclass(frozen=True)
-class PreparedDevice:
-    request: str
-    pool: str
-    device: str
-    share_id: str | None
-    gpu_index: int
-    cdi_device: str  # the CDI device name (unqualified) of this share's request
-
-    @property
-    def cdi_id(self) -> str:
-        return CDI_KIND.qualified(self.cdi_device)
-
-
-@dataclass(frozen=True)
-class PreparedClaim:
-    uid: str
-    namespace: str
-    name: str
-    assignment: Assignment  # one GPU entry per share, the exact CU sets
-    devices: tuple[PreparedDevice, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        return {"namespace": self.namespace, "name": self.name, "assignment": self.assignment.to_dict(),
-                "devices": [{"request": d.request, "pool": d.pool, "device": d.device, "shareID": d.share_id,
-                             "gpu": d.gpu_index, "cdiDevice": d.cdi_device} for d in self.devices]}
-
-    @classmethod
-    def from_dict(cls, uid: str, data: dict[str, Any]) -> PreparedClaim:
-        return cls(uid, data["namespace"], data["name"], parse_assignment(json.dumps(data["assignment"])),
-                   tuple(PreparedDevice(d["request"], d["pool"], d["device"], d.get("shareID"), int(d["gpu"]),
-                                        d["cdiDevice"]) for d in data["devices"]))
-
-    def gpu(self, index: int) -> GpuAssignment:
-        return next(g for g in self.assignment.gpus if g.index == index)
-
-
-def cdi_device_name(claim_uid: str, request: str) -> str:
-    """One CDI device per (claim, request); subrequest names "main/sub" become "main.sub"."""
-    return f"{claim_uid}-{request.replace('/', '.')}"
 
 
 class Preparer:
@@ -319,40 +279,19 @@ class Preparer:
         return self.state_dir / CHECKPOINT
 
     def _save(self) -> None:
-        text = json.dumps({"version": CHECKPOINT_VERSION,
-                           "claims": {uid: c.to_dict() for uid, c in sorted(self._prepared.items())}}, indent=1)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=f".{CHECKPOINT}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.checkpoint)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_checkpoint(self.checkpoint, self._prepared)
 
     def restore(self) -> None:
         """Claims prepared before a restart: back into the ledger with the CU sets they had. Call once
         the topology is known and before serving kubelet. An unreadable checkpoint raises (every time:
         serving without it could hand out CUs that running containers hold)."""
-        try:
-            data = json.loads(self.checkpoint.read_text())
-        except FileNotFoundError:
-            self.restored = True
-            return
-        except (OSError, ValueError) as exc:
-            raise ClaimError(str(self.checkpoint), "", f"unreadable checkpoint: {exc}") from None
-        if data.get("version") != CHECKPOINT_VERSION:
-            raise ClaimError(f"{self.checkpoint}.version", data.get("version"), f"expected {CHECKPOINT_VERSION}")
+        claims = load_checkpoint(self.checkpoint)
         self._sync_node()
-        for uid, raw in (data.get("claims") or {}).items():
+        for uid, claim in claims.items():
             try:
-                claim = PreparedClaim.from_dict(uid, raw)
                 self.ledger.reserve(PodRef(uid, claim.namespace, claim.name), claim.assignment,
                                     claim.assignment.workload_class, 0, ttl=None)
-            except (KeyError, TypeError, ValueError, AssignmentError, LedgerConflict) as exc:
+            except LedgerConflict as exc:
                 log.error("checkpointed claim %s cannot be restored: %s", uid, exc)
                 continue
             self._prepared[uid] = claim
