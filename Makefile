@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PORT   ?= 8888
 BIN    := $(VENV)/bin
+# The image deploy/ runs (deploy/kustomization.yaml `images:`): the package version as the tag.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE  ?= ghcr.io/gpuslice/gpuslice:$(VERSION)
+DOCKER ?= docker
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-lowest lint bench clean image image-push
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +26,15 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check extender tests bench
 	$(BIN)/python -m pytest
+
+## Build the one image of the extender and the node agent (the Dockerfile), tagged $(IMAGE).
+image:
+	$(DOCKER) build -t $(IMAGE) .
+
+## Build and push it; for your own registry: make image-push IMAGE=registry.example.com/gpuslice:$(VERSION),
+## then point deploy/kustomization.yaml's `images:` at it.
+image-push: image
+	$(DOCKER) push $(IMAGE)
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/extender_bench.py --json bench/results/extender.json
