@@ -146,7 +146,7 @@ def test_the_dockerfile_builds_what_the_manifests_run() -> None:
     assert re.search(r"^RUN pip install \.", dockerfile, re.M)  # the console script from pyproject
     user = re.search(r"^USER (\d+)", dockerfile, re.M).group(1)
     parser = build_parser()
-    for d, spec in pod_specs(DOCS):
+    for _d, spec in pod_specs(DOCS):
         for c in spec["containers"]:
             if c["image"] not in gpuslice_images():
                 continue
