@@ -27,6 +27,19 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check extender tests bench
 	$(BIN)/python -m pytest
 
+LOWEST ?= .venv-lowest
+
+$(LOWEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet uv
+	$(LOWEST)/bin/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test]'
+	touch $@
+
+## The dependency floors are real: install the lowest versions pyproject.toml allows for every direct
+## dependency (uv --resolution lowest-direct) and run the tests that need no control plane on them.
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest --ignore=tests/kube -p no:cacheprovider
+
 ## Build the one image of the extender and the node agent (the Dockerfile), tagged $(IMAGE).
 image:
 	$(DOCKER) build -t $(IMAGE) .
@@ -40,4 +53,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/extender_bench.py --json bench/results/extender.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache .hypothesis
