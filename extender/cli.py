@@ -16,6 +16,7 @@ from extender.plan_cli import register as register_plan
 from extender.policy_cli import register as register_policy
 from extender.serve_cli import register as register_serve
 from extender.sim.cli import register as register_simulate
+from extender.webhook_cli import register as register_webhook
 
 _DEFAULT_ONLY = "\0"
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_policy, register_serve, register_agent, register_plan, register_simulate,
-                     register_explain):
+                     register_explain, register_webhook):
         register(sub)
     return parser
 
