@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "by the first replica) and serve that")
     p.add_argument("--service", metavar="NAMESPACE/NAME", help="with --cert-secret: the Service the API server "
                    "calls (the certificate's DNS names)")
+    p.add_argument("--cert-dns-name", action="append", default=[], metavar="NAME",
+                   help="with --cert-secret: another DNS name for the certificate (repeatable), for an API server "
+                        "that calls the webhook by URL")
     p.add_argument("--webhook-configuration", metavar="NAME",
                    help="with --cert-secret: write the CA into this MutatingWebhookConfiguration's caBundle")
     p.add_argument("--cert-dir", default="/run/gpuslice/tls", metavar="DIR",
@@ -68,7 +71,7 @@ def _certificate_files(args: argparse.Namespace) -> tuple[str, str]:
     secret_ns, secret = _split(args.cert_secret, "--cert-secret")
     svc_ns, svc = _split(args.service, "--service")
     client = api_client(args.kubeconfig, pool=2)
-    cert = ensure_secret(core_api(client), secret_ns, secret, service_dns_names(svc, svc_ns))
+    cert = ensure_secret(core_api(client), secret_ns, secret, [*service_dns_names(svc, svc_ns), *args.cert_dns_name])
     if args.webhook_configuration:
         patch_ca_bundle(AdmissionregistrationV1Api(client), args.webhook_configuration, cert.ca)
     crt, key = cert.write(args.cert_dir)
