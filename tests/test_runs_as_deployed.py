@@ -97,7 +97,7 @@ def test_command_runs_read_only_as_non_root(name: str) -> None:
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("sub", ["serve", "plan", "policy", "agent", "simulate", "explain", "top"])
+@pytest.mark.parametrize("sub", ["serve", "plan", "policy", "agent", "simulate", "explain", "top", "webhook"])
 def test_every_subcommand_help_runs_read_only(sub: str) -> None:
     out = _run(sub, "--help")
     assert out.returncode == 0 and "usage: gpuslice" in out.stdout, out.stderr[-2000:]
@@ -108,3 +108,17 @@ def test_cli_start_up_does_not_import_plotting() -> None:
     code = "import sys, extender.cli; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_serve_starts_read_only_as_non_root() -> None:
+    """The extender's own start-up (policy, engine, WSGI server) under the same conditions, until it
+    says where it listens."""
+    proc = subprocess.Popen(_sandbox([str(_console_script()), "serve", "--demo", "--port", "0"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""
+        assert "gpuslice extender listening on http://127.0.0.1:" in first, first + (proc.stdout.read(3000)
+                                                                                     if proc.poll() is not None else "")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
