@@ -157,6 +157,11 @@ def test_service_account_rights(installed: Installed, who: str, verb: str, resou
     assert can_i(installed, who, verb, resource, namespace, name) is allowed
 
 
+def gpuslice(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "extender", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -264,6 +269,14 @@ def test_extender_and_scheduler_do_their_job_as_their_service_account(installed:
     time.sleep(2)
     assert len(bound()) == 2  # the third does not fit
     waiting = next(f"sa-{i}" for i in range(3) if f"sa-{i}" not in bound())
+    # why is it pending? `gpuslice explain` and `gpuslice top` on the live cluster
+    explained = gpuslice("explain", f"default/{waiting}", "--kubeconfig", str(cp.kubeconfig), "--json")
+    doc = json.loads(explained.stdout)
+    assert explained.returncode == 1 and doc["fittingNodes"] == 0, explained.stderr
+    assert doc["best"][0]["node"] == "sa-node" and doc["best"][0]["constraint"] == "compute"
+    assert any("gpuslice.io/compute <=" in h for h in doc["hints"])
+    top = gpuslice("top", "--kubeconfig", str(cp.kubeconfig), "--once")
+    assert top.returncode == 0 and "sa-node" in top.stdout and "default/sa-" in top.stdout, top.stderr
     api.delete_namespaced_pod(bound()[0], "default", grace_period_seconds=0)
     wait_for("the waiting pod bound after capacity freed", lambda: waiting in bound(), timeout=60)
     node = api.read_node("sa-node")
