@@ -29,28 +29,32 @@ def _console_script() -> Path:
     return script
 
 
-def _hidden_by(path: Path) -> tuple[Path, Path] | None:
-    """(dir, child) when `dir` on the way to `path` is closed to other users (pyenv under /root)."""
-    parts = path.resolve().parents
-    for parent in reversed(parts):
-        if parent != Path("/") and not parent.stat().st_mode & stat.S_IXOTH:
-            child = path.resolve().relative_to(parent).parts[0]
-            return parent, parent / child
-    return None
+def _closed_ancestors(paths: list[Path]) -> dict[Path, set[Path]]:
+    """{dir: children to keep} for directories on the way to `paths` that other users may not enter
+    (this machine's pyenv under /root, or a clone under a private home)."""
+    out: dict[Path, set[Path]] = {}
+    for path in paths:
+        real = path.resolve()
+        for parent in reversed(real.parents):
+            if parent != Path("/") and not parent.stat().st_mode & stat.S_IXOTH:
+                out.setdefault(parent, set()).add(parent / real.relative_to(parent).parts[0])
+                break
+    return out
 
 
 def _sandbox(argv: list[str]) -> list[str]:
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
         pytest.skip("needs root with unshare and setpriv to build a read-only, non-root sandbox")
     steps = ["set -e"]
-    hidden = _hidden_by(Path(sys.executable))
-    if hidden is not None:
-        # The interpreter lives under a directory uid 65532 may not enter (this machine's pyenv under
-        # /root). Replace that directory by an empty one that keeps only the interpreter's subtree.
-        closed, keep = hidden
-        steps += ["tmp=$(mktemp -d)", f"mount --bind {shlex.quote(str(keep))} $tmp",
-                  f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(str(closed))}",
-                  f"mkdir {shlex.quote(str(keep))}", f"mount --move $tmp {shlex.quote(str(keep))}"]
+    keep = [Path(sys.executable), Path(sys.executable).parent, ROOT]
+    for n, (closed, children) in enumerate(sorted(_closed_ancestors(keep).items())):
+        # uid 65532 may not enter `closed`: replace it by an empty directory holding only what we need
+        names = [f"keep{n}_{i}" for i in range(len(children))]
+        for name, child in zip(names, sorted(children), strict=True):
+            steps += [f"{name}=$(mktemp -d)", f"mount --bind {shlex.quote(str(child))} ${name}"]
+        steps.append(f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(str(closed))}")
+        for name, child in zip(names, sorted(children), strict=True):
+            steps += [f"mkdir -p {shlex.quote(str(child))}", f"mount --move ${name} {shlex.quote(str(child))}"]
     steps += [
         "awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r mp; do "
         'mount -o remount,bind,ro "$mp" 2>/dev/null || true; done',
