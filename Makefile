@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PORT   ?= 8888
 BIN    := $(VENV)/bin
+# The image deploy/ runs (deploy/kustomization.yaml `images:`): the package version as the tag.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE  ?= ghcr.io/gpuslice/gpuslice:$(VERSION)
+DOCKER ?= docker
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-lowest lint bench clean image image-push
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +27,30 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check extender tests bench
 	$(BIN)/python -m pytest
 
+LOWEST ?= .venv-lowest
+
+$(LOWEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet uv
+	$(LOWEST)/bin/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test]'
+	touch $@
+
+## The dependency floors are real: install the lowest versions pyproject.toml allows for every direct
+## dependency (uv --resolution lowest-direct) and run the tests that need no control plane on them.
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest --ignore=tests/kube -p no:cacheprovider
+
+## Build the one image of the extender and the node agent (the Dockerfile), tagged $(IMAGE).
+image:
+	$(DOCKER) build -t $(IMAGE) .
+
+## Build and push it; for your own registry: make image-push IMAGE=registry.example.com/gpuslice:$(VERSION),
+## then point deploy/kustomization.yaml's `images:` at it.
+image-push: image
+	$(DOCKER) push $(IMAGE)
+
 bench: $(VENV)/.installed
 	$(BIN)/python bench/extender_bench.py --json bench/results/extender.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache .hypothesis

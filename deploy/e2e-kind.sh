@@ -12,7 +12,12 @@ done
 
 kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --config deploy/kind-config.yaml
 trap '[ "${KEEP:-0}" = 1 ] || kind delete cluster --name "$CLUSTER"' EXIT
-docker build -t "$IMAGE" .
+# Version skew: kube-scheduler may not be newer than the API server (deploy/kind-config.yaml pins
+# kind nodes of the scheduler's minor version; an existing cluster of another version is refused).
+want=$(sed -n 's#.*kube-scheduler:v\(1\.[0-9]*\).*#\1#p' deploy/scheduler-deployment.yaml)
+have=$(kubectl version -o json | python3 -c 'import json,sys; v=json.load(sys.stdin)["serverVersion"]; print(v["major"] + "." + v["minor"].rstrip("+"))')
+[ "$have" = "$want" ] || { echo "e2e-kind: cluster is v$have, the scheduler v$want: recreate it (kind delete cluster --name $CLUSTER)" >&2; exit 2; }
+make image IMAGE="$IMAGE"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 kubectl apply -k deploy/
 kubectl -n kube-system rollout status deploy/gpuslice-scheduler --timeout=180s

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="CP-SAT workers (default: the policy's solver.workers)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="exit 0 even when some replicas cannot be placed (default: exit 1 then)")
     p.set_defaults(func=plan_cmd)
 
 
@@ -56,7 +58,8 @@ def _load(path: str, what: str) -> object:
 
 
 def plan_cmd(args: argparse.Namespace) -> int:
-    """Exit 0 with a plan (replicas that cannot be placed are listed in it), 2 on unusable input."""
+    """Exit 0 with a plan that places everything; 1 when replicas are left unplaced (listed in the plan;
+    --allow-partial makes that 0); 2 on unusable input."""
     try:
         policy: Policy = load_policy(args.policy) if args.policy else parse_policy({})
         nodes = parse_cluster(_load(args.cluster, "cluster"), policy) if args.cluster else {}
@@ -86,6 +89,10 @@ def plan_cmd(args: argparse.Namespace) -> int:
         show(result, console)
         if live is not None:
             show_live(live, args.ignore_existing, console)
+    if result.unplaced and not args.allow_partial:
+        print(f"gpuslice plan: {len(result.unplaced)} replica(s) not placed; add GPUs or shrink the workloads, "
+              "or pass --allow-partial to accept a partial plan", file=sys.stderr)
+        return 1
     return 0
 
 

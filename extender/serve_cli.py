@@ -5,9 +5,11 @@ the choice of backend is made here, at the top."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
+from extender.core.errors import UsageError
 from extender.engine.demo import demo_cluster
 from extender.engine.scheduler import Engine
 from extender.engine.solver_placer import SolverPlacer
@@ -43,16 +45,34 @@ def serve_cmd(args: argparse.Namespace) -> int:
         if problems:
             log.warning("ledger rebuilt with %d problem(s); see /debug/ledger", len(problems))
         short_gc_pauses()
-        return run_server(engine, args, banner=demo_banner)
+        return _listen(engine, args, banner=demo_banner)
     if args.kubeconfig or args.in_cluster:
         runtime = kube_runtime(policies, kubeconfig=args.kubeconfig, lease=args.lease, nudge=not args.no_nudge,
                                scheduler_name=args.scheduler_name)
         runtime.start()  # /readyz answers 503 until the first full list has rebuilt the ledgers
         short_gc_pauses()
         try:
-            return run_server(runtime.engine, args)
+            return _listen(runtime.engine, args)
         finally:
             runtime.stop()
     print("gpuslice serve: choose a cluster backend: --demo (the built-in demo cluster), or the Kubernetes "
           "cluster backend with --kubeconfig FILE or --in-cluster", file=sys.stderr)
     return 2
+
+
+_CANNOT_LISTEN = {errno.EADDRINUSE: "address already in use: stop what listens there or choose another --port",
+                  errno.EACCES: "permission denied: choose a --port above 1023",
+                  errno.EADDRNOTAVAIL: "no such local address: choose another --host"}
+
+
+def _listen(engine: Engine, args: argparse.Namespace, **kwargs: object) -> int:
+    """run_server, with the predictable ways of failing to listen (and to read the TLS files) as UsageError."""
+    try:
+        return run_server(engine, args, **kwargs)  # type: ignore[arg-type]
+    except FileNotFoundError as exc:
+        raise UsageError(f"cannot read {exc.filename or 'a --tls-* file'}: no such file; check --tls-cert, "
+                         "--tls-key and --tls-client-ca") from None
+    except OSError as exc:
+        if exc.errno not in _CANNOT_LISTEN:
+            raise
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {_CANNOT_LISTEN[exc.errno]}") from None

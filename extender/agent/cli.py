@@ -10,7 +10,7 @@ from extender.agent.allocation import allocation_for
 from extender.agent.runner import add_run_parser
 from extender.agent.topology import read_topology
 from extender.core.assignment import parse_assignment
-from extender.core.errors import InputError
+from extender.core.errors import InputError, UsageError
 from extender.core.inventory import format_inventory
 
 
@@ -31,8 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_parser(asub)
 
 
+def _host_root(root: str) -> str:
+    if not Path(root).is_dir():
+        raise UsageError(f"--root {root}: no such directory; name the host root the node's /sys is under "
+                         "(/ on the node, /host in the DaemonSet)")
+    return root
+
+
 def inventory_cmd(args: argparse.Namespace) -> int:
-    topology = read_topology(args.root)
+    topology = read_topology(_host_root(args.root))
     if args.verbose:
         for path, reason in topology.skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -43,7 +50,7 @@ def inventory_cmd(args: argparse.Namespace) -> int:
 def env_cmd(args: argparse.Namespace) -> int:
     try:
         assignment = parse_assignment(Path(args.assignment).read_text())
-        allocation = allocation_for(assignment, read_topology(args.root))
+        allocation = allocation_for(assignment, read_topology(_host_root(args.root)))
     except OSError as exc:
         print(f"{args.assignment}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -29,6 +29,11 @@ class AssignmentError(InputError):
     """A `gpuslice.io/assignment` annotation cannot be read or does not fit the node."""
 
 
+class UsageError(GpusliceError):
+    """A command was started with a setting that cannot work (a missing file, no cluster, a port in
+    use). The message names the problem and the fix in one line; the CLI prints it and exits 2."""
+
+
 class LedgerConflict(GpusliceError):
     """A reservation would overlap another tenant or exceed a GPU's capacity (retryable elsewhere)."""
 

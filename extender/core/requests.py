@@ -203,7 +203,7 @@ def _reject_misspelt_keys(labels: Mapping[str, str], annotations: Mapping[str, s
             head, sep, name = full.partition("/")
             if not sep or head != prefix or name in KEYS:
                 continue
-            near = difflib.get_close_matches(name.lower(), [k.lower() for k in KEYS], n=1, cutoff=0.85)
+            near = difflib.get_close_matches(name.lower(), [k.lower() for k in KEYS], n=1, cutoff=0.75)
             if near:
                 meant = next(k for k in KEYS if k.lower() == near[0])
                 raise SliceRequestError(full, source[full], f"unknown key; did you mean {prefix}/{meant}?")

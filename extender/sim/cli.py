@@ -13,7 +13,7 @@ from rich.console import Console
 
 from extender.core.errors import GpusliceError
 from extender.core.policy import Policy, PolicyError, load_policy
-from extender.sim import openb, plots, report
+from extender.sim import openb, report
 from extender.sim.baselines import BASELINES
 from extender.sim.gpumodels import builtin_policy_path, model_table_text, parse_model_option, with_models
 from extender.sim.replay import RunSpec
@@ -178,6 +178,8 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     if "neededRun" in out:
         out["neededRun"] = report.compact(out["neededRun"], args.series)
     if args.plots:
+        from extender.sim import plots  # matplotlib only where plots are made: start-up stays read-only-safe
+
         out["plots"] = [str(p) for p in plots.write_plots(plotted, Path(args.plots), name)]
     if not args.json:
         _print(args, name, runs, out, what_if)

@@ -254,7 +254,9 @@ def test_a_good_annotation_overrides_a_bad_label_of_the_same_key() -> None:
 
 @pytest.mark.parametrize(("typo", "meant"), [("memoryLimt", "memoryLimit"), ("Compute", "compute"),
                                              ("computelimit", "computeLimit"), ("target_rps", "target-rps"),
-                                             ("clas", "class"), ("profil", "profile")])
+                                             ("clas", "class"), ("profil", "profile"),
+                                             # transpositions: the typos people make (issue 15)
+                                             ("memroy", "memory"), ("coutn", "count"), ("cpmute", "compute")])
 def test_misspelt_keys_are_rejected_not_ignored(typo: str, meant: str) -> None:
     with pytest.raises(SliceRequestError) as err:
         parse({f"{P}/compute": "100m", f"{P}/memory": "1Gi", f"{P}/{typo}": "x"})

@@ -32,7 +32,7 @@ def run_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str], cluster: dict, 
     (tmp_path / "c.json").write_text(json.dumps(cluster))
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(workloads))
     args = ["plan", "--cluster", str(tmp_path / "c.json"), "--workloads", str(tmp_path / "w.yaml"), "--json",
-            "--time-limit", "2"]
+            "--time-limit", "2", "--allow-partial"]
     if policy is not None:
         (tmp_path / "p.yaml").write_text(yaml.safe_dump(policy))
         args += ["--policy", str(tmp_path / "p.yaml")]

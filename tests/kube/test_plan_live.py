@@ -76,7 +76,7 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
 def run_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(WORKLOADS))
     assert main(["plan", "--kubeconfig", "unused", "--workloads", str(tmp_path / "w.yaml"), "--json",
-                 "--time-limit", "2", *extra]) == 0
+                 "--time-limit", "2", "--allow-partial", *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -97,7 +97,8 @@ def test_plan_on_fake_api_reserves_the_existing_tenant(monkeypatch: pytest.Monke
 def test_plan_reports_an_unreachable_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(WORKLOADS))
     assert main(["plan", "--kubeconfig", str(tmp_path / "missing"), "--workloads", str(tmp_path / "w.yaml")]) == 2
-    assert "cannot list Nodes and Pods" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no such file" in err and "--kubeconfig" in err and len(err.strip().splitlines()) == 1
 
 
 def test_plan_needs_exactly_one_cluster_source(tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def control_plane() -> Iterator[ControlPlane]:
 
 def run_cli(cp: ControlPlane, workloads: Path, *extra: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "extender", "plan", "--kubeconfig", str(cp.kubeconfig),
-                          "--workloads", str(workloads), "--json", "--time-limit", "2", *extra],
+                          "--workloads", str(workloads), "--json", "--allow-partial", "--time-limit", "2", *extra],
                          capture_output=True, text=True, timeout=60, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
@@ -161,7 +162,8 @@ def test_plan_table_says_what_the_live_cluster_held(monkeypatch: pytest.MonkeyPa
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     fake_cluster(monkeypatch)
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(WORKLOADS))
-    assert main(["plan", "--kubeconfig", "unused", "--workloads", str(tmp_path / "w.yaml"), "--time-limit", "2"]) == 0
+    assert main(["plan", "--kubeconfig", "unused", "--workloads", str(tmp_path / "w.yaml"), "--time-limit", "2",
+                 "--allow-partial"]) == 0
     out = capsys.readouterr().out
     assert "live cluster: 2 GPU node(s), 1 existing tenant(s) reserved first" in out
     assert "skipped bad: gpuslice.io/inventory[0].index" in out and "ns/old (running)" in out
