@@ -54,6 +54,7 @@ class PodSpec(_In):
     initContainers: list[Container] | None = None
     nodeName: str | None = None
     priority: int | None = None
+    schedulerName: str | None = None
 
 
 class PodStatus(_In):
@@ -264,7 +265,7 @@ def pod_view(pod: Pod) -> PodView:
                    annotations=meta.annotations or {}, node_name=pod.spec.nodeName or None,
                    phase=pod.status.phase or "Pending", deleting=meta.deletionTimestamp is not None,
                    resource_version=meta.resourceVersion, cpu_millis=cpu, memory_bytes=memory,
-                   priority=pod.spec.priority or 0)
+                   priority=pod.spec.priority or 0, scheduler_name=pod.spec.schedulerName or None)
 
 
 def node_view(node: Node) -> NodeView:
