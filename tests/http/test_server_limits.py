@@ -52,7 +52,8 @@ def test_many_idle_connections_do_not_lock_out_healthz(extender: Extender) -> No
 
 
 def test_slow_requests_do_not_lock_out_healthz(extender: Extender) -> None:
-    partial = b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+    partial = (b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 100000\r\n\r\n{")
     with serving(extender) as port, sockets(port, 200, partial), sockets(port, 100, b"GET /healthz HTTP/1.1\r\nHo"):
         assert healthz(port, timeout=3) == 200
 
