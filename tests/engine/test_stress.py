@@ -55,8 +55,17 @@ class StrictCluster(MemoryCluster):
 class Figures:
     binds: Counter[str] = field(default_factory=Counter)
     chaos: Counter[str] = field(default_factory=Counter)
+    refusals: Counter[str] = field(default_factory=Counter)
     max_capped_tenants: int = 0
     seconds: float = 0.0
+
+
+def _why(err: str) -> str:
+    for words, why in (("quota", "quota"), ("being rebuilt", "waited out a relist"), ("not found", "node or pod gone"),
+                       ("not in the ledger", "node or pod gone"), ("gpu", "no room on the node")):
+        if words in err:
+            return why
+    return "other" if err else ""
 
 
 def node_view(i: int) -> NodeView:
@@ -90,7 +99,13 @@ def run(binds: int, seed: int = 12) -> tuple[Engine, StrictCluster, Figures]:
 
     def worker(t: int) -> None:
         rng = random.Random(seed * 1000 + t)
+        mine: list[str] = []
         while (n := next_bind()) is not None:
+            if mine and rng.random() < 0.4:  # pods end as others arrive: the cluster churns, it does not just fill
+                uid = mine.pop(rng.randrange(len(mine)))
+                with feed:
+                    cluster.remove_pod(uid)
+                    engine.forget_pod(uid)
             compute, memory = rng.choice(SHAPES)
             ns = rng.choice(NAMESPACES)
             pod = PodView(f"uid-{n}", ns, f"p{n}",
@@ -99,7 +114,10 @@ def run(binds: int, seed: int = 12) -> tuple[Engine, StrictCluster, Figures]:
             node = f"n{rng.randrange(NODES):03d}"
             err = engine.bind(ns, pod.name, pod.uid, node)
             figures.binds["ok" if not err else "refused"] += 1
-            if err:  # kube-scheduler would retry it elsewhere; here it is simply given up
+            figures.refusals[_why(err)] += bool(err)
+            if not err:
+                mine.append(pod.uid)
+            else:  # kube-scheduler would retry it elsewhere; here it is simply given up
                 with feed:
                     cluster.remove_pod(pod.uid)
                     engine.forget_pod(pod.uid)
@@ -162,7 +180,7 @@ def run(binds: int, seed: int = 12) -> tuple[Engine, StrictCluster, Figures]:
 
     # A relist rebuilds every ledger (a watch resumed after 410 Gone); the rest are a busy cluster's churn.
     chaos = [threading.Thread(target=each(name, body, period)) for name, body, period in
-             (("relist", relist, 0.25), ("delete", delete, 0.01), ("event", late_event, 0.01),
+             (("relist", relist, 1.0), ("delete", delete, 0.01), ("event", late_event, 0.01),
               ("node", node_churn, 0.05), ("reload", reload, 0.1))]
     start = time.perf_counter()
     workers = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
@@ -216,7 +234,8 @@ def audit(engine: Engine, cluster: StrictCluster, figures: Figures) -> dict[str,
     return {"binds": sum(figures.binds.values()), "bound": figures.binds["ok"], "refused": figures.binds["refused"],
             "threads": THREADS, "nodes": NODES, "seconds": round(figures.seconds, 2),
             "binds_per_second": round(sum(figures.binds.values()) / figures.seconds, 1),
-            "chaos": dict(figures.chaos), "pods_bound_at_end": len(truth),
+            "chaos": dict(figures.chaos), "refusals": {k: v for k, v in figures.refusals.items() if k},
+            "pods_bound_at_end": len(truth),
             "max_capped_tenants": figures.max_capped_tenants, "engine_binds": dict(engine.stats.binds),
             "conflicts_after_bind": engine.stats.binds["conflict-after-bind"]}
 
