@@ -4,6 +4,7 @@ to timing, and each failed on the code before the fix."""
 from __future__ import annotations
 
 import sys
+import time
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -283,3 +284,35 @@ def test_usage_matches_recount_after_bind_and_sync() -> None:
     recount = [parse_assignment(p.annotations[ASSIGNMENT_ANNOTATION]) for p in bound_pods(cluster)]
     assert used.tenants == len(recount) == 5
     assert used.memory == sum(g.memoryBytes for a in recount for g in a.gpus)
+
+
+def _bound_pod(name: str, annotations: dict[str, str], node: str = "n0") -> PodView:
+    return PodView(f"uid-{name}", "default", name, annotations=annotations, node_name=node, phase="Running")
+
+
+def test_sync_refuses_an_enormous_cu_range_without_expanding_it() -> None:
+    """A bound pod's assignment edited to a huge CU range used to be expanded at every rebuild."""
+    cluster = MemoryCluster()
+    cluster.add_node(gpu_node("n0"))
+    huge = ('{"node":"n0","class":"memory-bound","policy":"x","assignedAt":"","gpus":[{"index":0,"id":"n0/gpu0",'
+            '"cus":"0-2999999","burstCus":"","memoryBytes":1,"memoryLimitBytes":1}]}')
+    cluster.add_pod(_bound_pod("p", {**SMALL, ASSIGNMENT_ANNOTATION: huge}))
+    engine = Engine(cluster, PolicyStore())
+    start = time.perf_counter()
+    problems = engine.sync()
+    assert time.perf_counter() - start < 0.5
+    assert len(problems) == 1 and "beyond gpuslice's bound" in problems[0]
+    assert engine.stats.refused["gpuslice.io/assignment.gpus[].cus"] == 1
+
+
+def test_sync_survives_a_bound_pod_whose_compute_overflows() -> None:
+    cluster = MemoryCluster()
+    cluster.add_node(gpu_node("n0"))
+    engine = engine_on(cluster)
+    p = pod("p")
+    cluster.add_pod(p)
+    assert engine.bind("default", "p", p.uid, "n0") == ""
+    bound_pod = next(x for x in cluster.list_pods() if x.uid == p.uid)
+    cluster.add_pod(replace(bound_pod, annotations={**bound_pod.annotations, "gpuslice.io/compute": "1e1000000"}))
+    engine.sync()  # used to raise decimal.Overflow: /readyz stayed 503 for good
+    assert engine.synced and engine.ledger.entry(p.uid) is not None
