@@ -4,8 +4,8 @@ to timing, and each failed on the code before the fix."""
 from __future__ import annotations
 
 import sys
-import time
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
