@@ -662,8 +662,7 @@ class Engine:
                 out[name] = ""
             return out
         if not skipped_nodes:
-            out.update(dict.fromkeys(names or (), ""))
-            return out
+            return Candidates.fromkeys(names or (), "")
         for name in names or ():
             skipped = skipped_nodes.get(name)
             out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
