@@ -46,8 +46,8 @@ REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "u
 PENDING_CACHE = 20_000
 PENDING_BYTES = 64 * 2**20  # label and annotation text the pending cache may hold (filter bodies are untrusted)
 DEFAULT_SCHEDULER = "default-scheduler"  # what the API server writes when a pod names no scheduler
-# A bind answers well inside kube-scheduler's 5 s httpTimeout: this long for the ledger's locks, the
-# rest for the API (kube/cluster.py BIND_BUDGET).
+# A bind answers inside kube-scheduler's 5 s httpTimeout: at most this long for each of the ledger's two
+# locks, the rest for the API (kube/cluster.py LOOKUP_BUDGET and BIND_BUDGET).
 LOCK_WAIT = 0.5
 GONE_MEMORY = 100_000  # UIDs of deleted pods remembered, so that a late bind commit cannot revive one
 MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
@@ -269,6 +269,8 @@ class Engine:
             self._observe_bound(pod)
 
     def _observe_bound(self, pod: PodView) -> None:
+        with self._pending_lock:  # the cluster shows it bound: any later listing will too
+            self._committed.pop(pod.uid, None)
         entry = self.ledger.entry(pod.uid)
         if entry is not None and not entry.reserved:
             return

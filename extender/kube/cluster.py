@@ -31,7 +31,8 @@ API_TIMEOUT = (5.0, 10.0)  # connect, read seconds of a call outside a bind
 # Every bind ends (success, rollback, or "outcome unknown, reservation kept") within this many seconds of
 # its API work, its attempts and read-backs included: kube-scheduler's httpTimeout is 5 s, and the
 # engine's lock waits (engine/scheduler.py LOCK_WAIT) come on top.
-BIND_BUDGET = 3.5
+BIND_BUDGET = 3.0
+LOOKUP_BUDGET = 0.8  # reading a pod the watch has not shown yet, at the start of a bind
 MIN_CALL = 0.05  # an API call with less time than this left is not started
 
 
@@ -111,7 +112,7 @@ class KubeCluster(ClusterStore):
     def get_pod(self, namespace: str, name: str) -> PodView | None:
         uid = self._uids.get(f"{namespace}/{name}")
         view = self._pods.get(uid) if uid else None
-        return view if view is not None else self._read(namespace, name)
+        return view if view is not None else self._read(namespace, name, time.monotonic() + LOOKUP_BUDGET)
 
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         try:
