@@ -6,6 +6,15 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from extender.core.bounds import (
+    MAX_ANNOTATION_BYTES,
+    MAX_BYTES,
+    MAX_CUS,
+    MAX_GPU_INDEX,
+    MAX_GPUS,
+    MAX_NAME_CHARS,
+    OutOfBounds,
+)
 from extender.core.errors import AssignmentError
 from extender.core.rangelist import format_ranges, parse_ranges
 
@@ -48,31 +57,36 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _int(obj: dict, key: str, where: str, minimum: int = 0) -> int:
+def _int(obj: dict, key: str, where: str, minimum: int = 0, maximum: int = MAX_BYTES) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise AssignmentError(f"{where}.{key}", value, f"must be an integer >= {minimum}")
+    if value > maximum:
+        raise AssignmentError(f"{where}.{key}", value, str(OutOfBounds(f"more than {maximum}")))
     return value
 
 
-def _cus(obj: dict, key: str, where: str) -> frozenset[int]:
+def _cus(obj: dict, key: str, where: str, limit: int) -> frozenset[int]:
     try:
-        return parse_ranges(obj.get(key, ""))
+        return parse_ranges(obj.get(key, ""), limit)
     except ValueError as exc:
         raise AssignmentError(f"{where}.{key}", obj.get(key), str(exc)) from None
 
 
-def parse_assignment(text: str) -> Assignment:
-    """Strictly parse an assignment annotation; AssignmentError names the bad field."""
+def parse_assignment(text: str, cu_limit: int = MAX_CUS) -> Assignment:
+    """Strictly parse an assignment annotation; AssignmentError names the bad field. CU ids must be
+    below `cu_limit` (the ledger then holds them to each GPU's own count)."""
     where = ASSIGNMENT_ANNOTATION
+    if isinstance(text, str) and len(text) > MAX_ANNOTATION_BYTES:
+        raise AssignmentError(where, text[:64] + "...", str(OutOfBounds(f"longer than {MAX_ANNOTATION_BYTES}")))
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, TypeError, RecursionError, ValueError) as exc:
         raise AssignmentError(where, text, f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise AssignmentError(where, text, "must be a JSON object")
     node = data.get("node")
-    if not isinstance(node, str) or not node:
+    if not isinstance(node, str) or not node or len(node) > MAX_NAME_CHARS:
         raise AssignmentError(f"{where}.node", node, "must be a node name")
     cls = data.get("class")
     if cls not in CLASSES:
@@ -80,25 +94,27 @@ def parse_assignment(text: str) -> Assignment:
     raw_gpus = data.get("gpus")
     if not isinstance(raw_gpus, list) or not raw_gpus:
         raise AssignmentError(f"{where}.gpus", raw_gpus, "must be a non-empty list")
+    if len(raw_gpus) > MAX_GPUS:
+        raise AssignmentError(f"{where}.gpus", len(raw_gpus), str(OutOfBounds(f"more than {MAX_GPUS} GPUs")))
     gpus = []
     for i, g in enumerate(raw_gpus):
         w = f"{where}.gpus[{i}]"
         if not isinstance(g, dict):
             raise AssignmentError(w, g, "must be an object")
         gid = g.get("id")
-        if not isinstance(gid, str):
-            raise AssignmentError(f"{w}.id", gid, "must be a string")
-        cus = _cus(g, "cus", w)
+        if not isinstance(gid, str) or len(gid) > MAX_NAME_CHARS:
+            raise AssignmentError(f"{w}.id", gid, "must be a string (a GPU id)")
+        cus = _cus(g, "cus", w, cu_limit)
         if not cus:
             raise AssignmentError(f"{w}.cus", g.get("cus"), "a slice guarantees at least one CU")
-        burst = _cus(g, "burstCus", w)
+        burst = _cus(g, "burstCus", w, cu_limit)
         if cus & burst:
             raise AssignmentError(f"{w}.burstCus", g.get("burstCus"), "overlaps the guaranteed cus")
         mem = _int(g, "memoryBytes", w, 1)
         limit = _int(g, "memoryLimitBytes", w, 1)
         if limit < mem:
             raise AssignmentError(f"{w}.memoryLimitBytes", limit, "less than memoryBytes")
-        gpus.append(GpuAssignment(index=_int(g, "index", w), id=gid, cus=cus, burstCus=burst,
+        gpus.append(GpuAssignment(index=_int(g, "index", w, maximum=MAX_GPU_INDEX), id=gid, cus=cus, burstCus=burst,
                                   memoryBytes=mem, memoryLimitBytes=limit))
     if len({g.index for g in gpus}) != len(gpus):
         raise AssignmentError(f"{where}.gpus", [g.index for g in gpus], "a GPU index repeats")

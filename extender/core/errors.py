@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+SHOWN_CHARS = 200  # of a bad value, in an error message
+
 
 class GpusliceError(Exception):
     """Base class for every error gpuslice raises on purpose."""
@@ -14,7 +16,10 @@ class InputError(GpusliceError):
         self.key = key
         self.value = value
         self.reason = reason
-        super().__init__(f"{key}={value!r}: {reason}")
+        shown = repr(value)
+        if len(shown) > SHOWN_CHARS:  # the value may be anyone's megabytes: the message stays short
+            shown = shown[:SHOWN_CHARS] + f"... ({len(shown)} characters)"
+        super().__init__(f"{key}={shown}: {reason}")
 
 
 class SliceRequestError(InputError):

@@ -27,6 +27,7 @@ COMPUTE_BOUND_CLASS = "compute-bound"
 
 RUNS = 8  # free CU runs kept per GPU; a GPU with more is flagged and answered the slow way
 SLOT_LISTS = 8  # name lists whose slots are remembered (see GpuIndex.slots_of)
+SLOT_LIST_BYTES = 16 * 2**20  # and the most name text they may hold together (request bodies are anyone's)
 
 # One int64 per field per GPU (booleans as 0/1), then RUNS run lengths and RUNS run starts.
 FIELDS = ("valid", "healthy", "gpu", "free", "total", "used", "shared", "slices", "mem_bound", "compute_bound",
@@ -74,6 +75,7 @@ class GpuIndex:
         # lists remembered under an older value are not used.
         self.layout = 0
         self._slot_lists: OrderedDict[tuple[str, ...], tuple[int, np.ndarray]] = OrderedDict()
+        self._slot_list_bytes = 0
         self._slot_lists_lock = threading.Lock()
 
     @contextmanager
@@ -131,13 +133,25 @@ class GpuIndex:
 
     def _keep(self, key: tuple[str, ...], slots: np.ndarray, layout: int) -> None:
         slots.flags.writeable = False
+        size = _names_bytes(key)
+        if size > SLOT_LIST_BYTES:
+            return
         with self._slot_lists_lock:
             if layout != self.layout:  # the names moved meanwhile
                 return
+            if key in self._slot_lists:
+                self._slot_list_bytes -= size
             self._slot_lists[key] = (layout, slots)
+            self._slot_list_bytes += size
             self._slot_lists.move_to_end(key)
-            while len(self._slot_lists) > SLOT_LISTS:
-                self._slot_lists.popitem(last=False)
+            while len(self._slot_lists) > SLOT_LISTS or self._slot_list_bytes > SLOT_LIST_BYTES:
+                old, _ = self._slot_lists.popitem(last=False)
+                self._slot_list_bytes -= _names_bytes(old)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Name text held by the remembered slot lists."""
+        return self._slot_list_bytes
 
     @property
     def used(self) -> int:
@@ -194,3 +208,8 @@ class GpuIndex:
         if tid is None:
             tid = self.topos[key] = len(self.topos)
         return tid
+
+
+def _names_bytes(names: tuple[str, ...]) -> int:
+    """About what a kept name list costs: its text, and a tuple slot and str header per name."""
+    return sum(map(len, names)) + 64 * len(names)

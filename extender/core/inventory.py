@@ -7,6 +7,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from extender.core.bounds import (
+    MAX_ANNOTATION_BYTES,
+    MAX_BYTES,
+    MAX_CUS,
+    MAX_GPU_INDEX,
+    MAX_GPUS,
+    MAX_NAME_CHARS,
+    OutOfBounds,
+)
 from extender.core.errors import InventoryError
 from extender.core.policy import Policy
 from extender.core.quantity import parse_bytes, parse_quantity
@@ -40,6 +49,13 @@ class GpuInfo:
 _REQUIRED: dict[str, type] = {"index": int, "id": str, "model": str, "computeUnits": int, "xcds": int,
                               "shaderEngines": int, "memoryBytes": int, "healthy": bool}
 _OPTIONAL: dict[str, type] = {"numaNode": int, "hiveId": str, "renderMinor": int, "partition": str}
+# Upper bounds of the numeric fields (strings are bounded by MAX_NAME_CHARS).
+_MAXIMA: dict[str, int] = {"index": MAX_GPU_INDEX, "computeUnits": MAX_CUS, "xcds": 64, "shaderEngines": MAX_CUS,
+                           "memoryBytes": MAX_BYTES, "numaNode": 4096, "renderMinor": 2**20}
+
+
+def _refuse(key: str, value: object, what: str) -> InventoryError:
+    return InventoryError(key, value, str(OutOfBounds(what)))
 
 
 def _gpu_from_dict(obj: object, where: str) -> GpuInfo:
@@ -56,6 +72,10 @@ def _gpu_from_dict(obj: object, where: str) -> GpuInfo:
             raise InventoryError(f"{where}.{name}", value, "must be an integer")
         if typ is not int and not isinstance(value, typ):
             raise InventoryError(f"{where}.{name}", value, f"must be a {typ.__name__}")
+        if typ is int and value > _MAXIMA.get(name, MAX_BYTES):  # type: ignore[operator]
+            raise _refuse(f"{where}.{name}", value, f"more than {_MAXIMA.get(name, MAX_BYTES)}")
+        if typ is str and len(value) > MAX_NAME_CHARS:  # type: ignore[arg-type]
+            raise _refuse(f"{where}.{name}", value, f"longer than {MAX_NAME_CHARS} characters")
         fields[name] = value
     for name in ("computeUnits", "xcds", "shaderEngines", "memoryBytes"):
         if fields[name] <= 0:  # type: ignore[operator]
@@ -67,12 +87,16 @@ def _gpu_from_dict(obj: object, where: str) -> GpuInfo:
 
 def parse_inventory(text: str) -> list[GpuInfo]:
     """Parse the inventory annotation (a JSON list, one object per GPU)."""
+    if isinstance(text, str) and len(text) > MAX_ANNOTATION_BYTES:
+        raise _refuse(INVENTORY_ANNOTATION, text, f"longer than {MAX_ANNOTATION_BYTES} characters")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, TypeError, RecursionError, ValueError) as exc:
         raise InventoryError(INVENTORY_ANNOTATION, text, f"not JSON: {exc}") from None
     if not isinstance(data, list):
         raise InventoryError(INVENTORY_ANNOTATION, text, "must be a JSON list of GPUs")
+    if len(data) > MAX_GPUS:
+        raise _refuse(INVENTORY_ANNOTATION, len(data), f"more than {MAX_GPUS} GPUs")
     gpus = [_gpu_from_dict(obj, f"{INVENTORY_ANNOTATION}[{i}]") for i, obj in enumerate(data)]
     indices = [g.index for g in gpus]
     if len(set(indices)) != len(indices):
@@ -109,14 +133,21 @@ def inventory_from_labels(labels: Mapping[str, str], resources: Mapping[str, str
         raise InventoryError(RESOURCE_AMD_GPU, count_text, str(exc)) from None
     if count_q < 0 or count_q != count_q.to_integral_value():
         raise InventoryError(RESOURCE_AMD_GPU, count_text, "must be a whole, non-negative GPU count")
+    if count_q > MAX_GPUS:
+        raise _refuse(RESOURCE_AMD_GPU, count_text, f"more than {MAX_GPUS} GPUs")
     model_name = _model_from_product(labels.get(LABEL_PRODUCT), policy)
     model = policy.models[model_name]
     cus = model.computeUnits
     if LABEL_CU_COUNT in labels:
+        text = labels[LABEL_CU_COUNT]
+        if len(text) > 12:  # before int(): a label of 5,000 digits costs real time to convert
+            raise _refuse(LABEL_CU_COUNT, text, f"more than {MAX_CUS} CUs")
         try:
-            cus = int(labels[LABEL_CU_COUNT])
+            cus = int(text)
         except ValueError:
-            raise InventoryError(LABEL_CU_COUNT, labels[LABEL_CU_COUNT], "must be an integer") from None
+            raise InventoryError(LABEL_CU_COUNT, text, "must be an integer") from None
+        if cus > MAX_CUS:
+            raise _refuse(LABEL_CU_COUNT, text, f"more than {MAX_CUS} CUs")
         if cus <= 0:
             raise InventoryError(LABEL_CU_COUNT, labels[LABEL_CU_COUNT], "must be greater than 0")
     memory = model.memory

@@ -308,14 +308,19 @@ class Ledger:
                 self.gpu_index.put(state)
 
     def remove_node(self, name: str) -> None:
-        with self._index:
-            node = self._nodes.pop(name, None)
-            if node is None:
-                return
-            self.gpu_index.remove(name)
-            for uid, entry in node.state.pods.items():
-                self._where.pop(uid, None)
-                self._account(entry, -1)
+        node = self._nodes.get(name)
+        if node is None:
+            return
+        with node.lock:  # after any reserve under way there: its pod is then uncounted with the rest
+            with self._index:
+                if self._nodes.get(name) is not node:
+                    return
+                del self._nodes[name]
+                self.gpu_index.remove(name)
+                for uid, entry in node.state.pods.items():
+                    if self._where.get(uid) == name:
+                        del self._where[uid]
+                    self._account(entry, -1)
 
     def set_burst_fraction(self, fraction: float) -> None:
         self.shared_fraction = fraction
@@ -360,11 +365,14 @@ class Ledger:
         entry = PodEntry(pod, workload_class, compute_millis, assignment,
                          None if ttl is None else self.clock() + ttl)
         with node.lock:
+            if self._nodes.get(assignment.node) is not node:  # removed since it was looked up
+                raise LedgerConflict(f"node {assignment.node} is not in the ledger")
             base = _without(node.state, pod.uid)
             try:
                 gpus = _check(base, entry, self.overcommit)
             except LedgerConflict:
-                self.conflicts_total += 1
+                with self._index:
+                    self.conflicts_total += 1
                 raise
             pods = dict(base.pods)
             pods[pod.uid] = entry

@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from extender.core.errors import GpusliceError
+from extender.core.bounds import MAX_POLICY_BYTES, OutOfBounds
+from extender.core.errors import SHOWN_CHARS, GpusliceError
 from extender.core.quantity import parse_bytes
 
 GpuClass = Literal["memory-bound", "compute-bound"]
@@ -251,8 +252,13 @@ class PolicyError(GpusliceError):
     def __init__(self, source: str, problems: list[tuple[str, object, str]]) -> None:
         self.source = source
         self.problems = problems
-        lines = [f"{path}: {reason} (got {value!r})" for path, value, reason in problems]
+        lines = [f"{path}: {reason} (got {_shown(value)})" for path, value, reason in problems[:20]]
         super().__init__(f"invalid policy {source}:\n  " + "\n  ".join(lines))
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + f"... ({len(text)} characters)"
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -279,11 +285,26 @@ def parse_policy(data: object, source: str = "<policy>") -> Policy:
         raise PolicyError(source, problems) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """A safe loader that refuses aliases: a few hundred bytes of nested aliases expand to gigabytes
+    (a "billion laughs"), and a policy has no need of them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refused: a policy may not use "
+                                              "YAML aliases", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyError(source, [("(document)", f"{len(text)} characters",
+                                    str(OutOfBounds(f"longer than {MAX_POLICY_BYTES} characters")))])
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(source, [("(document)", None, f"not valid YAML: {exc}")]) from None
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise PolicyError(source, [("(document)", None, f"not valid YAML: {str(exc)[:500]}")]) from None
     return parse_policy(data, source)
 
 

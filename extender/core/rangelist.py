@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from extender.core.bounds import MAX_CUS, OutOfBounds, check_text
+
 # ASCII decimal without leading zeros: str.isdigit() would also take "²" or "١", which int() misreads or rejects.
 _NUMBER = re.compile(r"0|[1-9][0-9]*")
 
@@ -24,21 +26,27 @@ def format_ranges(bits: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def parse_ranges(text: str) -> frozenset[int]:
-    """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks, signs, leading zeros."""
+def parse_ranges(text: str, limit: int = MAX_CUS) -> frozenset[int]:
+    """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks, signs, leading zeros.
+    Every id must be below `limit` (a GPU's CU count), checked before a range is expanded."""
     if not isinstance(text, str):
         raise ValueError("expected a string of ranges like '0-31,64-79'")
     if text == "":
         return frozenset()
+    check_text(text, 8 * limit, "the range list")  # "1234," per id at most, and ids do not repeat
     bits: set[int] = set()
     for part in text.split(","):
         lo_text, sep, hi_text = part.partition("-")
         if not _NUMBER.fullmatch(lo_text) or (sep and not _NUMBER.fullmatch(hi_text)):
             raise ValueError(f"bad range {part!r}")
+        if len(lo_text) > 9 or len(hi_text) > 9:
+            raise OutOfBounds(f"range {part[:24]!r} goes beyond id {limit - 1}")
         lo = int(lo_text)
         hi = int(hi_text) if sep else lo
         if hi < lo:
             raise ValueError(f"descending range {part!r}")
+        if hi >= limit:
+            raise OutOfBounds(f"range {part!r} goes beyond id {limit - 1}")
         span = set(range(lo, hi + 1))
         if bits & span:
             raise ValueError(f"range {part!r} repeats an id")

@@ -28,6 +28,7 @@ class PodView:
     cpu_millis: int = 0
     memory_bytes: int = 0
     priority: int = 0
+    scheduler_name: str | None = None
 
     @property
     def key(self) -> str:
@@ -64,6 +65,10 @@ class Cluster(Protocol):
 
     def get_pod(self, namespace: str, name: str) -> PodView | None: ...
 
+    def pod_by_uid(self, uid: str) -> PodView | None:
+        """The pod with this UID if the cluster view holds it already (no API call)."""
+        ...
+
     def list_nodes(self) -> list[NodeView]: ...
 
     def list_pods(self) -> list[PodView]: ...
@@ -84,6 +89,9 @@ class ClusterStore:
 
     def get_node(self, name: str) -> NodeView | None:
         return self._nodes.get(name)
+
+    def pod_by_uid(self, uid: str) -> PodView | None:
+        return self._pods.get(uid)
 
     def list_nodes(self) -> list[NodeView]:
         with self._lock:

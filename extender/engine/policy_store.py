@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from extender.core.bounds import MAX_POLICY_BYTES
 from extender.core.policy import Policy, PolicyError, load_policy_text, parse_policy
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,17 @@ class PolicyStore:
         self.reloads: Counter[str] = Counter({"applied": 0, "rejected": 0})  # result -> count
         self.last_error: str | None = None
         self._listeners: list[Callable[[Policy], None]] = []
+        self._watcher: threading.Thread | None = None
+        self.watch_failures = 0  # polls that raised (the watcher logged them and went on)
 
     @classmethod
     def from_file(cls, path: str | Path) -> PolicyStore:
         """Load the file now; a bad file at start-up is fatal (there is no last good policy)."""
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_bytes()[:MAX_POLICY_BYTES + 1].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(str(path), [("(file)", None, f"not UTF-8 text: {exc.reason} at byte {exc.start}")
+                                          ]) from None
         store = cls(load_policy_text(text, str(path)), path)
         store._last_text = text
         return store
@@ -65,22 +72,35 @@ class PolicyStore:
         return True
 
     def reload(self) -> bool:
-        """Re-read the policy file (if there is one). Unreadable files count as rejected."""
+        """Re-read the policy file (if there is one). Unreadable files count as rejected; a file that
+        stays unreadable in the same way is counted and logged once."""
         if self.path is None:
             return False
         try:
-            text = self.path.read_text()
+            with self.path.open("rb") as f:
+                raw = f.read(MAX_POLICY_BYTES + 1)
+            text = raw.decode("utf-8")
         except OSError as exc:
-            with self._lock:
-                self.reloads["rejected"] += 1
-                self.last_error = f"cannot read {self.path}: {exc.strerror}"
-            log.error("policy reload: cannot read %s: %s", self.path, exc.strerror)
-            return False
+            return self._unreadable(f"cannot read {self.path}: {exc.strerror}")
+        except UnicodeDecodeError as exc:
+            return self._unreadable(f"{self.path} is not UTF-8 text: {exc.reason} at byte {exc.start}")
         return self.update_text(text, str(self.path))
+
+    def _unreadable(self, error: str) -> bool:
+        with self._lock:
+            if self.last_error == error:
+                return False
+            self.reloads["rejected"] += 1
+            self.last_error = error
+            self._last_text = None  # the file's next readable text is applied even if it is the old one
+        log.error("policy reload: %s", error)
+        return False
 
     def watch(self, interval: float = 2.0) -> threading.Thread:
         """Poll the file in a daemon thread. Polling (not inotify) because a ConfigMap volume
-        swaps a symlink, which inotify watchers on the file itself miss."""
+        swaps a symlink, which inotify watchers on the file itself miss. A poll that fails in any
+        way is counted and the next poll goes on; should the thread die anyway, `watching` turns
+        false (the server's /readyz then fails)."""
         stop = threading.Event()
 
         def loop() -> None:
@@ -88,9 +108,19 @@ class PolicyStore:
                 try:
                     self.reload()
                 except Exception:  # never let the watcher die
+                    self.watch_failures += 1
                     log.exception("policy watcher")
 
         t = threading.Thread(target=loop, name="policy-watch", daemon=True)
         t.stop = stop  # type: ignore[attr-defined]
+        self._watcher = t
         t.start()
         return t
+
+    @property
+    def watching(self) -> bool | None:
+        """None if no file is watched, else whether the watcher thread is alive (or was stopped on purpose)."""
+        t = self._watcher
+        if t is None:
+            return None
+        return t.is_alive() or t.stop.is_set()  # type: ignore[attr-defined]

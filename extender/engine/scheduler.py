@@ -16,7 +16,8 @@ from itertools import compress
 import numpy as np
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
-from extender.core.errors import AssignmentError, InventoryError, LedgerConflict, SliceRequestError
+from extender.core.bounds import is_refusal, refusal_key
+from extender.core.errors import AssignmentError, InputError, InventoryError, LedgerConflict, SliceRequestError
 from extender.core.inventory import (
     INVENTORY_ANNOTATION,
     LABEL_CU_COUNT,
@@ -26,13 +27,14 @@ from extender.core.inventory import (
     GpuInfo,
     inventory_for_node,
 )
-from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
+from extender.core.ledger import GpuState, Ledger, NodeState, PodRef, burst_region, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, NodeView, PodView
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
+from extender.engine.swaplock import LockTimeout, SwapLock
 from extender.engine.vectorised import CATEGORIES, Columns, exact_gpu_score, node_scores
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,12 @@ NEUTRAL_SCORE = 5
 REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "unhealthy", "compute", "memory",
                      "memory-limit", "class-rule", "bandwidth", "no-gpus")
 PENDING_CACHE = 20_000
+PENDING_BYTES = 64 * 2**20  # label and annotation text the pending cache may hold (filter bodies are untrusted)
+DEFAULT_SCHEDULER = "default-scheduler"  # what the API server writes when a pod names no scheduler
+# A bind answers inside kube-scheduler's 5 s httpTimeout: at most this long for each of the ledger's two
+# locks, the rest for the API (kube/cluster.py LOOKUP_BUDGET and BIND_BUDGET).
+LOCK_WAIT = 0.5
+GONE_MEMORY = 100_000  # UIDs of deleted pods remembered, so that a late bind commit cannot revive one
 MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
 
@@ -61,39 +69,82 @@ class EngineStats:
     filter_rejections: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(REJECTION_REASONS, 0)))
     # conflict-after-bind: the API bound a pod whose reservation had lapsed and whose CUs were taken meanwhile.
     binds: Counter[str] = field(default_factory=lambda: Counter({"ok": 0, "error": 0, "conflict-after-bind": 0}))
+    # Input refused for being beyond gpuslice's bounds (core/bounds.py), by the key that carried it.
+    refused: Counter[str] = field(default_factory=Counter)
     skipped_nodes: dict[str, str] = field(default_factory=dict)  # node -> inventory problem
     rebuild_problems: list[str] = field(default_factory=list)
     last_sync: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, counter: Counter[str], key: str, n: int = 1) -> None:
+        """Add to one of the counters (the server's threads all count)."""
+        with self._lock:
+            counter[key] += n
+
+    def merge(self, counter: Counter[str], counts: Mapping[str, int]) -> None:
+        with self._lock:
+            counter.update(counts)
+
+    def refusal(self, exc: InputError) -> None:
+        """Count an input error if it is a bound's refusal (not merely malformed input)."""
+        if is_refusal(exc.reason):
+            self.count(self.refused, refusal_key(exc.key))
 
 
 Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 
+class Candidates(dict[str, str]):
+    """filter's and prioritize's nodes: name -> "" or why the node cannot be used, plus the states of
+    nodes known only from the request (never stored in the ledger)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transient: dict[str, NodeState] = {}
+
+    def states(self, ledger: Ledger, names: Iterable[str]) -> list[NodeState | None]:
+        states = ledger.states(names)
+        if self.transient:
+            states = [s if s is not None else self.transient.get(n) for n, s in zip(names, states, strict=True)]
+        return states
+
+
 class Engine:
     def __init__(self, cluster: Cluster, policies: PolicyStore, placer: Placer = evaluate,
                  clock: Callable[[], float] = time.monotonic, checker: Placer = check,
-                 scorer: Placer = rank, bind_placer: Placer | None = None) -> None:
+                 scorer: Placer = rank, bind_placer: Placer | None = None, scheduler_name: str | None = None) -> None:
         """`placer` chooses GPUs and CUs; `checker` answers filter's yes/no and `scorer` gives
         prioritize's score without choosing CUs. All three must agree on which nodes fit. Bind may
-        decide with a costlier `bind_placer` (the CP-SAT solver) that never fails where `placer` fits."""
+        decide with a costlier `bind_placer` (the CP-SAT solver) that never fails where `placer` fits.
+        With `scheduler_name`, bind refuses pods of any other scheduler: the watch follows only that
+        one's pods, so another's would hold CUs that no event ever frees."""
         self.cluster = cluster
         self.policies = policies
         self.placer = placer
         self.checker = checker
         self.scorer = scorer
         self.bind_placer = bind_placer
+        self.scheduler_name = scheduler_name
         self.clock = clock
         p = policies.current
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
+        self._ledger_policy = p  # the policy whose burst region and overcommit the ledger follows
         self.stats = EngineStats()
         self._pending: OrderedDict[str, PodView] = OrderedDict()
+        self._pending_bytes = 0
         self._pending_lock = threading.Lock()
         self._binding: set[str] = set()  # pod UIDs with a bind in flight (guarded by _pending_lock)
         self._node_sig: dict[str, tuple] = {}
         self._last_expire = 0.0
-        # Held while the ledger is swapped by sync() and while a bind reserves, so a reservation made
-        # during a rebuild is never lost with the old ledger.
-        self._swap = threading.RLock()
+        # Ledger writes (bind's reserve and commit, watch events, node deletes) hold this shared; the
+        # ledger swap of sync() holds it exclusively, so no write lands in a ledger being replaced.
+        self._swap = SwapLock()
+        # Binds committed since some listing began: sync(since=...) carries over those whose Binding the
+        # listing may predate. Sequence numbers, not times: see listing_started().
+        self._seq = 0
+        self._committed: dict[str, tuple[int, str]] = {}  # uid -> (sequence, node)
+        self._gone: OrderedDict[str, None] = OrderedDict()  # UIDs of deleted pods (a late commit must not revive them)
+        self._quota_locks: dict[str, threading.Lock] = {}  # namespace -> its quota's check-and-reserve lock
         # Test hook: called with the name of each bind step ("reserved", "recorded") to inject crashes.
         self.fault: Callable[[str], None] | None = None
         # Called with a node whose capacity came free without a cluster event (an expired reservation,
@@ -104,53 +155,81 @@ class Engine:
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
-    def sync(self) -> list[str]:
+    def listing_started(self) -> int:
+        """Call before listing pods for a sync(since=...): binds committed from now on are carried over."""
+        with self._pending_lock:
+            self._seq += 1
+            return self._seq
+
+    def sync(self, since: int | None = None) -> list[str]:
         """Rebuild every ledger from the cluster (start-up, or after losing the watch).
 
         Only bound pods (nodeName set) count: the Binding is the commit point of a bind. A pod that
         carries an assignment but no nodeName (written by some other tool, or by a gpuslice before
         binds became one write) holds nothing, and its next bind overwrites the annotation.
-        Reservations of binds in flight in this process are carried over into the new ledger."""
-        with self._swap:
-            return self._sync()
+        Reservations of binds in flight in this process are carried over into the new ledger, and so
+        are binds committed after the listing began (`since`, from listing_started(); by default the
+        listing is this call's own), which the listing may show unbound or not at all."""
+        with self._swap.exclusive():
+            if since is None:
+                since = self.listing_started()
+            return self._sync(since)
 
-    def _sync(self) -> list[str]:
+    def _sync(self, since: int) -> list[str]:
         policy = self.policies.current
         nodes: dict[str, list[GpuInfo]] = {}
-        self.stats.skipped_nodes.clear()
+        skipped: dict[str, str] = {}
         for view in self.cluster.list_nodes():
-            gpus = self._inventory(view, policy)
+            gpus = self._inventory(view, policy, skipped)
+            self._node_sig[view.name] = _signature(view)
             if gpus is not None:
                 nodes[view.name] = gpus
-                self._node_sig[view.name] = _signature(view)
         bound = []
         problems: list[str] = []
-        seen: set[str] = set()
+        listed: dict[str, PodView] = {}
         for pod in self.cluster.list_pods():
-            seen.add(pod.uid)
+            listed[pod.uid] = pod
             if pod.terminal or ASSIGNMENT_ANNOTATION not in pod.annotations or not pod.node_name:
                 continue
             try:
                 a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
             except AssignmentError as exc:
+                self.stats.refusal(exc)
                 problems.append(f"pod {pod.key}: {exc}")
                 continue
             if a.node != pod.node_name:
                 problems.append(f"pod {pod.key}: assignment is for node {a.node}, pod is bound to {pod.node_name}")
                 continue
             bound.append((PodRef(pod.uid, pod.namespace, pod.name), a, _millis_of(pod, policy)))
-        ledger, conflicts = rebuild(nodes, bound, policy.burst.sharedFraction, policy.overcommit.memory,
+        adopted = self._ledger_policy  # a reload published after this listing began is adopted already
+        ledger, conflicts = rebuild(nodes, bound, adopted.burst.sharedFraction, adopted.overcommit.memory,
                                     self.clock)
         bound_uids = {ref.uid for ref, _, _ in bound}
         now = self.clock()
+        with self._pending_lock:
+            committed = {uid: seq for uid, (seq, _) in self._committed.items() if seq >= since}
+            self._committed = {uid: v for uid, v in self._committed.items() if v[0] >= since}
+            gone = set(self._gone)
         for state in self.ledger.nodes():
             for uid, e in state.pods.items():
-                if e.reserved and uid in seen and uid not in bound_uids and e.expires_at > now:
-                    try:
-                        ledger.reserve(e.pod, e.assignment, e.workload_class, e.compute_millis, e.expires_at - now)
-                    except LedgerConflict as exc:
-                        conflicts.append(f"in-flight reservation {e.pod.key}: {exc}")
+                if uid in bound_uids or uid in gone:
+                    continue
+                pod = listed.get(uid)
+                if pod is not None and (pod.terminal or (pod.node_name and pod.node_name != state.name)):
+                    continue
+                if e.reserved:
+                    keep = pod is not None and e.expires_at > now
+                    ttl = e.expires_at - now if keep else None
+                else:  # bound by this process after the listing began: the listing may not show it yet
+                    keep, ttl = uid in committed, None
+                if not keep:
+                    continue
+                try:
+                    ledger.reserve(e.pod, e.assignment, e.workload_class, e.compute_millis, ttl)
+                except LedgerConflict as exc:
+                    conflicts.append(f"in-flight bind {e.pod.key}: {exc}")
         self.ledger = ledger
+        self.stats.skipped_nodes = skipped
         self.stats.rebuild_problems = problems + conflicts
         self.stats.last_sync = time.time()
         self.synced = True
@@ -160,20 +239,24 @@ class Engine:
 
     def observe_node(self, view: NodeView) -> bool:
         """Add or refresh a node's inventory; False (and a recorded reason) if it is unreadable."""
-        sig = _signature(view)
-        if self._node_sig.get(view.name) == sig and self.ledger.node(view.name) is not None:
+        with self._swap.shared():
+            sig = _signature(view)
+            if self._node_sig.get(view.name) == sig:
+                known = view.name not in self.stats.skipped_nodes
+                if not known or self.ledger.node(view.name) is not None:
+                    return known
+            self._node_sig[view.name] = sig  # the bad value too: the same bad node is not parsed again
+            gpus = self._inventory(view, self.policies.current)
+            if gpus is None:
+                return False
+            self.ledger.set_node(view.name, gpus)
             return True
-        gpus = self._inventory(view, self.policies.current)
-        if gpus is None:
-            return False
-        self.ledger.set_node(view.name, gpus)
-        self._node_sig[view.name] = sig
-        return True
 
     def forget_node(self, name: str) -> None:
-        self.ledger.remove_node(name)
-        self._node_sig.pop(name, None)
-        self.stats.skipped_nodes.pop(name, None)
+        with self._swap.shared():
+            self.ledger.remove_node(name)
+            self._node_sig.pop(name, None)
+            self.stats.skipped_nodes.pop(name, None)
 
     def observe_pod(self, pod: PodView) -> None:
         """A pod changed in the cluster: free its slice if it ended, record it if it is bound."""
@@ -182,6 +265,12 @@ class Engine:
             return
         if not pod.node_name or ASSIGNMENT_ANNOTATION not in pod.annotations:
             return
+        with self._swap.shared():
+            self._observe_bound(pod)
+
+    def _observe_bound(self, pod: PodView) -> None:
+        with self._pending_lock:  # the cluster shows it bound: any later listing will too
+            self._committed.pop(pod.uid, None)
         entry = self.ledger.entry(pod.uid)
         if entry is not None and not entry.reserved:
             return
@@ -195,28 +284,41 @@ class Engine:
                 return
             self.ledger.reserve(PodRef(pod.uid, pod.namespace, pod.name), a, a.workload_class,
                                 _millis_of(pod, self.policies.current), ttl=None)
-        except (AssignmentError, LedgerConflict) as exc:
+        except AssignmentError as exc:
+            self.stats.refusal(exc)
+            log.warning("pod %s: assignment not recorded: %s", pod.key, exc)
+        except LedgerConflict as exc:
             log.warning("pod %s: assignment not recorded: %s", pod.key, exc)
 
     def forget_pod(self, uid: str) -> None:
-        self.ledger.release(uid)
-        with self._pending_lock:
-            self._pending.pop(uid, None)
+        with self._swap.shared():
+            with self._pending_lock:
+                self._gone[uid] = None
+                while len(self._gone) > GONE_MEMORY:
+                    self._gone.popitem(last=False)
+                self._committed.pop(uid, None)
+                self._drop_pending(uid)
+            self.ledger.release(uid)
 
-    def _inventory(self, view: NodeView, policy: Policy) -> list[GpuInfo] | None:
+    def _inventory(self, view: NodeView, policy: Policy, skipped: dict[str, str] | None = None) -> list[GpuInfo] | None:
+        skipped = self.stats.skipped_nodes if skipped is None else skipped
         try:
             gpus = inventory_for_node(view.name, view.labels, view.annotations, view.allocatable, policy)
         except InventoryError as exc:
-            self.stats.skipped_nodes[view.name] = str(exc)
+            self.stats.refusal(exc)
+            skipped[view.name] = str(exc)
             log.warning("node %s skipped: %s", view.name, exc)
             return None
-        self.stats.skipped_nodes.pop(view.name, None)
+        skipped.pop(view.name, None)
         return gpus
 
     def _policy_changed(self, policy: Policy) -> None:
-        if policy.burst.sharedFraction != self.ledger.shared_fraction:
-            self.ledger.set_burst_fraction(policy.burst.sharedFraction)
-        self.ledger.overcommit = policy.overcommit.memory
+        # Exclusive: a relist building its ledger under the old policy finishes first, then adopts this one.
+        with self._swap.exclusive():
+            self._ledger_policy = policy
+            if policy.burst.sharedFraction != self.ledger.shared_fraction:
+                self.ledger.set_burst_fraction(policy.burst.sharedFraction)
+            self.ledger.overcommit = policy.overcommit.memory
         # New rules may let a rejected pod fit anywhere; no cluster event says so. Any one node stands
         # for all: kube-scheduler requeues every extender-rejected pod on any Node event.
         if self.on_freed is not None:
@@ -236,7 +338,8 @@ class Engine:
         except SliceRequestError as exc:
             msg = f"gpuslice: {exc}"
             result.unresolvable = {n: msg for n in candidates}
-            self.stats.filter_rejections["invalid-request"] += len(candidates)
+            self.stats.count(self.stats.filter_rejections, "invalid-request", len(candidates))
+            self.stats.refusal(exc)
             return result
         # Remember every pod filter saw (pass-through ones too): bind gets only names and a UID, and
         # the pod may not be readable from the cluster yet (or at all, in the demo).
@@ -247,7 +350,7 @@ class Engine:
         quota = self._quota_problem(pod, req, policy)
         if quota:
             result.failed = {n: quota for n in candidates}
-            self.stats.filter_rejections["quota"] += len(candidates)
+            self.stats.count(self.stats.filter_rejections, "quota", len(candidates))
             return result
         # The hot path (thousands of nodes per call): one memo key per request, locals for lookups,
         # rejection counts merged once at the end.
@@ -256,7 +359,8 @@ class Engine:
         passed, failed = result.passed, result.failed
         rejected: Counter[str] = Counter()
         names = list(candidates)
-        columns = nodes is None and self.checker is check
+        # Columns need GPU rows (none before the first sync or in a cluster without GPU nodes).
+        columns = nodes is None and self.checker is check and self.ledger.gpu_index.used > 0
         late = False  # some node passed out of request order
         if columns:
             # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
@@ -289,7 +393,7 @@ class Engine:
                     rejected[CATEGORIES[code] or "no-gpus"] += n
             slow = list(compress(names, slow_mask.tolist()))
             names = slow
-        for name, state in zip(names, self.ledger.states(names), strict=True):
+        for name, state in zip(names, candidates.states(self.ledger, names), strict=True):
             problem = candidates[name]
             if problem:
                 failed[name] = problem
@@ -316,7 +420,7 @@ class Engine:
         elif columns and len(passed) > 1:
             # prioritize is asked about exactly the nodes that passed: their slots are known already.
             cols.index.remember_slots(passed, slots[fast_pass], layout)
-        self.stats.filter_rejections.update(rejected)
+        self.stats.merge(self.stats.filter_rejections, rejected)
         return result
 
     def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
@@ -330,10 +434,11 @@ class Engine:
         if req is None:
             return [(n, NEUTRAL_SCORE) for n in candidates]
         key = fit_key(req, policy)
-        if nodes is None and self.scorer is rank and policy.layout.mode == "spread":
+        if (nodes is None and self.scorer is rank and policy.layout.mode == "spread"
+                and self.ledger.gpu_index.used > 0):
             return self._prioritize_columns(pod, req, policy, list(candidates), key)
         out: list[tuple[str, int]] = []
-        for name, state in zip(candidates, self.ledger.states(candidates), strict=True):
+        for name, state in zip(candidates, candidates.states(self.ledger, candidates), strict=True):
             if state is None:
                 out.append((name, 0))
                 continue
@@ -391,9 +496,9 @@ class Engine:
         try:
             self._bind(namespace, name, uid, node)
         except BindError as exc:
-            self.stats.binds["error"] += 1
+            self.stats.count(self.stats.binds, "error")
             return str(exc)
-        self.stats.binds["ok"] += 1
+        self.stats.count(self.stats.binds, "ok")
         return ""
 
     def _bind(self, namespace: str, name: str, uid: str, node: str) -> None:
@@ -405,6 +510,8 @@ class Engine:
             self._binding.add(uid)
         try:
             self._bind_once(namespace, name, uid, node)
+        except LockTimeout as exc:
+            raise BindError(f"gpuslice: pod {namespace}/{name}: {exc}; try again", temporary=True) from None
         finally:
             with self._pending_lock:
                 self._binding.discard(uid)
@@ -419,53 +526,95 @@ class Engine:
                 return
             raise BindError(f"gpuslice: pod {namespace}/{name} is already bound to {done.assignment.node}")
         pod = self._lookup(namespace, name, uid)
+        if self.scheduler_name is not None and (pod.scheduler_name or DEFAULT_SCHEDULER) != self.scheduler_name:
+            raise BindError(f"gpuslice: pod {pod.key} has schedulerName {pod.scheduler_name or DEFAULT_SCHEDULER!r}; "
+                            f"this extender binds only {self.scheduler_name!r} pods (the only ones its watch follows)")
         try:
             req = parse_slice_request(pod.labels, pod.annotations, policy)
         except SliceRequestError as exc:
+            self.stats.refusal(exc)
             raise BindError(f"gpuslice: {exc}") from None
         if req is None:
             self.cluster.bind_pod(pod, node, {})
             self._forget_pending(uid)
             return
-        quota = self._quota_problem(pod, req, policy)
-        if quota:
-            raise BindError(quota)
         ref = PodRef(uid, namespace, name)
-        try:
-            with self._swap, self.ledger.locked(node) as state:
-                base = state.without(uid)
-                fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
-                if not fit.ok:
-                    raise BindError(f"gpuslice: node {node}: {fit.reason}")
-                assignment = build_assignment(req, node, fit.choices, policy)
-                self.ledger.reserve(ref, assignment, req.workload_class, req.compute_millis,
-                                    ttl=policy.reservations.ttlSeconds)
-        except LedgerConflict as exc:
-            raise BindError(f"gpuslice: node {node}: {exc}", temporary=True) from None
+        assignment = self._reserve(pod, req, policy, ref, node)
         self._step("reserved")
         try:
             self.cluster.bind_pod(pod, node, {ASSIGNMENT_ANNOTATION: assignment.to_json()})
         except BindError as exc:
             if not exc.outcome_unknown:  # else keep the CUs until the watch shows the pod bound or the TTL ends
-                self.ledger.release(uid, assignment)
+                self._release(uid, assignment)
             raise
         except Exception as exc:  # the cluster adapter failed unexpectedly: still roll back
-            self.ledger.release(uid, assignment)
+            self._release(uid, assignment)
             raise BindError(f"gpuslice: recording the bind failed: {exc}", temporary=True) from exc
         self._step("recorded")
-        if not self.ledger.commit(uid, assignment):
+        self._commit(ref, assignment, req)
+        self._forget_pending(uid)
+
+    def _reserve(self, pod: PodView, req: SliceRequest, policy: Policy, ref: PodRef, node: str) -> Assignment:
+        """The namespace's quota check and the reservation, as one critical section."""
+        quota_lock = self._quota_lock(pod.namespace) if pod.namespace in policy.quotas else None
+        try:
+            with self._swap.shared(LOCK_WAIT):
+                if quota_lock is not None and not quota_lock.acquire(timeout=LOCK_WAIT):
+                    raise LockTimeout(f"namespace {pod.namespace}'s quota is busy")
+                try:
+                    quota = self._quota_problem(pod, req, policy)
+                    if quota:
+                        raise BindError(quota)
+                    with self.ledger.locked(node) as state:
+                        base = state.without(ref.uid)
+                        fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
+                        if not fit.ok:
+                            raise BindError(f"gpuslice: node {node}: {fit.reason}")
+                        assignment = build_assignment(req, node, fit.choices, policy)
+                        self.ledger.reserve(ref, assignment, req.workload_class, req.compute_millis,
+                                            ttl=policy.reservations.ttlSeconds)
+                    return assignment
+                finally:
+                    if quota_lock is not None:
+                        quota_lock.release()
+        except LedgerConflict as exc:
+            raise BindError(f"gpuslice: node {node}: {exc}", temporary=True) from None
+
+    def _commit(self, ref: PodRef, assignment: Assignment, req: SliceRequest) -> None:
+        """The Binding is written: the reservation becomes the pod's slice, in whichever ledger is current."""
+        uid = ref.uid
+        with self._swap.shared():
+            with self._pending_lock:
+                if uid in self._gone:  # deleted while its Binding was written: nothing to hold
+                    revived = False
+                else:
+                    self._seq += 1
+                    self._committed[uid] = (self._seq, assignment.node)
+                    revived = True
+            if not revived:
+                self.ledger.release(uid, assignment)
+                return
+            if self.ledger.commit(uid, assignment):
+                return
             # The reservation expired or a retried bind replaced it while the API call ran; the
             # cluster now runs the pod with this assignment, and the cluster is the source of truth.
             try:
                 self.ledger.reserve(ref, assignment, req.workload_class, req.compute_millis, ttl=None)
             except LedgerConflict as exc:
-                self.stats.binds["conflict-after-bind"] += 1
-                log.error("pod %s bound to %s but its slice now conflicts: %s", ref.key, node, exc)
-        self._forget_pending(uid)
+                self.stats.count(self.stats.binds, "conflict-after-bind")
+                log.error("pod %s bound to %s but its slice now conflicts: %s", ref.key, assignment.node, exc)
+
+    def _release(self, uid: str, assignment: Assignment) -> None:
+        with self._swap.shared():
+            self.ledger.release(uid, assignment)
+
+    def _quota_lock(self, namespace: str) -> threading.Lock:
+        with self._pending_lock:
+            return self._quota_locks.setdefault(namespace, threading.Lock())
 
     def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:
-            self._pending.pop(uid, None)
+            self._drop_pending(uid)
 
     def preempt(self, pod: PodView, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         """kube-scheduler proposes, per node, the pods (UIDs) it would evict for `pod`. Keep the nodes
@@ -490,18 +639,32 @@ class Engine:
         return entry.assignment if entry else None
 
     # --- helpers -------------------------------------------------------------------------------
-    def _candidates(self, nodes: Iterable[NodeView] | None, names: Iterable[str] | None) -> dict[str, str]:
-        """Node name -> "" or the reason it cannot be used. In the `Nodes` form, nodes not seen yet
-        are read from the request's Node objects."""
-        out: dict[str, str] = {}
-        if nodes is not None:
-            for view in nodes:
-                ok = self.observe_node(view)
-                out[view.name] = "" if ok else f"gpuslice: inventory: {self.stats.skipped_nodes.get(view.name)}"
-            return out
+    def _candidates(self, nodes: Iterable[NodeView] | None, names: Iterable[str] | None) -> Candidates:
+        """Node name -> "" or the reason it cannot be used. In the `Nodes` form, a node the cluster has
+        not told us of is judged from the request's Node object, bounded, and never stored: only the
+        cluster's objects set the ledger's inventory."""
+        out = Candidates()
         skipped_nodes = self.stats.skipped_nodes
+        if nodes is not None:
+            policy = self.policies.current
+            for view in nodes:
+                name = view.name
+                if self.ledger.node(name) is not None or name in skipped_nodes:
+                    skipped = skipped_nodes.get(name)
+                    out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
+                    continue
+                try:
+                    gpus = inventory_for_node(name, view.labels, view.annotations, view.allocatable, policy)
+                except InventoryError as exc:
+                    self.stats.refusal(exc)
+                    out[name] = f"gpuslice: inventory: {exc}"
+                    continue
+                fraction = self.ledger.shared_fraction
+                out.transient[name] = NodeState(name, tuple(GpuState(g, burst_region(g, fraction)) for g in gpus))
+                out[name] = ""
+            return out
         if not skipped_nodes:
-            return dict.fromkeys(names or (), "")
+            return Candidates.fromkeys(names or (), "")
         for name in names or ():
             skipped = skipped_nodes.get(name)
             out[name] = f"gpuslice: inventory: {skipped}" if skipped else ""
@@ -524,20 +687,35 @@ class Engine:
         return fit
 
     def _remember(self, pod: PodView) -> None:
+        size = _text_size(pod)
         with self._pending_lock:
+            self._drop_pending(pod.uid)
             self._pending[pod.uid] = pod
-            self._pending.move_to_end(pod.uid)
-            while len(self._pending) > PENDING_CACHE:
-                self._pending.popitem(last=False)
+            self._pending_bytes += size
+            while len(self._pending) > PENDING_CACHE or self._pending_bytes > PENDING_BYTES:
+                _, old = self._pending.popitem(last=False)
+                self._pending_bytes -= _text_size(old)
+
+    def _drop_pending(self, uid: str) -> None:
+        """Caller holds _pending_lock."""
+        old = self._pending.pop(uid, None)
+        if old is not None:
+            self._pending_bytes -= _text_size(old)
 
     def _lookup(self, namespace: str, name: str, uid: str) -> PodView:
-        with self._pending_lock:
-            pod = self._pending.get(uid)
+        """The pod to bind: the cluster's own copy when it has one, else the one filter saw, and only if
+        filter saw this very pod (a filter body is anyone's to write, UID included)."""
+        pod = self.cluster.pod_by_uid(uid)
+        if pod is None:
+            with self._pending_lock:
+                pod = self._pending.get(uid)
+            if pod is not None and (pod.namespace, pod.name) != (namespace, name):
+                pod = None
         if pod is None:
             pod = self.cluster.get_pod(namespace, name)
         if pod is None:
             raise BindError(f"gpuslice: pod {namespace}/{name} not found")
-        if pod.uid != uid:
+        if pod.uid != uid or (pod.namespace, pod.name) != (namespace, name):
             raise BindError(f"gpuslice: pod {namespace}/{name} has uid {pod.uid}, not {uid} (recreated?)")
         return pod
 
@@ -584,6 +762,12 @@ class Engine:
 def _signature(view: NodeView) -> tuple:
     return (view.annotations.get(INVENTORY_ANNOTATION), view.labels.get(LABEL_CU_COUNT),
             view.labels.get(LABEL_VRAM), view.labels.get(LABEL_PRODUCT), view.allocatable.get(RESOURCE_AMD_GPU))
+
+
+def _text_size(pod: PodView) -> int:
+    """What a cached pod view holds beyond its fixed fields: its label and annotation text."""
+    return (sum(len(k) + len(v) for k, v in pod.labels.items())
+            + sum(len(k) + len(v) for k, v in pod.annotations.items()) + 256)
 
 
 def _millis_of(pod: PodView, policy: Policy) -> int:

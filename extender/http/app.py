@@ -10,7 +10,6 @@ verb's own error field, which is how kube-scheduler expects an extender to fail.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -48,8 +47,10 @@ def _json_body() -> object:
     if not raw:
         raise BadRequest(400, "empty body: expected a JSON object")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # orjson bounds what json would not: nesting (1024 levels), integers (beyond 64 bits they are
+        # read as floats, so every echoed value can be written back), invalid UTF-8.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(400, f"body is not valid JSON: {exc}") from None
 
 
@@ -76,15 +77,20 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
                 except BadRequest as exc:
                     return _error(exc.status, exc.message)
                 except wire.WireError as exc:
+                    engine.stats.refusal(exc)
                     return _error(400, f"invalid {name} request: {exc}")
                 except RequestEntityTooLarge:
                     return _error(413, f"request body larger than the limit of {max_body_bytes} bytes "
                                   "(gpuslice serve --max-body-bytes)")
                 except HTTPException as exc:
                     return _error(exc.code or 400, exc.description or exc.name)
-                except Exception as exc:  # input the wire models let through but cannot convert
-                    log.exception("%s: unreadable request", name)
-                    return _error(400, f"invalid {name} request: {type(exc).__name__}: {exc}")
+                except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+                    # Input the wire models let through but cannot convert: the client's fault, so no traceback.
+                    log.info("%s: unreadable request: %s: %.200s", name, type(exc).__name__, exc)
+                    return _error(400, f"invalid {name} request: {type(exc).__name__}: {str(exc)[:500]}")
+                except Exception as exc:  # a bug in the wire conversion: worth a traceback, still not a 5xx
+                    log.exception("%s: request conversion failed", name)
+                    return _error(400, f"invalid {name} request: {type(exc).__name__}")
                 try:
                     out = act(parsed)
                 except Exception as exc:  # an engine bug must not become a 5xx that kube-scheduler retries
@@ -123,6 +129,9 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
     def readyz() -> Response | tuple[Response, int]:
         if not engine.synced:
             return jsonify({"status": "not ready", "reason": "ledgers not yet rebuilt from the cluster"}), 503
+        if engine.policies.watching is False:
+            return jsonify({"status": "not ready", "reason": "the policy file's watcher died: policy changes "
+                            "are no longer applied (gpuslice_policy_watch_up is 0)"}), 503
         return jsonify({"status": "ready"})
 
     @app.get("/metrics")

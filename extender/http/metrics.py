@@ -74,6 +74,17 @@ class LedgerCollector(Collector):
                        engine.stats.filter_rejections)
         yield _counter("gpuslice_bind", "bind requests by result", "result", engine.stats.binds)
         yield _counter("gpuslice_policy_reloads", "policy reloads by result", "result", engine.policies.reloads)
+        watching = engine.policies.watching
+        if watching is not None:
+            yield GaugeMetricFamily("gpuslice_policy_watch_up", "1 while the policy file's watcher thread runs "
+                                    "(0: policy changes are no longer applied, and /readyz fails)",
+                                    value=1 if watching else 0)
+        failures = CounterMetricFamily("gpuslice_policy_watch_failures", "policy-file polls that raised (each "
+                                       "logged; the watcher went on)")
+        failures.add_metric([], engine.policies.watch_failures)
+        yield failures
+        yield _counter("gpuslice_refused_input", "values refused for being beyond gpuslice's bounds, by the key "
+                       "that carried them (list positions as [])", "key", engine.stats.refused)
         expired = CounterMetricFamily("gpuslice_reservations_expired", "reservations dropped because their bind "
                                       "never completed (since the last ledger rebuild)")
         expired.add_metric([], engine.ledger.expired_total)

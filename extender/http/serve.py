@@ -26,6 +26,38 @@ from extender.http.tls import make_tls_server, tls_context
 
 log = logging.getLogger(__name__)
 
+# The waitress server, sized for kube-scheduler's pattern: a few keep-alive connections per scheduler
+# (Go's http.Client), each carrying one request at a time that it gives up on after httpTimeout (5 s).
+# Idle and slow connections must not lock the verbs or /healthz out (waitress stops accepting at
+# connection_limit, 100 by default, and closes idle channels only after 120 s, checked every 30 s):
+CONNECTION_LIMIT = 1000  # open connections; poll(), not select(), so past 1024 descriptors too
+CHANNEL_TIMEOUT = 10.0  # seconds a connection may sit idle (or send nothing of its request) before it is closed
+CLEANUP_INTERVAL = 1.0  # seconds between checks for such connections
+BACKLOG = 2048  # connections the kernel queues while all CONNECTION_LIMIT are open
+
+
+def make_server(app: Any, host: str, port: int, threads: int = 8, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                connection_limit: int = CONNECTION_LIMIT, channel_timeout: float = CHANNEL_TIMEOUT,
+                cleanup_interval: float = CLEANUP_INTERVAL) -> Any:
+    """The waitress server for `app`, with the limits and timeouts above."""
+    _raise_open_file_limit(connection_limit + 64)
+    return create_server(app, host=host, port=port, threads=threads, ident="gpuslice",
+                         connection_limit=connection_limit, channel_timeout=channel_timeout,
+                         cleanup_interval=cleanup_interval, backlog=BACKLOG, asyncore_use_poll=True,
+                         max_request_body_size=max_body_bytes)
+
+
+def _raise_open_file_limit(wanted: int) -> None:
+    """Each connection is a descriptor: lift the soft limit toward `wanted` (never past the hard one)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
     """The HTTP server's flags; the top-level `serve` command adds the cluster backend's."""
@@ -102,7 +134,7 @@ def run_server(engine: Engine, args: argparse.Namespace, banner: Callable[[str],
                                                                         args.tls_client_ca))
         port, run, close = server.server_address[1], server.serve_forever, server.server_close
     else:
-        server = create_server(app, host=args.host, port=args.port, threads=args.threads, ident="gpuslice")
+        server = make_server(app, args.host, args.port, args.threads, args.max_body_bytes)
         port, run, close = server.effective_port, server.run, server.close
     host = args.host if ":" not in args.host else f"[{args.host}]"
     path = args.url_prefix.strip("/")

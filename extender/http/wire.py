@@ -7,10 +7,11 @@ everything else is ignored on the way in, and Node objects are echoed back exact
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from extender.core.bounds import MAX_ANNOTATION_BYTES, MAX_NAME_CHARS, MAX_NODES, OutOfBounds
 from extender.core.errors import InputError
 from extender.core.quantity import parse_bytes, parse_quantity
 from extender.engine.cluster import NodeView, PodView
@@ -27,16 +28,30 @@ class _In(BaseModel):
 
 
 Quantity = str | int | float
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Int32 = Annotated[int, Field(ge=-(2**31), lt=2**31)]
+
+
+def _bounded_text(values: dict[str, str] | None, what: str) -> dict[str, str] | None:
+    """Labels or annotations: Kubernetes caps an object's at 256 KiB in all; so does gpuslice."""
+    if values is not None and sum(len(k) + len(v) for k, v in values.items()) > MAX_ANNOTATION_BYTES:
+        raise ValueError(str(OutOfBounds(f"{what} total more than {MAX_ANNOTATION_BYTES} characters")))
+    return values
 
 
 class ObjectMeta(_In):
-    name: str = Field(min_length=1)
-    namespace: str = "default"
-    uid: str = ""
+    name: Name
+    namespace: str = Field(default="default", max_length=MAX_NAME_CHARS)
+    uid: str = Field(default="", max_length=MAX_NAME_CHARS)
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
-    resourceVersion: str | None = None
+    resourceVersion: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     deletionTimestamp: str | None = None
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _bounded(cls, values: dict[str, str] | None, info: Any) -> dict[str, str] | None:
+        return _bounded_text(values, info.field_name)
 
 
 class ResourceRequirements(_In):
@@ -52,8 +67,9 @@ class Container(_In):
 class PodSpec(_In):
     containers: list[Container] = Field(default_factory=list)
     initContainers: list[Container] | None = None
-    nodeName: str | None = None
-    priority: int | None = None
+    nodeName: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    priority: Int32 | None = None
+    schedulerName: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
 
 
 class PodStatus(_In):
@@ -89,7 +105,7 @@ class Node(_In):
 
 
 class NodeList(_In):
-    items: list[Node] = Field(default_factory=list)
+    items: list[Node] = Field(default_factory=list, max_length=MAX_NODES)
 
 
 class ExtenderArgs(_In):
@@ -97,34 +113,34 @@ class ExtenderArgs(_In):
 
     Pod: Pod
     Nodes: NodeList | None = None
-    NodeNames: list[str] | None = None
+    NodeNames: list[Name] | None = Field(default=None, max_length=MAX_NODES)
 
 
 class ExtenderBindingArgs(_In):
-    PodName: str = Field(min_length=1)
-    PodNamespace: str = Field(min_length=1)
-    PodUID: str = Field(min_length=1)
-    Node: str = Field(min_length=1)
+    PodName: Name
+    PodNamespace: Name
+    PodUID: Name
+    Node: Name
 
 
 class MetaPod(_In):
-    UID: str
+    UID: str = Field(max_length=MAX_NAME_CHARS)
 
 
 class MetaVictims(_In):
     Pods: list[MetaPod] = Field(default_factory=list)
-    NumPDBViolations: int = 0
+    NumPDBViolations: Int32 = 0
 
 
 class Victims(_In):
     Pods: list[Pod] = Field(default_factory=list)
-    NumPDBViolations: int = 0
+    NumPDBViolations: Int32 = 0
 
 
 class ExtenderPreemptionArgs(_In):
     Pod: Pod
-    NodeNameToVictims: dict[str, Victims] | None = None
-    NodeNameToMetaVictims: dict[str, MetaVictims] | None = None
+    NodeNameToVictims: dict[Name, Victims] | None = Field(default=None, max_length=MAX_NODES)
+    NodeNameToMetaVictims: dict[Name, MetaVictims] | None = Field(default=None, max_length=MAX_NODES)
 
 
 class _Out(BaseModel):
@@ -173,10 +189,17 @@ class ParsedArgs:
         return self.nodes is None
 
 
+_BOUNDS = frozenset({"string_too_long", "too_long", "less_than", "less_than_equal", "greater_than",
+                     "greater_than_equal"})
+
+
 def _first_error(exc: ValidationError, what: str) -> WireError:
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"]) or what
-    return WireError(where, err.get("input"), err["msg"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in _BOUNDS:
+        msg = str(OutOfBounds(msg))
+    return WireError(where, err.get("input"), msg)
 
 
 def _validate(model: type[BaseModel], data: object, what: str) -> Any:
@@ -264,7 +287,7 @@ def pod_view(pod: Pod) -> PodView:
                    annotations=meta.annotations or {}, node_name=pod.spec.nodeName or None,
                    phase=pod.status.phase or "Pending", deleting=meta.deletionTimestamp is not None,
                    resource_version=meta.resourceVersion, cpu_millis=cpu, memory_bytes=memory,
-                   priority=pod.spec.priority or 0)
+                   priority=pod.spec.priority or 0, scheduler_name=pod.spec.schedulerName or None)
 
 
 def node_view(node: Node) -> NodeView:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from kubernetes.client import ApiException, CoreV1Api
@@ -26,7 +27,13 @@ from extender.kube.views import pod_view
 log = logging.getLogger(__name__)
 
 BIND_ATTEMPTS = 3  # a pod that changes under every attempt is left for kube-scheduler to retry
-API_TIMEOUT = (5.0, 10.0)  # connect, read seconds: a bind must answer well inside kube-scheduler's httpTimeout
+API_TIMEOUT = (5.0, 10.0)  # connect, read seconds of a call outside a bind
+# Every bind ends (success, rollback, or "outcome unknown, reservation kept") within this many seconds of
+# its API work, its attempts and read-backs included: kube-scheduler's httpTimeout is 5 s, and the
+# engine's lock waits (engine/scheduler.py LOCK_WAIT) come on top.
+BIND_BUDGET = 3.0
+LOOKUP_BUDGET = 0.8  # reading a pod the watch has not shown yet, at the start of a bind
+MIN_CALL = 0.05  # an API call with less time than this left is not started
 
 
 def api_message(exc: ApiException) -> str:
@@ -126,7 +133,7 @@ class KubeCluster(ClusterStore):
     def get_pod(self, namespace: str, name: str) -> PodView | None:
         uid = self._uids.get(f"{namespace}/{name}")
         view = self._pods.get(uid) if uid else None
-        return view if view is not None else self._read(namespace, name)
+        return view if view is not None else self._read(namespace, name, time.monotonic() + LOOKUP_BUDGET)
 
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         try:
@@ -141,7 +148,12 @@ class KubeCluster(ClusterStore):
             raise BindError("gpuslice: this extender's scheduler does not hold the leader lease", temporary=True)
         current = self._pods.get(pod.uid)
         rv = (current or pod).resource_version if annotations else None
+        deadline = time.monotonic() + BIND_BUDGET
+        sent = False  # a Binding may have reached the API server
         for _ in range(BIND_ATTEMPTS):
+            timeout = _timeout(deadline)
+            if timeout is None:
+                break
             self._step("binding")
             meta: dict = {"name": pod.name, "uid": pod.uid}
             if annotations:
@@ -153,27 +165,32 @@ class KubeCluster(ClusterStore):
                     pod.name, pod.namespace,
                     {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
                      "target": {"apiVersion": "v1", "kind": "Node", "name": node}},
-                    _preload_content=False, _request_timeout=API_TIMEOUT))
+                    _preload_content=False, _request_timeout=timeout))
             except ApiException as exc:
-                rv = self._binding_failed(pod, node, annotations, f"{exc.status} {api_message(exc)}", exc.status, rv)
+                rv = self._binding_failed(pod, node, annotations, f"{exc.status} {api_message(exc)}", exc.status, rv,
+                                          deadline)
             except Exception as exc:  # no answer: the Binding may or may not exist
-                rv = self._binding_failed(pod, node, annotations, f"no answer: {exc}", None, rv)
+                sent = True
+                rv = self._binding_failed(pod, node, annotations, f"no answer: {exc}", None, rv, deadline)
             else:
                 self._step("bound")
                 return
             if rv is None:
                 return  # bound here with our assignment after all
+        if _timeout(deadline) is None:
+            raise BindError(f"gpuslice: binding {pod.key} to {node}: out of time ({BIND_BUDGET}s)", temporary=True,
+                            outcome_unknown=sent)
         raise BindError(f"gpuslice: pod {pod.key} kept changing while it was being bound", temporary=True)
 
     def _binding_failed(self, pod: PodView, node: str, annotations: Mapping[str, str], why: str,
-                        status: int | None, sent_rv: str | None) -> str | None:
+                        status: int | None, sent_rv: str | None, deadline: float) -> str | None:
         """Find out what a failed Binding left behind: None if the pod is bound here with our assignment
         after all (a lost answer: done), the pod's new resourceVersion if a 409 came from a pod that is
         still unbound and merely changed since `sent_rv` (try again), else raises BindError."""
         if status == 404:
             raise BindError(f"gpuslice: pod {pod.key} ({pod.uid}) no longer exists")
         try:
-            fresh = self._read(pod.namespace, pod.name)
+            fresh = self._read(pod.namespace, pod.name, deadline)
         except BindError:
             raise BindError(f"gpuslice: binding {pod.key} to {node}: {why}; the pod cannot be read back",
                             temporary=True, outcome_unknown=True) from None
@@ -192,10 +209,13 @@ class KubeCluster(ClusterStore):
         raise BindError(f"gpuslice: binding {pod.key} to {node}: {why}",
                         temporary=status is None or status >= 429)
 
-    def _read(self, namespace: str, name: str) -> PodView | None:
+    def _read(self, namespace: str, name: str, deadline: float | None = None) -> PodView | None:
+        timeout = API_TIMEOUT if deadline is None else _timeout(deadline)
+        if timeout is None:
+            raise BindError(f"gpuslice: reading pod {namespace}/{name}: out of time", temporary=True)
         try:
             resp = self.api.read_namespaced_pod(name, namespace, _preload_content=False,
-                                                _request_timeout=API_TIMEOUT)
+                                                _request_timeout=timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -208,3 +228,11 @@ class KubeCluster(ClusterStore):
     def _step(self, name: str) -> None:
         if self.fault is not None:
             self.fault(name)
+
+
+def _timeout(deadline: float) -> tuple[float, float] | None:
+    """(connect, read) seconds for an API call that must end by `deadline`; None if too little is left."""
+    left = deadline - time.monotonic()
+    if left < MIN_CALL:
+        return None
+    return (min(API_TIMEOUT[0], left), min(API_TIMEOUT[1], left))

@@ -69,6 +69,7 @@ class ControlPlane:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpuslice-cp-")))
     apiserver_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)  # how each process was started (see restart)
 
     @property
     def url(self) -> str:
@@ -131,6 +132,21 @@ class ControlPlane:
                 proc.kill()
                 proc.wait()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a process: no shutdown, like a crashed container."""
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, name: str, timeout: float = 60.0) -> None:
+        """Start a killed (or stopped) process again with its first arguments; for the API server,
+        wait until it is ready."""
+        self.kill(name)
+        self._spawn(name, self.argv[name])
+        if name == "kube-apiserver":
+            self._wait_ready(timeout)
+
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
             self.stop_process(name)
@@ -141,9 +157,10 @@ class ControlPlane:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        out = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it open
+        out = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
         self.procs[name] = proc
+        self.argv[name] = argv
         return proc
 
     def _wait_ready(self, timeout: float) -> None:
@@ -157,7 +174,7 @@ class ControlPlane:
         last = ""
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
-                if proc.poll() is not None:
+                if name in ("etcd", "kube-apiserver") and proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
             try:
                 req = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {TOKEN}"})

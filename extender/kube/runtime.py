@@ -73,7 +73,9 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
     nudger = Nudger(core, wanted=cluster.has_waiting_pods) if nudge else None
     poke = nudger.poke if nudger else None  # capacity came free on a node: retry waiting pods
     cluster.on_failed = poke
-    engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # the solver's objective picks GPUs and CUs at bind
+    # The solver's objective picks GPUs and CUs at bind; pods of another scheduler are refused (the watch
+    # follows only `scheduler_name`'s pods, so nothing would ever free theirs).
+    engine = Engine(cluster, policies, bind_placer=SolverPlacer(), scheduler_name=scheduler_name)
     engine.on_freed = poke
     watch = ClusterWatch(core, cluster, engine, on_freed=poke, scheduler_name=scheduler_name)
     claims = ClaimWatch(client, cluster, engine, watch._feed, on_freed=poke)  # under the watch's lock

@@ -29,6 +29,7 @@ def pod_view(obj: Json) -> PodView:
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion"),
         priority=int(spec.get("priority") or 0),
+        scheduler_name=spec.get("schedulerName") or None,
     )
 
 

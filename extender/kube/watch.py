@@ -84,10 +84,11 @@ class ClusterWatch:
         delay = BACKOFF_MIN
         while not self._stop.is_set():
             try:
+                since = self.engine.listing_started()
                 node_rv = self._relist_nodes()
                 pod_rv = self._relist_pods()
                 with self._feed:
-                    self.engine.sync()
+                    self.engine.sync(since)
                 gc.freeze()  # the rebuilt ledgers live long: keep them out of full GC scans
                 break
             except Exception as exc:
@@ -123,8 +124,10 @@ class ClusterWatch:
                 log.info("watch %s: resourceVersion %s is gone; listing again", kind, rv)
                 try:
                     with self._feed:
+                        # Binds committed from here on may be missing from the listing: sync carries them.
+                        since = self.engine.listing_started()
                         rv = self._relist_nodes() if kind == "nodes" else self._relist_pods()
-                        self.engine.sync()
+                        self.engine.sync(since)
                     self.relists += 1
                     delay = BACKOFF_MIN
                 except Exception as exc:
