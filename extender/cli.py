@@ -11,6 +11,8 @@ from extender import __version__
 from extender.agent.cli import register as register_agent
 from extender.plan_cli import register as register_plan
 from extender.policy_cli import register as register_policy
+from extender.profile_cli import register as register_profile
+from extender.rightsize_cli import register as register_rightsize
 from extender.serve_cli import register as register_serve
 from extender.sim.cli import register as register_simulate
 
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpuslice {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (register_policy, register_serve, register_agent, register_plan, register_simulate):
+    for register in (register_policy, register_serve, register_agent, register_plan, register_simulate,
+                     register_profile, register_rightsize):
         register(sub)
     return parser
 
