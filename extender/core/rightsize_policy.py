@@ -36,6 +36,7 @@ class WorkloadRightSizing(_Strict):
     query: str | None = Field(default=None, description="its request rate (req/s, all replicas together)")
     vramQuery: str | None = Field(default=None, description="its per-pod VRAM use in bytes")
     headroom: float | None = Field(default=None, ge=0, le=4)
+    minReplicas: int | None = Field(default=None, ge=1)
 
     @field_validator("query", "vramQuery")
     @classmethod
@@ -56,6 +57,7 @@ class RightSizing(_Strict):
     minIntervalSeconds: int = Field(default=900, ge=0, description="at least this long between two changes")
     maxStepComputeUnits: int = Field(default=64, ge=1, description="largest CU change per pod in one step")
     maxStepReplicas: int = Field(default=1, ge=1, description="largest replica change in one step")
+    minReplicas: int = Field(default=1, ge=1, description="never fewer replicas than this (set it for availability)")
     maxReplicas: int = Field(default=16, ge=1, description="never more replicas than this")
     memoryHeadroom: float = Field(default=0.1, ge=0, le=4, description="memory = observed VRAM peak x (1 + this)")
     workloads: dict[str, WorkloadRightSizing] = Field(default_factory=dict, description="by namespace/name")

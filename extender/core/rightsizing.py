@@ -1,9 +1,10 @@
 """Right-sizing: the slice (and replica count) that meets a workload's observed demand, decided with
 hysteresis so a noisy signal does not make pods churn.
 
-The rule: need = peak of the sliding window x (1 + headroom). One pod's slice is sized for need /
-replicas by the SLA-sizing rule (`sla_size`, the extender's own); replicas grow above the owner's own
-count only when one GPU's best slice cannot carry need / replicas. Growing happens as soon as the
+The rule: need = peak of the sliding window x (1 + headroom). Replicas are the fewest whose best
+slice on one GPU each carries the need (at least `minReplicas`): more only when one GPU's best slice
+cannot; each pod's slice is then sized for need / replicas by the SLA-sizing rule (`sla_size`, the
+extender's own). Growing happens as soon as the
 current fleet no longer covers need; shrinking only when the smaller fleet still covers need x (1 +
 hysteresis) at the peak of a longer, fully observed window (`downWindowSeconds`, as HPA's
 scale-down stabilisation) — the band and the longer memory keep a noisy signal from flapping. Every change
@@ -28,7 +29,7 @@ from extender.core.requests import size_for_target
 from extender.core.rightsize_policy import RightSizing
 
 GIB = 2**30
-STATE_KEY = "rightsize"  # <prefix>/rightsize on the owner: base replicas, last change, recent changes
+STATE_KEY = "rightsize"  # <prefix>/rightsize on the owner: the last change and the recent ones
 HISTORY = 10
 
 
@@ -145,9 +146,9 @@ class Decision:
         return self.next != self.current
 
 
-def _plan(ladder: Ladder, need: float, base: int, max_replicas: int) -> tuple[int, int]:
-    """(replicas, CUs per pod) carrying `need`: the owner's replicas unless one GPU's best slice cannot."""
-    replicas = min(max(base, math.ceil(need / ladder.best.rps - 1e-9)), max(max_replicas, base))
+def _plan(ladder: Ladder, need: float, least: int, most: int) -> tuple[int, int]:
+    """(replicas, CUs per pod) carrying `need`: the fewest pods whose best slices carry it."""
+    replicas = min(max(least, math.ceil(need / ladder.best.rps - 1e-9)), max(most, least))
     return replicas, ladder.fit(need / replicas).cus
 
 
@@ -156,14 +157,15 @@ def memory_for(vram_peak: int, headroom: float, floor: int, ceiling: int) -> int
     return min(max(floor, math.ceil(vram_peak * (1 + headroom) / GIB) * GIB), ceiling)
 
 
-def decide(rs: RightSizing, ladder: Ladder, current: Fleet, base_replicas: int, obs: Observation,
-           now: float, last_change: float | None, min_memory: int, gpu_memory: int,
-           headroom: float | None = None) -> Decision:
+def decide(rs: RightSizing, ladder: Ladder, current: Fleet, obs: Observation, now: float,
+           last_change: float | None, min_memory: int, gpu_memory: int, headroom: float | None = None,
+           min_replicas: int | None = None) -> Decision:
     """What to do with one workload now. Pure: the same inputs give the same decision."""
     if obs.peak_rps is None:
         return Decision("hold", current, current, current, ladder.target_text(current.cus), 0.0, None,
                         "no request-rate samples in the window")
     head = rs.headroom if headroom is None else headroom
+    least = rs.minReplicas if min_replicas is None else min_replicas
     need = obs.peak_rps * (1 + head)
     capacity = current.replicas * ladder.at(current.cus).rps
     memory = current.memory
@@ -172,14 +174,14 @@ def decide(rs: RightSizing, ladder: Ladder, current: Fleet, base_replicas: int, 
         if want_mem > current.memory or want_mem * (1 + rs.hysteresis) < current.memory:
             memory = want_mem
     if capacity + 1e-9 < need:
-        replicas, cus = _plan(ladder, need, base_replicas, rs.maxReplicas)
+        replicas, cus = _plan(ladder, need, least, rs.maxReplicas)
         why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s < need {need:.2f}"
     else:
         replicas, cus = current.replicas, current.cus
         why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s >= need {need:.2f}"
         if obs.down_peak_rps is not None:
             down_need = max(need, obs.down_peak_rps * (1 + head)) * (1 + rs.hysteresis)
-            smaller = _plan(ladder, down_need, base_replicas, rs.maxReplicas)
+            smaller = _plan(ladder, down_need, least, rs.maxReplicas)
             if smaller[0] <= current.replicas and smaller[0] * smaller[1] < current.footprint:  # never adds pods
                 replicas, cus = smaller
                 why += f" and {smaller[0]} x {smaller[1]} CUs carry the longer window's need x {1 + rs.hysteresis:g}"
@@ -232,7 +234,6 @@ class Change:
 
 @dataclass(frozen=True)
 class Record:
-    base_replicas: int
     last_change: float | None = None
     changes: tuple[Change, ...] = field(default_factory=tuple)
 
@@ -240,22 +241,22 @@ class Record:
         return replace(self, last_change=change.at, changes=(self.changes + (change,))[-HISTORY:])
 
     def to_text(self) -> str:
-        doc = {"baseReplicas": self.base_replicas, "lastChange": self.last_change,
+        doc = {"lastChange": self.last_change,
                "changes": [{**asdict(c), "before": asdict(c.before), "after": asdict(c.after)}
                            for c in self.changes]}
         return json.dumps(doc, separators=(",", ":"))
 
 
-def read_record(annotations: Mapping[str, str] | None, prefix: str, replicas: int) -> Record:
-    """The owner's record, or a fresh one taking its current replicas as the base (the floor)."""
+def read_record(annotations: Mapping[str, str] | None, prefix: str) -> Record:
+    """The owner's record of changes (empty when it has none)."""
     text = (annotations or {}).get(f"{prefix}/{STATE_KEY}")
     if not text:
-        return Record(base_replicas=max(1, replicas))
+        return Record()
     try:
         doc = json.loads(text)
         changes = tuple(Change(c["at"], c["action"], Fleet(**c["before"]), Fleet(**c["after"]), c["peak_rps"],
                                c["need_rps"], c["reason"]) for c in doc.get("changes", []))
-        return Record(int(doc["baseReplicas"]), doc.get("lastChange"), changes)
+        return Record(doc.get("lastChange"), changes)
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{prefix}/{STATE_KEY}", text[:80], f"unreadable right-sizing record: {exc}") from None
 
@@ -265,7 +266,7 @@ def explain_lines(annotations: Mapping[str, str] | None, prefix: str = "gpuslice
     `gpuslice explain` on a pod whose owner `gpuslice rightsize --apply` manages."""
     if not (annotations or {}).get(f"{prefix}/{STATE_KEY}"):
         return []
-    record = read_record(annotations, prefix, 1)
+    record = read_record(annotations, prefix)
     lines = []
     for c in record.changes:
         at = datetime.fromtimestamp(c.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -111,11 +111,11 @@ class RightSizer:
         model = policy.models[profile.gpuModel]
         ladder = self.ladder(policy, req.profile)
         current = Fleet(w.replicas, req.guaranteed_cus(policy, model, model.computeUnits), req.memory_bytes)
-        record = read_record(w.annotations, p, w.replicas)
+        record = read_record(w.annotations, p)
         now = self.clock()
         obs = self.observe(policy, w, now)
-        d = decide(rs, ladder, current, record.base_replicas, obs, now, record.last_change, profile.minMemory,
-                   model.memory, own.headroom if own else None)
+        d = decide(rs, ladder, current, obs, now, record.last_change, profile.minMemory, model.memory,
+                   own.headroom if own else None, own.minReplicas if own else None)
         self._gauges(w, d)
         if not d.changed:
             if d.wanted != d.current:

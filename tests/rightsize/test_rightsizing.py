@@ -34,11 +34,11 @@ MIN_MEM = POLICY.profiles["llama-3.1-8b"].minMemory
 GPU_MEM = POLICY.models["MI300X"].memory
 
 
-def run(current: Fleet, peak: float | None, base: int = 1, last: float | None = None, now: float = 10_000.0,
+def run(current: Fleet, peak: float | None, least: int = 1, last: float | None = None, now: float = 10_000.0,
         vram: int | None = None, down_peak: float | None = -1.0):
     """One decision; the longer window's peak defaults to the window's own (a steady signal)."""
     obs = Observation(peak, peak if down_peak == -1.0 else down_peak, vram)
-    return decide(RS, LADDER, current, base, obs, now, last, MIN_MEM, GPU_MEM)
+    return decide(RS, LADDER, current, obs, now, last, MIN_MEM, GPU_MEM, min_replicas=least)
 
 
 def test_the_ladder_is_the_sizing_rules_own_answers() -> None:
@@ -74,7 +74,7 @@ def test_replicas_grow_only_when_one_gpus_best_slice_cannot_carry_the_need() -> 
     d = run(Fleet(1, 128, MIN_MEM), peak=30.0)  # need 36: 3 pods of the best slice (13.5 each)
     assert d.wanted.replicas == 3 and d.next.replicas == 2  # one replica per step
     assert "bounded by the maximum step" in d.reason
-    back = run(Fleet(3, 128, MIN_MEM), peak=4.0, base=1)  # demand gone: back to the owner's own count
+    back = run(Fleet(3, 128, MIN_MEM), peak=4.0)  # demand gone: back to one pod
     assert back.next.replicas == 2 and back.next.cus == 64  # 64 CUs at most per step
 
 
@@ -102,7 +102,7 @@ def changes_on(signal: list[float], step: float = 30.0) -> list[tuple[float, Fle
         samples.append((now, v))
         obs = Observation(window_peak(samples, now, RS.windowSeconds),
                           window_peak(samples, now, RS.downWindowSeconds, full=True))
-        d = decide(RS, LADDER, fleet, 2, obs, now, last, MIN_MEM, GPU_MEM)
+        d = decide(RS, LADDER, fleet, obs, now, last, MIN_MEM, GPU_MEM, min_replicas=2)
         if d.changed:
             fleet, last = d.next, now
             record.append((now, fleet))
@@ -138,12 +138,12 @@ def test_window_peak_is_the_largest_sample_inside_the_window() -> None:
 
 
 def test_the_record_round_trips_and_explains_each_change() -> None:
-    rec = Record(base_replicas=2).with_change(Change(1_767_225_600.0, "down", Fleet(2, 64, MIN_MEM),
+    rec = Record().with_change(Change(1_767_225_600.0, "down", Fleet(2, 64, MIN_MEM),
                                                      Fleet(2, 32, MIN_MEM), 5.1, 6.12, "why"))
     ann = {"gpuslice.io/rightsize": rec.to_text()}
-    assert read_record(ann, "gpuslice.io", 5) == rec
+    assert read_record(ann, "gpuslice.io") == rec
     assert explain_lines(ann) == ["2026-01-01T00:00:00Z rightsize down: 2 x 64 CUs/55.8794Gi -> 2 x 32 "
                                   "CUs/55.8794Gi (window peak 5.10 req/s, need 6.12)"]
     assert explain_lines({}) == []
     with pytest.raises(Exception, match="unreadable right-sizing record"):
-        read_record({"gpuslice.io/rightsize": "{"}, "gpuslice.io", 1)
+        read_record({"gpuslice.io/rightsize": "{"}, "gpuslice.io")
