@@ -48,11 +48,11 @@ class RightSizing(_Strict):
     query: str = Field(default=DEFAULT_QUERY, description="request rate of a workload (req/s, all replicas)")
     vramQuery: str = Field(default=DEFAULT_VRAM_QUERY, description="per-pod VRAM use of a workload, bytes")
     windowSeconds: int = Field(default=1800, ge=60, description="size for the peak of this sliding window")
-    downWindowSeconds: int = Field(default=7200, ge=60,
+    downWindowSeconds: int = Field(default=3600, ge=60,
                                    description="shrink only on the peak of this longer window, fully observed")
     stepSeconds: int = Field(default=30, ge=1, description="resolution of the window's samples")
     headroom: float = Field(default=0.2, ge=0, le=4, description="size for the window's peak times 1 + this")
-    hysteresis: float = Field(default=0.1, ge=0, le=1,
+    hysteresis: float = Field(default=0.2, ge=0, le=1,
                               description="shrink only when the smaller slice still covers need x (1 + this)")
     minIntervalSeconds: int = Field(default=900, ge=0, description="at least this long between two changes")
     maxStepComputeUnits: int = Field(default=64, ge=1, description="largest CU change per pod in one step")

@@ -146,10 +146,18 @@ class Decision:
         return self.next != self.current
 
 
-def _plan(ladder: Ladder, need: float, least: int, most: int) -> tuple[int, int]:
+def plan_fleet(ladder: Ladder, need: float, least: int, most: int) -> tuple[int, int]:
     """(replicas, CUs per pod) carrying `need`: the fewest pods whose best slices carry it."""
     replicas = min(max(least, math.ceil(need / ladder.best.rps - 1e-9)), max(most, least))
     return replicas, ladder.fit(need / replicas).cus
+
+
+def _smaller(fleet: tuple[int, int], current: Fleet) -> bool:
+    """Fewer pods without more CUs in all, or as many pods with fewer CUs each: never adds a pod."""
+    replicas, cus = fleet
+    if replicas < current.replicas:
+        return replicas * cus <= current.footprint
+    return replicas == current.replicas and cus < current.cus
 
 
 def memory_for(vram_peak: int, headroom: float, floor: int, ceiling: int) -> int:
@@ -174,15 +182,15 @@ def decide(rs: RightSizing, ladder: Ladder, current: Fleet, obs: Observation, no
         if want_mem > current.memory or want_mem * (1 + rs.hysteresis) < current.memory:
             memory = want_mem
     if capacity + 1e-9 < need:
-        replicas, cus = _plan(ladder, need, least, rs.maxReplicas)
+        replicas, cus = plan_fleet(ladder, need, least, rs.maxReplicas)
         why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s < need {need:.2f}"
     else:
         replicas, cus = current.replicas, current.cus
         why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s >= need {need:.2f}"
         if obs.down_peak_rps is not None:
             down_need = max(need, obs.down_peak_rps * (1 + head)) * (1 + rs.hysteresis)
-            smaller = _plan(ladder, down_need, least, rs.maxReplicas)
-            if smaller[0] <= current.replicas and smaller[0] * smaller[1] < current.footprint:  # never adds pods
+            smaller = plan_fleet(ladder, down_need, least, rs.maxReplicas)
+            if _smaller(smaller, current):
                 replicas, cus = smaller
                 why += f" and {smaller[0]} x {smaller[1]} CUs carry the longer window's need x {1 + rs.hysteresis:g}"
         else:

@@ -48,20 +48,22 @@ def test_the_ladder_is_the_sizing_rules_own_answers() -> None:
 
 
 def test_grows_as_soon_as_the_fleet_falls_short() -> None:
-    d = run(Fleet(2, 32, MIN_MEM), peak=7.0)  # need 8.4 > 2 x 7.2? no: 14.4 carries it
+    d = run(Fleet(2, 32, MIN_MEM), peak=7.0, least=2)  # need 8.4: 2 x 7.2 carry it
     assert d.action == "hold"
-    d = run(Fleet(2, 32, MIN_MEM), peak=13.0)  # need 15.6 > 14.4
+    d = run(Fleet(2, 32, MIN_MEM), peak=13.0, least=2)  # need 15.6 > 14.4
     assert d.action == "up" and d.next == Fleet(2, 64, MIN_MEM) and d.target_text == "10.6"
 
 
 def test_shrinks_only_past_the_hysteresis_band() -> None:
-    # 2 x 64 CUs carry 21.2; 2 x 32 carry 14.4. Shrinking needs need x 1.1 <= 14.4, i.e. peak <= 10.9
-    assert run(Fleet(2, 64, MIN_MEM), peak=11.5).action == "hold"
-    d = run(Fleet(2, 64, MIN_MEM), peak=10.5)
+    # 2 x 64 CUs carry 21.2; 2 x 32 carry 14.4. Shrinking needs need x 1.2 <= 14.4, i.e. peak <= 10
+    assert run(Fleet(2, 64, MIN_MEM), peak=10.5, least=2).action == "hold"
+    d = run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2)
     assert d.action == "down" and d.next == Fleet(2, 32, MIN_MEM)
     # the longer window remembers a higher peak: no shrinking yet; nor before it is fully observed
-    assert run(Fleet(2, 64, MIN_MEM), peak=10.5, down_peak=11.5).action == "hold"
-    assert "not fully observed" in run(Fleet(2, 64, MIN_MEM), peak=10.5, down_peak=None).reason
+    assert run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2, down_peak=10.5).action == "hold"
+    assert "not fully observed" in run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2, down_peak=None).reason
+    # one pod's best slice (13.5) carries need x 1.2 = 13.4: fewer pods, no more CUs in all
+    assert run(Fleet(2, 64, MIN_MEM), peak=9.3).next == Fleet(1, 128, MIN_MEM)
 
 
 def test_waits_the_minimum_interval_and_says_so() -> None:
