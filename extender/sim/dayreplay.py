@@ -25,7 +25,7 @@ from extender.core.policy import Policy
 from extender.core.rightsizing import Fleet, Ladder, Observation, SlaSize, decide, plan_fleet, window_peak
 from extender.sim import sizing
 from extender.sim.demand import per_minute
-from extender.sim.metrics import co_tenants
+from extender.sim.metrics import _others as co_tenants  # repoint at merge: core.sizing.predict
 from extender.sim.replay import Replay, RunSpec
 from extender.sim.scenario import PodGroup, Scenario, scenario_nodes, scenario_pods
 from extender.sim.workload import GpuAsk, SimPod

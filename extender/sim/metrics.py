@@ -22,8 +22,7 @@ from extender.sim import sizing
 from extender.sim.replay import ReplayState
 
 
-def co_tenants(gpu: GpuState, uid: str) -> tuple[int, int]:
-    """(memory-bound, compute-bound) tenants of the GPU other than `uid`."""
+def _others(gpu: GpuState, uid: str) -> tuple[int, int]:
     mb = sum(1 for s in gpu.slices if s.pod.uid != uid and s.workload_class == sizing.MEMORY_BOUND)
     cb = sum(1 for s in gpu.slices if s.pod.uid != uid and s.workload_class != sizing.MEMORY_BOUND)
     return mb, cb
@@ -60,7 +59,7 @@ def summarize(st: ReplayState) -> dict[str, object]:
     by_class: dict[str, list[float]] = defaultdict(list)
     for g in used:
         for s in g.slices:
-            mb, cb = co_tenants(g, s.pod.uid)
+            mb, cb = _others(g, s.pod.uid)
             by_class[s.workload_class].append(sizing.penalty(policy, mb, cb))
     for cls, losses in sorted(by_class.items()):
         shared = [x for x in losses if x > 0]
@@ -136,7 +135,7 @@ def _sla(st: ReplayState) -> dict[str, object]:
                 if gpu is None:
                     continue
                 cus = round(len(ga.cus) * base / gpu.info.computeUnits)
-                mb, cb = co_tenants(gpu, o.uid)
+                mb, cb = _others(gpu, o.uid)
                 rps = sizing.predicted_rps(policy, ask.profile, cus, mb, cb)
                 if worst is None or rps < worst[0]:
                     worst = (rps, cus, mb + cb)
