@@ -14,6 +14,8 @@ from extender.core.errors import UsageError
 from extender.explain_cli import register as register_explain
 from extender.plan_cli import register as register_plan
 from extender.policy_cli import register as register_policy
+from extender.profile_cli import register as register_profile
+from extender.rightsize_cli import register as register_rightsize
 from extender.serve_cli import register as register_serve
 from extender.sim.cli import register as register_simulate
 from extender.webhook_cli import register as register_webhook
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_policy, register_serve, register_agent, register_plan, register_simulate,
-                     register_explain, register_webhook):
+                     register_explain, register_webhook, register_profile, register_rightsize):
         register(sub)
     return parser
 

@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 from extender.core.bounds import MAX_POLICY_BYTES, OutOfBounds
 from extender.core.errors import SHOWN_CHARS, GpusliceError
 from extender.core.quantity import parse_bytes
+from extender.core.rightsize_policy import RightSizing
 
 GpuClass = Literal["memory-bound", "compute-bound"]
 
@@ -222,6 +223,7 @@ class Policy(_Strict):
     quotas: dict[str, Quota] = Field(default_factory=dict, description="by namespace")
     reservations: Reservations = Reservations()
     memoryEnforcement: MemoryEnforcement = MemoryEnforcement()
+    rightsizing: RightSizing = RightSizing()
 
     @model_validator(mode="after")
     def _references(self) -> Policy:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from extender.core.errors import GpusliceError
 from extender.core.policy import Policy, PolicyError, load_policy
-from extender.sim import openb, report
+from extender.sim import demand_report, openb, report
 from extender.sim.baselines import BASELINES
 from extender.sim.gpumodels import builtin_policy_path, model_table_text, parse_model_option, with_models
 from extender.sim.replay import RunSpec
@@ -85,11 +85,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", action="store_true", help="include per-arrival series and per-GPU arrays in JSON")
     p.add_argument("--per-pod", action="store_true", help="print the per-pod SLA table")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots to DIR")
+    p.add_argument("--demand", action="store_true", help="replay the scenario's demand: curves over a day with "
+                   "static peak sizing, static average sizing and right-sizing (GPU-hours, SLA-minutes missed)")
+    p.add_argument("--rollout-minutes", type=int, default=2, help="with --demand: minutes a re-created pod "
+                   "takes to serve (the old one serves meanwhile)")
     p.set_defaults(func=simulate_cmd)
 
 
 def simulate_cmd(args: argparse.Namespace) -> int:
     try:
+        if args.demand:
+            return demand_report.run(args, resolve_policy)
         out = simulate(args)
     except PolicyError as exc:
         print(str(exc), file=sys.stderr)

@@ -20,6 +20,7 @@ pods:                      # each entry is `replicas` identical pods named <name
     arrival: 0             # seconds; replicas arrive `interval` seconds apart
     interval: 1
     duration: null         # seconds until the pod ends; null = it stays
+    demand: {swing: 4}     # req/s over a day, for `simulate --demand` (extender/sim/demand.py)
 ```
 A pod entry with neither `compute` nor `profile` asks for no GPU (host only).
 """
@@ -34,6 +35,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from extender.core.errors import GpusliceError
 from extender.core.quantity import parse_bytes, parse_millis
+from extender.sim.demand import DemandCurve
 from extender.sim.workload import GpuAsk, SimNode, SimPod, pod_demand
 
 DATA = Path(__file__).parent / "data"
@@ -79,11 +81,14 @@ class PodGroup(_Strict):
     arrival: float = Field(default=0.0, ge=0)
     interval: float = Field(default=1.0, ge=0)
     duration: float | None = Field(default=None, gt=0)
+    demand: DemandCurve | None = Field(default=None, description="req/s over a day (`simulate --demand`)")
 
     @model_validator(mode="after")
     def _consistent(self) -> PodGroup:
         if self.targetRps is not None and self.profile is None:
             raise ValueError("targetRps needs a profile to size from")
+        if self.demand is not None and self.targetRps is None:
+            raise ValueError("demand needs profile + targetRps (the service is sized from req/s)")
         if self.compute is not None and not 0 < self.compute <= 1000:
             raise ValueError(f"compute {self.compute}m must be within 1m..1000m (use count for more GPUs)")
         if self.compute is None and self.profile is None and self.memory is not None:

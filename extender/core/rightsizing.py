@@ -1,0 +1,282 @@
+"""Right-sizing: the slice (and replica count) that meets a workload's observed demand, decided with
+hysteresis so a noisy signal does not make pods churn.
+
+The rule: need = peak of the sliding window x (1 + headroom). Replicas are the fewest whose best
+slice on one GPU each carries the need (at least `minReplicas`): more only when one GPU's best slice
+cannot; each pod's slice is then sized for need / replicas by the SLA-sizing rule (`sla_size`, the
+extender's own). Growing happens as soon as the
+current fleet no longer covers need; shrinking only when the smaller fleet still covers need x (1 +
+hysteresis) at the peak of a longer, fully observed window (`downWindowSeconds`, as HPA's
+scale-down stabilisation) — the band and the longer memory keep a noisy signal from flapping. Every change
+waits `minIntervalSeconds` after the last one and moves at most `maxStepComputeUnits` per pod and
+`maxStepReplicas`. Memory follows the observed per-pod VRAM peak the same way.
+
+What the extender will give for a target is derived from `sla_size` alone (`Ladder`), so the
+controller and the extender cannot disagree about a slice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+
+from extender.core.errors import InputError, SliceRequestError
+from extender.core.policy import GpuClass, Policy
+from extender.core.rightsize_policy import RightSizing
+from extender.core.sizing import size_for_target
+
+GIB = 2**30
+STATE_KEY = "rightsize"  # <prefix>/rightsize on the owner: the last change and the recent ones
+HISTORY = 10
+
+
+@dataclass(frozen=True)
+class SlaSize:
+    cus: int | None  # None: no slice of one GPU meets the target
+    predicted_rps: float
+    reason: str = ""
+
+
+def sla_size(policy: Policy, profile_name: str, target_rps: float, workload_class: GpuClass | None = None) -> SlaSize:
+    """The one call into the SLA-sizing rule (`core.sizing.size_for_target`, the extender's own, which
+    budgets the worst co-tenancy the policy allows), as the ladder's step."""
+    try:
+        s = size_for_target(policy, profile_name, target_rps, workload_class)
+    except SliceRequestError as exc:
+        return SlaSize(None, 0.0, exc.reason)
+    return SlaSize(s.cus, s.predicted_rps)
+
+
+SizeFn = Callable[[float], SlaSize]
+
+
+@dataclass(frozen=True)
+class Step:
+    cus: int
+    rps: float  # what the sizing rule predicts one pod reaches at `cus`
+
+
+class Ladder:
+    """The slices the sizing rule can give one pod, smallest first, each with its predicted req/s;
+    probed from the rule itself (the smallest slice meeting just above the previous step's req/s)."""
+
+    def __init__(self, sizer: SizeFn) -> None:
+        self.sizer = sizer
+        steps: list[Step] = []
+        target = 1e-9
+        while len(steps) < 1024:
+            s = sizer(target)
+            if s.cus is None or (steps and s.cus <= steps[-1].cus):
+                break
+            steps.append(Step(s.cus, s.predicted_rps))
+            target = s.predicted_rps * (1 + 1e-9) + 1e-9
+        if not steps:
+            raise InputError("profile", "", "the sizing rule gives no slice at all")
+        self.steps = steps
+
+    @property
+    def best(self) -> Step:
+        return self.steps[-1]
+
+    def fit(self, rps: float) -> Step:
+        """The smallest step reaching `rps`, or the largest when none does."""
+        return next((s for s in self.steps if s.rps + 1e-9 >= rps), self.steps[-1])
+
+    def at(self, cus: int) -> Step:
+        """The step a pod holding `cus` CUs is worth (the largest step not above it)."""
+        below = [s for s in self.steps if s.cus <= cus]
+        return below[-1] if below else Step(cus, 0.0)
+
+    def clamp(self, current: int, wanted: int, max_step: int) -> int:
+        """`wanted`, moved at most `max_step` CUs from `current` (at least one step, so it progresses)."""
+        if wanted > current:
+            ok = [s.cus for s in self.steps if current < s.cus <= min(wanted, current + max_step)]
+            return ok[-1] if ok else min(s.cus for s in self.steps if s.cus > current)
+        if wanted < current:
+            ok = [s.cus for s in self.steps if max(wanted, current - max_step) <= s.cus < current]
+            return ok[0] if ok else max(s.cus for s in self.steps if s.cus < current)
+        return current
+
+    def target_text(self, cus: int) -> str:
+        """A target-rps value the sizing rule turns into exactly `cus` (short when possible)."""
+        rps = self.at(cus).rps
+        for digits in (1, 2, 3, 6):
+            text = f"{math.floor(rps * 10**digits) / 10**digits:g}"
+            if float(text) > 0 and self.sizer(float(text)).cus == cus:
+                return text
+        return repr(rps)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    replicas: int
+    cus: int  # per pod
+    memory: int  # bytes per pod
+
+    @property
+    def footprint(self) -> int:
+        return self.replicas * self.cus
+
+
+@dataclass(frozen=True)
+class Observation:
+    peak_rps: float | None  # peak request rate over the window, all replicas together
+    down_peak_rps: float | None = None  # peak over the longer window; None until it is fully observed
+    vram_peak: int | None = None  # peak VRAM of one pod over the window, bytes
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # up | down | hold
+    current: Fleet
+    wanted: Fleet  # what the rule wants now (before interval and step bounds)
+    next: Fleet  # what to apply now (== current when holding)
+    target_text: str  # target-rps per pod that makes the extender size `next.cus`
+    need_rps: float
+    peak_rps: float | None
+    reason: str
+
+    @property
+    def changed(self) -> bool:
+        return self.next != self.current
+
+
+def plan_fleet(ladder: Ladder, need: float, least: int, most: int) -> tuple[int, int]:
+    """(replicas, CUs per pod) carrying `need`: the fewest pods whose best slices carry it."""
+    replicas = min(max(least, math.ceil(need / ladder.best.rps - 1e-9)), max(most, least))
+    return replicas, ladder.fit(need / replicas).cus
+
+
+def _smaller(fleet: tuple[int, int], current: Fleet) -> bool:
+    """Fewer pods without more CUs in all, or as many pods with fewer CUs each: never adds a pod."""
+    replicas, cus = fleet
+    if replicas < current.replicas:
+        return replicas * cus <= current.footprint
+    return replicas == current.replicas and cus < current.cus
+
+
+def memory_for(vram_peak: int, headroom: float, floor: int, ceiling: int) -> int:
+    """Observed peak plus headroom, in whole GiB, within the profile's minimum and the GPU."""
+    return min(max(floor, math.ceil(vram_peak * (1 + headroom) / GIB) * GIB), ceiling)
+
+
+def decide(rs: RightSizing, ladder: Ladder, current: Fleet, obs: Observation, now: float,
+           last_change: float | None, min_memory: int, gpu_memory: int, headroom: float | None = None,
+           min_replicas: int | None = None) -> Decision:
+    """What to do with one workload now. Pure: the same inputs give the same decision."""
+    if obs.peak_rps is None:
+        return Decision("hold", current, current, current, ladder.target_text(current.cus), 0.0, None,
+                        "no request-rate samples in the window")
+    head = rs.headroom if headroom is None else headroom
+    least = rs.minReplicas if min_replicas is None else min_replicas
+    need = obs.peak_rps * (1 + head)
+    capacity = current.replicas * ladder.at(current.cus).rps
+    memory = current.memory
+    if obs.vram_peak is not None:
+        want_mem = memory_for(obs.vram_peak, rs.memoryHeadroom, min_memory, gpu_memory)
+        if want_mem > current.memory or want_mem * (1 + rs.hysteresis) < current.memory:
+            memory = want_mem
+    if capacity + 1e-9 < need:
+        replicas, cus = plan_fleet(ladder, need, least, rs.maxReplicas)
+        why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s < need {need:.2f}"
+    else:
+        replicas, cus = current.replicas, current.cus
+        why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s >= need {need:.2f}"
+        if obs.down_peak_rps is not None:
+            down_need = max(need, obs.down_peak_rps * (1 + head)) * (1 + rs.hysteresis)
+            smaller = plan_fleet(ladder, down_need, least, rs.maxReplicas)
+            if _smaller(smaller, current):
+                replicas, cus = smaller
+                why += f" and {smaller[0]} x {smaller[1]} CUs carry the longer window's need x {1 + rs.hysteresis:g}"
+        else:
+            why += " (the longer window is not fully observed yet: no shrinking)"
+    wanted = Fleet(replicas, cus, memory)
+    if wanted == current:
+        return Decision("hold", current, wanted, current, ladder.target_text(current.cus), need, obs.peak_rps,
+                        f"{why}; the slice fits")
+    grows = wanted.replicas * ladder.at(wanted.cus).rps > capacity + 1e-9 or wanted.memory > current.memory
+    action = "up" if grows else "down"
+    if last_change is not None and now - last_change < rs.minIntervalSeconds:
+        wait = rs.minIntervalSeconds - (now - last_change)
+        return Decision("hold", current, wanted, current, ladder.target_text(current.cus), need, obs.peak_rps,
+                        f"{why}; wants {_fleet(wanted)} but the last change was {now - last_change:.0f}s ago "
+                        f"(next in {wait:.0f}s)")
+    step_replicas = current.replicas + max(-rs.maxStepReplicas, min(rs.maxStepReplicas,
+                                                                   replicas - current.replicas))
+    nxt = Fleet(step_replicas, ladder.clamp(current.cus, cus, rs.maxStepComputeUnits), memory)
+    bounded = "" if nxt == wanted else f" (bounded by the maximum step; wants {_fleet(wanted)})"
+    return Decision(action, current, wanted, nxt, ladder.target_text(nxt.cus), need, obs.peak_rps,
+                    f"{why}; {_fleet(current)} -> {_fleet(nxt)}{bounded}")
+
+
+def _fleet(f: Fleet) -> str:
+    return f"{f.replicas} x {f.cus} CUs/{f.memory / GIB:g}Gi"
+
+
+def window_peak(samples: Sequence[tuple[float, float]], now: float, window: float,
+                full: bool = False) -> float | None:
+    """Largest value among (time, value) samples inside (now - window, now]; None if there are none or,
+    with `full`, if they do not reach back to within a tenth of the window of its start."""
+    inside = [(t, v) for t, v in samples if now - window < t <= now and math.isfinite(v)]
+    if not inside or (full and inside[0][0] > now - window * 0.9):
+        return None
+    return max(v for _, v in inside)
+
+
+# --- the owner's record of changes (the source `gpuslice explain` reads) ------------------------------
+@dataclass(frozen=True)
+class Change:
+    at: float
+    action: str
+    before: Fleet
+    after: Fleet
+    peak_rps: float | None
+    need_rps: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    last_change: float | None = None
+    changes: tuple[Change, ...] = field(default_factory=tuple)
+
+    def with_change(self, change: Change) -> Record:
+        return replace(self, last_change=change.at, changes=(self.changes + (change,))[-HISTORY:])
+
+    def to_text(self) -> str:
+        doc = {"lastChange": self.last_change,
+               "changes": [{**asdict(c), "before": asdict(c.before), "after": asdict(c.after)}
+                           for c in self.changes]}
+        return json.dumps(doc, separators=(",", ":"))
+
+
+def read_record(annotations: Mapping[str, str] | None, prefix: str) -> Record:
+    """The owner's record of changes (empty when it has none)."""
+    text = (annotations or {}).get(f"{prefix}/{STATE_KEY}")
+    if not text:
+        return Record()
+    try:
+        doc = json.loads(text)
+        changes = tuple(Change(c["at"], c["action"], Fleet(**c["before"]), Fleet(**c["after"]), c["peak_rps"],
+                               c["need_rps"], c["reason"]) for c in doc.get("changes", []))
+        return Record(doc.get("lastChange"), changes)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{prefix}/{STATE_KEY}", text[:80], f"unreadable right-sizing record: {exc}") from None
+
+
+def explain_lines(annotations: Mapping[str, str] | None, prefix: str = "gpuslice.io") -> list[str]:
+    """One line per right-sizing change recorded on a Deployment/StatefulSet, oldest first — for
+    `gpuslice explain` on a pod whose owner `gpuslice rightsize --apply` manages."""
+    if not (annotations or {}).get(f"{prefix}/{STATE_KEY}"):
+        return []
+    record = read_record(annotations, prefix)
+    lines = []
+    for c in record.changes:
+        at = datetime.fromtimestamp(c.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        peak = "no samples" if c.peak_rps is None else f"window peak {c.peak_rps:.2f} req/s"
+        lines.append(f"{at} rightsize {c.action}: {_fleet(c.before)} -> {_fleet(c.after)} ({peak}, need "
+                     f"{c.need_rps:.2f})")
+    return lines

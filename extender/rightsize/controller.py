@@ -1,0 +1,175 @@
+"""The right-sizing loop: for each SLA workload, observe (Prometheus), decide (core.rightsizing),
+and — with apply — patch its pod template, record the change on it, and emit an Event.
+
+A workload qualifies when its pod template carries `<prefix>/profile` and `<prefix>/target-rps` for
+one GPU per pod. The controller rewrites `target-rps` (so the extender sizes the new slice by its own
+rule), `memory`, and the replica count; a rolling update re-creates the pods at the new size (CU
+masks are fixed at container start). It waits while a rollout is in progress or a
+PodDisruptionBudget of the pods allows no disruption.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from string import Template
+
+from kubernetes.client import ApiException
+
+from extender.core.errors import GpusliceError, SliceRequestError
+from extender.core.policy import Policy
+from extender.core.requests import parse_slice_request
+from extender.core.rightsizing import (
+    GIB,
+    STATE_KEY,
+    Change,
+    Decision,
+    Fleet,
+    Ladder,
+    Observation,
+    Record,
+    decide,
+    read_record,
+    sla_size,
+    window_peak,
+)
+from extender.rightsize.metrics import RightsizeMetrics
+from extender.rightsize.prometheus import Prometheus, PrometheusError
+from extender.rightsize.workloads import Workload, Workloads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    workload: str
+    decision: Decision | None
+    applied: bool
+    note: str
+
+
+class RightSizer:
+    def __init__(self, policy: Callable[[], Policy], workloads: Workloads, prometheus: Prometheus,
+                 metrics: RightsizeMetrics, apply: bool = False, namespace: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.workloads = workloads
+        self.prometheus = prometheus
+        self.metrics = metrics
+        self.apply = apply
+        self.namespace = namespace
+        self.clock = clock
+        self._ladders: dict[tuple[str, str], Ladder] = {}
+
+    def ladder(self, policy: Policy, profile: str) -> Ladder:
+        key = (policy.version, profile)
+        if key not in self._ladders:
+            self._ladders[key] = Ladder(lambda rps: sla_size(policy, profile, rps))
+        return self._ladders[key]
+
+    def run_once(self) -> list[Outcome]:
+        policy = self.policy()
+        out = []
+        for w in self.workloads.list(self.namespace):
+            try:
+                outcome = self.reconcile(policy, w)
+            except (PrometheusError, ApiException, GpusliceError) as exc:
+                cause = type(exc).__name__
+                self.metrics.errors.labels(w.namespace, w.name, cause).inc()
+                log.warning("rightsize %s: %s", w.key, exc)
+                outcome = Outcome(w.key, None, False, f"error: {exc}")
+            if outcome is not None:
+                out.append(outcome)
+        return out
+
+    def run(self, interval: float, stop: Callable[[], bool] = lambda: False) -> None:
+        while not stop():
+            for o in self.run_once():
+                log.info("rightsize %s: %s", o.workload, o.note)
+            time.sleep(interval)
+
+    def reconcile(self, policy: Policy, w: Workload) -> Outcome | None:
+        p = policy.prefix
+        try:
+            req = parse_slice_request(w.template_labels, w.template_annotations, policy)
+        except SliceRequestError as exc:
+            return Outcome(w.key, None, False, f"skipped: its pod template is not a valid slice request ({exc})")
+        if req is None or req.profile is None or req.target_rps is None:
+            return None  # not an SLA workload
+        rs = policy.rightsizing
+        own = rs.workloads.get(w.key)
+        if own is not None and not own.enabled:
+            return Outcome(w.key, None, False, "skipped: rightsizing.workloads disables it")
+        if req.count != 1:
+            return Outcome(w.key, None, False, "skipped: pods of more than one GPU are not right-sized")
+        if req.compute_cus is None:
+            return Outcome(w.key, None, False, f"skipped: {p}/compute is set; remove it to let rightsize size "
+                                               f"from {p}/target-rps")
+        profile = policy.profiles[req.profile]
+        model = policy.models[profile.gpuModel]
+        ladder = self.ladder(policy, req.profile)
+        current = Fleet(w.replicas, req.guaranteed_cus(policy, model, model.computeUnits), req.memory_bytes)
+        record = read_record(w.annotations, p)
+        now = self.clock()
+        obs = self.observe(policy, w, now)
+        d = decide(rs, ladder, current, obs, now, record.last_change, profile.minMemory, model.memory,
+                   own.headroom if own else None, own.minReplicas if own else None)
+        self._gauges(w, d)
+        if not d.changed:
+            if d.wanted != d.current:
+                self.metrics.holds.labels(w.namespace, w.name, "interval").inc()
+            return Outcome(w.key, d, False, f"hold: {d.reason}")
+        if not self.apply:
+            self.metrics.changes.labels(w.namespace, w.name, d.action, "recommended").inc()
+            return Outcome(w.key, d, False, f"would {d.action} (dry run): {d.reason}")
+        blocked = None if w.rolled_out else "a rollout is in progress"
+        if blocked is None and (d.next.cus != d.current.cus or d.next.memory != d.current.memory
+                                or d.next.replicas < d.current.replicas):
+            blocked = self.workloads.disruption_blocked(w)
+        if blocked:
+            self.metrics.holds.labels(w.namespace, w.name, "pdb" if "Budget" in blocked else "rollout").inc()
+            return Outcome(w.key, d, False, f"hold: {blocked}; {d.reason}")
+        self._apply(policy, w, d, record.with_change(Change(now, d.action, d.current, d.next, d.peak_rps,
+                                                                d.need_rps, d.reason)))
+        return Outcome(w.key, d, True, f"{d.action}: {d.reason}")
+
+    def observe(self, policy: Policy, w: Workload, now: float) -> Observation:
+        rs = policy.rightsizing
+        own = rs.workloads.get(w.key)
+        fill = {"namespace": w.namespace, "name": w.name, "pods": w.pods_regex}
+        query = Template(own.query if own and own.query else rs.query).substitute(fill)
+        vram_query = Template(own.vramQuery if own and own.vramQuery else rs.vramQuery).substitute(fill)
+        start = now - max(rs.windowSeconds, rs.downWindowSeconds)
+        rate = self.prometheus.range(query, start, now, rs.stepSeconds, sum)
+        vram = self.prometheus.range(vram_query, start, now, rs.stepSeconds, max)
+        peak_vram = window_peak(vram, now, rs.windowSeconds)
+        return Observation(window_peak(rate, now, rs.windowSeconds),
+                           window_peak(rate, now, rs.downWindowSeconds, full=True),
+                           None if peak_vram is None else int(peak_vram))
+
+    def _apply(self, policy: Policy, w: Workload, d: Decision, record: Record) -> None:
+        p = policy.prefix
+        template: dict[str, dict[str, str]] = {}
+        for key, value in ((f"{p}/target-rps", d.target_text), (f"{p}/memory", _memory_text(d.next.memory))):
+            where = "labels" if key in w.template_labels and key not in w.template_annotations else "annotations"
+            template.setdefault(where, {})[key] = value
+        self.workloads.patch(w, d.next.replicas, template, {f"{p}/{STATE_KEY}": record.to_text()})
+        self.metrics.changes.labels(w.namespace, w.name, d.action, "applied").inc()
+        try:
+            self.workloads.event(w, "RightSized", d.reason)
+        except ApiException as exc:  # the change is made and recorded on the owner; the Event is a courtesy
+            log.warning("rightsize %s: event not written: %s", w.key, exc.reason)
+
+    def _gauges(self, w: Workload, d: Decision) -> None:
+        m = self.metrics
+        for state, fleet in (("current", d.current), ("wanted", d.wanted)):
+            m.compute_units.labels(w.namespace, w.name, state).set(fleet.cus)
+            m.replicas.labels(w.namespace, w.name, state).set(fleet.replicas)
+            m.memory.labels(w.namespace, w.name, state).set(fleet.memory)
+        m.need.labels(w.namespace, w.name).set(d.need_rps)
+
+
+def _memory_text(memory: int) -> str:
+    return f"{memory // GIB}Gi" if memory % GIB == 0 else str(memory)

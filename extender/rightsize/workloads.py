@@ -1,0 +1,114 @@
+"""The Kubernetes side of right-sizing: SLA workloads (Deployments, StatefulSets), their
+PodDisruptionBudgets, the patch that resizes them and the Event that says so."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+
+COMPONENT = "gpuslice-rightsize"
+KINDS = ("Deployment", "StatefulSet")
+MERGE = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class Workload:
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    replicas: int
+    annotations: Mapping[str, str]
+    template_labels: Mapping[str, str]
+    template_annotations: Mapping[str, str]
+    rolled_out: bool  # the controller has caught up with the spec: no rollout in progress
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def pods_regex(self) -> str:
+        """Names of its pods: <name>-<hash>-<id> for a Deployment, <name>-<ordinal> for a StatefulSet."""
+        return f"{self.name}-[a-z0-9]+-[a-z0-9]+" if self.kind == "Deployment" else f"{self.name}-[0-9]+"
+
+
+def _workload(kind: str, obj: dict[str, Any]) -> Workload:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    template = (spec.get("template") or {}).get("metadata") or {}
+    replicas = spec.get("replicas", 1)
+    rolled_out = (status.get("observedGeneration", 0) >= meta.get("generation", 0)
+                  and status.get("updatedReplicas", 0) >= replicas)
+    return Workload(kind, meta["namespace"], meta["name"], meta.get("uid", ""), meta.get("resourceVersion", ""),
+                    replicas, meta.get("annotations") or {}, template.get("labels") or {},
+                    template.get("annotations") or {}, rolled_out)
+
+
+def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions) against labels; an empty selector selects all."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values) \
+                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+class Workloads:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.apps = client.AppsV1Api(api)
+        self.policy = client.PolicyV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)
+
+    def list(self, namespace: str | None = None) -> list[Workload]:
+        if namespace:
+            deps = self.apps.list_namespaced_deployment(namespace).items
+            sets = self.apps.list_namespaced_stateful_set(namespace).items
+        else:
+            deps = self.apps.list_deployment_for_all_namespaces().items
+            sets = self.apps.list_stateful_set_for_all_namespaces().items
+        return ([_workload("Deployment", self._dict(d)) for d in deps]
+                + [_workload("StatefulSet", self._dict(s)) for s in sets])
+
+    def disruption_blocked(self, w: Workload) -> str | None:
+        """Why a PodDisruptionBudget of the workload's pods forbids re-creating one now, or None."""
+        for pdb in self.policy.list_namespaced_pod_disruption_budget(w.namespace).items:
+            doc = self._dict(pdb)
+            if not selects((doc.get("spec") or {}).get("selector"), w.template_labels):
+                continue
+            allowed = (doc.get("status") or {}).get("disruptionsAllowed", 0)
+            if allowed < 1:
+                return f"PodDisruptionBudget {doc['metadata']['name']} allows no disruption now"
+        return None
+
+    def patch(self, w: Workload, replicas: int, template: dict[str, dict[str, str]],
+              annotations: dict[str, str]) -> None:
+        """One merge patch: replicas, pod-template keys ({"labels"|"annotations": {key: value}}) and the
+        owner's own annotations, guarded by the resourceVersion it was read at (409 if it moved)."""
+        body = {"metadata": {"resourceVersion": w.resource_version, "annotations": annotations},
+                "spec": {"replicas": replicas, "template": {"metadata": template}}}
+        if w.kind == "Deployment":
+            self.apps.patch_namespaced_deployment(w.name, w.namespace, body, _content_type=MERGE)
+        else:
+            self.apps.patch_namespaced_stateful_set(w.name, w.namespace, body, _content_type=MERGE)
+
+    def event(self, w: Workload, reason: str, message: str) -> None:
+        now = datetime.now(UTC)
+        self.core.create_namespaced_event(w.namespace, client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{w.name}.", namespace=w.namespace),
+            involved_object=client.V1ObjectReference(kind=w.kind, api_version="apps/v1", namespace=w.namespace,
+                                                     name=w.name, uid=w.uid),
+            reason=reason, message=message[:1000], type="Normal", count=1, first_timestamp=now,
+            last_timestamp=now, source=client.V1EventSource(component=COMPONENT)))

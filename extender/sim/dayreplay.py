@@ -1,0 +1,268 @@
+"""A day of demand replayed three ways — slices sized once for the day's peak, once for its average,
+and right-sized as `gpuslice rightsize --apply` would — through the engine's own placement.
+
+Each service with a `demand:` curve is sized by one rule in all three: the fewest replicas whose best
+slices carry need = demand x (1 + headroom), each slice from the SLA-sizing rule the replay places
+with (`core.rightsizing.plan_fleet` over a `Ladder`). Static peak: need from the day's highest minute;
+static average: from its mean; right-sizing: `core.rightsizing.decide` every minute on the minutes seen
+so far (window peak, hysteresis, minimum interval, maximum step), after a warm-up day so its windows
+are full. A slice change re-creates the service's pods (masks are fixed at container start) by a
+rolling update (`schedule`); a replica-only change adds or removes pods. Services without a curve stay as placed.
+
+Reported per strategy: GPU-hours (GPUs with a tenant, per minute), slice GPU-hours (the guaranteed
+CUs of every tenant, in GPUs, per minute: what the slices hold), SLA-minutes missed (minutes in
+which a service's modelled capacity — each pod's profile req/s at its CUs less the interference of the
+co-tenants it actually has — is below that minute's demand) and changes made. Rolling updates go one
+pod at a time (maxSurge 1, maxUnavailable 0): the policy right-sized workloads should run with.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from extender.core.policy import Policy
+from extender.core.rightsizing import Fleet, Ladder, Observation, decide, plan_fleet, sla_size, window_peak
+from extender.core.sizing import predict
+from extender.sim.demand import per_minute
+from extender.sim.replay import Replay, RunSpec
+from extender.sim.scenario import PodGroup, Scenario, scenario_nodes, scenario_pods
+from extender.sim.workload import GpuAsk, SimPod
+
+DAY = 24 * 60
+STRATEGIES = ("static-peak", "static-average", "rightsize")
+
+
+@dataclass(frozen=True)
+class Service:
+    group: PodGroup
+    cls: str
+    memory: int
+    demand: list[float]  # req/s per minute over the warm-up day and the measured day
+    ladder: Ladder
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def day(self) -> list[float]:
+        return self.demand[DAY:]
+
+
+@dataclass
+class Timeline:
+    """(minute of the measured day, fleet, target req/s per pod) per change; the first at minute 0."""
+
+    steps: list[tuple[int, Fleet, float]] = field(default_factory=list)
+
+
+def sim_ladder(policy: Policy, profile: str, cls: str, memory: int) -> Ladder:
+    """The slices the SLA-sizing rule (the one the replay's engine places with) gives."""
+    return Ladder(lambda rps: sla_size(policy, profile, rps, cls))  # type: ignore[arg-type]
+
+
+def services(scenario: Scenario, policy: Policy, seed: int) -> list[Service]:
+    out = []
+    for i, g in enumerate(scenario.pods):
+        if g.demand is None:
+            continue
+        assert g.profile is not None and g.targetRps is not None
+        profile = policy.profiles[g.profile]
+        cls = g.workloadClass or profile.workloadClass
+        memory = max(g.memory or 0, profile.minMemory)
+        peak = g.demand.peakRps or g.replicas * g.targetRps
+        out.append(Service(g, cls, memory, per_minute(g.demand, peak, 2 * DAY, seed * 1000 + i),
+                           sim_ladder(policy, g.profile, cls, memory)))
+    return out
+
+
+def static_timeline(policy: Policy, svc: Service, need: float) -> Timeline:
+    rs = policy.rightsizing
+    replicas, cus = plan_fleet(svc.ladder, need * (1 + rs.headroom), rs.minReplicas, rs.maxReplicas)
+    return Timeline([(0, Fleet(replicas, cus, svc.memory), float(svc.ladder.target_text(cus)))])
+
+
+def rightsize_timeline(policy: Policy, svc: Service) -> Timeline:
+    """The controller's decisions, minute by minute; the first day warms its windows up."""
+    rs = policy.rightsizing
+    first = static_timeline(policy, svc, max(svc.demand[:60])).steps[0][1]
+    fleet, last, samples, tl = first, None, [], Timeline()
+    for m, value in enumerate(svc.demand):
+        now = m * 60.0
+        samples.append((now, value))
+        obs = Observation(window_peak(samples, now, rs.windowSeconds),
+                          window_peak(samples, now, rs.downWindowSeconds, full=True))
+        d = decide(rs, svc.ladder, fleet, obs, now, last, svc.memory, svc.memory)
+        if d.changed:
+            fleet, last = d.next, now
+            if m >= DAY:
+                tl.steps.append((m - DAY + 1, fleet, float(d.target_text)))  # in force from the next minute
+        if m == DAY - 1:
+            tl.steps.append((0, fleet, float(svc.ladder.target_text(fleet.cus))))
+    return tl
+
+
+PLACE, READY, REMOVE = 0, 1, 2  # at one minute: new pods are placed, then serve, then old ones go
+
+
+def schedule(svc: Service, timeline: Timeline, first_pod: int, rollout: int) -> tuple[list[int], list[tuple]]:
+    """The pods a service's timeline creates (as pod indices from `first_pod`) and its actions
+    (minute, kind, pod). A slice change is a rolling update with maxSurge 1 and maxUnavailable 0: one new
+    pod at a time, serving `rollout` minutes after it is placed, when one old pod goes."""
+    created: list[int] = []
+    actions: list[tuple[int, int, int]] = []
+    serving: list[int] = []
+    prev: Fleet | None = None
+    for minute, fleet, _ in timeline.steps:
+        if prev is None or prev.cus != fleet.cus:
+            new = list(range(first_pod + len(created), first_pod + len(created) + fleet.replicas))
+            created += new
+            if prev is None:
+                actions += [(minute, PLACE, i) for i in new] + [(minute, READY, i) for i in new]
+            else:
+                for k, i in enumerate(new):
+                    actions += [(minute + k * rollout, PLACE, i), (minute + (k + 1) * rollout, READY, i)]
+                done = minute + len(new) * rollout
+                actions += [(min(minute + (k + 1) * rollout, done), REMOVE, i) for k, i in enumerate(serving)]
+            serving = new
+        elif fleet.replicas > prev.replicas:
+            new = list(range(first_pod + len(created), first_pod + len(created) + fleet.replicas - prev.replicas))
+            created += new
+            actions += [(minute, PLACE, i) for i in new] + [(minute + rollout, READY, i) for i in new]
+            serving = serving + new
+        else:
+            actions += [(minute, REMOVE, i) for i in serving[fleet.replicas:]]
+            serving = serving[: fleet.replicas]
+        prev = fleet
+    return created, actions
+
+
+class DayReplay(Replay):
+    """The event replay driven minute by minute: pods placed and removed as the timelines say."""
+
+    def place(self, i: int) -> bool:
+        o = self.outcomes[i]
+        if o.view is not None:
+            self.cluster.add_pod(o.view)
+        return self.attempt(i)
+
+    def remove(self, i: int) -> None:
+        self._depart(self.outcomes[i])
+
+    def gpus_used(self) -> tuple[int, float]:
+        """(GPUs with a tenant, GPUs' worth of guaranteed CUs)."""
+        gpus = [g for n in self.engine.ledger.nodes() for g in n.gpus if g.slices]
+        return len(gpus), sum(len(g.guaranteed) / g.info.computeUnits for g in gpus)
+
+    def capacity(self, pods: set[int]) -> float:
+        """Modelled req/s of the placed pods, each with the co-tenants it has now."""
+        total = 0.0
+        for i in pods:
+            o = self.outcomes[i]
+            entry = self.engine.ledger.entry(o.uid) if o.node else None
+            state = self.engine.ledger.node(o.node or "")
+            if entry is None or state is None or o.pod.gpu is None or o.pod.gpu.profile is None:
+                continue
+            gpus = [g for ga in entry.assignment.gpus if (g := state.gpu(ga.index)) is not None]
+            if gpus:
+                total += predict(self.policy, o.pod.gpu.profile, 0.0, gpus, o.uid).predicted_rps or 0.0
+        return total
+
+
+def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service],
+               timelines: dict[str, Timeline], rollout: int, host_score: str = "least",
+               extender_weight: float = 5.0, seed: int = 1) -> dict[str, object]:
+    static = [p for p in scenario_pods(scenario) if p.service not in timelines]
+    pods: list[SimPod] = list(static)
+    actions: dict[int, list[tuple[int, int, str]]] = defaultdict(list)  # minute -> (kind, pod, service)
+    changes = 0
+    for svc in svcs:
+        tl = timelines[svc.name]
+        created, acts = schedule(svc, tl, len(pods), rollout)
+        targets = _targets(tl, created, len(pods))
+        for i in created:
+            ask = GpuAsk(count=1, memory_bytes=svc.memory, workload_class=svc.cls, profile=svc.group.profile,
+                         target_rps=targets[i])
+            pods.append(SimPod(f"{svc.name}-{i}", 0.0, None, svc.group.cpu, svc.group.hostMemory, ask, 0.0,
+                               service=svc.name))
+        for minute, kind, i in acts:
+            actions[minute].append((kind, i, svc.name))
+        changes += len(tl.steps) - 1
+    replay = DayReplay(scenario_nodes(scenario), pods, spec, host_score, extender_weight, seed)
+    replay.attempts = 0
+    for i in range(len(static)):
+        replay.place(i)
+    serving: dict[str, set[int]] = {svc.name: set() for svc in svcs}
+    pending: list[int] = []
+    gpu_minutes, slice_minutes, series = 0, 0.0, []
+    missed = {svc.name: 0 for svc in svcs}
+    for minute in range(DAY + max([m for m in actions] + [0])):
+        todo = sorted(actions.get(minute, []))
+        for kind, i, _ in todo:
+            if kind == PLACE and not replay.place(i):
+                pending.append(i)
+        used, share = replay.gpus_used()  # new pods and the old ones they replace: the surge counts
+        for kind, i, name in todo:
+            if kind == READY:
+                serving[name].add(i)
+            elif kind == REMOVE:
+                serving[name].discard(i)
+                if i in pending:
+                    pending.remove(i)
+                else:
+                    replay.remove(i)
+        if pending:
+            pending = [i for i in pending if not replay.attempt(i)]
+        if minute >= DAY:
+            continue
+        gpu_minutes += used
+        slice_minutes += share
+        for svc in svcs:
+            if replay.capacity(serving[svc.name]) + 1e-9 < svc.day[minute]:
+                missed[svc.name] += 1
+        if minute % 15 == 0:
+            series.append(used)
+    return {"gpuHours": round(gpu_minutes / 60, 1), "sliceGpuHours": round(slice_minutes / 60, 1),
+            "slaMinutesMissed": sum(missed.values()),
+            "slaMinutesMissedByService": missed, "changes": changes, "podsCreated": len(pods) - len(static),
+            "gpusMin": min(series), "gpusMax": max(series), "gpusEvery15Min": series,
+            "podsNeverPlaced": len(pending)}
+
+
+def _targets(tl: Timeline, created: list[int], first: int) -> dict[int, float]:
+    """Each created pod's target req/s: that of the timeline step that created it."""
+    out, k = {}, 0
+    prev: Fleet | None = None
+    for _, fleet, target in tl.steps:
+        n = fleet.replicas if prev is None or prev.cus != fleet.cus else max(0, fleet.replicas - prev.replicas)
+        for i in created[k:k + n]:
+            out[i] = target
+        k += n
+        prev = fleet
+    return out
+
+
+def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, rollout: int = 2,
+            host_score: str = "least", extender_weight: float = 5.0) -> dict[str, object]:
+    """The three strategies over the same day of demand; savings against static peak sizing."""
+    svcs = services(scenario, policy, seed)
+    if not svcs:
+        raise ValueError("the scenario has no pod group with a demand: curve")
+    plans = {
+        "static-peak": {s.name: static_timeline(policy, s, max(s.day)) for s in svcs},
+        "static-average": {s.name: static_timeline(policy, s, sum(s.day) / len(s.day)) for s in svcs},
+        "rightsize": {s.name: rightsize_timeline(policy, s) for s in svcs},
+    }
+    runs = {name: replay_day(scenario, policy, spec, svcs, plan, rollout, host_score, extender_weight, seed)
+            for name, plan in plans.items()}
+    base = runs["static-peak"]
+    for r in runs.values():
+        for key, out in (("gpuHours", "savingsVsStaticPeakPct"), ("sliceGpuHours", "sliceSavingsVsStaticPeakPct")):
+            r[out] = round(100 * (1 - r[key] / base[key]), 1) if base[key] else None  # type: ignore[operator]
+    demand = {s.name: {"peakRps": round(max(s.day), 2), "meanRps": round(sum(s.day) / len(s.day), 2),
+                       "troughRps": round(min(s.day), 2)} for s in svcs}
+    return {"scenario": scenario.name, "minutes": DAY, "rolloutMinutes": rollout, "demand": demand,
+            "headroom": policy.rightsizing.headroom, "runs": runs,
+            "fleets": {name: {s: [(m, f.replicas, f.cus) for m, f, _ in tl.steps] for s, tl in plan.items()}
+                       for name, plan in plans.items()}}

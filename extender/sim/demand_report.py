@@ -1,0 +1,50 @@
+"""`gpuslice simulate --scenario S --demand`: the day-of-demand comparison (sim.dayreplay) as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from extender.core.policy import Policy
+from extender.sim.dayreplay import compare
+from extender.sim.runs import policy_spec
+from extender.sim.scenario import load_scenario
+
+ROWS = (("GPU-hours (GPUs with a tenant)", "gpuHours"), ("  vs static peak, % fewer", "savingsVsStaticPeakPct"),
+        ("slice GPU-hours (guaranteed CUs)", "sliceGpuHours"),
+        ("  vs static peak, % fewer", "sliceSavingsVsStaticPeakPct"),
+        ("SLA-minutes missed", "slaMinutesMissed"), ("changes made", "changes"), ("pods created", "podsCreated"),
+        ("GPUs in use, min..max", "gpus"), ("pods never placed", "podsNeverPlaced"))
+
+
+def run(args: argparse.Namespace, resolve: Callable[[str, Path], tuple[Policy, str]]) -> int:
+    scenario, where = load_scenario(args.scenario)
+    name = (args.policy or [scenario.policy or "mi300x-inference"])[0]
+    policy, label = resolve(name, where)
+    spec = policy_spec(f"gpuslice:{label}", policy, name, args.bind_placer)
+    out = compare(scenario, policy, spec, args.seed, args.rollout_minutes, args.host_score, args.extender_weight)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    runs = out["runs"]
+    table = Table(title=f"{scenario.name}: one day of demand, {len(out['demand'])} services following it, "
+                  f"rollouts take {out['rolloutMinutes']} min")
+    table.add_column("")
+    for strategy in runs:
+        table.add_column(strategy, justify="right")
+    for label_, key in ROWS:
+        if key == "gpus":
+            cells = [f"{r['gpusMin']}..{r['gpusMax']}" for r in runs.values()]
+        else:
+            cells = [str(r[key]) for r in runs.values()]
+        table.add_row(label_, *cells)
+    console = Console(width=120)
+    console.print(table)
+    demand = ", ".join(f"{s} {d['troughRps']}..{d['peakRps']} req/s" for s, d in out["demand"].items())
+    console.print(f"demand (trough..peak): {demand}; headroom {out['headroom']:.0%}")
+    return 0

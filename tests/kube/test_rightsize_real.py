@@ -1,0 +1,144 @@
+"""`gpuslice rightsize` against the real API server and a stub Prometheus on loopback: Deployments
+patched as expected (template, record, Event), nothing patched in dry run, PodDisruptionBudgets
+respected, and no flapping on a noisy signal. There is no controller-manager here, so the tests
+play its part where the controller waits for it (Deployment and PDB status)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from extender.core.policy import load_policy
+from extender.core.rightsizing import explain_lines
+from extender.kube.client import api_client
+from extender.rightsize.controller import RightSizer
+from extender.rightsize.metrics import RightsizeMetrics
+from extender.rightsize.prometheus import Prometheus
+from extender.rightsize.workloads import Workloads
+from tests.kube.conftest import Env
+from tests.rightsize.prom_stub import PromStub, prometheus
+
+POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-inference.yaml")
+NS = "rightsize-test"
+NOW = 1_767_225_600.0
+RATE = "vllm:request_success_total"
+
+
+@pytest.fixture
+def apis(kube_env: Env) -> Iterator[client.ApiClient]:
+    api = api_client(str(kube_env.cp.kubeconfig))
+    try:
+        kube_env.api.create_namespace({"metadata": {"name": NS}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    yield api
+    apps = client.AppsV1Api(api)
+    apps.delete_collection_namespaced_deployment(NS)
+    client.PolicyV1Api(api).delete_collection_namespaced_pod_disruption_budget(NS)
+
+
+@pytest.fixture
+def prom() -> Iterator[PromStub]:
+    with prometheus() as stub:
+        yield stub
+
+
+def deployment(apps: client.AppsV1Api, target: str, replicas: int = 2) -> str:
+    name = f"chat-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}, "annotations": {
+                         "gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": target}},
+                         "spec": {"schedulerName": "nobody", "containers": [{
+                             "name": "vllm", "image": "registry.invalid/vllm:1",
+                             "resources": {"limits": {"gpuslice.io/gpu-share": "1"}}}]}}}}
+    apps.create_namespaced_deployment(NS, body)
+    rolled_out(apps, name)
+    return name
+
+
+def rolled_out(apps: client.AppsV1Api, name: str) -> None:
+    """What the Deployment controller would write once the rollout is done."""
+    d = apps.read_namespaced_deployment(name, NS)
+    n = d.spec.replicas
+    apps.patch_namespaced_deployment_status(name, NS, {"status": {
+        "observedGeneration": d.metadata.generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
+        "availableReplicas": n}})
+
+
+def sizer(api: client.ApiClient, prom: PromStub, apply: bool, clock: list[float]) -> RightSizer:
+    return RightSizer(lambda: POLICY, Workloads(api), Prometheus(prom.url), RightsizeMetrics(), apply=apply,
+                      namespace=NS, clock=lambda: clock[0])
+
+
+def events_for(api: client.ApiClient, name: str) -> list[client.CoreV1Event]:
+    return [e for e in client.CoreV1Api(api).list_namespaced_event(NS).items if e.involved_object.name == name]
+
+
+def test_apply_patches_the_deployment_and_dry_run_patches_nothing(apis: client.ApiClient, prom: PromStub) -> None:
+    apps = client.AppsV1Api(apis)
+    prom.series[RATE] = [lambda t: 13.0]
+    name = deployment(apps, "7.2")  # 2 x 32 CUs carry 14.4 req/s < need 15.6
+    before = apps.read_namespaced_deployment(name, NS)
+    [dry] = sizer(apis, prom, False, [NOW]).run_once()
+    assert dry.decision is not None and dry.decision.action == "up" and not dry.applied
+    after = apps.read_namespaced_deployment(name, NS)
+    assert after.metadata.resource_version == before.metadata.resource_version
+    assert events_for(apis, name) == []
+
+    [out] = sizer(apis, prom, True, [NOW]).run_once()
+    assert out.applied, out.note
+    d = apps.read_namespaced_deployment(name, NS)
+    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == "10.6"  # the extender gives 64 CUs
+    assert d.spec.replicas == 2 and d.metadata.generation == before.metadata.generation + 1
+    [line] = explain_lines(d.metadata.annotations)
+    assert "rightsize up: 2 x 32 CUs" in line and "-> 2 x 64 CUs" in line
+    [event] = events_for(apis, name)
+    assert event.reason == "RightSized" and event.involved_object.kind == "Deployment"
+
+    [again] = sizer(apis, prom, True, [NOW + 60]).run_once()  # the rollout has not finished
+    assert not again.applied and "hold" in again.note
+
+
+def test_a_disruption_budget_holds_the_change_until_it_allows_one(apis: client.ApiClient, prom: PromStub) -> None:
+    apps = client.AppsV1Api(apis)
+    pdbs = client.PolicyV1Api(apis)
+    prom.series[RATE] = [lambda t: 13.0]
+    name = deployment(apps, "7.2")
+    pdbs.create_namespaced_pod_disruption_budget(NS, {
+        "metadata": {"name": name}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": name}}}})
+    rs = sizer(apis, prom, True, [NOW])
+    [held] = rs.run_once()
+    assert not held.applied and f"PodDisruptionBudget {name} allows no disruption now" in held.note
+    assert apps.read_namespaced_deployment(name, NS).spec.template.metadata.annotations[
+        "gpuslice.io/target-rps"] == "7.2"
+    pdbs.patch_namespaced_pod_disruption_budget_status(name, NS, {"status": {
+        "disruptionsAllowed": 1, "currentHealthy": 3, "desiredHealthy": 2, "expectedPods": 3}})
+    [out] = rs.run_once()
+    assert out.applied, out.note
+
+
+def test_no_flapping_on_a_noisy_signal(apis: client.ApiClient, prom: PromStub) -> None:
+    apps = client.AppsV1Api(apis)
+    # about 9 req/s, 30 s samples with 13% noise: 2 x 64 CUs (21.2) is right and 2 x 32 (14.4) is too tight
+    prom.series[RATE] = [lambda t: max(0.0, 9.0 + random.Random(int(t)).gauss(0, 1.2))]
+    name = deployment(apps, "10.6")
+    clock = [NOW]
+    rs = sizer(apis, prom, True, clock)
+    applied = 0
+    for _ in range(72):  # six hours, a pass every five minutes
+        [out] = rs.run_once()
+        if out.applied:
+            applied += 1
+            rolled_out(apps, name)
+        clock[0] += 300
+    d = apps.read_namespaced_deployment(name, NS)
+    assert applied == 0, explain_lines(d.metadata.annotations)
+    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == "10.6"

@@ -1,0 +1,151 @@
+"""The right-sizing rule (core.rightsizing): up as soon as the fleet falls short, down only past the
+hysteresis band, bounded by the minimum interval and the maximum step, replicas only when one GPU's
+best slice cannot carry the need — and no flapping on a noisy signal."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender.core.policy import load_policy
+from extender.core.rightsizing import (
+    GIB,
+    Change,
+    Fleet,
+    Ladder,
+    Observation,
+    Record,
+    decide,
+    explain_lines,
+    read_record,
+    sla_size,
+    window_peak,
+)
+
+POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-inference.yaml")
+RS = POLICY.rightsizing
+LADDER = Ladder(lambda rps: sla_size(POLICY, "llama-3.1-8b", rps))
+MIN_MEM = POLICY.profiles["llama-3.1-8b"].minMemory
+GPU_MEM = POLICY.models["MI300X"].memory
+
+
+def run(current: Fleet, peak: float | None, least: int = 1, last: float | None = None, now: float = 10_000.0,
+        vram: int | None = None, down_peak: float | None = -1.0):
+    """One decision; the longer window's peak defaults to the window's own (a steady signal)."""
+    obs = Observation(peak, peak if down_peak == -1.0 else down_peak, vram)
+    return decide(RS, LADDER, current, obs, now, last, MIN_MEM, GPU_MEM, min_replicas=least)
+
+
+def test_the_ladder_is_the_sizing_rules_own_answers() -> None:
+    assert [(s.cus, round(s.rps, 2)) for s in LADDER.steps] == [(32, 7.2), (64, 10.6), (96, 11.84), (128, 13.5)]
+    for s in LADDER.steps:  # the target written for a slice makes the extender's rule give exactly that slice
+        assert sla_size(POLICY, "llama-3.1-8b", float(LADDER.target_text(s.cus))).cus == s.cus
+
+
+def test_grows_as_soon_as_the_fleet_falls_short() -> None:
+    d = run(Fleet(2, 32, MIN_MEM), peak=7.0, least=2)  # need 8.4: 2 x 7.2 carry it
+    assert d.action == "hold"
+    d = run(Fleet(2, 32, MIN_MEM), peak=13.0, least=2)  # need 15.6 > 14.4
+    assert d.action == "up" and d.next == Fleet(2, 64, MIN_MEM) and d.target_text == "10.6"
+
+
+def test_shrinks_only_past_the_hysteresis_band() -> None:
+    # 2 x 64 CUs carry 21.2; 2 x 32 carry 14.4. Shrinking needs need x 1.2 <= 14.4, i.e. peak <= 10
+    assert run(Fleet(2, 64, MIN_MEM), peak=10.5, least=2).action == "hold"
+    d = run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2)
+    assert d.action == "down" and d.next == Fleet(2, 32, MIN_MEM)
+    # the longer window remembers a higher peak: no shrinking yet; nor before it is fully observed
+    assert run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2, down_peak=10.5).action == "hold"
+    assert "not fully observed" in run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2, down_peak=None).reason
+    # one pod's best slice (13.5) carries need x 1.2 = 13.4: fewer pods, no more CUs in all
+    assert run(Fleet(2, 64, MIN_MEM), peak=9.3).next == Fleet(1, 128, MIN_MEM)
+
+
+def test_waits_the_minimum_interval_and_says_so() -> None:
+    d = run(Fleet(2, 32, MIN_MEM), peak=13.0, last=10_000.0 - 60)
+    assert d.action == "hold" and d.wanted == Fleet(2, 64, MIN_MEM) and not d.changed
+    assert "last change was 60s ago" in d.reason
+
+
+def test_replicas_grow_only_when_one_gpus_best_slice_cannot_carry_the_need() -> None:
+    d = run(Fleet(1, 128, MIN_MEM), peak=30.0)  # need 36: 3 pods of the best slice (13.5 each)
+    assert d.wanted.replicas == 3 and d.next.replicas == 2  # one replica per step
+    assert "bounded by the maximum step" in d.reason
+    back = run(Fleet(3, 128, MIN_MEM), peak=4.0)  # demand gone: back to one pod
+    assert back.next.replicas == 2 and back.next.cus == 64  # 64 CUs at most per step
+
+
+def test_memory_follows_the_vram_peak_within_the_profile_minimum_and_the_gpu() -> None:
+    assert run(Fleet(1, 32, MIN_MEM), peak=5.0, vram=40 * GIB).next.memory == MIN_MEM  # floor: the profile's
+    d = run(Fleet(1, 32, MIN_MEM), peak=5.0, vram=80 * GIB)
+    assert d.action == "up" and d.next.memory == 88 * GIB
+    assert run(Fleet(1, 32, 88 * GIB), peak=5.0, vram=78 * GIB).action == "hold"  # inside the band
+
+
+def test_no_samples_holds() -> None:
+    d = run(Fleet(1, 32, MIN_MEM), peak=None)
+    assert d.action == "hold" and "no request-rate samples" in d.reason
+
+
+START = Fleet(2, 64, MIN_MEM)
+
+
+def changes_on(signal: list[float], step: float = 30.0) -> list[tuple[float, Fleet]]:
+    """Feed (time, value) samples through the window and the rule, applying every change."""
+    fleet, last, record = START, None, []
+    samples: list[tuple[float, float]] = []
+    for i, v in enumerate(signal):
+        now = i * step
+        samples.append((now, v))
+        obs = Observation(window_peak(samples, now, RS.windowSeconds),
+                          window_peak(samples, now, RS.downWindowSeconds, full=True))
+        d = decide(RS, LADDER, fleet, obs, now, last, MIN_MEM, GPU_MEM, min_replicas=2)
+        if d.changed:
+            fleet, last = d.next, now
+            record.append((now, fleet))
+    return record
+
+
+def test_a_noisy_steady_signal_settles_and_does_not_flap() -> None:
+    rng = random.Random(7)
+    signal = [max(0.0, 9.0 + rng.gauss(0, 1.2)) for _ in range(12 * 120)]  # 12 h of 30 s samples around 9 req/s
+    changes = changes_on(signal)
+    assert len(changes) <= 1, changes
+
+
+@settings(max_examples=40, deadline=None)
+@given(level=st.floats(1.0, 25.0), noise=st.floats(0.0, 0.3), seed=st.integers(0, 1000))
+def test_no_flapping_for_any_steady_level(level: float, noise: float, seed: int) -> None:
+    rng = random.Random(seed)
+    signal = [max(0.0, level * (1 + rng.uniform(-noise, noise))) for _ in range(8 * 120)]
+    changes = changes_on(signal)
+    # the fleet's capacity only ever moves one way: no up-down (or down-up) pair
+    capacity = [f.replicas * LADDER.at(f.cus).rps for _, f in [(0.0, START), *changes]]
+    directions = [math.copysign(1, b - a) for a, b in zip(capacity, capacity[1:], strict=False)]
+    assert len(set(directions)) <= 1, changes
+
+
+def test_window_peak_is_the_largest_sample_inside_the_window() -> None:
+    samples = [(0.0, 9.0), (100.0, 3.0), (200.0, 4.0)]
+    assert window_peak(samples, 200.0, 150.0) == 4.0
+    assert window_peak(samples, 200.0, 250.0) == 9.0
+    assert window_peak([], 200.0, 150.0) is None
+    assert window_peak(samples, 200.0, 250.0, full=True) is None  # reaches back to 0, not to -25
+    assert window_peak(samples, 200.0, 210.0, full=True) == 9.0
+
+
+def test_the_record_round_trips_and_explains_each_change() -> None:
+    rec = Record().with_change(Change(1_767_225_600.0, "down", Fleet(2, 64, MIN_MEM),
+                                                     Fleet(2, 32, MIN_MEM), 5.1, 6.12, "why"))
+    ann = {"gpuslice.io/rightsize": rec.to_text()}
+    assert read_record(ann, "gpuslice.io") == rec
+    assert explain_lines(ann) == ["2026-01-01T00:00:00Z rightsize down: 2 x 64 CUs/55.8794Gi -> 2 x 32 "
+                                  "CUs/55.8794Gi (window peak 5.10 req/s, need 6.12)"]
+    assert explain_lines({}) == []
+    with pytest.raises(Exception, match="unreadable right-sizing record"):
+        read_record({"gpuslice.io/rightsize": "{"}, "gpuslice.io")

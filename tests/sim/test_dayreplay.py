@@ -1,0 +1,68 @@
+"""`gpuslice simulate --demand`: a day of demand replayed with static peak sizing, static average sizing
+and right-sizing through the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from extender.core.policy import load_policy
+from extender.core.rightsizing import Fleet
+from extender.sim.dayreplay import PLACE, READY, REMOVE, Timeline, compare, schedule, services
+from extender.sim.demand import DemandCurve, per_minute, rate
+from extender.sim.runs import policy_spec
+from extender.sim.scenario import ScenarioError, load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = load_policy(ROOT / "policies" / "mi300x-inference.yaml")
+
+
+def test_the_diurnal_curve_swings_between_peak_and_trough() -> None:
+    c = DemandCurve(swing=4, peakHour=14)
+    assert rate(c, 40.0, 14.0) == pytest.approx(40.0)
+    assert rate(c, 40.0, 2.0) == pytest.approx(10.0)
+    assert min(per_minute(c, 40.0, 1440, 1)) == pytest.approx(10.0, abs=1e-6)  # no noise: exactly the curve
+    noisy = per_minute(DemandCurve(noise=0.05), 40.0, 1440, 1)
+    assert noisy == per_minute(DemandCurve(noise=0.05), 40.0, 1440, 1) and max(noisy) > 40.0
+
+
+def test_demand_needs_a_service_sized_from_req_s(tmp_path: Path) -> None:
+    bad = tmp_path / "s.yaml"
+    bad.write_text(yaml.safe_dump({"nodes": [{"name": "n"}], "pods": [
+        {"name": "x", "compute": "100m", "memory": "8Gi", "demand": {"swing": 4}}]}))
+    with pytest.raises(ScenarioError, match="demand needs profile"):
+        load_scenario(bad)
+
+
+def test_a_slice_change_rolls_one_pod_at_a_time() -> None:
+    tl = Timeline([(0, Fleet(2, 64, 1), 10.6), (30, Fleet(2, 32, 1), 7.2), (60, Fleet(3, 32, 1), 7.2),
+                   (90, Fleet(1, 32, 1), 7.2)])
+    svc = services(load_scenario("seed")[0], POLICY, 1)[0]
+    created, actions = schedule(svc, tl, 100, rollout=2)
+    assert created == [100, 101, 102, 103, 104]
+    assert sorted(actions) == sorted([
+        (0, PLACE, 100), (0, PLACE, 101), (0, READY, 100), (0, READY, 101),
+        (30, PLACE, 102), (32, READY, 102), (32, REMOVE, 100),  # one new pod serves, then one old goes
+        (32, PLACE, 103), (34, READY, 103), (34, REMOVE, 101),
+        (60, PLACE, 104), (62, READY, 104),  # one more replica at the same slice: added, nothing re-created
+        (90, REMOVE, 103), (90, REMOVE, 104)])  # fewer replicas: the newest go
+
+
+def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> None:
+    scenario = tmp_path / "day.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "day", "nodes": [{"name": "n", "count": 1, "gpus": 8}],
+        "pods": [{"name": "chat", "replicas": 4, "profile": "llama-3.1-8b", "targetRps": 8,
+                  "demand": {"swing": 4, "peakHour": 12, "noise": 0.05}},
+                 {"name": "emb", "compute": "100m", "memory": "8Gi", "class": "compute-bound"}]}))
+    sc, _ = load_scenario(scenario)
+    out = compare(sc, POLICY, policy_spec("g", POLICY, bind="greedy"), seed=3)
+    runs = out["runs"]
+    peak, avg, right = runs["static-peak"], runs["static-average"], runs["rightsize"]
+    assert peak["slaMinutesMissed"] == 0 and right["slaMinutesMissed"] == 0
+    assert avg["slaMinutesMissed"] > 60  # sized for the average, the afternoon is missed
+    assert right["gpuHours"] < peak["gpuHours"] and right["sliceGpuHours"] < peak["sliceGpuHours"]
+    assert right["changes"] > 0 and peak["changes"] == 0 == avg["changes"]
+    assert right["podsNeverPlaced"] == 0
