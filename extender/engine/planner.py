@@ -17,14 +17,11 @@ from dataclasses import dataclass, field, replace
 from extender.core.assignment import Assignment
 from extender.core.errors import InventoryError, SliceRequestError
 from extender.core.inventory import GpuInfo, format_inventory, parse_inventory
-from extender.core.layout import choose_burst, choose_cus
 from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
+from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, MEMORY_BOUND
 from extender.core.solver import (
-    BANDWIDTH_SCALE,
-    COMPUTE_BOUND,
-    MEMORY_BOUND,
     Bin,
     Item,
     Placement,
@@ -40,7 +37,15 @@ from extender.core.solver import (
     solve,
     widen,
 )
-from extender.engine.placement import GpuChoice, build_assignment, evaluate, gpu_reject_reason, gpu_score, needed_cus
+from extender.engine.placement import (
+    GpuChoice,
+    build_assignment,
+    choose_slice,
+    evaluate,
+    gpu_reject_reason,
+    gpu_score,
+    needed_cus,
+)
 
 # Workload fields and the slice-request keys they stand for (the pod-facing API, without the prefix).
 WORKLOAD_KEYS = {"compute": "compute", "computeLimit": "computeLimit", "memory": "memory",
@@ -217,13 +222,18 @@ def lower_bounds(bins: tuple[Bin, ...], items: list[Item], rules: Rules) -> dict
     """Bounds on the GPUs any placement of `items` needs (each is proven by counting)."""
     if not items or not bins:
         return {}
-    # When every slice is a multiple of g CUs (balanced rounding: 32 on MI300X), a GPU holds at most
-    # floor(usable / g) * g of them: 256 of 272 usable CUs.
-    g = math.gcd(*(c for it in items for c in it.cus))
+    # A replica that is a whole GPU wherever it goes takes its GPUs alone; the others share GPUs' usable
+    # CUs. When every shared slice is a multiple of g CUs (balanced rounding: 32 on MI300X), a GPU holds at
+    # most floor(usable / g) * g of them: 256 of 272 usable CUs.
+    whole = [all(b.whole(c) for b, c in zip(bins, it.cus, strict=True)) for it in items]
+    shared = [(it, min(c for b, c in zip(bins, it.cus, strict=True) if not b.whole(c)))
+              for it, w in zip(items, whole, strict=True) if not w]
+    g = math.gcd(*(c for _, c in shared))
     usable = max((b.usable_cus // g) * g for b in bins) if g else max(b.usable_cus for b in bins)
     memory = max(b.memory for b in bins)
     slots = [it.count for it in items]
-    out = {"computeUnits": math.ceil(sum(min(it.cus) * it.count for it in items) / max(usable, 1)),
+    whole_gpus = sum(it.count for it, w in zip(items, whole, strict=True) if w)
+    out = {"computeUnits": whole_gpus + math.ceil(sum(c * it.count for it, c in shared) / max(usable, 1)),
            "memory": math.ceil(sum(it.memory * it.count for it in items) / memory),
            "gpusPerReplica": max(slots)}
     for cls, cap, key in ((MEMORY_BOUND, rules.max_memory_bound, "memoryBoundPerGpu"),
@@ -254,7 +264,8 @@ Existing = tuple[PodRef, Assignment, int]
 def packing_problem(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy,
                     existing: Iterable[Existing] = ()) -> Packing:
     """`existing` tenants are reserved first: the batch is planned on what they leave free."""
-    ledger, conflicts = rebuild(nodes, existing, policy.burst.sharedFraction, policy.overcommit.memory)
+    ledger, conflicts = rebuild(nodes, existing, policy.burst.sharedFraction, policy.overcommit.memory,
+                                rules=Rules.from_policy(policy))
     if conflicts:
         raise PlanInputError(f"existing tenants do not fit their nodes: {'; '.join(conflicts)}")
     states = [s for s in (ledger.node(n) for n in nodes) if s is not None]
@@ -342,14 +353,13 @@ def _reserve(ledger: Ledger, bins: tuple[Bin, ...], items: list[Item], owners: l
             problem = gpu_reject_reason(workload.request, gpu, policy)
             if problem is not None:  # the model and the per-GPU rules disagree: a bug, never hide it
                 raise AssertionError(f"plan broke a rule for {items[i].key}: {problem[1]}")
-            n = needed_cus(workload.request, gpu, policy)
-            cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
-            assert cus is not None
-            burst = choose_burst(gpu.burst_cus, max(0, workload.request.limit_cus(gpu.info.computeUnits) - n))
+            chosen = choose_slice(workload.request, gpu, needed_cus(workload.request, gpu, policy))
+            assert chosen is not None  # the fit rule counted whole atoms, so a set exists
+            cus, burst = chosen
             choices.append(GpuChoice(gpu, cus, burst, gpu_score(workload.request, gpu, cus, policy)))
         assignment = build_assignment(workload.request, node, tuple(choices), policy)
         ledger.reserve(PodRef(items[i].key, PLAN_NAMESPACE, items[i].key), assignment, workload.request.workload_class,
-                       workload.request.compute_millis, ttl=None)
+                       workload.request.compute_millis, ttl=None, new=True)
         placed.append(Placed(workload.name, replica, assignment, len(choices[0].cus)))
     placed.sort(key=lambda p: (p.assignment.node, p.assignment.gpus[0].index, p.workload, p.replica))
     return placed

@@ -26,6 +26,7 @@ from extender.core.inventory import (
     GpuInfo,
     inventory_for_node,
 )
+from extender.core.fit import Rules
 from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
@@ -84,7 +85,7 @@ class Engine:
         self.bind_placer = bind_placer
         self.clock = clock
         p = policies.current
-        self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock)
+        self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock, Rules.from_policy(p))
         self.stats = EngineStats()
         self._pending: OrderedDict[str, PodView] = OrderedDict()
         self._pending_lock = threading.Lock()
@@ -140,7 +141,7 @@ class Engine:
                 continue
             bound.append((PodRef(pod.uid, pod.namespace, pod.name), a, _millis_of(pod, policy)))
         ledger, conflicts = rebuild(nodes, bound, policy.burst.sharedFraction, policy.overcommit.memory,
-                                    self.clock)
+                                    self.clock, Rules.from_policy(policy))
         bound_uids = {ref.uid for ref, _, _ in bound}
         now = self.clock()
         for state in self.ledger.nodes():
@@ -217,6 +218,7 @@ class Engine:
         if policy.burst.sharedFraction != self.ledger.shared_fraction:
             self.ledger.set_burst_fraction(policy.burst.sharedFraction)
         self.ledger.overcommit = policy.overcommit.memory
+        self.ledger.rules = Rules.from_policy(policy)
         # New rules may let a rejected pod fit anywhere; no cluster event says so. Any one node stands
         # for all: kube-scheduler requeues every extender-rejected pod on any Node event.
         if self.on_freed is not None:

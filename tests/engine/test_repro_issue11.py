@@ -1,0 +1,94 @@
+"""Issue 11 reproductions: masks that fail open, and whole GPUs that `plan` could not place."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from extender.cli import main
+from extender.core.atoms import is_xcc_complete
+from extender.core.policy import parse_policy
+from extender.engine.cluster import MemoryCluster, NodeView, PodView
+from extender.engine.planner import parse_cluster, parse_workloads, plan
+from extender.engine.policy_store import PolicyStore
+from extender.engine.scheduler import Engine
+
+
+def _engine(policy: dict) -> Engine:
+    cluster = MemoryCluster()
+    cluster.add_node(NodeView("n0", allocatable={"amd.com/gpu": "1"}))
+    engine = Engine(cluster, PolicyStore(parse_policy(policy)))
+    engine.sync()
+    return engine
+
+
+def _bind(engine: Engine, uid: str, **keys: str) -> frozenset[int]:
+    ann = {f"gpuslice.io/{k}": v for k, v in {"class": "compute-bound", **keys}.items()}
+    engine.cluster.add_pod(PodView(uid, "default", uid, annotations=ann))  # type: ignore[attr-defined]
+    assert engine.bind("default", uid, uid, "n0") == ""
+    a = engine.assignment_for(uid)
+    assert a is not None
+    return a.gpus[0].cus
+
+
+def test_exact_rounding_with_a_small_minimum_still_gives_whole_atoms() -> None:
+    engine = _engine({"rounding": {"mode": "exact", "minComputeUnits": 1}})
+    cus = _bind(engine, "p", compute="10m", memory="1Gi")  # 4 CUs asked: was 0-3 (XCDs 0-3 only)
+    assert len(cus) == 8 and is_xcc_complete(cus, 8)
+
+
+def test_fragmented_free_space_is_taken_in_equal_bits_per_xcd() -> None:
+    engine = _engine({"rounding": {"mode": "exact", "minComputeUnits": 1}})
+    # 100m = 31 CUs -> 32; then carve the GPU so no single free run holds the next slice
+    held = [_bind(engine, f"p{i}", compute="100m", memory="1Gi") for i in range(8)]
+    for i in (1, 3, 5):
+        engine.forget_pod(f"p{i}")
+    for cus in held:
+        assert is_xcc_complete(cus, 8)
+    cus = _bind(engine, "big", compute="200m", memory="1Gi")  # 61 -> 64 CUs over two separate runs
+    assert len(cus) == 64 and is_xcc_complete(cus, 8)
+
+
+def test_xcd_layout_is_refused_by_policy_check(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"layout": {"mode": "xcd"}}))
+    out = subprocess.run([sys.executable, "-m", "extender", "policy", "check", str(f)], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 1
+    assert "layout.mode" in out.stderr and "unmasked" in out.stderr
+
+
+def test_plan_places_a_whole_gpu_replica_on_an_empty_cluster(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"nodes": [{"name": f"n{i}", "gpus": 8} for i in range(3)]}))
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump({"workloads": [
+        {"name": "big", "replicas": 1, "compute": "1000m", "memory": "100Gi"}]}))
+    main(["plan", "--cluster", str(tmp_path / "c.yaml"), "--workloads", str(tmp_path / "w.yaml"),
+          "--time-limit", "2"])
+    out = capsys.readouterr().out
+    assert "no room left" not in out
+    assert "GPUs used: 1 of 24" in out
+    assert "one model per GPU would take 1" in out
+    assert "lower bound: 1 " in out and "nothing to place" not in out
+
+
+def test_plan_whole_gpu_gets_every_cu_and_no_neighbour() -> None:
+    policy = parse_policy({})
+    nodes = parse_cluster({"nodes": [{"name": "n0", "gpus": 3}]}, policy)
+    workloads, bad = parse_workloads({"workloads": [
+        {"name": "big", "replicas": 1, "compute": "1000m", "memory": "10Gi", "count": 2},
+        {"name": "small", "replicas": 2, "compute": "100m", "memory": "1Gi"}]}, policy)
+    assert not bad
+    result = plan(nodes, workloads, policy, time_limit=2.0)
+    assert not result.unplaced
+    (big,) = [p for p in result.placements if p.workload == "big"]
+    assert all(len(g.cus) == 304 and not g.burstCus for g in big.assignment.gpus)
+    whole = {g.index for g in big.assignment.gpus}
+    small = {g.index for p in result.placements if p.workload == "small" for g in p.assignment.gpus}
+    assert small and not small & whole
+    assert json.loads(json.dumps(result.to_dict()))["gpusUsed"] == 3
