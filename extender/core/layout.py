@@ -24,28 +24,9 @@ def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-def choose_spread(free: frozenset[int], n: int) -> frozenset[int] | None:
-    """n free bits, as contiguous as possible: the smallest run that holds all n (best fit), else the
-    largest runs first, so the leftovers stay in as few pieces as possible."""
-    if n <= 0 or len(free) < n:
-        return None
-    rs = runs(free)
-    fitting = [r for r in rs if r[1] >= n]
-    if fitting:
-        start, _ = min(fitting, key=lambda r: (r[1], r[0]))
-        return frozenset(range(start, start + n))
-    chosen: set[int] = set()
-    for start, length in sorted(rs, key=lambda r: (-r[1], r[0])):
-        take = min(length, n - len(chosen))
-        chosen.update(range(start, start + take))
-        if len(chosen) == n:
-            break
-    return frozenset(chosen)
-
-
 def best_fit_run(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], n: int) -> int | None:
-    """Index of the run `choose_spread` takes n bits from when one run holds them all: the smallest
-    such run, lowest start first. None when no single run is long enough."""
+    """Index of the run `choose_cus` takes n bits from when one run holds them all: the smallest such
+    run, lowest start first. None when no single run is long enough."""
     best: int | None = None
     for i, (start, length) in enumerate(rs):
         if length >= n and (best is None or (length, start) < (rs[best][1], rs[best][0])):
@@ -56,7 +37,7 @@ def best_fit_run(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], n: int
 def fragmentation_after_cut(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], index: int, n: int,
                             min_slice: int) -> float:
     """`fragmentation(free - taken, min_slice)` when `taken` is the first n bits of run `index` of
-    `free` (what `choose_spread` takes), computed from the runs alone."""
+    `free` (what `choose_cus` takes), computed from the runs alone."""
     total = stranded = 0
     for i, (_, length) in enumerate(rs):
         if i == index:
@@ -72,7 +53,7 @@ def choose_cus(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None
     possible; None when n is not whole atoms or some XCD has fewer than n / xcds free bits.
 
     A contiguous run of whole atoms is complete by itself, so: the smallest single run that holds n
-    (best fit, as `choose_spread`); else whole-atom pieces of the largest runs first; the last atoms
+    (best fit); else whole-atom pieces of the largest runs first; the last atoms
     (too few contiguous bits left) come per XCD, lowest free bits first. Taking whole atoms never costs
     an XCD more than another, so this finds a set whenever every XCD has n / xcds free bits."""
     xcds = max(1, xcds)
@@ -127,11 +108,3 @@ def fragmentation(free: frozenset[int], min_slice: int) -> float:
         return 0.0
     stranded = sum(length for _, length in runs(free) if length < min_slice)
     return stranded / len(free)
-
-
-def xcd_balance(cus: Iterable[int], xcds: int) -> int:
-    """Max minus min CUs per XCD (0 = perfectly balanced)."""
-    counts = [0] * xcds
-    for b in cus:
-        counts[b % xcds] += 1
-    return max(counts) - min(counts)

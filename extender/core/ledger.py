@@ -21,9 +21,9 @@ from types import MappingProxyType
 from extender.core.assignment import Assignment, GpuAssignment
 from extender.core.atoms import is_xcc_complete, xcd_counts
 from extender.core.errors import LedgerConflict
+from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Demand, Room, Rules, verdict
 from extender.core.gpuindex import GpuIndex
 from extender.core.inventory import GpuInfo
-from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Demand, Room, Rules, verdict
 from extender.core.layout import free_atoms, runs
 from extender.core.policy import region_size
 
@@ -278,15 +278,15 @@ def _check_new(node: str, gpu: GpuState, ga: GpuAssignment, workload_class: str,
                rules: Rules) -> None:
     where = f"{node} gpu {ga.index}"
     xcds = gpu.info.xcds
+    whole = len(ga.cus) >= gpu.info.computeUnits  # every CU: the agent sets no mask at all
     for cus, what in ((ga.cus, "cus"), (ga.cus | ga.burstCus, "cus+burstCus")):
-        if not is_xcc_complete(cus, xcds):
+        if not whole and not is_xcc_complete(cus, xcds):
             raise LedgerConflict(f"{where}: {what} {xcd_counts(cus, xcds)} bits per XCD: not whole atoms of "
                                  f"{xcds} CUs (an XCD without a bit runs unmasked)")
     no = verdict(gpu.room(overcommit, rules), Demand(len(ga.cus), ga.memoryBytes, ga.memoryLimitBytes,
                                                      workload_class), rules)
     if no is not None:
         raise LedgerConflict(f"{where}: breaks the fit rule ({no.category}: {no})")
-    whole = len(ga.cus) >= gpu.info.computeUnits
     if not whole and ga.cus & gpu.shared:
         raise LedgerConflict(f"{where}: guarantees CUs of the shared burst region")
     if ga.burstCus - gpu.burst_cus:

@@ -19,12 +19,12 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from ortools.sat.python import cp_model
 
-from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, MEMORY_BOUND, NO_WHOLE, Demand, Room, Rules, fits
+from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, NO_WHOLE, Demand, Room, Rules, fits
 from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest

@@ -18,7 +18,6 @@ from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
 
 
-
 @dataclass(frozen=True)
 class GpuChoice:
     gpu: GpuState

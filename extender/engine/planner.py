@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 
 from extender.core.assignment import Assignment
 from extender.core.errors import InventoryError, SliceRequestError
+from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, MEMORY_BOUND
 from extender.core.inventory import GpuInfo, format_inventory, parse_inventory
 from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
-from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, MEMORY_BOUND
 from extender.core.solver import (
     Bin,
     Item,

@@ -17,6 +17,7 @@ import numpy as np
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
 from extender.core.errors import AssignmentError, InventoryError, LedgerConflict, SliceRequestError
+from extender.core.fit import Rules
 from extender.core.inventory import (
     INVENTORY_ANNOTATION,
     LABEL_CU_COUNT,
@@ -26,7 +27,6 @@ from extender.core.inventory import (
     GpuInfo,
     inventory_for_node,
 )
-from extender.core.fit import Rules
 from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request

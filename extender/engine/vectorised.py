@@ -13,10 +13,10 @@ from functools import cached_property
 
 import numpy as np
 
+from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Verdict
 from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Slots, Table
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
-from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Verdict
 from extender.engine.placement import _min_slice_for, _place, _shared, reject_message, reject_words, rules_of
 
 FIELD = {name: i for i, name in enumerate(FIELDS)}

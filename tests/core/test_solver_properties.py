@@ -25,7 +25,7 @@ def problems(draw: st.DrawFn, max_bins: int = 3, max_items: int = 4) -> Problem:
         bins.append(Bin(node=draw(st.sampled_from(["a", "b"])) if n_bins > 1 else "a", index=b,
                         usable_cus=usable, free_cus=draw(st.integers(0, usable)), memory=memory,
                         free_memory=draw(st.integers(0, memory)), limit_room=draw(st.integers(0, 2 * memory)),
-                        memory_bound=mb, compute_bound=cb, bandwidth_used=0.3 * mb + 0.1 * cb,
+                        memory_bound=mb, compute_bound=cb, bandwidth_units=3000 * mb + 1000 * cb,
                         group=draw(st.sampled_from([None, "g0", "g1"])), healthy=draw(st.booleans() | st.just(True)),
                         min_slice=draw(st.sampled_from([1, 8, 16]))))
     items = []
@@ -73,7 +73,7 @@ def independent_check(p: Problem, placement: Placement) -> list[str]:
         if r.max_compute_bound is not None and new_cb and bn.compute_bound + new_cb > r.max_compute_bound:
             errors.append(f"bin {b}: compute-bound tenants")
         if r.bandwidth_budget is not None:
-            bw = bn.bandwidth_used + sum(r.bandwidth_share[it.workload_class] for it in on)
+            bw = bn.bandwidth_units / 10_000 + sum(r.bandwidth_share[it.workload_class] for it in on)
             if bw > r.bandwidth_budget + 1e-9:
                 errors.append(f"bin {b}: bandwidth {bw:.2f}")
     return errors
