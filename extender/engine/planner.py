@@ -89,7 +89,7 @@ class Placed:
 class Plan:
     gpus_total: int
     gpus_used: int
-    lower_bound: int
+    lower_bound: int  # GPUs the placed replicas need at least (0 when none is placed)
     bounds: dict[str, int]
     one_per_gpu: int  # GPUs the placed replicas would take with whole GPUs each
     outcome: str
@@ -97,6 +97,10 @@ class Plan:
     placements: list[Placed] = field(default_factory=list)
     unplaced: list[Unplaced] = field(default_factory=list)
     nodes: list[NodeState] = field(default_factory=list)
+    replicas: int = 0  # replicas of the well-formed workloads (placed or not)
+    lower_bound_all: int = 0  # GPUs every replica that fits some GPU would need at least
+    bounds_all: dict[str, int] = field(default_factory=dict)
+    one_per_gpu_all: int = 0  # GPUs all the replicas would take with whole GPUs each
 
     @property
     def gap(self) -> float:
@@ -105,6 +109,9 @@ class Plan:
     def to_dict(self) -> dict[str, object]:
         return {"gpusUsed": self.gpus_used, "gpusTotal": self.gpus_total, "lowerBound": self.lower_bound,
                 "bounds": self.bounds, "gap": round(self.gap, 4), "onePerGpu": self.one_per_gpu,
+                "replicas": self.replicas, "replicasPlaced": len(self.placements),
+                "lowerBoundAll": self.lower_bound_all, "boundsAll": self.bounds_all,
+                "onePerGpuAll": self.one_per_gpu_all,
                 "outcome": self.outcome, "seconds": round(self.seconds, 3),
                 "placements": [p.to_dict() for p in self.placements],
                 "unplaced": [u.to_dict() for u in self.unplaced]}
@@ -306,16 +313,18 @@ def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: 
     placed = _reserve(ledger, bins, items, owners, solution, policy, unplaced)
     used_gpus = sum(1 for s in ledger.nodes() for g in s.gpus if g.slices)
     placed_items = [items[i] for i, w in enumerate(solution.placement) if w is not None]
-    lb_bounds = lower_bounds(bins, placed_items, rules) if len(placed_items) < len(items) else bounds
-    if "solver" in bounds and len(placed_items) == len(items):
-        lb_bounds["solver"] = bounds["solver"]
+    # Bounds for what was placed (the gap is measured on them) and for every replica that fits some GPU.
+    lb_bounds = lower_bounds(bins, placed_items, rules) if len(placed_items) < len(items) else dict(bounds)
     occupied = sum(1 for b in bins if not b.empty)
     if occupied:  # GPUs existing tenants hold stay in use whatever the batch does
-        lb_bounds = {**lb_bounds, "occupied": occupied}
+        lb_bounds["occupied"] = occupied
+        bounds["occupied"] = occupied
     return Plan(gpus_total=len(bins), gpus_used=used_gpus, lower_bound=max(lb_bounds.values(), default=0),
                 bounds=lb_bounds, one_per_gpu=sum(it.count for it in placed_items), outcome=solution.outcome,
                 seconds=time.perf_counter() - start, placements=placed, unplaced=unplaced,
-                nodes=[s for s in ledger.nodes()])
+                nodes=[s for s in ledger.nodes()], replicas=sum(w.replicas for w in workloads),
+                lower_bound_all=max(bounds.values(), default=0), bounds_all=bounds,
+                one_per_gpu_all=sum(w.replicas * w.request.count for w in workloads))
 
 
 def _nodes_to_keep(problem: Problem, hint: Placement) -> list[int]:
@@ -335,13 +344,13 @@ def _reserve(ledger: Ledger, bins: tuple[Bin, ...], items: list[Item], owners: l
              solution: Solution, policy: Policy, unplaced: list[Unplaced]) -> list[Placed]:
     """Lay out exact CUs (largest slices first, so big runs stay whole) and reserve each replica."""
     placed: list[Placed] = []
+    left: list[tuple[Workload, int]] = []
     order = sorted(range(len(items)), key=lambda i: (-max(items[i].cus), i))
     for i in order:
         where = solution.placement[i]
         workload, replica = owners[i]
         if where is None:
-            unplaced.append(Unplaced(workload.name, replica, "no room left in the cluster under the policy's "
-                                     "capacity and class rules (add GPUs or relax the rules)"))
+            left.append((workload, replica))
             continue
         node = bins[where[0]].node
         state = ledger.node(node)
@@ -361,5 +370,19 @@ def _reserve(ledger: Ledger, bins: tuple[Bin, ...], items: list[Item], owners: l
         ledger.reserve(PodRef(items[i].key, PLAN_NAMESPACE, items[i].key), assignment, workload.request.workload_class,
                        workload.request.compute_millis, ttl=None, new=True)
         placed.append(Placed(workload.name, replica, assignment, len(choices[0].cus)))
+    for workload, replica in left:
+        unplaced.append(Unplaced(workload.name, replica, _why_unplaced(workload.request, ledger, policy)))
     placed.sort(key=lambda p: (p.assignment.node, p.assignment.gpus[0].index, p.workload, p.replica))
     return placed
+
+
+def _why_unplaced(req: SliceRequest, ledger: Ledger, policy: Policy) -> str:
+    """Why a replica the plan left out fits nowhere in what the placed ones leave, in the fit rule's words
+    (or, if it would fit after all, that the solver ran out of time)."""
+    fits = [(s, evaluate(req, s, policy)) for s in sorted(ledger.nodes(), key=lambda s: s.name)]
+    room = [s.name for s, f in fits if f.ok]
+    if room:
+        return (f"the solver left it out within its time limit although {', '.join(room[:3])} could take it "
+                "(raise --time-limit)")
+    shown = "; ".join(f"{s.name}: {f.reason}" for s, f in fits[:2]) + ("; …" if len(fits) > 2 else "")
+    return f"no room left in what the placed replicas leave: {shown}"

@@ -92,3 +92,31 @@ def test_plan_whole_gpu_gets_every_cu_and_no_neighbour() -> None:
     small = {g.index for p in result.placements if p.workload == "small" for g in p.assignment.gpus}
     assert small and not small & whole
     assert json.loads(json.dumps(result.to_dict()))["gpusUsed"] == 3
+
+
+def _summary(tmp_path: Path, capsys: pytest.CaptureFixture[str], workloads: list[dict], gpus: int = 2) -> str:
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"nodes": [{"name": "n0", "gpus": gpus}]}))
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump({"workloads": workloads}))
+    main(["plan", "--cluster", str(tmp_path / "c.yaml"), "--workloads", str(tmp_path / "w.yaml"),
+          "--time-limit", "2"])
+    return " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+
+
+def test_plan_summary_when_only_part_is_placed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _summary(tmp_path, capsys, [{"name": "big", "replicas": 3, "compute": "1000m", "memory": "10Gi"}])
+    assert "GPUs used: 2 of 2 for 2 of 3 replicas (one model per GPU would take 2 for those, 3 for all)" in out
+    assert "lower bound for the placed replicas: 2 " in out
+    assert "placing every replica that fits some GPU needs at least 3 GPUs" in out and "the cluster has 2" in out
+    assert "no room left in what the placed replicas leave: n0: 0/2 GPUs can take the slice" in out
+
+
+def test_plan_summary_when_nothing_is_placed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _summary(tmp_path, capsys, [{"name": "huge", "replicas": 2, "compute": "100m", "memory": "500Gi"}])
+    assert "GPUs used: 0 of 2 for 0 of 2 replicas (one model per GPU would take 0 for those, 2 for all)" in out
+    assert "no replica placed" in out and "lower bound" not in out and "nothing to place" not in out
+    assert "huge: fits on no node even when empty" in out
+
+
+def test_plan_summary_with_nothing_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _summary(tmp_path, capsys, [{"name": "idle", "replicas": 0, "compute": "100m", "memory": "1Gi"}])
+    assert "GPUs used: 0 of 2; nothing to place" in out
