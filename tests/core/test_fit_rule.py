@@ -21,7 +21,6 @@ from extender.core.assignment import Assignment, GpuAssignment
 from extender.core.errors import LedgerConflict
 from extender.core.fit import Demand, Rules, verdict
 from extender.core.inventory import GpuInfo
-from extender.core.layout import choose_cus
 from extender.core.ledger import Ledger, NodeState, PodRef
 from extender.core.policy import Policy, parse_policy
 from extender.core.requests import SliceRequest
@@ -59,8 +58,9 @@ def nodes(draw: st.DrawFn, policy: Policy) -> tuple[Ledger, NodeState]:
     infos = []
     for i in range(draw(st.integers(1, 4))):
         model, cus, xcds = draw(st.sampled_from(SHAPES))
+        memory = draw(st.sampled_from([64, 192])) * GI
         infos.append(GpuInfo(index=i, id=f"g{i}", model=model, computeUnits=cus, xcds=xcds, shaderEngines=4 * xcds,
-                             memoryBytes=draw(st.sampled_from([64, 192])) * GI, healthy=draw(st.booleans() | st.just(True))))
+                             memoryBytes=memory, healthy=draw(st.booleans() | st.just(True))))
     ledger = Ledger(policy.burst.sharedFraction, policy.overcommit.memory, rules=Rules.from_policy(policy))
     ledger.set_node("n", infos)
     for k in range(draw(st.integers(0, 6))):
@@ -84,8 +84,8 @@ def nodes(draw: st.DrawFn, policy: Policy) -> tuple[Ledger, NodeState]:
                 continue
             ga = GpuAssignment(gpu.info.index, gpu.info.id, cus, frozenset(), mem, mem)
             try:
-                ledger.reserve(pod, Assignment("n", (ga,), draw(st.sampled_from(CLASSES)), "old", "2025-01-01T00:00:00Z"),
-                               "memory-bound", 100, None)
+                legacy = Assignment("n", (ga,), draw(st.sampled_from(CLASSES)), "old", "2025-01-01T00:00:00Z")
+                ledger.reserve(pod, legacy, legacy.workload_class, 100, None)
             except LedgerConflict:
                 pass
     state = ledger.node("n")
