@@ -120,3 +120,30 @@ def test_plan_summary_when_nothing_is_placed(tmp_path: Path, capsys: pytest.Capt
 def test_plan_summary_with_nothing_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _summary(tmp_path, capsys, [{"name": "idle", "replicas": 0, "compute": "100m", "memory": "1Gi"}])
     assert "GPUs used: 0 of 2; nothing to place" in out
+
+
+def test_a_legacy_incomplete_mask_stays_counted_and_flagged_and_new_masks_stay_complete() -> None:
+    from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, GpuAssignment
+
+    cluster = MemoryCluster()
+    cluster.add_node(NodeView("n0", allocatable={"amd.com/gpu": "1"}))
+    # what `layout.mode: xcd` used to hand out: 16 bits at a stride of 8, all on XCD 5
+    old = GpuAssignment(0, "n0/gpu0", frozenset(range(5, 128, 8)), frozenset(), 2**30, 2**30)
+    a = Assignment("n0", (old,), "compute-bound", "old", "2025-01-01T00:00:00Z")
+    cluster.add_pod(PodView("old", "default", "old", node_name="n0", phase="Running",
+                            annotations={ASSIGNMENT_ANNOTATION: a.to_json()}))
+    engine = Engine(cluster, PolicyStore(parse_policy({"classes": {"maxMemoryBoundPerGpu": None}})))
+    engine.sync()
+    assert engine.ledger.incomplete_masks() == ["default/old on n0 gpu 0"]
+    (tenant,) = engine.ledger.snapshot()["nodes"][0]["gpus"][0]["tenants"]  # type: ignore[index]
+    assert tenant["xccComplete"] is False
+    for i in range(4):  # XCD 5 has 34 - 16 = 18 guaranteeable CUs left: 4 slices of 4 atoms
+        cus = _bind(engine, f"p{i}", compute="100m", memory="1Gi")
+        assert is_xcc_complete(cus, 8) and not cus & old.cus
+    # 128 CUs are free, but XCD 5 has only 2 of them: two whole atoms (16 CUs) can still be guaranteed
+    engine.cluster.add_pod(PodView("p4", "default", "p4", annotations={  # type: ignore[attr-defined]
+        "gpuslice.io/compute": "100m", "gpuslice.io/memory": "1Gi", "gpuslice.io/class": "compute-bound"}))
+    gpu = engine.ledger.node("n0").gpus[0]  # type: ignore[union-attr]
+    assert (len(gpu.free_cus), gpu.free_atom_cus) == (128, 16)
+    assert "needs 32 CUs, 16 free" in engine.filter(engine.cluster.get_pod("default", "p4"),  # type: ignore[arg-type]
+                                                    names=["n0"]).failed["n0"]
