@@ -60,11 +60,12 @@ slices = st.fixed_dictionaries({
 legacy = st.tuples(st.sampled_from(["stride", "run"]), st.integers(0, 7), st.integers(1, 12))
 
 
-def legacy_assignment(node: str, kind: str, start: int, size: int, info: GpuInfo) -> Assignment:
+def legacy_assignment(node: str, kind: str, start: int, size: int, info: GpuInfo, k: int) -> Assignment:
+    base = 64 * k  # the k-th legacy tenant's own window of bits, so legacy tenants never overlap
     if kind == "stride":
-        cus = frozenset(range(start, info.computeUnits // 2, max(1, info.xcds))[:size])
+        cus = frozenset(range(base + start % 8, base + 64, 8)[:size])
     else:
-        cus = frozenset(range(start * 10, start * 10 + size))
+        cus = frozenset(range(base + start, base + start + size))
     ga = GpuAssignment(info.index, info.id, cus, frozenset(), GI, GI)
     return Assignment(node, (ga,), "compute-bound", "old", "2025-01-01T00:00:00Z")
 
@@ -87,7 +88,7 @@ def test_engine_hands_out_only_complete_masks(policy: Policy, olds: list[tuple[s
     for name, gpus in nodes.items():
         cluster.add_node(NodeView(name, annotations={INVENTORY_ANNOTATION: format_inventory(gpus)}))
     for k, (kind, start, size) in enumerate(olds):  # pods running since before the atom rule
-        a = legacy_assignment("a", kind, start + 20 * k, size, nodes["a"][0])
+        a = legacy_assignment("a", kind, start, size, nodes["a"][0], k)
         cluster.add_pod(PodView(f"old{k}", "ns", f"old{k}", node_name="a", phase="Running",
                                 annotations={ASSIGNMENT_ANNOTATION: a.to_json()}))
     engine = Engine(cluster, PolicyStore(policy), bind_placer=SolverPlacer() if policy.solver.enabled else None)
@@ -119,9 +120,7 @@ def test_engine_hands_out_only_complete_masks(policy: Policy, olds: list[tuple[s
     state = engine.ledger.node("a")
     assert state is not None
     for k in range(len(olds)):
-        if state.pods.get(f"old{k}") is None:
-            continue
-        old = state.pods[f"old{k}"].assignment.gpus[0]
+        old = state.pods[f"old{k}"].assignment.gpus[0]  # every legacy tenant is counted
         gpu = state.gpu(old.index)
         assert gpu is not None
         assert all(not (old.cus & (s.cus | s.burst)) for s in gpu.slices if s.pod.uid != f"old{k}")
@@ -139,8 +138,8 @@ def test_plan_hands_out_only_complete_masks(policy: Policy, specs: list[dict],
                                             olds: list[tuple[str, int, int]]) -> None:
     nodes = parse_cluster({"nodes": [{"name": "a", "gpus": 2, "model": "MI300X"},
                                      {"name": "b", "gpus": 2, "model": "MI250X"}]}, policy)
-    existing = [(PodRef(f"old{k}", "ns", f"old{k}"), legacy_assignment("a", kind, start + 20 * k, size, nodes["a"][0]),
-                 100) for k, (kind, start, size) in enumerate(olds)]
+    existing = [(PodRef(f"old{k}", "ns", f"old{k}"), legacy_assignment("a", kind, start, size, nodes["a"][0], k), 100)
+                for k, (kind, start, size) in enumerate(olds)]
     workloads, bad = parse_workloads({"workloads": [
         {"name": f"w{k}", "replicas": s["replicas"], "compute": f"{s['compute']}m",
          "computeLimit": f"{min(1000, s['compute'] + s['extra'])}m", "memory": f"{s['memory']}Gi",
