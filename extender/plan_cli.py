@@ -114,7 +114,8 @@ def show(result: Plan, console: Console) -> None:
         table.add_column(col, justify="left" if col in ("node", "tenant", "class") else "right")
     for state in sorted(result.nodes, key=lambda s: s.name):
         for g in state.gpus:
-            usable = g.info.computeUnits - len(g.shared)
+            whole = len(g.guaranteed) >= g.info.computeUnits  # a whole GPU: no burst region on it
+            usable = g.info.computeUnits if whole else g.info.computeUnits - len(g.shared)
             for k, s in enumerate(g.slices):
                 last = k == len(g.slices) - 1
                 table.add_row(state.name if k == 0 else "", str(g.info.index) if k == 0 else "", _tenant(s.pod),

@@ -104,10 +104,14 @@ class Rules:
         return sum(self.share_units(c) * n for c, n in classes.items())
 
 
-def takes_whole(room: Room, cus: int) -> bool:
+def whole_gpu(cus: int, total_cus: int, tenants: int) -> bool:
     """A guarantee of the whole GPU takes an empty GPU whole, burst region included; no other tenant may
     be there or join it (DESIGN, whole GPUs)."""
-    return cus >= room.total_cus and room.tenants == 0
+    return cus >= total_cus and tenants == 0
+
+
+def takes_whole(room: Room, cus: int) -> bool:
+    return whole_gpu(cus, room.total_cus, room.tenants)
 
 
 def free_for(room: Room, cus: int) -> int:

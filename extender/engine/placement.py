@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extender.core.assignment import Assignment, GpuAssignment, now_rfc3339
-from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, Demand, Rules, Verdict, fits, verdict
+from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, Demand, Rules, Verdict, fits, verdict, whole_gpu
 from extender.core.fit import MEMORY_BOUND as MEMORY_BOUND  # re-exported for the engine's other modules
 from extender.core.layout import best_fit_run, choose_burst, choose_cus, fragmentation, fragmentation_after_cut
 from extender.core.ledger import GpuState, NodeState
@@ -43,7 +43,7 @@ def needed_cus(req: SliceRequest, gpu: GpuState, policy: Policy) -> int:
 
 def takes_whole(gpu: GpuState, n: int) -> bool:
     """A guarantee of the whole GPU takes an empty GPU whole, burst region included (core/fit.py)."""
-    return n >= gpu.info.computeUnits and not gpu.slices
+    return whole_gpu(n, gpu.info.computeUnits, len(gpu.slices))
 
 
 _RULES: dict[str, Rules] = {}

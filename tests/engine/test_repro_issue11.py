@@ -72,7 +72,7 @@ def test_plan_places_a_whole_gpu_replica_on_an_empty_cluster(tmp_path: Path,
           "--time-limit", "2"])
     out = capsys.readouterr().out
     assert "no room left" not in out
-    assert "GPUs used: 1 of 24" in out
+    assert "GPUs used: 1 of 24" in out and "304/304" in out
     assert "one model per GPU would take 1" in out
     assert "lower bound: 1 " in out and "nothing to place" not in out
 
