@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 from extender.core.policy import Policy
@@ -86,7 +87,7 @@ class Rules:
     def share_units(self, workload_class: str) -> int:
         return round(self.bandwidth_share.get(workload_class, 0.0) * BANDWIDTH_SCALE)
 
-    @property
+    @cached_property
     def budget_units(self) -> int | None:
         if self.bandwidth_budget is None:
             return None

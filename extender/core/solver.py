@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from ortools.sat.python import cp_model
 
@@ -63,9 +64,10 @@ class Bin:
     def empty(self) -> bool:
         return self.memory_bound + self.compute_bound == 0 and self.free_memory == self.memory
 
-    @property
+    @cached_property
     def room(self) -> Room:
-        """The GPU as the fit rule (core/fit.py) reads it."""
+        """The GPU as the fit rule (core/fit.py) reads it (worked out once: the greedy and the model ask
+        for every item)."""
         return Room(self.healthy, NO_WHOLE if self.total_cus is None else self.total_cus, self.free_cus,
                     self.memory_bound + self.compute_bound, self.free_memory, self.limit_room, self.memory_bound,
                     self.compute_bound, self.bandwidth_units)
