@@ -126,6 +126,7 @@ def show(result: Plan, console: Console) -> None:
     console.print(table)
     for line in summary(result):
         console.print(line)
+    show_sla(result, console)
     if result.unplaced:
         console.print(f"[red]{len(result.unplaced)} not placed:[/red]")
         for u in result.unplaced:
@@ -159,6 +160,26 @@ def summary(result: Plan) -> list[str]:
         lines.append(f"placing every replica that fits some GPU needs at least {result.lower_bound_all} GPUs "
                      f"({_bounds(result.bounds_all)}); the cluster has {result.gpus_total}")
     return lines
+
+
+def show_sla(result: Plan, console: Console) -> None:
+    """Each SLA replica's predicted req/s beside the co-tenants the plan gave it (core/sizing.predict)."""
+    rows = [p for p in result.placements if p.sla is not None]
+    if not rows:
+        return
+    table = Table(title="SLA per replica: predicted req/s beside its co-tenants")
+    for col in ("replica", "node", "gpu", "CUs", "co-tenants (memory/compute-bound)", "target req/s",
+                "predicted req/s", "status"):
+        table.add_column(col, justify="left" if col in ("replica", "node", "status") else "right")
+    for p in rows:
+        sla = p.sla
+        assert sla is not None
+        status = {True: "met", False: "[red]under target[/red]", None: "not measured on this GPU model"}[sla.met]
+        table.add_row(f"{p.workload}#{p.replica}", p.assignment.node,
+                      ",".join(str(g.index) for g in p.assignment.gpus), str(sla.cus),
+                      f"{sla.co_tenants.memory_bound}/{sla.co_tenants.compute_bound}", f"{sla.target_rps:g}",
+                      "-" if sla.predicted_rps is None else f"{sla.predicted_rps:.2f}", status)
+    console.print(table)
 
 
 def show_live(live: Occupancy, ignore_existing: bool, console: Console) -> None:

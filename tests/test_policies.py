@@ -12,7 +12,8 @@ import yaml
 from pydantic import BaseModel
 
 from extender.core.policy import Policy, load_policy, parse_policy, profile_rps
-from extender.core.requests import parse_slice_request, size_for_target
+from extender.core.requests import parse_slice_request
+from extender.core.sizing import size_for_target
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies"
@@ -134,10 +135,16 @@ def test_illustrative_profiles_are_marked(inference: Policy) -> None:
     assert inference.profiles["illustrative-embedding"].workloadClass == "compute-bound"
 
 
-@pytest.mark.parametrize(("target", "cus"), [(5, 32), (7.2, 32), (8, 64), (10.6, 64), (11, 96), (13.5, 128)])
+# Sized beside the worst co-tenancy the policy allows: one memory-bound and one compute-bound tenant
+# (bandwidth 0.5 + 0.5 + 0.2 = the 1.2 budget), 16% lost; with no room left beside it (256 of the 272
+# guaranteeable CUs), none.
+@pytest.mark.parametrize(("target", "cus"), [(5, 32), (6, 32), (7, 64), (8, 64), (10.6, 128), (11, 128),
+                                             (12, 256), (13.5, 256)])
 def test_target_rps_sizes_in_balanced_steps(inference: Policy, target: float, cus: int) -> None:
-    got, rps = size_for_target(inference, "llama-3.1-8b", target, inference.models["MI300X"])
-    assert got == cus and rps >= target
+    sized = size_for_target(inference, "llama-3.1-8b", target)
+    assert sized.cus == cus and sized.predicted_rps >= target
+    lost = 0.0 if cus == 256 else 0.16
+    assert sized.loss == pytest.approx(lost)
 
 
 def test_a_pod_asking_for_8_rps_gets_64_cus_and_60g(inference: Policy) -> None:

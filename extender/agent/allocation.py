@@ -7,6 +7,10 @@ other GPUs; a GPU without a unique_id is named by its position, which is right b
 container's device cgroup hides every GPU but its own and ROCr enumerates in KFD node order.
 `HSA_CU_MASK` GPU ids are positions in that list. A GPU handed out whole gets no CU_Set: a mask
 over every CU changes nothing but disables cooperative launches in ROCr.
+
+An assignment whose guaranteed CUs, or guaranteed and burst CUs together, are not XCC-complete on
+the GPU (extender/core/atoms.py) is refused with AtomError: ROCr would leave the XCDs it misses
+unmasked, so the tenant would run on other tenants' CUs. A bad ledger stops here, not in a container.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 from extender.agent.topology import KfdGpu, Topology
 from extender.core.assignment import Assignment
+from extender.core.atoms import check_xcc_complete
 from extender.core.cumask import ENV_CU_MASK, format_cu_mask
 from extender.core.errors import AssignmentError
 from extender.core.rangelist import format_ranges
@@ -62,6 +67,9 @@ def allocation_for(assignment: Assignment, topology: Topology) -> ContainerAlloc
         if max(mask) >= kfd.info.computeUnits:
             raise AssignmentError(f"{where}.cus", format_ranges(mask),
                                   f"CU {max(mask)} is past the GPU's {kfd.info.computeUnits} CUs")
+        for key, cus in ((f"{where}.cus", g.cus), (f"{where}.cus+burstCus", mask)):
+            if len(cus) < kfd.info.computeUnits:  # the whole GPU gets no mask at all
+                check_xcc_complete(cus, kfd.info.xcds, key)
         if g.memoryLimitBytes > kfd.info.memoryBytes:
             raise AssignmentError(f"{where}.memoryLimitBytes", g.memoryLimitBytes,
                                   f"more than the GPU's {kfd.info.memoryBytes} bytes")

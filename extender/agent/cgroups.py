@@ -1,7 +1,17 @@
 """Pods in the host's cgroup tree: pid -> pod through /proc/<pid>/cgroup, and the dmem controller.
 
 kubelet names a pod's cgroup after its UID. cgroupfs driver: `/kubepods[/burstable|/besteffort]/pod<uid>/<container>`;
-systemd driver: `/kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid with _>.slice/<runtime>-<id>.scope`.
+systemd driver: `/kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid with _>.slice/<runtime>-<id>.scope`
+(containerd `cri-containerd-<id>`, CRI-O `crio-<id>`, cri-dockerd `docker-<id>`; cgroupfs: the bare id or
+`crio-<id>`); a kubelet with another cgroup root prefixes it (kind: `/kubelet.slice/kubelet-kubepods.slice/
+kubelet-kubepods-<qos>.slice/kubelet-kubepods-<qos>-pod<uid>.slice/...`). cgroup v1 shows one such path
+per hierarchy (`N:controllers:/path`), v2 one (`0::/path`).
+
+/proc/<pid>/cgroup shows the path relative to the *reader's* cgroup namespace. An agent in its own
+namespace (containerd and CRI-O on cgroup v2 give containers a private one by default) sees another
+pod's process as `0::/../../../kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice/...`:
+the pod is found from its own segment wherever it is, and the pod's cgroup directory is then found
+by UID in the host's cgroup tree (mounted whole from the host), never by resolving `..`.
 
 dmem (Linux 6.14+): `cgroup.controllers` lists `dmem`; `dmem.capacity` in the root lists the regions
 (`drm/<pci address>/vram` for amdgpu, registered by drmm_cgroup_register_region as "drm/%s/%s" with the
@@ -19,30 +29,46 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = "sys/fs/cgroup"
 _UID = r"[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}"
-_POD_SEGMENT = re.compile(rf"^(?:kubepods(?:-[a-z]+)?-)?pod(?P<uid>{_UID})(?:\.slice)?$")
+# `pod<uid>` (cgroupfs) or `<prefix>-pod<uid>.slice` (systemd; the prefix names kubepods)
+_POD_SEGMENT = re.compile(rf"^(?:(?P<prefix>[a-z0-9]+(?:-[a-z0-9]+)*)-)?pod(?P<uid>{_UID})(?P<slice>\.slice)?$")
 _CONTAINER = re.compile(r"^(?:(?:cri-containerd|crio|docker|cri-o)-)?(?P<id>[0-9a-f]{12,64})(?:\.scope)?$")
 
 
 @dataclass(frozen=True)
 class PodCgroup:
     pod_uid: str
-    path: str  # the pod's cgroup, relative to the cgroup root, e.g. "kubepods.slice/.../kubepods-...-pod<uid>.slice"
+    # The pod's cgroup relative to the host's cgroup root, e.g. "kubepods.slice/.../kubepods-...-pod<uid>.slice";
+    # None when the path was relative to a cgroup namespace (find_pod_cgroup finds it by UID).
+    path: str | None
     container_id: str | None
 
 
-def pod_of_cgroup_path(path: str) -> PodCgroup | None:
-    """The pod a cgroup path belongs to, or None for a non-pod cgroup."""
-    parts = [p for p in path.strip().split("/") if p]
-    if not parts or not parts[0].startswith("kubepods"):
+def _pod_segment(part: str, ancestors: list[str], namespaced: bool) -> str | None:
+    """The pod UID when `part` is a pod's cgroup under kubelet's hierarchy."""
+    m = _POD_SEGMENT.match(part)
+    if not m:
         return None
+    if m.group("prefix") is not None:  # systemd: "kubepods[-qos]-pod<uid>.slice"
+        return m.group("uid") if "kubepods" in m.group("prefix") and m.group("slice") else None
+    under_kubepods = any("kubepods" in a for a in ancestors)
+    return m.group("uid") if under_kubepods or namespaced else None
+
+
+def pod_of_cgroup_path(path: str) -> PodCgroup | None:
+    """The pod a cgroup path belongs to, or None for a non-pod cgroup. The path may be the host's
+    (`/kubepods...`) or relative to a cgroup namespace (`/../../kubepods...`)."""
+    parts = [p for p in path.strip().split("/") if p and p != "."]
+    namespaced = bool(parts) and parts[0] == ".."
     for i, part in enumerate(parts):
-        m = _POD_SEGMENT.match(part)
-        if m:
-            container = None
-            if i + 1 < len(parts):
-                c = _CONTAINER.match(parts[i + 1])
-                container = c.group("id") if c else None
-            return PodCgroup(m.group("uid").replace("_", "-").lower(), "/".join(parts[: i + 1]), container)
+        uid = _pod_segment(part, parts[:i], namespaced)
+        if uid is None:
+            continue
+        container = None
+        if i + 1 < len(parts):
+            c = _CONTAINER.match(parts[i + 1])
+            container = c.group("id") if c else None
+        host_path = None if ".." in parts[: i + 1] else "/".join(parts[: i + 1])
+        return PodCgroup(uid.replace("_", "-").lower(), host_path, container)
     return None
 
 
@@ -88,18 +114,31 @@ def vram_region(bdf: str, regions: dict[str, int]) -> str | None:
     return numbered[0] if numbered else None
 
 
+_KUBELET_DIRS = re.compile(r"kubepods|kubelet|^burstable$|^besteffort$")
+_MAX_DEPTH = 4  # <kubelet root>/<kubepods>/<qos>/<pod>
+
+
 def find_pod_cgroup(root: str | Path, pod_uid: str) -> str | None:
-    """The pod's cgroup directory (relative to the cgroup root) for either driver, or None."""
+    """The pod's cgroup directory (relative to the cgroup root) for either driver and any kubelet
+    cgroup root, or None. Walks only kubelet's part of the tree (directories named for kubepods,
+    kubelet or a QoS class), a few levels deep."""
     base = Path(root) / CGROUP_ROOT
-    underscored = pod_uid.replace("-", "_")
-    patterns = (
-        f"kubepods/pod{pod_uid}", f"kubepods/*/pod{pod_uid}",
-        f"kubepods.slice/kubepods-pod{underscored}.slice", f"kubepods.slice/*/kubepods-*-pod{underscored}.slice",
-    )
-    for pattern in patterns:
-        for match in sorted(base.glob(pattern)):
-            if match.is_dir():
-                return str(match.relative_to(base))
+    uid = pod_uid.lower()
+    level = [base]
+    for _ in range(_MAX_DEPTH):
+        below: list[Path] = []
+        for d in level:
+            try:
+                children = sorted(c for c in d.iterdir() if c.is_dir())
+            except OSError:
+                continue
+            for c in children:
+                pod = pod_of_cgroup_path(str(c.relative_to(base)))
+                if pod is not None and pod.pod_uid == uid and pod.path == str(c.relative_to(base)):
+                    return pod.path
+                if _KUBELET_DIRS.search(c.name) and pod is None:
+                    below.append(c)
+        level = below
     return None
 
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     inv.add_argument("--verbose", action="store_true", help="also list skipped nodes on stderr")
     inv.set_defaults(func=inventory_cmd)
 
-    env = asub.add_parser("env", help="print the environment and devices Allocate would return")
+    env = asub.add_parser("env", help="print the environment and device nodes a container of the assignment gets")
     env.add_argument("--root", default="/", help="host root the sysfs tree lives under (default /)")
     env.add_argument("--assignment", required=True, help="file holding a gpuslice.io/assignment JSON")
     env.set_defaults(func=env_cmd)

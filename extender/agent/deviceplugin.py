@@ -2,10 +2,11 @@
 
 The plugin serves DevicePlugin on a unix socket in kubelet's device-plugin directory and registers
 it on kubelet's `kubelet.sock` there. It advertises `shares_per_gpu` share devices per GPU (health
-follows the GPU's), so kubelet calls Allocate at every container start; Allocate ignores which
-shares kubelet picked and answers from the pod's assignment (see podmatch). kubelet wipes the
-directory when it restarts, so `check()` re-serves and re-registers when our socket is gone or
-kubelet's socket was recreated.
+follows the GPU's). Which shares kubelet picks does not matter: Allocate answers a CDI device named
+after them and PreStartContainer (PreStartRequired) finds the pod holding them and writes that CDI
+device's spec from the pod's assignment (see handoff). kubelet wipes the directory when it
+restarts, so `check()` re-serves and re-registers when our socket is gone or kubelet's socket was
+recreated.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import grpc
 
+from extender.agent.handoff import HandOff, HandOffError
 from extender.agent.metrics import AgentMetrics
-from extender.agent.podmatch import RESOURCE, AllocationError, PodMatcher
+from extender.agent.pods import RESOURCE
 from extender.agent.proto import api_pb2, api_pb2_grpc
 from extender.agent.topology import Topology
 
@@ -32,6 +34,8 @@ KUBELET_SOCKET = "kubelet.sock"
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 ENDPOINT = "gpuslice-gpu-share.sock"
 HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
+# PreStartContainer is where the hand-off happens; GetPreferredAllocation is not needed.
+OPTIONS = api_pb2.DevicePluginOptions(pre_start_required=True, get_preferred_allocation_available=False)
 
 
 @dataclass(frozen=True)
@@ -86,14 +90,14 @@ def _device_pb(d: ShareDevice) -> api_pb2.Device:
 
 
 class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
-    def __init__(self, devices: DeviceList, matcher: PodMatcher, metrics: AgentMetrics | None = None) -> None:
+    def __init__(self, devices: DeviceList, handoff: HandOff, metrics: AgentMetrics | None = None) -> None:
         self.devices = devices
-        self.matcher = matcher
+        self.handoff = handoff
         self.metrics = metrics
 
     def GetDevicePluginOptions(self, request: api_pb2.Empty,
                                context: grpc.ServicerContext) -> api_pb2.DevicePluginOptions:
-        return api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=False)
+        return OPTIONS
 
     def ListAndWatch(self, request: api_pb2.Empty,
                      context: grpc.ServicerContext) -> Iterator[api_pb2.ListAndWatchResponse]:
@@ -106,7 +110,7 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
 
     def GetPreferredAllocation(self, request: api_pb2.PreferredAllocationRequest,
                                context: grpc.ServicerContext) -> api_pb2.PreferredAllocationResponse:
-        # Which shares kubelet picks does not matter (Allocate answers from the assignment).
+        # Which shares kubelet picks does not matter (the hand-off follows whichever it picked).
         out = []
         for req in request.container_requests:
             ids = list(req.must_include_deviceIDs)
@@ -115,27 +119,22 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         return api_pb2.PreferredAllocationResponse(container_responses=out)
 
     def Allocate(self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext) -> api_pb2.AllocateResponse:
+        """Nothing pod-specific: kubelet has not said which pod this is. The CDI device named after the
+        ids gets its edits in PreStartContainer."""
         responses = []
         for req in request.container_requests:
-            try:
-                claim = self.matcher.allocate(list(req.devices_ids))
-            except AllocationError as exc:
-                log.error("Allocate %s failed: %s", list(req.devices_ids), exc)
-                if self.metrics:
-                    self.metrics.allocations.labels("error").inc()
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            alloc = claim.allocation
+            name = self.handoff.allocate(list(req.devices_ids))
             if self.metrics:
                 self.metrics.allocations.labels("ok").inc()
-            responses.append(api_pb2.ContainerAllocateResponse(
-                envs=alloc.envs,
-                devices=[api_pb2.DeviceSpec(container_path=p, host_path=p, permissions="rw") for p in alloc.devices],
-                annotations={"gpuslice.io/pod": claim.pod.key},
-            ))
+            responses.append(api_pb2.ContainerAllocateResponse(cdi_devices=[api_pb2.CDIDevice(name=name)]))
         return api_pb2.AllocateResponse(container_responses=responses)
 
     def PreStartContainer(self, request: api_pb2.PreStartContainerRequest,
                           context: grpc.ServicerContext) -> api_pb2.PreStartContainerResponse:
+        try:
+            self.handoff.prestart(list(request.devices_ids))
+        except HandOffError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return api_pb2.PreStartContainerResponse()
 
 
@@ -150,13 +149,13 @@ def _identity(path: Path) -> tuple[int, int] | None:
 class DevicePlugin:
     """Serves the plugin socket and keeps it registered with kubelet."""
 
-    def __init__(self, plugin_dir: str | Path, devices: DeviceList, matcher: PodMatcher,
+    def __init__(self, plugin_dir: str | Path, devices: DeviceList, handoff: HandOff,
                  endpoint: str = ENDPOINT, resource: str = RESOURCE, metrics: AgentMetrics | None = None) -> None:
         self.dir = Path(plugin_dir)
         self.endpoint = endpoint
         self.resource = resource
         self.devices = devices
-        self.service = DevicePluginService(devices, matcher, metrics)
+        self.service = DevicePluginService(devices, handoff, metrics)
         self._server: grpc.Server | None = None
         self._kubelet: tuple[int, int] | None = None
         self._served: tuple[int, int] | None = None
@@ -186,9 +185,7 @@ class DevicePlugin:
         with grpc.insecure_channel(f"unix://{kubelet}") as channel:
             stub = api_pb2_grpc.RegistrationStub(channel)
             stub.Register(api_pb2.RegisterRequest(
-                version=API_VERSION, endpoint=self.endpoint, resource_name=self.resource,
-                options=api_pb2.DevicePluginOptions(pre_start_required=False,
-                                                    get_preferred_allocation_available=False)),
+                version=API_VERSION, endpoint=self.endpoint, resource_name=self.resource, options=OPTIONS),
                 timeout=timeout)
         self._kubelet = _identity(kubelet)
         self.registrations += 1

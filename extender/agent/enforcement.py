@@ -17,37 +17,16 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from extender.agent.cgroups import dmem_available, dmem_regions, find_pod_cgroup, vram_region, write_dmem_max
 from extender.agent.metrics import AgentMetrics
-from extender.agent.podmatch import PodInfo
+from extender.agent.pods import ClusterActions, PodInfo
 from extender.agent.topology import Topology
 from extender.agent.vram import VramSample
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
 from extender.core.errors import InputError
 
 log = logging.getLogger(__name__)
-
-
-class ClusterActions(Protocol):
-    def event(self, pod: PodInfo, reason: str, message: str, kind: str = "Warning") -> None: ...
-
-    def evict(self, pod: PodInfo, reason: str) -> None: ...
-
-
-class MemoryActions:
-    """Records events and evictions: the tests' cluster."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str, str]] = []
-        self.evictions: list[tuple[str, str]] = []
-
-    def event(self, pod: PodInfo, reason: str, message: str, kind: str = "Warning") -> None:
-        self.events.append((pod.key, reason, message, kind))
-
-    def evict(self, pod: PodInfo, reason: str) -> None:
-        self.evictions.append((pod.key, reason))
 
 
 @dataclass(frozen=True)

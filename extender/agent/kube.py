@@ -1,17 +1,16 @@
-"""The agent's thin adapter to the Kubernetes API (kubernetes client): its node's pods, the
-inventory annotation, pod claims, events and evictions. Everything else in the agent talks to the
-PodSource / ClusterActions / NodePublisher interfaces, so tests run without a cluster."""
+"""The agent's thin adapter to the Kubernetes API (kubernetes client): its node's pods, one pod
+read fresh, the inventory annotation, events and evictions. Everything else in the agent talks to
+the PodSource / ClusterActions / NodePublisher interfaces, so tests run without a cluster."""
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 
-from extender.agent.podmatch import ALLOCATED_ANNOTATION, RESOURCE, PodInfo
+from extender.agent.pods import RESOURCE, PodInfo
 from extender.core.inventory import INVENTORY_ANNOTATION
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,8 @@ def _share_count(resources: Any) -> int:
 def pod_info(pod: client.V1Pod) -> PodInfo:
     """A V1Pod as the agent sees it."""
     meta, spec, status = pod.metadata, pod.spec, pod.status
-    shares = {c.name: n for c in (spec.containers or []) if (n := _share_count(c.resources)) > 0}
+    containers = [*(spec.init_containers or []), *(spec.containers or [])]
+    shares = {c.name: n for c in containers if (n := _share_count(c.resources)) > 0}
     started = any(s.state is not None and (s.state.running is not None or s.state.terminated is not None)
                   for s in (status.container_statuses or [] if status else []))
     return PodInfo(uid=meta.uid, namespace=meta.namespace, name=meta.name, node=spec.node_name,
@@ -68,15 +68,13 @@ class KubeAdapter:
         pods = self.api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")
         return [pod_info(p) for p in pods.items]
 
-    def mark_allocated(self, pod: PodInfo, container: str, device_ids: list[str]) -> None:
+    def get_pod(self, namespace: str, name: str) -> PodInfo | None:
         try:
-            current = json.loads(pod.annotations.get(ALLOCATED_ANNOTATION, "{}"))
-        except json.JSONDecodeError:
-            current = {}
-        current = current if isinstance(current, dict) else {}
-        current[container] = device_ids
-        body = {"metadata": {"annotations": {ALLOCATED_ANNOTATION: json.dumps(current, separators=(",", ":"))}}}
-        self.api.patch_namespaced_pod(pod.name, pod.namespace, body)
+            return pod_info(self.api.read_namespaced_pod(name, namespace))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def publish_inventory(self, node: str, text: str) -> None:
         self.api.patch_node(node, {"metadata": {"annotations": {INVENTORY_ANNOTATION: text}}})
@@ -86,7 +84,7 @@ class KubeAdapter:
         self.api.create_namespaced_event(pod.namespace, client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{pod.name}.", namespace=pod.namespace),
             involved_object=client.V1ObjectReference(kind="Pod", api_version="v1", namespace=pod.namespace,
-                                                     name=pod.name, uid=pod.uid),
+                                                     name=pod.name, uid=pod.uid or None),
             reason=reason, message=message, type=kind, count=1, first_timestamp=now, last_timestamp=now,
             source=client.V1EventSource(component=COMPONENT, host=self.node)))
 

@@ -18,6 +18,11 @@ class AgentMetrics:
         self.gpus = Gauge("gpuslice_agent_gpus", "GPUs in the node's inventory", ["health"], registry=r)
         self.allocations = Counter("gpuslice_agent_allocations_total", "device plugin Allocate calls",
                                    ["result"], registry=r)
+        self.handoffs = Counter("gpuslice_agent_handoffs_total",
+                                "PreStartContainer hand-offs: ok, or the reason the container was refused", ["result"],
+                                registry=r)
+        self.cdi_removed = Counter("gpuslice_agent_cdi_specs_removed_total",
+                                   "CDI spec files removed because no container holds their devices", registry=r)
         self.registrations = Counter("gpuslice_agent_kubelet_registrations_total",
                                      "registrations with kubelet", registry=r)
         self.publishes = Counter("gpuslice_agent_inventory_publishes_total", "inventory annotation patches",

@@ -2,8 +2,8 @@
 
 Each poll (default every 5 s): re-read the KFD topology and patch the node's inventory annotation
 when it changed (a GPU disappeared or turned unhealthy, the partition mode changed); push the
-share devices to ListAndWatch; keep the device plugin registered with kubelet; write dmem.max for
-assigned pods; sample VRAM and act on breaches.
+share devices to ListAndWatch; keep the device plugin registered with kubelet; remove CDI specs
+no container holds any more; write dmem.max for assigned pods; sample VRAM and act on breaches.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from flask import Flask, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from waitress.server import create_server
 
+from extender.agent.cdi import DEFAULT_SPEC_DIR
 from extender.agent.deviceplugin import DEFAULT_PLUGIN_DIR, DeviceList, DevicePlugin, share_devices
-from extender.agent.enforcement import ClusterActions, MemoryEnforcer
+from extender.agent.enforcement import MemoryEnforcer
+from extender.agent.handoff import HandOff
 from extender.agent.metrics import AgentMetrics
-from extender.agent.podmatch import PodMatcher, PodSource
+from extender.agent.podresources import DEFAULT_SOCKET, DeviceHolders, PodResourcesClient
+from extender.agent.pods import ClusterActions, PodSource
 from extender.agent.topology import Topology, read_topology
 from extender.agent.vram import sample_vram
 from extender.core.inventory import format_inventory
@@ -53,19 +56,22 @@ class AgentConfig:
     shares_per_gpu: int = 16
     interval: float = 5.0
     memory_action: str = "monitor"
+    pod_resources_socket: str = DEFAULT_SOCKET
+    cdi_dir: str = DEFAULT_SPEC_DIR
 
 
 class Agent:
     def __init__(self, cfg: AgentConfig, pods: PodSource, actions: ClusterActions, publisher: NodePublisher,
-                 metrics: AgentMetrics | None = None) -> None:
+                 metrics: AgentMetrics | None = None, holders: DeviceHolders | None = None) -> None:
         self.cfg = cfg
         self.pods = pods
         self.publisher = publisher
         self.metrics = metrics or AgentMetrics()
         self.topology = Topology(())
         self.devices = DeviceList()
-        self.matcher = PodMatcher(cfg.node, pods, lambda: self.topology)
-        self.plugin = DevicePlugin(cfg.plugin_dir, self.devices, self.matcher, metrics=self.metrics)
+        self.handoff = HandOff(cfg.node, pods, holders or PodResourcesClient(cfg.pod_resources_socket),
+                               lambda: self.topology, cfg.cdi_dir, actions, self.metrics)
+        self.plugin = DevicePlugin(cfg.plugin_dir, self.devices, self.handoff, metrics=self.metrics)
         self.enforcer = MemoryEnforcer(cfg.root, actions, self.metrics, cfg.memory_action)
         self.published: str | None = None
         self.last_poll = 0.0
@@ -97,9 +103,9 @@ class Agent:
         self.refresh_inventory()
         if self.plugin.check():
             self.metrics.registrations.inc()
+        self.handoff.sweep()
         pods = self.pods.pods_on_node(self.cfg.node)
-        self.matcher.forget_missing({p.uid for p in pods})
-        handed_out = {c.pod.uid: c.assignment for c in self.matcher.claims()}
+        handed_out = {c.pod.uid: c.assignment for c in self.handoff.claims()}
         self.enforcer.apply_dmem(pods, self.topology, handed_out)
         self.enforcer.check(sample_vram(self.cfg.root), pods, self.topology, handed_out)
         self.last_poll = time.monotonic()
@@ -147,6 +153,10 @@ def add_run_parser(asub: argparse._SubParsersAction) -> None:
     run.add_argument("--node-name", required=True, help="this node's name (downward API spec.nodeName)")
     run.add_argument("--root", default="/", help="where the host's /sys and /proc are mounted (default /)")
     run.add_argument("--plugin-dir", default=DEFAULT_PLUGIN_DIR, help="kubelet's device-plugin socket directory")
+    run.add_argument("--pod-resources-socket", default=DEFAULT_SOCKET,
+                     help="kubelet's PodResources API socket (which pod holds which devices)")
+    run.add_argument("--cdi-dir", default=DEFAULT_SPEC_DIR,
+                     help="where the runtime reads CDI specs (default %(default)s)")
     run.add_argument("--shares-per-gpu", type=int, default=16, help="gpu-share devices advertised per GPU")
     run.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
     run.add_argument("--port", type=int, default=9402, help="health and metrics port")
@@ -172,7 +182,8 @@ def run_cmd(args: argparse.Namespace) -> int:
         return 1
     kube = KubeAdapter(load_core_api(args.kubeconfig), args.node_name)
     cfg = AgentConfig(node=args.node_name, root=args.root, plugin_dir=args.plugin_dir,
-                      shares_per_gpu=args.shares_per_gpu, interval=args.interval, memory_action=action)
+                      shares_per_gpu=args.shares_per_gpu, interval=args.interval, memory_action=action,
+                      pod_resources_socket=args.pod_resources_socket, cdi_dir=args.cdi_dir)
     agent = Agent(cfg, kube, kube, kube)
     server = create_server(health_app(agent), host="0.0.0.0", port=args.port, threads=2)
     threading.Thread(target=server.run, name="agent-http", daemon=True).start()

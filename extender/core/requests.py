@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from extender.core.errors import SliceRequestError
-from extender.core.policy import GpuClass, GpuModel, Policy, profile_rps, round_cus
+from extender.core.policy import GpuClass, GpuModel, Policy, round_cus
 from extender.core.quantity import parse_bytes, parse_millis, parse_quantity
+from extender.core.sizing import Sizing, rps_within_budget, size_for_target
 
 KEYS = ("vendor", "compute", "computeLimit", "memory", "memoryLimit", "count", "class", "profile",
         "target-rps")
@@ -22,8 +23,9 @@ MAX_COUNT = 64
 class SliceRequest:
     """One pod's request, per GPU, times `count` GPUs.
 
-    Compute is either a share of the GPU (`compute_millis`) or, for a profile sized from a
-    target req/s, an absolute CU count (`compute_cus`) measured on the profile's GPU model.
+    Compute is a share of the GPU (`compute_millis`). A pod sized from a profile's target req/s
+    (core/sizing.py) asks for the share that gives `compute_cus` CUs on one GPU of the profile's model;
+    `predicted_rps` is its throughput there beside the worst co-tenancy the policy allows.
     """
 
     vendor: str
@@ -39,13 +41,9 @@ class SliceRequest:
     predicted_rps: float | None = None
 
     def guaranteed_cus(self, policy: Policy, model: GpuModel, total_cus: int, xcds: int | None = None) -> int:
-        """CUs to guarantee on a GPU with `total_cus` CUs on `xcds` XCDs (default: the model's), after
-        the policy's rounding and in whole atoms; `total_cus` means the whole GPU."""
-        if self.compute_cus is not None:
-            wanted = math.ceil(self.compute_cus * total_cus / model.computeUnits)
-        else:
-            wanted = math.ceil(self.compute_millis * total_cus / 1000)
-        return round_cus(policy, model, total_cus, wanted, xcds)
+        """CUs to guarantee on a GPU of `model` with `total_cus` CUs on `xcds` XCDs (default: the model's),
+        after the policy's rounding and in whole atoms; `total_cus` means the whole GPU."""
+        return round_cus(policy, model, total_cus, math.ceil(self.compute_millis * total_cus / 1000), xcds)
 
     def limit_cus(self, total_cus: int) -> int:
         return math.ceil(self.compute_limit_millis * total_cus / 1000)
@@ -132,8 +130,7 @@ def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[s
 
     target_text = raw("target-rps")
     target_rps: float | None = None
-    compute_cus: int | None = None
-    predicted: float | None = None
+    sized: Sizing | None = None
     if target_text is not None:
         try:
             target_rps = float(parse_quantity(target_text))
@@ -143,20 +140,22 @@ def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[s
             raise SliceRequestError(key("target-rps"), target_text, "must be greater than 0")
         if profile is None:
             raise SliceRequestError(key("target-rps"), target_text, f"needs {key('profile')} to size from")
-        model = policy.models[profile.gpuModel]
         try:
-            compute_cus, predicted = size_for_target(policy, profile_name or "", target_rps, model)
+            sized = size_for_target(policy, profile_name or "", target_rps, workload_class)
         except SliceRequestError as exc:  # name the pod's own text, not its float
             raise SliceRequestError(exc.key, target_text, exc.reason) from None
 
     compute_text = raw("compute")
+    predicted = sized.predicted_rps if sized is not None else None
     if compute_text is not None:
         compute_millis = _millis(key("compute"), compute_text)
         if compute_millis == 0:
             raise SliceRequestError(key("compute"), compute_text, "must be greater than 0")
-    elif compute_cus is not None:
-        model = policy.models[profile.gpuModel]  # type: ignore[union-attr]
-        compute_millis = math.ceil(compute_cus * 1000 / model.computeUnits)
+        if sized is not None and compute_millis <= 1000:
+            predicted = _explicit_meets_target(policy, sized, compute_millis, workload_class, key("compute"),
+                                               compute_text)
+    elif sized is not None:
+        compute_millis = sized.millis
     else:
         raise SliceRequestError(key("compute"), None,
                                 f"missing: set {key('compute')} (e.g. 250m) or {key('profile')} + "
@@ -193,7 +192,8 @@ def parse_slice_request(labels: Mapping[str, str] | None, annotations: Mapping[s
     return SliceRequest(vendor=vendor, compute_millis=compute_millis, compute_limit_millis=compute_limit,
                         memory_bytes=memory, memory_limit_bytes=memory_limit, count=count,
                         workload_class=workload_class, profile=profile_name, target_rps=target_rps,
-                        compute_cus=compute_cus if compute_text is None else None, predicted_rps=predicted)
+                        compute_cus=sized.cus if sized is not None and compute_text is None else None,
+                        predicted_rps=predicted)
 
 
 def _reject_misspelt_keys(labels: Mapping[str, str], annotations: Mapping[str, str], prefix: str) -> None:
@@ -224,22 +224,17 @@ def _bytes(key: str, text: str) -> int:
         raise SliceRequestError(key, text, str(exc)) from None
 
 
-def size_for_target(policy: Policy, profile_name: str, target_rps: float, model: GpuModel,
-                    co_tenant_penalty: float = 0.0) -> tuple[int, float]:
-    """Smallest CU count (after rounding) whose profile throughput, less `co_tenant_penalty`,
-    meets `target_rps`. Returns (cus, predicted rps). Raises SliceRequestError if none does."""
-    profile = policy.profiles[profile_name]
+def _explicit_meets_target(policy: Policy, sized: Sizing, millis: int, workload_class: GpuClass, key: str,
+                           text: str) -> float:
+    """A pod that names both compute and a target keeps its compute only if that meets the target under
+    the same rule as sizing (so no placement can leave it under its target); its predicted req/s."""
+    model = policy.models[policy.profiles[sized.profile].gpuModel]
     total = model.computeUnits
-    best: tuple[int, float] | None = None
-    for wanted in range(1, total + 1):
-        cus = round_cus(policy, model, total, wanted)
-        if best is not None and cus == best[0]:
-            continue
-        rps = profile_rps(profile, cus) * (1.0 - co_tenant_penalty)
-        best = (cus, rps)
-        if rps >= target_rps:
-            return cus, rps
-    top = best[1] if best else 0.0
-    raise SliceRequestError(f"{policy.prefix}/target-rps", f"{target_rps:g}",
-                            f"profile {profile_name} reaches at most {top:.1f} req/s on one {total}-CU "
-                            f"GPU; lower the target or run more replicas")
+    cus = round_cus(policy, model, total, math.ceil(millis * total / 1000))
+    rps, budget = rps_within_budget(policy, sized.profile, cus, workload_class)
+    if rps < sized.target_rps:
+        raise SliceRequestError(key, text, f"gives {cus} CUs of a {total}-CU GPU, {rps:.1f} req/s beside the "
+                                f"worst co-tenancy the policy allows ({budget.memory_bound} memory-bound, "
+                                f"{budget.compute_bound} compute-bound), under target-rps {sized.target_rps:g}; "
+                                f"ask for at least {sized.millis}m or leave compute out to size from the target")
+    return rps

@@ -21,6 +21,7 @@ from extender.core.inventory import GpuInfo, format_inventory, parse_inventory
 from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
+from extender.core.sizing import Prediction, predict
 from extender.core.solver import (
     Bin,
     Item,
@@ -78,11 +79,15 @@ class Placed:
     replica: int
     assignment: Assignment
     cus: int  # guaranteed CUs per GPU
+    sla: Prediction | None = None  # a profile + target replica: its req/s beside the co-tenants it got
 
     def to_dict(self) -> dict[str, object]:
-        return {"workload": self.workload, "replica": self.replica, "node": self.assignment.node,
-                "class": self.assignment.workload_class, "computeUnits": self.cus,
-                "gpus": [g.to_dict() for g in self.assignment.gpus]}
+        out: dict[str, object] = {"workload": self.workload, "replica": self.replica, "node": self.assignment.node,
+                                  "class": self.assignment.workload_class, "computeUnits": self.cus,
+                                  "gpus": [g.to_dict() for g in self.assignment.gpus]}
+        if self.sla is not None:
+            out["sla"] = self.sla.to_dict()
+        return out
 
 
 @dataclass
@@ -198,6 +203,11 @@ def _workload(spec: object, label: str, seen: set[str], policy: Policy) -> Workl
     return Workload(label, replicas, req)
 
 
+def replica_key(workload: str, replica: int) -> str:
+    """A planned replica's name and uid in the scratch ledger."""
+    return f"{workload}#{replica}"
+
+
 def _items(workloads: list[Workload], states: list[NodeState], policy: Policy
            ) -> tuple[list[Item], list[tuple[Workload, int]], list[Unplaced]]:
     """One optional model item per replica that fits somewhere beside the existing tenants; a reason for the rest."""
@@ -214,7 +224,7 @@ def _items(workloads: list[Workload], states: list[NodeState], policy: Policy
             continue
         cus = tuple(needed_cus(w.request, g, policy) for s in states for g in s.gpus)
         for r in range(w.replicas):
-            items.append(Item(f"{w.name}#{r}", w.request.workload_class, cus, w.request.memory_bytes,
+            items.append(Item(replica_key(w.name, r), w.request.workload_class, cus, w.request.memory_bytes,
                               w.request.memory_limit_bytes, w.request.count, optional=True))
             owners.append((w, r))
     return items, owners, unplaced
@@ -310,7 +320,8 @@ def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: 
         if better.ok and gpus_used(second, better.placement) <= used and _placed(better) >= _placed(found):
             solution = Solution(widen(better.placement, keep), solution.outcome, better.objective, found.bound,
                                 found.seconds + better.seconds)
-    placed = _reserve(ledger, bins, items, owners, solution, policy, unplaced)
+    placed = _with_predictions(_reserve(ledger, bins, items, owners, solution, policy, unplaced), ledger,
+                               {w.name: w for w in workloads}, policy)
     used_gpus = sum(1 for s in ledger.nodes() for g in s.gpus if g.slices)
     placed_items = [items[i] for i, w in enumerate(solution.placement) if w is not None]
     # Bounds for what was placed (the gap is measured on them) and for every replica that fits some GPU.
@@ -325,6 +336,22 @@ def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: 
                 nodes=[s for s in ledger.nodes()], replicas=sum(w.replicas for w in workloads),
                 lower_bound_all=max(bounds.values(), default=0), bounds_all=bounds,
                 one_per_gpu_all=sum(w.replicas * w.request.count for w in workloads))
+
+
+def _with_predictions(placed: list[Placed], ledger: Ledger, workloads: Mapping[str, Workload],
+                      policy: Policy) -> list[Placed]:
+    """Each SLA replica's predicted req/s beside the co-tenants the whole plan gave it."""
+    out = []
+    for p in placed:
+        req = workloads[p.workload].request
+        state = ledger.node(p.assignment.node)
+        if req.profile is None or req.target_rps is None or state is None:
+            out.append(p)
+            continue
+        gpus = [g for g in (state.gpu(ga.index) for ga in p.assignment.gpus) if g is not None]
+        sla = predict(policy, req.profile, req.target_rps, gpus, replica_key(p.workload, p.replica))
+        out.append(replace(p, sla=sla))
+    return out
 
 
 def _nodes_to_keep(problem: Problem, hint: Placement) -> list[int]:

@@ -41,10 +41,11 @@ Inputs:
   --load X --seed N          the published methodology: sample trace pods with replacement (seeded)
                              until the GPUs they ask reach X% of the cluster's; pods never depart.
                              Without --load the trace replays by creation/deletion time.
-SLA right-sizing: a pod with a profile and a target req/s gets the smallest CU count (after the
-policy's rounding) whose profile throughput, less the interference of the worst co-tenancy the
-policy's class rules allow (interference.memoryBoundPenalty per other memory-bound tenant,
-computeBoundPenalty per other compute-bound one), meets the target, and at least the profile's
+SLA right-sizing: a pod with a profile and a target req/s is sized by the extender's own rule
+(extender/core/sizing.py): the smallest CU count (after the policy's rounding) whose profile
+throughput, less the interference of the worst co-tenancy the policy's per-GPU rules allow beside it
+(class limits, bandwidth budget, CUs left; interference.memoryBoundPenalty per other memory-bound
+tenant, computeBoundPenalty per other compute-bound one), meets the target, and at least the profile's
 minimum memory; targets no CU count meets are reported as infeasible. After the replay each such pod's
 predicted req/s is recomputed with the co-tenants it actually has.
 Reproducibility: --seed fixes sampling and tie-breaks; with the CP-SAT placer at bind a solve that hits

@@ -8,7 +8,9 @@ pending pods, per-class interference and, per pod with an SLA, predicted req/s a
 - idleGpus: healthy GPUs without any tenant. gpus: GPUs with at least one tenant.
 - fragmentationPct (after the FGD paper's idea): free compute on partly used GPUs weighted by the
   share of arrived GPU pods too big for it, as % of all GPUs — free capacity the workload cannot use.
-- interference: per class, tenants sharing a GPU and their modelled throughput loss (sizing module).
+- interference: per class, tenants sharing a GPU and their modelled throughput loss (core/interference.py).
+- sla: per pod with a profile and a target, its predicted req/s beside the co-tenants it has at the end
+  (core/sizing.predict, as `gpuslice plan` reports it).
 """
 
 from __future__ import annotations
@@ -16,16 +18,11 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
+from extender.core.interference import co_tenants, loss
 from extender.core.layout import fragmentation
 from extender.core.ledger import GpuState
-from extender.sim import sizing
+from extender.core.sizing import predict
 from extender.sim.replay import ReplayState
-
-
-def _others(gpu: GpuState, uid: str) -> tuple[int, int]:
-    mb = sum(1 for s in gpu.slices if s.pod.uid != uid and s.workload_class == sizing.MEMORY_BOUND)
-    cb = sum(1 for s in gpu.slices if s.pod.uid != uid and s.workload_class != sizing.MEMORY_BOUND)
-    return mb, cb
 
 
 def summarize(st: ReplayState) -> dict[str, object]:
@@ -59,8 +56,7 @@ def summarize(st: ReplayState) -> dict[str, object]:
     by_class: dict[str, list[float]] = defaultdict(list)
     for g in used:
         for s in g.slices:
-            mb, cb = _others(g, s.pod.uid)
-            by_class[s.workload_class].append(sizing.penalty(policy, mb, cb))
+            by_class[s.workload_class].append(loss(policy, co_tenants(g, s.pod.uid)))
     for cls, losses in sorted(by_class.items()):
         shared = [x for x in losses if x > 0]
         interference[cls] = {"tenants": len(losses), "sharing": len(shared),
@@ -127,24 +123,15 @@ def _sla(st: ReplayState) -> dict[str, object]:
             row.update(status="pending", reason=o.reason)
         else:
             state = st.engine.ledger.node(o.node or "")
-            profile = policy.profiles[ask.profile]
-            base = policy.models[profile.gpuModel].computeUnits
-            worst = None
-            for ga in entry.assignment.gpus:
-                gpu = state.gpu(ga.index) if state else None
-                if gpu is None:
-                    continue
-                cus = round(len(ga.cus) * base / gpu.info.computeUnits)
-                mb, cb = _others(gpu, o.uid)
-                rps = sizing.predicted_rps(policy, ask.profile, cus, mb, cb)
-                if worst is None or rps < worst[0]:
-                    worst = (rps, cus, mb + cb)
-            if worst is None:
+            gpus = [g for g in (state.gpu(ga.index) if state else None for ga in entry.assignment.gpus) if g]
+            if not gpus:
                 continue
-            ok = worst[0] + 1e-9 >= ask.target_rps
-            met += ok
-            row.update(status="met" if ok else "violated", predictedRps=round(worst[0], 2), cus=worst[1],
-                       coTenants=worst[2], node=o.node)
+            pred = predict(policy, ask.profile, ask.target_rps, gpus, o.uid)
+            met += bool(pred.met)
+            status = {True: "met", False: "violated", None: "unmeasured"}[pred.met]
+            row.update(status=status, predictedRps=None if pred.predicted_rps is None else round(pred.predicted_rps, 2),
+                       cus=pred.cus, coTenants=pred.co_tenants.memory_bound + pred.co_tenants.compute_bound,
+                       node=o.node)
         rows.append(row)
     return {"pods": len(rows), "met": met, "violated": sum(1 for r in rows if r["status"] == "violated"),
             "infeasible": sum(1 for r in rows if r["status"] == "infeasible"),

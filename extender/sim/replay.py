@@ -34,12 +34,12 @@ from extender.core.errors import SliceRequestError
 from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
+from extender.core.sizing import size_for_target
 from extender.engine.cluster import PodView
 from extender.engine.placement import NodeFit, evaluate, fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine, Placer
 from extender.engine.solver_placer import SolverPlacer
-from extender.sim import sizing
 from extender.sim.cluster import SimCluster
 from extender.sim.workload import SimNode, SimPod
 
@@ -145,17 +145,17 @@ class Replay:
             ann[key + "profile"] = ask.profile or ""
             if memory < profile.minMemory:
                 memory = profile.minMemory
+        if profile is not None and ask.target_rps is not None:
+            ann[key + "target-rps"] = repr(ask.target_rps)  # the request parser sizes it, as the extender does
         if ask.compute_millis is not None:
             ann[key + "compute"] = f"{ask.compute_millis}m"
-        else:
+        else:  # the parser's sizing function, called here for the pod's demand
             assert profile is not None and ask.target_rps is not None
-            s = sizing.size(p, ask.profile or "", ask.target_rps, cls, memory)
-            if s.cus is None:
-                return PodOutcome(pod, uid, None, 0.0, infeasible=s.reason)
-            total = p.models[profile.gpuModel].computeUnits
-            ann[key + "compute"] = f"{sizing.millis_for_cus(s.cus, total)}m"
-            ann[key + "target-rps"] = f"{ask.target_rps:g}"
-            demand = ask.count * s.cus / total
+            try:
+                s = size_for_target(p, ask.profile or "", ask.target_rps, cls)  # type: ignore[arg-type]
+            except SliceRequestError as exc:
+                return PodOutcome(pod, uid, None, 0.0, infeasible=exc.reason)
+            demand = ask.count * s.cus / p.models[profile.gpuModel].computeUnits
             sized = s.cus
         ann[key + "memory"] = str(memory)
         ann[key + "class"] = cls

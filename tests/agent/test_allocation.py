@@ -11,6 +11,7 @@ from extender.agent.allocation import allocation_for
 from extender.agent.topology import read_topology
 from extender.cli import main
 from extender.core.assignment import Assignment, GpuAssignment, parse_assignment
+from extender.core.atoms import AtomError, is_xcc_complete
 from extender.core.cumask import parse_cu_mask
 from extender.core.errors import AssignmentError
 
@@ -69,16 +70,26 @@ def test_unknown_gpu_or_cus_past_the_partition_fail_loudly() -> None:
 
 
 @st.composite
+def atoms(draw: st.DrawFn, total: int, xcds: int, taken: frozenset[int] = frozenset(), min_atoms: int = 1
+          ) -> frozenset[int]:
+    """A random XCC-complete CU set: the same number of CUs on every XCD (CU b is on XCD b % xcds),
+    outside `taken`."""
+    free = [[c for c in range(x, total, xcds) if c not in taken] for x in range(xcds)]
+    n = draw(st.integers(min_atoms, min(len(f) for f in free)))
+    return frozenset(c for f in free for c in draw(st.permutations(f))[:n])
+
+
+@st.composite
 def random_assignment(draw: st.DrawFn) -> tuple[str, Assignment]:
     layout = draw(st.sampled_from(sorted(TOPOLOGIES)))
     gpus = TOPOLOGIES[layout].gpus
     chosen = draw(st.lists(st.integers(0, len(gpus) - 1), min_size=1, max_size=4, unique=True))
     out = []
     for i in chosen:
-        total = gpus[i].info.computeUnits
-        cus = draw(st.sets(st.integers(0, total - 1), min_size=1))
-        burst = draw(st.sets(st.integers(0, total - 1))) - cus
-        out.append(gpu(layout, i, frozenset(cus), frozenset(burst), mem=GIB, limit=2 * GIB))
+        total, xcds = gpus[i].info.computeUnits, gpus[i].info.xcds
+        cus = draw(atoms(total, xcds))
+        burst = draw(atoms(total, xcds, cus, min_atoms=0)) if len(cus) < total else frozenset()
+        out.append(gpu(layout, i, cus, burst, mem=GIB, limit=2 * GIB))
     return layout, assign(*out)
 
 
@@ -95,6 +106,38 @@ def test_mask_text_for_every_layout_parses_to_the_assigned_cus(case: tuple[str, 
                                cus_per_gpu={p: k.info.computeUnits for p, k in enumerate(alloc.gpus)})
         assert parsed == expected
     assert len(alloc.envs["ROCR_VISIBLE_DEVICES"].split(",")) == len(assignment.gpus)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_masks_missing_an_xcd_are_refused(data: st.DataObject) -> None:
+    """On the 8-XCD MI300X any guarantee, or guarantee + burst, with uneven bits per XCD is refused
+    naming the field; on 1-XCD partitions (CPX) every non-empty set is whole atoms."""
+    spx = TOPOLOGIES["mi300x-spx"]
+    cus = frozenset(data.draw(st.sets(st.integers(0, 303), min_size=1, max_size=303)))
+    burst = frozenset(data.draw(st.sets(st.integers(0, 303)))) - cus
+    assignment = assign(gpu("mi300x-spx", 0, cus, burst))
+    bad = [key for key, s in (("cus", cus), ("cus+burstCus", cus | burst))
+           if len(s) < 304 and not is_xcc_complete(s, 8)]
+    if bad:
+        with pytest.raises(AtomError) as err:
+            allocation_for(assignment, spx)
+        assert err.value.key == f"gpus[0].{bad[0]}" and "atoms of 8 CUs" in err.value.reason
+    else:
+        allocation_for(assignment, spx)
+    cpx_cus = frozenset(c % 38 for c in cus)
+    allocation_for(assign(gpu("mi300x-cpx", 3, cpx_cus, frozenset(range(38)) - cpx_cus)), TOPOLOGIES["mi300x-cpx"])
+
+
+def test_unsafe_masks_from_the_issue_are_refused() -> None:
+    spx = TOPOLOGIES["mi300x-spx"]
+    for cus in (range(32, 36), range(5, 256, 8), range(4), [0, 8, 16, 24]):  # XCDs 0-3 / XCD 5 / 0-3 / 0 only
+        with pytest.raises(AtomError, match="would run unmasked"):
+            allocation_for(assign(gpu("mi300x-spx", 0, frozenset(cus))), spx)
+    with pytest.raises(AtomError, match=r"cus\+burstCus"):  # a whole guarantee, a burst on XCD 0 only
+        allocation_for(assign(gpu("mi300x-spx", 0, frozenset(range(8)), frozenset({8}))), spx)
+    whole = allocation_for(assign(gpu("mi300x-spx", 0, frozenset(range(8)), frozenset(range(8, 304)))), spx)
+    assert "HSA_CU_MASK" not in whole.envs  # guarantee + burst is the whole GPU: no mask at all
 
 
 def test_cli_inventory_and_env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

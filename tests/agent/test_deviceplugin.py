@@ -1,4 +1,5 @@
-"""The device plugin against a test kubelet: a real gRPC Registration server on a unix socket."""
+"""The device plugin against a test kubelet: real gRPC Registration and PodResources servers on unix
+sockets. The hand-off's adversarial orders are in test_handoff.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from kubelet_fake import FakeKubelet
 
 from extender.agent.deviceplugin import KUBELET_SOCKET, DeviceList, DevicePlugin, share_devices
-from extender.agent.podmatch import MemoryPodSource, PodInfo, PodMatcher
+from extender.agent.handoff import HandOff
+from extender.agent.podresources import PodResourcesClient
+from extender.agent.pods import MemoryActions, MemoryPodSource, PodInfo
 from extender.agent.proto import api_pb2, api_pb2_grpc
 from extender.agent.topology import read_topology
 from extender.core.assignment import Assignment, GpuAssignment
@@ -32,13 +35,15 @@ def assignment(topology_gpu, cus: range, limit: int = 16 * GIB) -> str:
 @pytest.fixture
 def rig() -> Iterator[tuple[FakeKubelet, DevicePlugin, DeviceList, MemoryPodSource]]:
     short = Path(tempfile.mkdtemp(prefix="dp", dir="/tmp"))  # unix socket paths must stay short
-    kubelet = FakeKubelet(short)
+    kubelet = FakeKubelet(short, cdi_dir=short / "cdi")
     kubelet.start()
     topology = read_topology(FIXTURES / "mi300x-spx")
     devices = DeviceList()
     devices.set(share_devices(topology, 4))
     pods = MemoryPodSource()
-    plugin = DevicePlugin(short, devices, PodMatcher("n1", pods, lambda: topology))
+    handoff = HandOff("n1", pods, PodResourcesClient(str(kubelet.pod_resources_socket)), lambda: topology,
+                      short / "cdi", MemoryActions())
+    plugin = DevicePlugin(short, devices, handoff)
     yield kubelet, plugin, devices, pods
     plugin.stop()
     kubelet.stop()
@@ -63,7 +68,8 @@ def test_registers_and_reregisters_after_kubelet_restart(rig) -> None:
     assert plugin.socket.exists() and len(kubelet.requests) == 2 and plugin.registrations == 2
     channel, s = stub(plugin)
     with channel:
-        assert s.GetDevicePluginOptions(api_pb2.Empty(), timeout=5).pre_start_required is False
+        assert s.GetDevicePluginOptions(api_pb2.Empty(), timeout=5).pre_start_required is True
+    assert req.options.pre_start_required is True  # kubelet reads either; both ask for PreStartContainer
 
 
 def test_kubelet_absent_is_not_fatal(rig) -> None:
@@ -93,8 +99,8 @@ def test_list_and_watch_follows_health(rig) -> None:
         stream.cancel()
 
 
-def test_allocate_returns_devices_and_env(rig) -> None:
-    _, plugin, _, pods = rig
+def test_allocate_answers_a_cdi_device_and_prestart_writes_its_spec(rig) -> None:
+    kubelet, plugin, _, pods = rig
     topology = read_topology(FIXTURES / "mi300x-spx")
     pods.pods["u1"] = PodInfo("u1", "ns", "p1", "n1", created="2026-11-28T19:00:00Z",
                               annotations={"gpuslice.io/assignment": assignment(topology.gpus[2], range(32, 64))},
@@ -104,52 +110,58 @@ def test_allocate_returns_devices_and_env(rig) -> None:
     with channel:
         resp = s.Allocate(api_pb2.AllocateRequest(container_requests=[
             api_pb2.ContainerAllocateRequest(devices_ids=["0x2c1d5a6b7e8f0700-03"])]), timeout=5)
-        c = resp.container_responses[0]
-        assert dict(c.envs)["HSA_CU_MASK"] == "0:32-63"
-        assert dict(c.envs)["ROCR_VISIBLE_DEVICES"] == "GPU-2C1D5A6B7E8F0200"
-        assert [(d.host_path, d.container_path, d.permissions) for d in c.devices] == [
-            ("/dev/kfd", "/dev/kfd", "rw"), ("/dev/dri/renderD130", "/dev/dri/renderD130", "rw")]
-        assert pods.marks == [("u1", "main", ["0x2c1d5a6b7e8f0700-03"])]
-        with pytest.raises(grpc.RpcError) as err:  # nobody else is waiting: fail loudly
-            s.Allocate(api_pb2.AllocateRequest(container_requests=[
-                api_pb2.ContainerAllocateRequest(devices_ids=["0x2c1d5a6b7e8f0700-01"])]), timeout=5)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "no pending pod" in err.value.details()
+    c = resp.container_responses[0]
+    assert not c.envs and not c.devices and not c.annotations  # nothing pod-specific before PreStart
+    (cdi,) = [d.name for d in c.cdi_devices]
+    assert cdi.startswith("gpuslice.io/slice=")
+    kubelet.pod_devices[("ns", "p1")] = {"main": (["0x2c1d5a6b7e8f0700-03"], c)}  # kubelet records it
+    got = kubelet.start_container("ns", "p1", "main")
+    assert got.env["HSA_CU_MASK"] == "0:32-63" and got.env["ROCR_VISIBLE_DEVICES"] == "GPU-2C1D5A6B7E8F0200"
+    assert got.devices == ["/dev/kfd", "/dev/dri/renderD130"]
+    assert [p.name for p in (plugin.dir / "cdi").iterdir()] == [f"gpuslice.io-slice-{cdi.split('=')[1]}.json"]
 
 
-def test_concurrent_allocates_get_distinct_pods(rig) -> None:
-    _, plugin, _, pods = rig
+def test_prestart_for_devices_nobody_holds_fails_loudly(rig) -> None:
+    _, plugin, _, _ = rig
+    plugin.check()
+    channel, s = stub(plugin)
+    with channel, pytest.raises(grpc.RpcError) as err:
+        s.PreStartContainer(api_pb2.PreStartContainerRequest(devices_ids=["0x2c1d5a6b7e8f0700-01"]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "refusing to guess" in err.value.details()
+
+
+def test_concurrent_hand_offs_each_get_their_own_pod(rig) -> None:
+    kubelet, plugin, _, pods = rig
     topology = read_topology(FIXTURES / "mi300x-spx")
-    for i in range(8):  # 8 pods bound in different seconds, each with its own slice
-        pods.pods[f"u{i}"] = PodInfo(f"u{i}", "ns", f"p{i}", "n1", created=f"2026-11-28T19:00:{i:02d}Z",
+    for i in range(8):  # 8 pods created in the same second, each with its own slice
+        pods.pods[f"u{i}"] = PodInfo(f"u{i}", "ns", f"p{i}", "n1", created="2026-11-28T19:00:00Z",
                                      annotations={"gpuslice.io/assignment": assignment(topology.gpus[i], range(64))},
                                      share_requests={"main": 1})
     plugin.check()
-    results: list[str] = []
+    for i in range(8):
+        kubelet.admit("ns", f"p{i}", {"main": [f"0x2c1d5a6b7e8f0000-{(7 - i) % 4:02d}" if i < 4 else
+                                               f"0x2c1d5a6b7e8f0100-{i % 4:02d}"]})
+    results: dict[int, str] = {}
     errors: list[Exception] = []
 
     def call(n: int) -> None:
-        channel, s = stub(plugin)
-        with channel:
-            try:
-                r = s.Allocate(api_pb2.AllocateRequest(container_requests=[
-                    api_pb2.ContainerAllocateRequest(devices_ids=[f"0x2c1d5a6b7e8f0000-{n:02d}"])]), timeout=10)
-                results.append(dict(r.container_responses[0].envs)["ROCR_VISIBLE_DEVICES"])
-            except grpc.RpcError as exc:
-                errors.append(exc)
+        try:
+            results[n] = kubelet.start_container("ns", f"p{n}", "main").env["ROCR_VISIBLE_DEVICES"]
+        except Exception as exc:
+            errors.append(exc)
 
-    threads = [threading.Thread(target=call, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
-    assert len(results) == 4 and len(set(results)) == 4  # no pod handed out twice
-    assert len(pods.marks) == 4
+    assert results == {n: topology.gpus[n].uuid for n in range(8)}
 
 
 def test_two_gpu_pod_and_preferred_allocation(rig) -> None:
-    _, plugin, _, pods = rig
+    kubelet, plugin, _, pods = rig
     t = read_topology(FIXTURES / "mi300x-spx")
     a = Assignment(node="n1", gpus=tuple(GpuAssignment(index=i, id=t.gpus[i].info.id, cus=frozenset(range(64)),
                                                         burstCus=frozenset(), memoryBytes=GIB, memoryLimitBytes=GIB)
@@ -164,8 +176,7 @@ def test_two_gpu_pod_and_preferred_allocation(rig) -> None:
             api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=["a", "b", "c"],
                                                         must_include_deviceIDs=["c"], allocation_size=2)]), timeout=5)
         assert list(pref.container_responses[0].deviceIDs) == ["c", "a"]
-        resp = s.Allocate(api_pb2.AllocateRequest(container_requests=[
-            api_pb2.ContainerAllocateRequest(devices_ids=["a", "c"])]), timeout=5)
-        envs = dict(resp.container_responses[0].envs)
-        assert envs["HSA_CU_MASK"] == "0-1:0-63" and envs["ROCR_VISIBLE_DEVICES"].count("GPU-") == 2
-        assert len(resp.container_responses[0].devices) == 3
+    kubelet.admit("ns", "big", {"main": ["a", "c"]})
+    got = kubelet.start_container("ns", "big", "main")
+    assert got.env["HSA_CU_MASK"] == "0-1:0-63" and got.env["ROCR_VISIBLE_DEVICES"].count("GPU-") == 2
+    assert len(got.devices) == 3

@@ -8,11 +8,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kubelet_fake import StaticHolders
 from kubernetes import client
 
-from extender.agent.enforcement import MemoryActions
 from extender.agent.kube import KubeAdapter, pod_info
-from extender.agent.podmatch import MemoryPodSource, PodInfo
+from extender.agent.pods import MemoryActions, MemoryPodSource, PodInfo
 from extender.agent.runner import Agent, AgentConfig, MemoryPublisher, health_app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sysfs"
@@ -22,8 +22,9 @@ NODES = "sys/class/kfd/kfd/topology/nodes"
 def make_agent(root: Path) -> tuple[Agent, MemoryPublisher]:
     plugin_dir = Path(tempfile.mkdtemp(prefix="dp", dir="/tmp"))
     publisher = MemoryPublisher()
-    agent = Agent(AgentConfig(node="n1", root=str(root), plugin_dir=str(plugin_dir), shares_per_gpu=2, interval=1),
-                  MemoryPodSource(), MemoryActions(), publisher)
+    agent = Agent(AgentConfig(node="n1", root=str(root), plugin_dir=str(plugin_dir), shares_per_gpu=2, interval=1,
+                              cdi_dir=str(plugin_dir / "cdi")),
+                  MemoryPodSource(), MemoryActions(), publisher, holders=StaticHolders())
     return agent, publisher
 
 
@@ -97,7 +98,10 @@ def v1pod(**status) -> client.V1Pod:
     return client.V1Pod(
         metadata=client.V1ObjectMeta(uid="u1", namespace="ns", name="p1", annotations={"a": "b"},
                                      creation_timestamp=datetime(2026, 11, 28, 19, 0, 5, tzinfo=UTC)),
-        spec=client.V1PodSpec(node_name="n1", containers=[
+        spec=client.V1PodSpec(node_name="n1", init_containers=[
+            client.V1Container(name="warm",
+                               resources=client.V1ResourceRequirements(limits={"gpuslice.io/gpu-share": "2"}))
+        ], containers=[
             client.V1Container(name="main",
                                resources=client.V1ResourceRequirements(limits={"gpuslice.io/gpu-share": "1"})),
             client.V1Container(name="sidecar")]),
@@ -107,7 +111,7 @@ def v1pod(**status) -> client.V1Pod:
 def test_pod_info_from_v1pod() -> None:
     p = pod_info(v1pod())
     assert (p.uid, p.key, p.node, p.created, dict(p.share_requests), p.started) == (
-        "u1", "ns/p1", "n1", "2026-11-28T19:00:05Z", {"main": 1}, False)
+        "u1", "ns/p1", "n1", "2026-11-28T19:00:05Z", {"warm": 2, "main": 1}, False)
     running = client.V1ContainerStatus(name="main", image="i", image_id="", ready=True, restart_count=0,
                                        state=client.V1ContainerState(running=client.V1ContainerStateRunning()))
     assert pod_info(v1pod(container_statuses=[running])).started is True
@@ -120,6 +124,10 @@ class FakeCore:
     def __getattr__(self, name: str):
         def record(*args, **kwargs):
             self.calls.append((name, args))
+            if name == "read_namespaced_pod" and args[0] == "gone":
+                raise client.ApiException(status=404)
+            if name == "read_namespaced_pod":
+                return v1pod()
             return client.V1PodList(items=[v1pod()]) if name == "list_pod_for_all_namespaces" else None
         return record
 
@@ -128,19 +136,20 @@ def test_kube_adapter_calls() -> None:
     core = FakeCore()
     kube = KubeAdapter(core, "n1")  # type: ignore[arg-type]
     assert [p.uid for p in kube.pods_on_node("n1")] == ["u1"]
-    pod = PodInfo("u1", "ns", "p1", "n1", annotations={"gpuslice.io/allocated": '{"init": ["x"]}'})
-    kube.mark_allocated(pod, "main", ["d1"])
+    pod = kube.get_pod("ns", "p1")
+    assert pod is not None and pod.uid == "u1" and kube.get_pod("ns", "gone") is None
     kube.publish_inventory("n1", "[]")
     kube.event(pod, "GpuMemoryLimitExceeded", "too much")
     kube.evict(pod, "too much")
+    kube.event(PodInfo("", "ns", "not-yet", None), "GpusliceHandOffRefused", "not shown yet")
     names = [c[0] for c in core.calls]
-    assert names == ["list_pod_for_all_namespaces", "patch_namespaced_pod", "patch_node",
-                     "create_namespaced_event", "create_namespaced_pod_eviction"]
-    marked = json.loads(core.calls[1][1][2]["metadata"]["annotations"]["gpuslice.io/allocated"])
-    assert marked == {"init": ["x"], "main": ["d1"]}
-    event = core.calls[3][1][1]
+    assert names == ["list_pod_for_all_namespaces", "read_namespaced_pod", "read_namespaced_pod", "patch_node",
+                     "create_namespaced_event", "create_namespaced_pod_eviction", "create_namespaced_event"]
+    assert core.calls[1][1] == ("p1", "ns")
+    event = core.calls[4][1][1]
     assert event.involved_object.uid == "u1" and event.reason == "GpuMemoryLimitExceeded"
-    assert core.calls[4][1][:2] == ("p1", "ns")
+    assert core.calls[5][1][:2] == ("p1", "ns")
+    assert core.calls[6][1][1].involved_object.uid is None  # a pod known by name only
 
 
 def test_agent_registers_with_kubelet_and_becomes_ready(host) -> None:

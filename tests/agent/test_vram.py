@@ -15,9 +15,9 @@ from extender.agent.cgroups import (
     read_dmem_max,
     vram_region,
 )
-from extender.agent.enforcement import MemoryActions, MemoryEnforcer
+from extender.agent.enforcement import MemoryEnforcer
 from extender.agent.metrics import AgentMetrics
-from extender.agent.podmatch import PodInfo
+from extender.agent.pods import MemoryActions, PodInfo
 from extender.agent.topology import read_topology
 from extender.agent.vram import sample_vram
 from extender.core.assignment import Assignment, GpuAssignment

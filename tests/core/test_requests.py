@@ -6,7 +6,7 @@ import pytest
 
 from extender.core.errors import SliceRequestError
 from extender.core.policy import Policy, parse_policy
-from extender.core.requests import KEYS, SliceRequest, has_slice_keys, parse_slice_request, size_for_target
+from extender.core.requests import KEYS, SliceRequest, has_slice_keys, parse_slice_request
 
 GI = 2**30
 P = "gpuslice.io"
@@ -23,6 +23,9 @@ def policy(**overrides: object) -> Policy:
 
 
 POLICY = policy()
+# No interference at all: sizing is then the profile curve and the rounding alone (core/sizing.py budgets
+# the worst co-tenancy the policy allows; tests/core/test_sizing.py covers that part).
+ALONE = policy(interference={"memoryBoundPenalty": 0, "computeBoundPenalty": 0})
 
 
 def keys(**kv: str) -> dict[str, str]:
@@ -102,41 +105,51 @@ def test_another_prefix_accepts_that_domain_verbatim() -> None:
 # --- profiles and target-rps ---------------------------------------------------------------------
 
 def test_profile_sizes_compute_from_target_rps() -> None:
-    req = parse(keys(profile="llama", target_rps="8"))
+    req = parse(keys(profile="llama", target_rps="8"), pol=ALONE)
     # Balanced rounding on MI300X steps by 32 CUs: 32 CUs give 7.2 req/s (< 8), 64 give 10.6.
     assert (req.compute_cus, req.predicted_rps) == (64, pytest.approx(10.6))
-    assert req.compute_millis == 211  # ceil(64 / 304 * 1000)
+    assert req.compute_millis == 210  # the share that gives back 64 of 304 CUs: floor(64 / 304 * 1000)
     assert req.memory_bytes == req.memory_limit_bytes == 60 * 10**9  # the profile's minimum
     assert req.workload_class == "memory-bound" and req.profile == "llama" and req.target_rps == 8.0
     model = POLICY.models["MI300X"]
-    assert req.guaranteed_cus(POLICY, model, 304) == 64
+    assert req.guaranteed_cus(ALONE, model, 304) == 64
+
+
+def test_target_rps_budgets_the_co_tenants_the_policy_allows() -> None:
+    # Default class rules: one more memory-bound tenant, compute-bound ones without limit (bounded by the
+    # 32-CU slices left in 272 guaranteeable CUs): at 64 CUs 1 + 5 co-tenants cost 28%, at 96 CUs 1 + 4 cost 25%.
+    req = parse(keys(profile="llama", target_rps="8"))
+    assert (req.compute_cus, req.predicted_rps) == (96, pytest.approx((10.8 + 20 / 52 * 2.7) * 0.75))
 
 
 @pytest.mark.parametrize(("target", "cus", "rps"), [("5", 32, 7.2), ("7.2", 32, 7.2),
                                                      ("10.7", 96, 10.8 + 20 / 52 * 2.7),
                                                      ("13.5", 128, 13.5), ("500m", 32, 7.2)])
 def test_target_rps_takes_the_smallest_balanced_size(target: str, cus: int, rps: float) -> None:
-    req = parse(keys(profile="llama", target_rps=target))
+    req = parse(keys(profile="llama", target_rps=target), pol=ALONE)
     assert (req.compute_cus, req.predicted_rps) == (cus, pytest.approx(rps))
 
 
 def test_exact_rounding_interpolates_between_points() -> None:
-    pol = policy(rounding={"mode": "exact"})
+    pol = policy(rounding={"mode": "exact"}, interference={"memoryBoundPenalty": 0, "computeBoundPenalty": 0})
     req = parse(keys(profile="llama", target_rps="8"), pol=pol)
     # 7.2 + (40-32)/32 * 3.4 = 8.05 >= 8, while 39 CUs give 7.94.
     assert req.compute_cus == 40
+    assert req.guaranteed_cus(pol, pol.models["MI300X"], 304) == 40
 
 
-def test_size_for_target_counts_co_tenant_penalty() -> None:
-    model = POLICY.models["MI300X"]
-    assert size_for_target(POLICY, "llama", 7.0, model)[0] == 32
-    cus, rps = size_for_target(POLICY, "llama", 7.0, model, co_tenant_penalty=0.13)
-    assert cus == 64 and rps == pytest.approx(10.6 * 0.87)
-
-
-def test_explicit_compute_wins_over_target_sizing() -> None:
+def test_explicit_compute_that_meets_the_target_is_kept() -> None:
     req = parse(keys(profile="llama", target_rps="8", compute="500m"))
     assert req.compute_millis == 500 and req.compute_cus is None
+    assert req.predicted_rps is not None and req.predicted_rps >= 8
+
+
+def test_explicit_compute_under_the_target_is_refused() -> None:
+    # 100m is 31 CUs, rounded to 32: 7.2 req/s alone, less beside any co-tenant: under 7 req/s.
+    with pytest.raises(SliceRequestError) as err:
+        parse(keys(profile="llama", target_rps="7", compute="100m"))
+    assert (err.value.key, err.value.value) == (f"{P}/compute", "100m")
+    assert "under target-rps 7" in err.value.reason and "leave compute out" in err.value.reason
 
 
 def test_class_from_profile_with_auto_or_nothing_and_overridable() -> None:
@@ -161,11 +174,11 @@ def test_guaranteed_cus_rounding(mode: str, millis: int, cus: int) -> None:
     assert req.guaranteed_cus(pol, pol.models["MI300X"], 304) == cus
 
 
-def test_profile_cus_scale_to_a_partitioned_gpu_of_the_profile_model() -> None:
-    req = parse(keys(profile="llama", target_rps="8"))
+def test_profile_cus_are_a_share_of_the_gpu_like_any_compute_request() -> None:
+    req = parse(keys(profile="llama", target_rps="8"), pol=ALONE)
     mi300x = POLICY.models["MI300X"]  # a GPU of the profile's model exposing 152 of its 304 CUs (a partition)
-    assert req.guaranteed_cus(POLICY, mi300x, 152) == 32
-    assert req.limit_cus(304) == 65  # 211m of 304 CUs, rounded up
+    assert req.guaranteed_cus(ALONE, mi300x, 152) == 32
+    assert req.limit_cus(304) == 64  # the limit defaults to the same share
 
 
 # --- malformed and contradictory requests: key, value and reason ----------------------------------

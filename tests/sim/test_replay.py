@@ -64,7 +64,7 @@ def test_slices_share_a_gpu_and_baseline_takes_whole_gpus() -> None:
 
 def test_sla_pods_are_sized_for_interference_and_reported() -> None:
     ask = GpuAsk(profile="llama-3.1-8b", target_rps=8)
-    too_much = GpuAsk(profile="llama-3.1-8b", target_rps=13)
+    too_much = GpuAsk(profile="llama-3.1-8b", target_rps=14)  # the profile tops out at 13.5
     pods = [SimPod("chat", 0, None, 1000, GIB, ask, 0.0), SimPod("big", 1, None, 1000, GIB, too_much, 0.0)]
     r = _run([_node(gpus=2)], pods)
     rows = {row["pod"]: row for row in r["sla"]["perPod"]}
