@@ -309,7 +309,9 @@ class Ledger:
                  clock: Callable[[], float] = time.monotonic, rules: Rules | None = None) -> None:
         self.shared_fraction = shared_fraction
         self.overcommit = overcommit
-        self.rules = rules if rules is not None else Rules()  # the policy's class rules, for new placements
+        # The policy's class rules, which new placements must obey too (the engine keeps them current);
+        # without them only capacity, atoms and whole-GPU exclusivity are checked.
+        self.rules = rules if rules is not None else Rules(max_memory_bound=None, bandwidth_share={})
         self.clock = clock
         self._nodes: dict[str, _Node] = {}
         self._where: dict[str, str] = {}  # pod uid -> node
