@@ -2,7 +2,8 @@
 non-GPU pods without and with the extender configured, for GPU pods through the extender, and two
 references for the same GPU pods: no extender (kube-scheduler fitting the extended resource itself)
 and bench/null_extender.py (an extender served like gpuslice that does no GPU work: what the
-extender protocol alone costs).
+extender protocol alone costs). `gpu-dra` runs equivalent GPU pods as DRA claims (32 CUs / 4Gi of a shared MI300X
+device, consumable capacity) through kube-scheduler's own DRA allocation, no extender (bench/dra_workload.py).
 Per run it also reports the CPU each process spent per scheduled pod and the extender's own mean
 answer time per verb.
 
@@ -39,6 +40,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import dra_workload  # noqa: E402
 from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, format_inventory  # noqa: E402
 from extender.kube.client import api_client, core_api  # noqa: E402
 from extender.kube.controlplane import ControlPlane, assets_dir, free_port, missing_reason  # noqa: E402
@@ -52,7 +54,7 @@ EXTENDER_PROFILE = "gpuslice"  # the schedulerName of every run through the exte
 # that does no GPU work (passes every node, scores 0, posts the Binding): what the extender protocol
 # alone costs here, so the table separates that from gpuslice's own cost.
 SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-no-extender", "gpu-null-extender",
-             "gpu-with-extender")
+             "gpu-with-extender", "gpu-dra")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,11 +110,15 @@ def pod_body(name: str, scheduler: str, gpu: bool) -> dict:
                      "containers": [{"name": "c", "image": "registry.invalid/pause:1", "resources": resources}]}}
 
 
-def scheduler_config(kubeconfig: Path, name: str, extender_port: int | None) -> str:
+def scheduler_config(kubeconfig: Path, name: str, extender_port: int | None, all_nodes: bool = True) -> str:
+    """deploy/scheduler-config.yaml for this run; `all_nodes` False restores kube-scheduler's default
+    share of nodes to find feasible (DRA pods are scheduled as deployed: no extender to show them all)."""
     cfg = yaml.safe_load((ROOT / "deploy" / "scheduler-config.yaml").read_text())
     cfg["clientConnection"] = {"kubeconfig": str(kubeconfig), "qps": 5000, "burst": 5000}
     cfg["leaderElection"] = {"leaderElect": False}
     cfg["profiles"][0]["schedulerName"] = name
+    if not all_nodes:
+        del cfg["profiles"][0]["percentageOfNodesToScore"]
     if extender_port is None:
         del cfg["extenders"]
     else:
@@ -123,8 +129,10 @@ def scheduler_config(kubeconfig: Path, name: str, extender_port: int | None) -> 
 class Bench:
     def __init__(self, cp: ControlPlane, workers: int = 16) -> None:
         self.cp = cp
-        self.api = core_api(api_client(str(cp.kubeconfig), pool=workers * 2))
+        client = api_client(str(cp.kubeconfig), pool=workers * 2)
+        self.api = core_api(client)
         self.pool = ThreadPoolExecutor(workers)
+        self.dra = dra_workload.DraObjects(client, self.pool)
         self.nodes = 0
 
     def ensure_nodes(self, n: int) -> None:
@@ -132,17 +140,22 @@ class Bench:
                            range(self.nodes, n)))
         self.nodes = max(self.nodes, n)
 
-    def create_pods(self, ns: str, prefix: str, count: int, scheduler: str, gpu: bool) -> None:
-        list(self.pool.map(lambda i: self.api.create_namespaced_pod(
-            ns, pod_body(f"{prefix}-{i:05d}", scheduler, gpu), _preload_content=False), range(count)))
+    def create_pods(self, ns: str, prefix: str, count: int, scheduler: str, gpu: bool, dra: bool = False) -> None:
+        names = [f"{prefix}-{i:05d}" for i in range(count)]
+        if dra:  # one claim per pod, made before the pods as kube-controller-manager would
+            self.dra.ensure_slices([f"node-{i:05d}" for i in range(self.nodes)])
+            self.dra.create_claims(ns, names)
+        body = (lambda n: dra_workload.pod_body(n, scheduler)) if dra else (lambda n: pod_body(n, scheduler, gpu))
+        list(self.pool.map(lambda n: self.api.create_namespaced_pod(ns, body(n), _preload_content=False), names))
 
     def delete_pods(self, ns: str) -> None:
         self.api.delete_collection_namespaced_pod(ns, grace_period_seconds=0, label_selector="bench=true")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if not self.api.list_namespaced_pod(ns, label_selector="bench=true", limit=1).items:
-                return
+                break
             time.sleep(0.5)
+        self.dra.release_claims(ns)
 
     def measure(self, ns: str, count: int, config: str, name: str, timeout: float,
                 procs: dict[str, int] | None = None) -> dict:
@@ -260,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = Bench(cp)
         bench.api.create_namespace({"metadata": {"name": "bench"}})
+        if "gpu-dra" in args.scenarios:
+            bench.dra.install_class()
         extender = start_extender(cp.kubeconfig, port, cp.workdir)
         servers.update({s: (port, extender) for s in SCENARIOS if s.endswith("with-extender")})
         if "gpu-null-extender" in args.scenarios:
@@ -278,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                     # As deployed, the extender watches only its own scheduler's pods; runs without it
                     # use a name of their own, which it never sees.
                     profile = EXTENDER_PROFILE if uses_extender else sched
-                    bench.create_pods("bench", sched, args.pods, profile, gpu)
+                    bench.create_pods("bench", sched, args.pods, profile, gpu, dra=scenario == "gpu-dra")
                     server = servers.get(scenario)
-                    cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None)
+                    cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None,
+                                           all_nodes=scenario != "gpu-dra")
                     before = verb_seconds(port) if uses_extender else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,

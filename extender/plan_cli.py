@@ -95,8 +95,8 @@ class KubeReadError(RuntimeError):
 
 def _live(args: argparse.Namespace, policy: Policy) -> Occupancy:
     try:
-        api = core_api(api_client(args.kubeconfig, pool=2))
-        nodes, pods = list_views(api)
+        client = api_client(args.kubeconfig, pool=2)
+        nodes, pods = list_views(core_api(client), client)
     except (ConfigException, ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
         where = args.kubeconfig or "in-cluster"
         raise KubeReadError(f"cannot list Nodes and Pods ({where}): {exc}") from None

@@ -23,6 +23,7 @@ from waitress.server import create_server
 
 from extender.agent.cdi import DEFAULT_SPEC_DIR
 from extender.agent.deviceplugin import DEFAULT_PLUGIN_DIR, DeviceList, DevicePlugin, share_devices
+from extender.agent.dra.agent import DraAgent, DraConfig
 from extender.agent.enforcement import MemoryEnforcer
 from extender.agent.handoff import HandOff
 from extender.agent.metrics import AgentMetrics
@@ -31,7 +32,7 @@ from extender.agent.pods import ClusterActions, PodSource
 from extender.agent.topology import Topology, read_topology
 from extender.agent.vram import sample_vram
 from extender.core.inventory import format_inventory
-from extender.core.policy import PolicyError, load_policy
+from extender.core.policy import Policy, PolicyError, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Agent:
         self.enforcer = MemoryEnforcer(cfg.root, actions, self.metrics, cfg.memory_action)
         self.published: str | None = None
         self.last_poll = 0.0
+        self.dra: DraAgent | None = None  # set by run_cmd with --dra
 
     def refresh_inventory(self) -> bool:
         """Re-read the topology; patch the annotation when it changed. Returns True when it published."""
@@ -101,6 +103,8 @@ class Agent:
 
     def poll_once(self) -> None:
         self.refresh_inventory()
+        if self.dra is not None:
+            self.dra.poll(self.topology)
         if self.plugin.check():
             self.metrics.registrations.inc()
         self.handoff.sweep()
@@ -114,7 +118,7 @@ class Agent:
         return self.last_poll > 0 and time.monotonic() - self.last_poll < 3 * self.cfg.interval + 10
 
     def ready(self) -> bool:
-        return self.published is not None and self.plugin.registered
+        return self.published is not None and self.plugin.registered and (self.dra is None or self.dra.ready())
 
     def run(self, stop: threading.Event) -> None:
         log.info(self.enforcer.startup_message())
@@ -125,6 +129,8 @@ class Agent:
                 log.exception("agent poll failed")
             stop.wait(self.cfg.interval)
         self.plugin.stop()
+        if self.dra is not None:
+            self.dra.stop()
 
 
 def health_app(agent: Agent) -> Flask:
@@ -156,27 +162,32 @@ def add_run_parser(asub: argparse._SubParsersAction) -> None:
     run.add_argument("--pod-resources-socket", default=DEFAULT_SOCKET,
                      help="kubelet's PodResources API socket (which pod holds which devices)")
     run.add_argument("--cdi-dir", default=DEFAULT_SPEC_DIR,
-                     help="where the runtime reads CDI specs (default %(default)s)")
+                     help="CDI spec directory, for device-plugin slices and prepared DRA claims (default %(default)s)")
     run.add_argument("--shares-per-gpu", type=int, default=16, help="gpu-share devices advertised per GPU")
     run.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
     run.add_argument("--port", type=int, default=9402, help="health and metrics port")
     run.add_argument("--policy", help="policy file (memoryEnforcement.action); default: monitor")
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config)")
+    run.add_argument("--dra", action="store_true",
+                     help="also publish a ResourceSlice and serve the kubelet DRA plugin (driver gpu.gpuslice.io)")
+    run.add_argument("--dra-registry-dir", default=DraConfig.registry_dir, help="kubelet's plugins_registry")
+    run.add_argument("--dra-plugin-dir", default=DraConfig.plugin_dir, help="DRA socket and checkpoint directory")
     run.set_defaults(func=run_cmd)
 
 
 def run_cmd(args: argparse.Namespace) -> int:
     from extender.agent.kube import KubeAdapter, load_core_api
 
-    action = "monitor"
+    policy = Policy()
     if args.policy and not Path(args.policy).exists():
         log.warning("policy file %s not found; VRAM breaches are monitored, not evicted", args.policy)
     elif args.policy:
         try:
-            action = load_policy(args.policy).memoryEnforcement.action
+            policy = load_policy(args.policy)
         except PolicyError as exc:
             log.error("%s", exc)
             return 1
+    action = policy.memoryEnforcement.action
     if args.shares_per_gpu < 1 or not Path(args.root).is_dir():
         log.error("--shares-per-gpu must be >= 1 and --root a directory")
         return 1
@@ -185,6 +196,13 @@ def run_cmd(args: argparse.Namespace) -> int:
                       shares_per_gpu=args.shares_per_gpu, interval=args.interval, memory_action=action,
                       pod_resources_socket=args.pod_resources_socket, cdi_dir=args.cdi_dir)
     agent = Agent(cfg, kube, kube, kube)
+    if args.dra:
+        from extender.agent.dra.kube import DraKube, api_client
+
+        dra_kube = DraKube(api_client(args.kubeconfig))
+        agent.dra = DraAgent(args.node_name, args.root, DraConfig(args.dra_registry_dir, args.dra_plugin_dir,
+                                                                  args.cdi_dir),
+                             lambda: agent.topology, lambda: policy, dra_kube, dra_kube, dra_kube, pods=kube)
     server = create_server(health_app(agent), host="0.0.0.0", port=args.port, threads=2)
     threading.Thread(target=server.run, name="agent-http", daemon=True).start()
     stop = threading.Event()

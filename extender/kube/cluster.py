@@ -51,6 +51,7 @@ class KubeCluster(ClusterStore):
         self.on_failed = on_failed
         self._uids: dict[str, str] = {}  # namespace/name -> uid
         self._waiting: set[str] = set()  # uids of live, unbound pods that ask for a slice
+        self._claims: dict[str, PodView] = {}  # DRA tenants by claim uid (kube/claims.py)
         # Test hook: called with each bind step ("binding" before a write, "bound" after) to inject crashes.
         self.fault: Callable[[str], None] | None = None
 
@@ -92,6 +93,26 @@ class KubeCluster(ClusterStore):
                 del self._uids[view.key]
             self._waiting.discard(view.uid)
             return self._pods.pop(view.uid, None)
+
+    def replace_claims(self, views: list[PodView]) -> set[str]:
+        """Set the DRA tenant views; returns the uids of claims no longer among them."""
+        with self._lock:
+            gone = set(self._claims) - {v.uid for v in views}
+            self._claims = {v.uid: v for v in views}
+            return gone
+
+    def put_claim(self, view: PodView) -> None:
+        with self._lock:
+            self._claims[view.uid] = view
+
+    def drop_claim(self, uid: str) -> None:
+        with self._lock:
+            self._claims.pop(uid, None)
+
+    def list_pods(self) -> list[PodView]:
+        """Pods, and DRA claims holding prepared shares as tenant views: the ledger counts both."""
+        with self._lock:
+            return [*self._pods.values(), *self._claims.values()]
 
     def has_waiting_pods(self) -> bool:
         """Some live pod asks for a GPU slice and is not bound yet: it may be waiting for capacity."""

@@ -115,6 +115,12 @@ class ControlPlane:
         return self._spawn(name, [str(self.assets / "kube-scheduler"), "--config", str(cfg),
                                   "--secure-port", "0", "--v", "1"])
 
+    def start_controller_manager(self, controllers: str) -> subprocess.Popen:
+        """kube-controller-manager running only `controllers` (e.g. resourceclaim-controller), if built."""
+        return self._spawn("kube-controller-manager", [
+            str(self.assets / "kube-controller-manager"), "--kubeconfig", str(self.kubeconfig),
+            "--controllers", controllers, "--leader-elect=false", "--secure-port", "0", "--v", "1"])
+
     def stop_process(self, name: str) -> None:
         proc = self.procs.pop(name, None)
         if proc is not None and proc.poll() is None:

@@ -11,6 +11,7 @@ from kubernetes.client import ApiClient
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.engine.solver_placer import SolverPlacer
+from extender.kube.claims import ClaimWatch
 from extender.kube.client import api_client, core_api
 from extender.kube.cluster import KubeCluster
 from extender.kube.lease import LeaseGate
@@ -29,12 +30,15 @@ class KubeRuntime:
     cluster: KubeCluster
     watch: ClusterWatch
     nudger: Nudger | None
+    claims: ClaimWatch | None = None  # DRA tenants (ResourceClaims of gpu.gpuslice.io)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> KubeRuntime:
         if self.nudger is not None:
             self.nudger.start()
         self.watch.start()
+        if self.claims is not None:
+            self.claims.start()
         # filter sweeps too, but while every waiting pod sits in kube-scheduler's unschedulable pool no
         # filter comes; the capacity a lapsed reservation held must still be freed and announced.
         threading.Thread(target=self._expire_loop, name="expire-reservations", daemon=True).start()
@@ -43,6 +47,8 @@ class KubeRuntime:
     def stop(self) -> None:
         self._stop.set()
         self.watch.stop()
+        if self.claims is not None:
+            self.claims.stop()
         if self.nudger is not None:
             self.nudger.stop()
 
@@ -70,4 +76,5 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
     engine = Engine(cluster, policies, bind_placer=SolverPlacer())  # the solver's objective picks GPUs and CUs at bind
     engine.on_freed = poke
     watch = ClusterWatch(core, cluster, engine, on_freed=poke, scheduler_name=scheduler_name)
-    return KubeRuntime(engine, cluster, watch, nudger)
+    claims = ClaimWatch(client, cluster, engine, watch._feed, on_freed=poke)  # under the watch's lock
+    return KubeRuntime(engine, cluster, watch, nudger, claims)

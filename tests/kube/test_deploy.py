@@ -40,7 +40,7 @@ def test_rbac_is_least_privilege() -> None:
     role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "gpuslice-extender")
     rules = {tuple(r["resources"]): set(r["verbs"]) for r in role["rules"]}
     assert rules == {("nodes",): {"get", "list", "watch", "patch"}, ("pods",): {"get", "list", "watch"},
-                     ("pods/binding",): {"create"}}
+                     ("pods/binding",): {"create"}, ("resourceclaims",): {"list", "watch"}}
     for d in docs:
         for r in d.get("rules", []):
             assert "*" not in r["verbs"] and "delete" not in r["verbs"] and "secrets" not in r["resources"]

@@ -1,0 +1,107 @@
+"""DRA tenants in the extender's one ledger: a claim's agent-published CU sets become a tenant view,
+the engine places extender pods around them, and claim events free and retake capacity."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, parse_assignment
+from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, format_inventory
+from extender.core.rangelist import parse_ranges
+from extender.engine.cluster import MemoryCluster, NodeView, PodView
+from extender.engine.policy_store import PolicyStore
+from extender.engine.scheduler import Engine
+from extender.kube.claims import DRIVER, ClaimWatch, claim_view
+from extender.kube.cluster import KubeCluster
+
+GIB = 2**30
+
+
+def node(name: str = "n0", gpus: int = 1) -> NodeView:
+    inv = format_inventory([GpuInfo(index=i, id=f"{name}-g{i}", model="MI300X", computeUnits=304, xcds=8,
+                                    shaderEngines=32, memoryBytes=192 * GIB, healthy=True) for i in range(gpus)])
+    return NodeView(name, annotations={INVENTORY_ANNOTATION: inv})
+
+
+def claim(uid: str, name: str, shares: list[tuple[int, str, int]], node_name: str = "n0",
+          prepared: bool = True) -> dict:
+    """A claim allocated (and, if `prepared`, prepared by the agent): shares of (gpu, CU ranges, memory)."""
+    results = [{"request": "gpu", "driver": DRIVER, "pool": node_name, "device": f"gpu-{g}", "shareID": f"s{g}",
+                "consumedCapacity": {"computeUnits": str(len(parse_ranges(cus))), "memory": str(mem)}}
+               for g, cus, mem in shares]
+    devices = [{"driver": DRIVER, "pool": node_name, "device": f"gpu-{g}", "shareID": f"s{g}",
+                "data": {"gpu": g, "id": f"{node_name}-g{g}", "cus": cus, "burstCus": "", "memoryBytes": mem,
+                         "memoryLimitBytes": mem, "class": "memory-bound"}} for g, cus, mem in shares]
+    status: dict = {"allocation": {"devices": {"results": results}}}
+    if prepared:
+        status["devices"] = devices
+    return {"metadata": {"uid": uid, "namespace": "ml", "name": name, "resourceVersion": "7",
+                         "creationTimestamp": "2026-12-01T12:00:00Z"}, "status": status}
+
+
+def test_a_prepared_claim_is_a_tenant_view_with_its_exact_cu_sets() -> None:
+    view = claim_view(claim("c-1", "llama", [(0, "0-63", 60 * GIB)]))
+    assert (view.key, view.node_name, view.terminal) == ("ml/claim:llama", "n0", False)
+    a = parse_assignment(view.annotations[ASSIGNMENT_ANNOTATION])
+    assert a.gpus[0].cus == frozenset(range(64)) and a.gpus[0].memoryBytes == 60 * GIB
+    assert a.workload_class == "memory-bound"
+
+
+def test_allocated_but_unprepared_or_foreign_claims_hold_nothing() -> None:
+    assert ASSIGNMENT_ANNOTATION not in claim_view(claim("c-1", "x", [(0, "0-63", GIB)], prepared=False)).annotations
+    other = claim("c-2", "y", [(0, "0-63", GIB)])
+    for d in other["status"]["devices"]:
+        d["driver"] = "gpu.amd.com"
+    assert claim_view(other).node_name is None
+    bad = claim("c-3", "z", [(0, "0-63", GIB)])
+    bad["status"]["devices"][0]["data"]["cus"] = "zero to sixty-three"
+    assert ASSIGNMENT_ANNOTATION not in claim_view(bad).annotations
+
+
+def test_extender_places_around_a_dra_claim() -> None:
+    cluster = MemoryCluster()
+    cluster.add_node(node())
+    cluster.add_pod(claim_view(claim("c-1", "llama", [(0, "0-127", 150 * GIB)])))
+    engine = Engine(cluster, PolicyStore())
+    engine.sync()
+    whole = PodView("p-1", "ml", "whole", annotations={"gpuslice.io/compute": "1000m", "gpuslice.io/memory": "8Gi"})
+    cluster.add_pod(whole)
+    assert engine.filter(whole, names=["n0"]).passed == []
+    big = PodView("p-2", "ml", "big", annotations={"gpuslice.io/compute": "250m", "gpuslice.io/memory": "60Gi"})
+    cluster.add_pod(big)
+    assert engine.filter(big, names=["n0"]).passed == []  # 42Gi of memory left
+    small = PodView("p-3", "ml", "small", annotations={"gpuslice.io/compute": "250m", "gpuslice.io/memory": "30Gi"})
+    cluster.add_pod(small)
+    assert engine.filter(small, names=["n0"]).passed == ["n0"]
+    assert engine.bind("ml", "small", "p-3", "n0") == ""
+    got = parse_assignment(cluster.get_pod("ml", "small").annotations[ASSIGNMENT_ANNOTATION])
+    assert not got.gpus[0].cus & frozenset(range(128))
+
+
+def test_claim_events_free_and_take_capacity() -> None:
+    cluster = KubeCluster(api=None)  # type: ignore[arg-type] # reads only: no API calls are made here
+    cluster.replace_nodes([node()])
+    engine = Engine(cluster, PolicyStore())
+    engine.sync()
+    freed: list[str] = []
+    watch = ClaimWatch(api=None, cluster=cluster, engine=engine, feed=threading.RLock(),  # type: ignore[arg-type]
+                       on_freed=freed.append)
+    obj = claim("c-1", "llama", [(0, "0-255", 60 * GIB)])
+    watch.apply("ADDED", claim_view(obj))
+    assert len(engine.ledger.node("n0").gpu(0).guaranteed) == 256
+    assert [p.key for p in cluster.list_pods()] == ["ml/claim:llama"]
+    engine.sync()  # a rebuild (start-up, lost watch) keeps the claim: it is in the cluster's views
+    assert len(engine.ledger.node("n0").gpu(0).guaranteed) == 256
+    obj["status"] = {}  # the claim controller deallocated it
+    watch.apply("MODIFIED", claim_view(obj))
+    assert engine.ledger.node("n0").gpu(0).guaranteed == frozenset() and freed == ["n0"]
+    assert cluster.list_pods() == []
+    watch.apply("ADDED", claim_view(claim("c-2", "again", [(0, "0-63", GIB)])))
+    watch.apply("DELETED", claim_view(claim("c-2", "again", [(0, "0-63", GIB)])))
+    assert engine.ledger.entry("c-2") is None and freed == ["n0", "n0"]
+
+
+def test_views_round_trip_through_json() -> None:
+    text = claim_view(claim("c-1", "pair", [(0, "0-63", GIB), (1, "64-127", GIB)])).annotations[ASSIGNMENT_ANNOTATION]
+    assert [g["index"] for g in json.loads(text)["gpus"]] == [0, 1]
