@@ -153,7 +153,7 @@ def first_fit(cluster: dict, workloads_doc: dict, policy: Policy, rule: str) -> 
                 req = _check_size(policy, w.request, gpu, slas) if rule == "check" else w.request
                 if req is None or req.count != 1 or gpu_reject_reason(req, gpu, policy) is not None:
                     continue
-                cus = choose_cus(gpu.free_cus, needed_cus(req, gpu, policy), policy.layout.mode, gpu.info.xcds)
+                cus = choose_cus(gpu.free_cus, needed_cus(req, gpu, policy), gpu.info.xcds)
                 if cus is None:
                     continue
                 a = build_assignment(req, state.name, (GpuChoice(gpu, cus, frozenset(), 0.0),), policy)

@@ -121,7 +121,8 @@ def show(result: Plan, console: Console) -> None:
         table.add_column(col, justify="left" if col in ("node", "tenant", "class") else "right")
     for state in sorted(result.nodes, key=lambda s: s.name):
         for g in state.gpus:
-            usable = g.info.computeUnits - len(g.shared)
+            whole = len(g.guaranteed) >= g.info.computeUnits  # a whole GPU: no burst region on it
+            usable = g.info.computeUnits if whole else g.info.computeUnits - len(g.shared)
             for k, s in enumerate(g.slices):
                 last = k == len(g.slices) - 1
                 table.add_row(state.name if k == 0 else "", str(g.info.index) if k == 0 else "", _tenant(s.pod),
@@ -130,17 +131,42 @@ def show(result: Plan, console: Console) -> None:
                               f"{g.memory_used / GIB:.0f}/{g.info.memoryBytes / GIB:.0f}Gi" if last else "",
                               end_section=last)
     console.print(table)
-    bounds = ", ".join(f"{k} {v}" for k, v in sorted(result.bounds.items()))
-    console.print(f"GPUs used: [bold]{result.gpus_used}[/bold] of {result.gpus_total} "
-                  f"(one model per GPU would take {result.one_per_gpu})")
-    console.print(f"lower bound: [bold]{result.lower_bound}[/bold] ({bounds or 'nothing to place'}); "
-                  f"gap {result.gap:.1%}; solver {result.outcome} in {result.seconds:.2f}s")
+    for line in summary(result):
+        console.print(line)
     show_sla(result, console)
     if result.unplaced:
         console.print(f"[red]{len(result.unplaced)} not placed:[/red]")
         for u in result.unplaced:
             which = u.workload if u.replica is None else f"{u.workload}#{u.replica}"
             console.print(f"  {which}: {u.reason}")
+
+
+def _bounds(bounds: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(bounds.items()))
+
+
+def summary(result: Plan) -> list[str]:
+    """The plan's summary lines; they say what was placed, and when not everything was, how far off it is."""
+    asked, placed = result.replicas, len(result.placements)
+    solver = f"solver {result.outcome} in {result.seconds:.2f}s"
+    used = f"GPUs used: [bold]{result.gpus_used}[/bold] of {result.gpus_total}"
+    if asked == 0:
+        return [f"{used}; nothing to place", solver]
+    if placed == asked:
+        return [f"{used} (one model per GPU would take {result.one_per_gpu})",
+                f"lower bound: [bold]{result.lower_bound}[/bold] ({_bounds(result.bounds)}); gap {result.gap:.1%}; "
+                f"{solver}"]
+    lines = [f"{used} for {placed} of {asked} replicas (one model per GPU would take {result.one_per_gpu} for "
+             f"those, {result.one_per_gpu_all} for all)"]
+    if placed:
+        lines.append(f"lower bound for the placed replicas: [bold]{result.lower_bound}[/bold] "
+                     f"({_bounds(result.bounds)}); gap {result.gap:.1%}; {solver}")
+    else:
+        lines.append(f"no replica placed; {solver}")
+    if result.bounds_all:
+        lines.append(f"placing every replica that fits some GPU needs at least {result.lower_bound_all} GPUs "
+                     f"({_bounds(result.bounds_all)}); the cluster has {result.gpus_total}")
+    return lines
 
 
 def show_sla(result: Plan, console: Console) -> None:

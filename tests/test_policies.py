@@ -41,7 +41,7 @@ def test_policy_check_rejects_an_invalid_file_with_field_level_messages(tmp_path
     assert out.returncode == 1
     assert "invalid" in out.stderr
     assert "burst.sharedFraction: Input should be less than or equal to 0.5 (got 0.9)" in out.stderr
-    assert "layout.mode: Input should be 'spread' or 'xcd' (got 'diagonal')" in out.stderr
+    assert "layout.mode: Input should be 'spread' (got 'diagonal')" in out.stderr
     assert "profiles.llama-3.1-8b.minMemory:" in out.stderr and "'sixty'" in out.stderr
 
 

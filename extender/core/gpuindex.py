@@ -31,7 +31,7 @@ SLOT_LIST_BYTES = 16 * 2**20  # and the most name text they may hold together (r
 
 # One int64 per field per GPU (booleans as 0/1), then RUNS run lengths and RUNS run starts.
 FIELDS = ("valid", "healthy", "gpu", "free", "total", "used", "shared", "slices", "mem_bound", "compute_bound",
-          "model", "topo", "nruns", "mem_free", "mem_bytes", "mem_used", "limit_used")
+          "model", "topo", "nruns", "mem_free", "mem_bytes", "mem_used", "limit_used", "atom_free")
 RUN_LENGTHS = len(FIELDS)  # where the run lengths start in a GPU's row
 _WIDTH = len(FIELDS) + 2 * RUNS
 
@@ -61,8 +61,8 @@ class GpuIndex:
 
     def __init__(self, capacity: int = 64, width: int = 8) -> None:
         self.table = _empty(capacity, width)
-        self.models: dict[tuple[str, int], int] = {}  # (model name, CUs) -> id
-        self.model_keys: list[tuple[str, int]] = []
+        self.models: dict[tuple[str, int, int], int] = {}  # (model name, CUs, XCDs) -> id
+        self.model_keys: list[tuple[str, int, int]] = []
         self.topos: dict[object, int] = {}  # topology key (hive id, else NUMA node) -> id; None -> -1
         self._free_slots: list[int] = []
         self._rows: dict[int, tuple[GpuState, ...]] = {}  # slot -> the GPU states written there
@@ -187,14 +187,14 @@ class GpuIndex:
             data[:, slot, pos] = [
                 1, info.healthy, info.index, len(g.free_cus), info.computeUnits, g.used_cus, len(g.shared),
                 len(g.slices), counts.get(MEMORY_BOUND_CLASS, 0), counts.get(COMPUTE_BOUND_CLASS, 0),
-                self._model(info.model, info.computeUnits),
+                self._model(info.model, info.computeUnits, info.xcds),
                 self._topo(info.hiveId if info.hiveId is not None else info.numaNode), len(g.free_runs),
-                g.memory_free, info.memoryBytes, g.memory_used, g.memory_limit_used,
+                g.memory_free, info.memoryBytes, g.memory_used, g.memory_limit_used, g.free_atom_cus,
                 *(length for _, length in rs), *pad, *(start for start, _ in rs), *pad]
         data[0, slot, len(gpus):] = 0
         self._rows[slot] = gpus
-    def _model(self, model: str, cus: int) -> int:
-        key = (model, cus)
+    def _model(self, model: str, cus: int, xcds: int) -> int:
+        key = (model, cus, xcds)
         mid = self.models.get(key)
         if mid is None:
             mid = self.models[key] = len(self.model_keys)

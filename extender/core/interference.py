@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from extender.core.inventory import GpuInfo
-from extender.core.ledger import GpuState, burst_region
-from extender.core.policy import GpuModel, Policy, round_cus
+from extender.core.ledger import GpuState
+from extender.core.policy import GpuModel, Policy, guaranteeable, round_cus
 
 MEMORY_BOUND = "memory-bound"
 COMPUTE_BOUND = "compute-bound"
@@ -48,9 +47,7 @@ def co_tenants(gpu: GpuState, uid: str) -> CoTenants:
 def guaranteeable_cus(policy: Policy, model: GpuModel) -> int:
     """CUs of an empty GPU of `model` that fractional tenants can be guaranteed: all but the policy's
     shared burst region (the ledger's rule)."""
-    info = GpuInfo(index=0, id="", model="", computeUnits=model.computeUnits, xcds=model.xcds,
-                   shaderEngines=model.shaderEngines, memoryBytes=model.memory, healthy=True)
-    return model.computeUnits - len(burst_region(info, policy.burst.sharedFraction))
+    return guaranteeable(policy, model.computeUnits, model.xcds)
 
 
 def worst_co_tenants(policy: Policy, workload_class: str, model: GpuModel, cus: int) -> CoTenants:

@@ -1,12 +1,15 @@
 """Which exact CU bits a guarantee takes, in the kernel's CU-mask bit order.
 
-On GFX 9.4.3 (MI300) mask bit b goes to XCD b % xcds, so a contiguous run of bits is spread evenly
-over XCDs and engines (`spread`), while bits at a stride of `xcds` stay on one XCD (`xcd`).
+On GFX 9.4.3 (MI300) mask bit b goes to XCD b % xcds, so a contiguous run of whole atoms (xcds bits)
+has the same number of bits on every XCD. Every set chosen here is such a set (core/atoms.py): an XCD
+that gets no bit of a mask runs unmasked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from extender.core.atoms import xcd_counts
 
 
 def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
@@ -21,28 +24,9 @@ def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-def choose_spread(free: frozenset[int], n: int) -> frozenset[int] | None:
-    """n free bits, as contiguous as possible: the smallest run that holds all n (best fit), else the
-    largest runs first, so the leftovers stay in as few pieces as possible."""
-    if n <= 0 or len(free) < n:
-        return None
-    rs = runs(free)
-    fitting = [r for r in rs if r[1] >= n]
-    if fitting:
-        start, _ = min(fitting, key=lambda r: (r[1], r[0]))
-        return frozenset(range(start, start + n))
-    chosen: set[int] = set()
-    for start, length in sorted(rs, key=lambda r: (-r[1], r[0])):
-        take = min(length, n - len(chosen))
-        chosen.update(range(start, start + take))
-        if len(chosen) == n:
-            break
-    return frozenset(chosen)
-
-
 def best_fit_run(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], n: int) -> int | None:
-    """Index of the run `choose_spread` takes n bits from when one run holds them all: the smallest
-    such run, lowest start first. None when no single run is long enough."""
+    """Index of the run `choose_cus` takes n bits from when one run holds them all: the smallest such
+    run, lowest start first. None when no single run is long enough."""
     best: int | None = None
     for i, (start, length) in enumerate(rs):
         if length >= n and (best is None or (length, start) < (rs[best][1], rs[best][0])):
@@ -53,7 +37,7 @@ def best_fit_run(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], n: int
 def fragmentation_after_cut(rs: tuple[tuple[int, int], ...] | list[tuple[int, int]], index: int, n: int,
                             min_slice: int) -> float:
     """`fragmentation(free - taken, min_slice)` when `taken` is the first n bits of run `index` of
-    `free` (what `choose_spread` takes), computed from the runs alone."""
+    `free` (what `choose_cus` takes), computed from the runs alone."""
     total = stranded = 0
     for i, (_, length) in enumerate(rs):
         if i == index:
@@ -64,37 +48,58 @@ def fragmentation_after_cut(rs: tuple[tuple[int, int], ...] | list[tuple[int, in
     return stranded / total if total else 0.0
 
 
-def choose_xcd(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None:
-    """n free bits on as few XCDs as possible: best-fit XCD when one holds them all, else whole XCDs
-    with the most free bits first. Within an XCD, lowest bits first."""
-    if n <= 0 or len(free) < n:
+def choose_cus(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None:
+    """n free bits holding the same number on every XCD (whole atoms, core/atoms.py), as contiguous as
+    possible; None when n is not whole atoms or some XCD has fewer than n / xcds free bits.
+
+    A contiguous run of whole atoms is complete by itself, so: the smallest single run that holds n
+    (best fit); else whole-atom pieces of the largest runs first; the last atoms
+    (too few contiguous bits left) come per XCD, lowest free bits first. Taking whole atoms never costs
+    an XCD more than another, so this finds a set whenever every XCD has n / xcds free bits."""
+    xcds = max(1, xcds)
+    if n <= 0 or n % xcds or free_atoms(free, xcds) < n // xcds:
         return None
-    per: dict[int, list[int]] = {x: [] for x in range(xcds)}
-    for b in sorted(free):
-        per[b % xcds].append(b)
-    fitting = [x for x in per if len(per[x]) >= n]
-    if fitting:
-        x = min(fitting, key=lambda x: (len(per[x]), x))
-        return frozenset(per[x][:n])
-    chosen: list[int] = []
-    for x in sorted(per, key=lambda x: (-len(per[x]), x)):
-        chosen.extend(per[x][: n - len(chosen)])
-        if len(chosen) == n:
+    rs = runs(free)
+    fitting = best_fit_run(rs, n)
+    if fitting is not None:
+        start = rs[fitting][0]
+        return frozenset(range(start, start + n))
+    chosen: set[int] = set()
+    for start, length in sorted(rs, key=lambda r: (-r[1], r[0])):
+        take = min(length, n - len(chosen)) // xcds * xcds
+        if take == 0:
             break
+        chosen.update(range(start, start + take))
+    per_xcd = (n - len(chosen)) // xcds
+    if per_xcd:
+        left: dict[int, list[int]] = {x: [] for x in range(xcds)}
+        for b in sorted(free - chosen):
+            left[b % xcds].append(b)
+        for bits in left.values():
+            chosen.update(bits[:per_xcd])
     return frozenset(chosen)
 
 
-def choose_cus(free: frozenset[int], n: int, mode: str, xcds: int) -> frozenset[int] | None:
-    if mode == "xcd":
-        return choose_xcd(free, n, xcds)
-    return choose_spread(free, n)
+def free_atoms(free: Iterable[int], xcds: int) -> int:
+    """Whole atoms a CU set can still give: the fewest free bits of any XCD."""
+    return min(xcd_counts(free, xcds))
 
 
-def choose_burst(region: frozenset[int], extra: int) -> frozenset[int]:
-    """Up to `extra` bits of the shared burst region (tenants share it; it is never guaranteed)."""
-    if extra <= 0:
+def choose_burst(region: frozenset[int], extra: int, xcds: int) -> frozenset[int]:
+    """Up to `extra` bits of the shared burst region (tenants share it; it is never guaranteed), in whole
+    atoms so that guarantee and burst together stay XCC-complete: `extra` rounded down to atoms, and no
+    more atoms than every XCD of the region holds. Lowest bits of each XCD first."""
+    xcds = max(1, xcds)
+    per_xcd = min(max(0, extra) // xcds, free_atoms(region, xcds)) if region else 0
+    if per_xcd <= 0:
         return frozenset()
-    return frozenset(sorted(region)[:extra])
+    chosen: list[int] = []
+    counts = [0] * xcds
+    for b in sorted(region):
+        if counts[b % xcds] < per_xcd:
+            counts[b % xcds] += 1
+            chosen.append(b)
+    return frozenset(chosen)
 
 
 def fragmentation(free: frozenset[int], min_slice: int) -> float:
@@ -103,11 +108,3 @@ def fragmentation(free: frozenset[int], min_slice: int) -> float:
         return 0.0
     stranded = sum(length for _, length in runs(free) if length < min_slice)
     return stranded / len(free)
-
-
-def xcd_balance(cus: Iterable[int], xcds: int) -> int:
-    """Max minus min CUs per XCD (0 = perfectly balanced)."""
-    counts = [0] * xcds
-    for b in cus:
-        counts[b % xcds] += 1
-    return max(counts) - min(counts)

@@ -9,6 +9,7 @@ not block each other.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -18,15 +19,18 @@ from functools import cached_property
 from types import MappingProxyType
 
 from extender.core.assignment import Assignment, GpuAssignment
+from extender.core.atoms import is_xcc_complete, xcd_counts
 from extender.core.errors import LedgerConflict
+from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Demand, Room, Rules, verdict
 from extender.core.gpuindex import GpuIndex
 from extender.core.inventory import GpuInfo
-from extender.core.layout import runs
+from extender.core.layout import free_atoms, runs
+from extender.core.policy import region_size
 
 
 def burst_region(info: GpuInfo, shared_fraction: float) -> frozenset[int]:
-    """The top CU bits of the GPU, a multiple of its XCD count so the region is balanced over XCDs."""
-    size = int(info.computeUnits * shared_fraction) // info.xcds * info.xcds
+    """The top CU bits of the GPU, whole atoms (a contiguous run of them is XCC-complete)."""
+    size = region_size(info.computeUnits, info.xcds, shared_fraction)
     return frozenset(range(info.computeUnits - size, info.computeUnits))
 
 
@@ -91,6 +95,20 @@ class GpuState:
         return frozenset(range(self.info.computeUnits)) - self.shared - self.guaranteed - self.bursting
 
     @cached_property
+    def free_atom_cus(self) -> int:
+        """Free CUs a guarantee can take: whole atoms only (the fewest free bits of any XCD, times the
+        XCD count). Less than len(free_cus) when free bits are uneven over XCDs."""
+        return free_atoms(self.free_cus, self.info.xcds) * max(1, self.info.xcds)
+
+    def room(self, overcommit: float, rules: Rules) -> Room:
+        """This GPU as the fit rule (core/fit.py) reads it."""
+        info = self.info
+        counts = self.class_counts
+        return Room(info.healthy, info.computeUnits, self.free_atom_cus, len(self.slices), self.memory_free,
+                    math.floor(info.memoryBytes * overcommit) - self.memory_limit_used,
+                    counts.get(MEMORY_BOUND, 0), counts.get(COMPUTE_BOUND, 0), rules.units_of(counts))
+
+    @cached_property
     def free_runs(self) -> tuple[tuple[int, int], ...]:
         """Maximal runs of free CU bits as (start, length), in bit order (placement's hot path)."""
         return tuple(runs(self.free_cus))
@@ -148,6 +166,8 @@ class GpuState:
             "memoryLimitUsedBytes": self.memory_limit_used,
             "tenants": [{"pod": s.pod.key, "uid": s.pod.uid, "class": s.workload_class,
                          "cus": format_ranges(s.cus), "burstCus": format_ranges(s.burst),
+                         "xccComplete": is_xcc_complete(s.cus, self.info.xcds)
+                         and is_xcc_complete(s.cus | s.burst, self.info.xcds),
                          "memoryBytes": s.memory, "memoryLimitBytes": s.memory_limit}
                         for s in self.slices],
         }
@@ -205,8 +225,15 @@ class Usage:
     tenants: int = 0
 
 
-def _check(state: NodeState, entry: PodEntry, overcommit: float) -> list[GpuState]:
-    """Validate `entry` against `state` (which must not hold it) and return the new GPU states."""
+def _check(state: NodeState, entry: PodEntry, overcommit: float, rules: Rules | None) -> list[GpuState]:
+    """Validate `entry` against `state` (which must not hold it) and return the new GPU states.
+
+    Every entry must fit physically: CUs on the GPU and nobody else's, memory within the GPU and limits
+    within the overcommit factor. A new placement (`rules` given) must also obey the fit rule
+    (core/fit.py: whole atoms, class limits, bandwidth budget, whole-GPU exclusivity), take no bit of
+    the shared burst region unless it takes the whole GPU, and hand out XCC-complete masks. A fact read
+    back from a pod (`rules` None) is recorded even when it breaks those: it runs, so its CUs must stay
+    counted (legacy assignments; see README "CU masks and atoms")."""
     a = entry.assignment
     new_gpus = list(state.gpus)
     positions = {g.info.index: i for i, g in enumerate(state.gpus)}
@@ -240,9 +267,30 @@ def _check(state: NodeState, entry: PodEntry, overcommit: float) -> list[GpuStat
                                  f"{gpu.memory_free} free")
         if gpu.memory_limit_used + ga.memoryLimitBytes > gpu.info.memoryBytes * overcommit:
             raise LedgerConflict(f"{state.name} gpu {ga.index}: memory limits over {overcommit}x the GPU")
+        if rules is not None:
+            _check_new(state.name, gpu, ga, entry.workload_class, overcommit, rules)
         new_gpus[pos] = replace(gpu, slices=gpu.slices + (
             Slice(entry.pod, entry.workload_class, ga.cus, ga.burstCus, ga.memoryBytes, ga.memoryLimitBytes),))
     return new_gpus
+
+
+def _check_new(node: str, gpu: GpuState, ga: GpuAssignment, workload_class: str, overcommit: float,
+               rules: Rules) -> None:
+    where = f"{node} gpu {ga.index}"
+    xcds = gpu.info.xcds
+    whole = len(ga.cus) >= gpu.info.computeUnits  # every CU: the agent sets no mask at all
+    for cus, what in ((ga.cus, "cus"), (ga.cus | ga.burstCus, "cus+burstCus")):
+        if not whole and not is_xcc_complete(cus, xcds):
+            raise LedgerConflict(f"{where}: {what} {xcd_counts(cus, xcds)} bits per XCD: not whole atoms of "
+                                 f"{xcds} CUs (an XCD without a bit runs unmasked)")
+    no = verdict(gpu.room(overcommit, rules), Demand(len(ga.cus), ga.memoryBytes, ga.memoryLimitBytes,
+                                                     workload_class), rules)
+    if no is not None:
+        raise LedgerConflict(f"{where}: breaks the fit rule ({no.category}: {no})")
+    if not whole and ga.cus & gpu.shared:
+        raise LedgerConflict(f"{where}: guarantees CUs of the shared burst region")
+    if ga.burstCus - gpu.burst_cus:
+        raise LedgerConflict(f"{where}: burst CUs outside the shared burst region")
 
 
 def _without(state: NodeState, uid: str) -> NodeState:
@@ -258,9 +306,12 @@ class Ledger:
     """Every node's GPU ledger, plus the pod-UID index and per-namespace usage."""
 
     def __init__(self, shared_fraction: float = 0.125, overcommit: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, rules: Rules | None = None) -> None:
         self.shared_fraction = shared_fraction
         self.overcommit = overcommit
+        # The policy's class rules, which new placements must obey too (the engine keeps them current);
+        # without them only capacity, atoms and whole-GPU exclusivity are checked.
+        self.rules = rules if rules is not None else Rules(max_memory_bound=None, bandwidth_share={})
         self.clock = clock
         self._nodes: dict[str, _Node] = {}
         self._where: dict[str, str] = {}  # pod uid -> node
@@ -356,9 +407,12 @@ class Ledger:
 
     # --- pods --------------------------------------------------------------------------------
     def reserve(self, pod: PodRef, assignment: Assignment, workload_class: str, compute_millis: int,
-                ttl: float | None) -> None:
+                ttl: float | None, *, new: bool | None = None) -> None:
         """Reserve (ttl seconds) or record as bound (ttl None). A repeated call for the same pod UID
-        replaces the earlier entry. Raises LedgerConflict and changes nothing on overlap or overflow."""
+        replaces the earlier entry. Raises LedgerConflict and changes nothing on overlap or overflow.
+        `new` (default: a reservation, ttl given) holds the assignment to every rule of a new placement;
+        otherwise it is a fact from the cluster, recorded if it fits physically (see `_check`)."""
+        strict = ttl is not None if new is None else new
         node = self._nodes.get(assignment.node)
         if node is None:
             raise LedgerConflict(f"node {assignment.node} is not in the ledger")
@@ -369,7 +423,7 @@ class Ledger:
                 raise LedgerConflict(f"node {assignment.node} is not in the ledger")
             base = _without(node.state, pod.uid)
             try:
-                gpus = _check(base, entry, self.overcommit)
+                gpus = _check(base, entry, self.overcommit, self.rules if strict else None)
             except LedgerConflict:
                 with self._index:
                     self.conflicts_total += 1
@@ -482,6 +536,16 @@ class Ledger:
         u.memory += sign * sum(g.memoryBytes for g in entry.assignment.gpus)
         u.tenants += sign
 
+    def incomplete_masks(self) -> list[str]:
+        """Tenants whose guaranteed or burst mask misses an XCD or is uneven over XCDs: legacy
+        assignments recorded as facts. Their CUs stay counted; nothing new is placed that way."""
+        out = []
+        for state in self.nodes():
+            for g in state.gpus:
+                out += [f"{s.pod.key} on {state.name} gpu {g.info.index}" for s in g.slices
+                        if not (is_xcc_complete(s.cus, g.info.xcds) and is_xcc_complete(s.cus | s.burst, g.info.xcds))]
+        return out
+
     def snapshot(self) -> dict[str, object]:
         return {"nodes": [s.to_dict() for s in sorted(self.nodes(), key=lambda s: s.name)],
                 "expiredReservations": self.expired_total}
@@ -489,10 +553,11 @@ class Ledger:
 
 def rebuild(nodes: Mapping[str, list[GpuInfo]], bound: Iterable[tuple[PodRef, Assignment, int]],
             shared_fraction: float = 0.125, overcommit: float = 1.0,
-            clock: Callable[[], float] = time.monotonic) -> tuple[Ledger, list[str]]:
+            clock: Callable[[], float] = time.monotonic, rules: Rules | None = None) -> tuple[Ledger, list[str]]:
     """A ledger built from the cluster's facts: node inventories and pods' assignment annotations
-    (pod, assignment, compute millis). Assignments that no longer fit are reported, not applied."""
-    ledger = Ledger(shared_fraction, overcommit, clock)
+    (pod, assignment, compute millis). Assignments that no longer fit are reported, not applied; those
+    whose masks are not XCC-complete (legacy) are applied, and listed by `Ledger.incomplete_masks`."""
+    ledger = Ledger(shared_fraction, overcommit, clock, rules)
     for name, gpus in nodes.items():
         ledger.set_node(name, gpus)
     problems: list[str] = []

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from extender.core.atoms import round_up_to_atoms
 from extender.core.bounds import MAX_POLICY_BYTES, OutOfBounds
 from extender.core.errors import SHOWN_CHARS, GpusliceError
 from extender.core.quantity import parse_bytes
@@ -69,6 +70,20 @@ class GpuModel(_Strict):
     def balanced_multiple(self) -> int:
         return self.balancedMultiple or self.shaderEngines
 
+    @model_validator(mode="after")
+    def _whole_atoms(self) -> GpuModel:
+        # A CU mask must hold the same number of bits on every XCD (core/atoms.py); a model whose CUs or
+        # balanced step are not whole atoms could only hand out masks that leave XCDs unmasked.
+        if self.computeUnits % self.xcds:
+            raise _field_error(("computeUnits",), self.computeUnits,
+                               f"must be a whole number of atoms of {self.xcds} CUs (one per XCD)")
+        if self.balanced_multiple % self.xcds:
+            field = "balancedMultiple" if self.balancedMultiple else "shaderEngines"
+            raise _field_error((field,), self.balanced_multiple,
+                               f"balanced CU counts must be whole atoms of {self.xcds} CUs (one per XCD), "
+                               "or XCDs would get no bit of a mask and run unmasked")
+        return self
+
 
 def _default_models() -> dict[str, GpuModel]:
     return {
@@ -92,13 +107,23 @@ class Rounding(_Strict):
     minComputeUnits: int = Field(default=8, ge=1, description="no guarantee below this many CUs")
 
 
+NO_XCD_LAYOUT = ("there is no xcd layout: ROCr applies HSA_CU_MASK per XCC and an XCC that gets no bit of "
+                 "the mask runs unmasked, so a tenant's bits on one XCD would let it use every other XCD; "
+                 "whole XCDs per tenant need CPX compute partitions. Use spread")
+
+
+def _layout_mode(value: object) -> object:
+    if value == "xcd":
+        raise PydanticCustomError("no_xcd_layout", NO_XCD_LAYOUT)
+    return value
+
+
 class Layout(_Strict):
     """How guaranteed CU sets are laid out in mask-bit order."""
 
-    mode: Literal["spread", "xcd"] = Field(
+    mode: Annotated[Literal["spread"], BeforeValidator(_layout_mode)] = Field(
         default="spread",
-        description="spread: contiguous bit ranges (balanced over XCDs and engines); "
-        "xcd: whole XCDs per tenant where the size allows",
+        description="spread: whole atoms (one CU per XCD), as few contiguous bit ranges as possible",
     )
 
 
@@ -332,8 +357,21 @@ def profile_rps(profile: Profile, cus: int) -> float:
     return pts[-1].rps
 
 
-def round_cus(policy: Policy, model: GpuModel, total_cus: int, wanted: int) -> int:
-    """Apply the policy's rounding and minimum to a CU count, capped at the GPU's size."""
+def region_size(total_cus: int, xcds: int, fraction: float) -> int:
+    """CUs of a GPU's shared burst region: the policy's fraction, rounded down to whole atoms."""
+    return int(total_cus * fraction) // xcds * xcds
+
+
+def guaranteeable(policy: Policy, total_cus: int, xcds: int) -> int:
+    """The largest guarantee short of the whole GPU: the CUs outside the burst region, in whole atoms."""
+    return (total_cus - region_size(total_cus, xcds, policy.burst.sharedFraction)) // xcds * xcds
+
+
+def round_cus(policy: Policy, model: GpuModel, total_cus: int, wanted: int, xcds: int | None = None) -> int:
+    """Apply the policy's rounding and minimum to a CU count, then round up to whole atoms (one CU per
+    XCD: `xcds`, default the model's); a count past the guaranteeable region becomes the whole GPU
+    (`total_cus`), which only an empty GPU can give (DESIGN, whole GPUs)."""
+    xcds = xcds or model.xcds
     wanted = max(wanted, policy.rounding.minComputeUnits, 1)
     mode = policy.rounding.mode
     if mode == "balanced":
@@ -341,4 +379,5 @@ def round_cus(policy: Policy, model: GpuModel, total_cus: int, wanted: int) -> i
         wanted = math.ceil(wanted / step) * step
     elif mode == "powerOfTwo":
         wanted = 1 << (wanted - 1).bit_length()
-    return min(wanted, total_cus)
+    wanted = round_up_to_atoms(wanted, xcds)
+    return total_cus if wanted > guaranteeable(policy, total_cus, xcds) else wanted

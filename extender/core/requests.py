@@ -40,9 +40,10 @@ class SliceRequest:
     compute_cus: int | None = None
     predicted_rps: float | None = None
 
-    def guaranteed_cus(self, policy: Policy, model: GpuModel, total_cus: int) -> int:
-        """CUs to guarantee on a GPU of `model` with `total_cus` CUs, after the policy's rounding."""
-        return round_cus(policy, model, total_cus, math.ceil(self.compute_millis * total_cus / 1000))
+    def guaranteed_cus(self, policy: Policy, model: GpuModel, total_cus: int, xcds: int | None = None) -> int:
+        """CUs to guarantee on a GPU of `model` with `total_cus` CUs on `xcds` XCDs (default: the model's),
+        after the policy's rounding and in whole atoms; `total_cus` means the whole GPU."""
+        return round_cus(policy, model, total_cus, math.ceil(self.compute_millis * total_cus / 1000), xcds)
 
     def limit_cus(self, total_cus: int) -> int:
         return math.ceil(self.compute_limit_millis * total_cus / 1000)

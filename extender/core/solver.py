@@ -19,20 +19,18 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 from ortools.sat.python import cp_model
 
+from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, NO_WHOLE, Demand, Room, Rules, fits
 from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
 
-MEMORY_BOUND = "memory-bound"
-COMPUTE_BOUND = "compute-bound"
 OUTCOMES = ("optimal", "feasible", "fallback-greedy", "infeasible")
-# Bandwidth shares are fractions of a GPU; the model counts them in 1/10000ths.
-BANDWIDTH_SCALE = 10_000
 # Objective terms are fractions scaled to integers, then multiplied by the policy's weights (x100).
 UNIT = 1000
 PAIR_REWARD = 300  # one memory-bound tenant next to one compute-bound tenant
@@ -56,14 +54,27 @@ class Bin:
     limit_room: int  # memory-limit headroom under the overcommit factor
     memory_bound: int = 0
     compute_bound: int = 0
-    bandwidth_used: float = 0.0
+    bandwidth_units: int = 0  # the tenants' bandwidth shares, in 1/BANDWIDTH_SCALE of the GPU
     group: str | None = None  # XGMI hive, else NUMA node: GPUs close together
     healthy: bool = True
     min_slice: int = 1  # leftovers below this are stranded (fragmentation)
+    total_cus: int | None = None  # a guarantee of this many CUs takes the empty GPU whole; None: never
 
     @property
     def empty(self) -> bool:
         return self.memory_bound + self.compute_bound == 0 and self.free_memory == self.memory
+
+    @cached_property
+    def room(self) -> Room:
+        """The GPU as the fit rule (core/fit.py) reads it (worked out once: the greedy and the model ask
+        for every item)."""
+        return Room(self.healthy, NO_WHOLE if self.total_cus is None else self.total_cus, self.free_cus,
+                    self.memory_bound + self.compute_bound, self.free_memory, self.limit_room, self.memory_bound,
+                    self.compute_bound, self.bandwidth_units)
+
+    def whole(self, cus: int) -> bool:
+        """A guarantee of `cus` here is the whole GPU (it fits only on an empty one, alone)."""
+        return self.total_cus is not None and cus >= self.total_cus
 
 
 @dataclass(frozen=True)
@@ -79,34 +90,18 @@ class Item:
     optional: bool = False  # batch planning may leave it unplaced (reported), a bind may not
 
 
-@dataclass(frozen=True)
-class Rules:
-    max_memory_bound: int | None = 2
-    max_compute_bound: int | None = None
-    bandwidth_share: Mapping[str, float] = field(default_factory=lambda: {MEMORY_BOUND: 0.5, COMPUTE_BOUND: 0.2})
-    bandwidth_budget: float | None = None
-
-    @classmethod
-    def from_policy(cls, policy: Policy) -> Rules:
-        c = policy.classes
-        return cls(c.maxMemoryBoundPerGpu, c.maxComputeBoundPerGpu, dict(c.bandwidthShare), c.bandwidthBudget)
-
-    def share_units(self, workload_class: str) -> int:
-        return round(self.bandwidth_share.get(workload_class, 0.0) * BANDWIDTH_SCALE)
-
-    def bandwidth_room(self, b: Bin) -> int | None:
-        """Bandwidth left on a GPU in model units; None when there is no budget."""
-        if self.bandwidth_budget is None:
-            return None
-        return math.floor((self.bandwidth_budget - b.bandwidth_used) * BANDWIDTH_SCALE + 1e-6)
-
-    def class_room(self, b: Bin, workload_class: str) -> int | None:
-        """More tenants of this class the GPU may take; None = no limit."""
-        if workload_class == MEMORY_BOUND and self.max_memory_bound is not None:
-            return max(0, self.max_memory_bound - b.memory_bound)
-        if workload_class == COMPUTE_BOUND and self.max_compute_bound is not None:
-            return max(0, self.max_compute_bound - b.compute_bound)
+def class_room(rules: Rules, b: Bin, workload_class: str) -> int | None:
+    """More tenants of this class the GPU may take; None = no limit."""
+    limit = rules.class_limit(workload_class)
+    if limit is None:
         return None
+    return max(0, limit - (b.memory_bound if workload_class == MEMORY_BOUND else b.compute_bound))
+
+
+def bandwidth_room(rules: Rules, b: Bin) -> int | None:
+    """Bandwidth left on a GPU in model units; None when there is no budget."""
+    budget = rules.budget_units
+    return None if budget is None else budget - b.bandwidth_units
 
 
 @dataclass(frozen=True)
@@ -194,19 +189,17 @@ def min_slice(policy: Policy, model_name: str) -> int:
 
 
 def bins_for_node(state: NodeState, policy: Policy) -> tuple[Bin, ...]:
-    cap = policy.overcommit.memory
-    share = policy.classes.bandwidthShare
+    rules = Rules.from_policy(policy)
     out = []
     for g in state.gpus:
         info = g.info
+        room = g.room(policy.overcommit.memory, rules)
         out.append(Bin(
             node=state.name, index=info.index, usable_cus=info.computeUnits - len(g.shared),
-            free_cus=len(g.free_cus), memory=info.memoryBytes, free_memory=g.memory_free,
-            limit_room=math.floor(info.memoryBytes * cap) - g.memory_limit_used,
-            memory_bound=g.count(MEMORY_BOUND), compute_bound=g.count(COMPUTE_BOUND),
-            bandwidth_used=sum(share.get(s.workload_class, 0.0) for s in g.slices),
-            group=topology_group(info.hiveId, info.numaNode), healthy=info.healthy,
-            min_slice=min_slice(policy, info.model)))
+            free_cus=room.free_cus, memory=info.memoryBytes, free_memory=room.free_memory,
+            limit_room=room.limit_room, memory_bound=room.memory_bound, compute_bound=room.compute_bound,
+            bandwidth_units=room.bandwidth_units, group=topology_group(info.hiveId, info.numaNode),
+            healthy=info.healthy, min_slice=min_slice(policy, info.model), total_cus=info.computeUnits))
     return tuple(out)
 
 
@@ -217,7 +210,7 @@ def topology_group(hive: str | None, numa: int | None) -> str | None:
 
 
 def item_for(key: str, req: SliceRequest, state: NodeState, policy: Policy, optional: bool = False) -> Item:
-    cus = tuple(req.guaranteed_cus(policy, policy.model_for(g.info.model), g.info.computeUnits)
+    cus = tuple(req.guaranteed_cus(policy, policy.model_for(g.info.model), g.info.computeUnits, g.info.xcds)
                 for g in state.gpus)
     return Item(key, req.workload_class, cus, req.memory_bytes, req.memory_limit_bytes, req.count, optional)
 
@@ -237,24 +230,23 @@ class _Load:
 
 
 def _fits(problem: Problem, b: int, item: Item, load: _Load) -> bool:
+    """The fit rule (core/fit.py) on the bin's room less what the placement already put there."""
+    room = problem.bins[b].room
+    if load.items:
+        room = room.after(load.cus, load.memory, load.limit, load.memory_bound, load.compute_bound, load.bandwidth,
+                          load.items)
+    return fits(room, Demand(item.cus[b], item.memory, item.memory_limit, item.workload_class), problem.rules)
+
+
+def _weight(problem: Problem, item: Item, b: int) -> int:
+    """CUs the item takes of the bin's guaranteeable room: all of it for a whole GPU (none is left to share)."""
     bn = problem.bins[b]
+    return bn.free_cus if bn.whole(item.cus[b]) else item.cus[b]
+
+
+def _add(load: _Load, item: Item, b: int, problem: Problem) -> None:
     rules = problem.rules
-    if not bn.healthy:
-        return False
-    if load.cus + item.cus[b] > bn.free_cus or load.memory + item.memory > bn.free_memory:
-        return False
-    if load.limit + item.memory_limit > bn.limit_room:
-        return False
-    room = rules.class_room(bn, item.workload_class)
-    have = load.memory_bound if item.workload_class == MEMORY_BOUND else load.compute_bound
-    if room is not None and have + 1 > room:
-        return False
-    bw = rules.bandwidth_room(bn)
-    return bw is None or load.bandwidth + rules.share_units(item.workload_class) <= bw
-
-
-def _add(load: _Load, item: Item, b: int, rules: Rules) -> None:
-    load.cus += item.cus[b]
+    load.cus += _weight(problem, item, b)
     load.memory += item.memory
     load.limit += item.memory_limit
     load.memory_bound += item.workload_class == MEMORY_BOUND
@@ -267,7 +259,7 @@ def loads(problem: Problem, placement: Placement) -> list[_Load]:
     out = [_Load() for _ in problem.bins]
     for item, where in zip(problem.items, placement, strict=True):
         for b in where or ():
-            _add(out[b], item, b, problem.rules)
+            _add(out[b], item, b, problem)
     return out
 
 
@@ -287,7 +279,7 @@ def violations(problem: Problem, placement: Placement) -> list[str]:
         for b in where:
             if not _fits(problem, b, item, out[b]):
                 problems.append(f"{item.key}: does not fit gpu {problem.bins[b].node}/{problem.bins[b].index}")
-            _add(out[b], item, b, problem.rules)
+            _add(out[b], item, b, problem)
     opened = sum(1 for bn, load in zip(problem.bins, out, strict=True) if bn.empty and load.items)
     if problem.max_new_gpus is not None and opened > problem.max_new_gpus:
         problems.append(f"{opened} GPUs newly used, more than {problem.max_new_gpus}")
@@ -355,7 +347,7 @@ def greedy(problem: Problem, decreasing: bool = True, best: bool = True) -> Plac
         where = _choose(problem, item, out, best)
         if where is not None:
             for b in where:
-                _add(out[b], item, b, problem.rules)
+                _add(out[b], item, b, problem)
             placement[i] = where
     return tuple(placement)
 
@@ -364,12 +356,12 @@ def _size(problem: Problem, item: Item) -> float:
     b0 = problem.bins[0] if problem.bins else None
     if b0 is None:
         return 0.0
-    return item.count * (item.cus[0] / max(b0.usable_cus, 1) + item.memory / max(b0.memory, 1))
+    return item.count * (_weight(problem, item, 0) / max(b0.usable_cus, 1) + item.memory / max(b0.memory, 1))
 
 
 def _left(problem: Problem, b: int, item: Item, load: _Load) -> float:
     bn = problem.bins[b]
-    cu = (bn.free_cus - load.cus - item.cus[b]) / max(bn.usable_cus, 1)
+    cu = (bn.free_cus - load.cus - _weight(problem, item, b)) / max(bn.usable_cus, 1)
     mem = (bn.free_memory - load.memory - item.memory) / max(bn.memory, 1)
     return cu + mem
 
@@ -447,14 +439,16 @@ class _Model:
             on = [(p.items[i], v) for i, v in self.by_bin[b]]
             if not on:
                 continue
-            self._capacity([(it.cus[b], v) for it, v in on], bn.free_cus)
+            # A whole-GPU item weighs all the bin's room, so nothing else can join it (core/fit.py).
+            self._capacity([(_weight(p, it, b), v) for it, v in on], bn.free_cus)
+            self._capacity([(1, v) for it, v in on if bn.whole(it.cus[b])], 1)
             self._capacity([(it.memory // u, v) for it, v in on], bn.free_memory // u)
             self._capacity([(it.memory_limit // u, v) for it, v in on], bn.limit_room // u)
             for cls in (MEMORY_BOUND, COMPUTE_BOUND):
-                room = rules.class_room(bn, cls)
+                room = class_room(rules, bn, cls)
                 if room is not None:
                     self._capacity([(1, v) for it, v in on if it.workload_class == cls], room)
-            bw = rules.bandwidth_room(bn)
+            bw = bandwidth_room(rules, bn)
             if bw is not None:
                 self._capacity([(rules.share_units(it.workload_class), v) for it, v in on], bw)
             touched = m.new_bool_var(f"touched{b}")
@@ -501,11 +495,11 @@ class _Model:
             return
         # Leftovers stay congruent to free_cus modulo the slices' common divisor g: when that is 0 and
         # g >= min_slice, nothing can be stranded here and the three booleans are not needed.
-        g = math.gcd(*(it.cus[b] for it, _ in on))
+        g = math.gcd(*(_weight(self.p, it, b) for it, _ in on))
         if g >= bn.min_slice and bn.free_cus % g == 0:
             return
         m = self.m
-        used = _sum([(it.cus[b], v) for it, v in on])
+        used = _sum([(_weight(self.p, it, b), v) for it, v in on])
         zero, big, stranded = m.new_bool_var("zero"), m.new_bool_var("big"), m.new_bool_var("stranded")
         m.add(used == bn.free_cus).only_enforce_if(zero)
         m.add(used <= bn.free_cus - bn.min_slice).only_enforce_if(big)
@@ -564,8 +558,9 @@ class _Model:
     def _twins(self, a: int, b: int) -> bool:
         """Two empty GPUs that no tenant and no objective term can tell apart."""
         x, y = self.p.bins[a], self.p.bins[b]
-        same = (x.node, x.group, x.usable_cus, x.free_cus, x.memory, x.limit_room, x.healthy, x.min_slice) == (
-            y.node, y.group, y.usable_cus, y.free_cus, y.memory, y.limit_room, y.healthy, y.min_slice)
+        same = (x.node, x.group, x.usable_cus, x.free_cus, x.memory, x.limit_room, x.healthy, x.min_slice,
+                x.total_cus) == (y.node, y.group, y.usable_cus, y.free_cus, y.memory, y.limit_room, y.healthy,
+                                 y.min_slice, y.total_cus)
         return same and all(it.cus[a] == it.cus[b] for it in self.p.items)
 
     def objective(self) -> cp_model.LinearExprT:

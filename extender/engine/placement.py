@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extender.core.assignment import Assignment, GpuAssignment, now_rfc3339
+from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, Demand, Rules, Verdict, fits, verdict, whole_gpu
+from extender.core.fit import MEMORY_BOUND as MEMORY_BOUND  # re-exported for the engine's other modules
 from extender.core.layout import best_fit_run, choose_burst, choose_cus, fragmentation, fragmentation_after_cut
 from extender.core.ledger import GpuState, NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
-
-MEMORY_BOUND = "memory-bound"
-COMPUTE_BOUND = "compute-bound"
 
 
 @dataclass(frozen=True)
@@ -37,76 +36,76 @@ class NodeFit:
 
 
 def needed_cus(req: SliceRequest, gpu: GpuState, policy: Policy) -> int:
-    return req.guaranteed_cus(policy, policy.model_for(gpu.info.model), gpu.info.computeUnits)
+    """The guarantee on this GPU in whole atoms of its XCDs (its CU count: the whole GPU)."""
+    info = gpu.info
+    return req.guaranteed_cus(policy, policy.model_for(info.model), info.computeUnits, info.xcds)
 
 
 def takes_whole(gpu: GpuState, n: int) -> bool:
-    """A guarantee of the whole GPU takes an empty GPU whole, burst region included (exclusive use,
-    e.g. cooperative launches); otherwise the burst region is never guaranteed, so without this a
-    1000m request could never fit."""
-    return n >= gpu.info.computeUnits and not gpu.slices
+    """A guarantee of the whole GPU takes an empty GPU whole, burst region included (core/fit.py)."""
+    return whole_gpu(n, gpu.info.computeUnits, len(gpu.slices))
 
 
-def usable_cus(gpu: GpuState, n: int) -> frozenset[int]:
-    """CUs a guarantee of `n` may take."""
-    return frozenset(range(gpu.info.computeUnits)) if takes_whole(gpu, n) else gpu.free_cus
+_RULES: dict[str, Rules] = {}
+
+
+def rules_of(policy: Policy) -> Rules:
+    """The policy's class rules for the fit rule (worked out once per policy version)."""
+    rules = _RULES.get(policy.version)
+    if rules is None:
+        if len(_RULES) > 64:
+            _RULES.clear()
+        rules = _RULES[policy.version] = Rules.from_policy(policy)
+    return rules
+
+
+def demand_of(req: SliceRequest, n: int) -> Demand:
+    return Demand(n, req.memory_bytes, req.memory_limit_bytes, req.workload_class)
+
+
+def gpu_verdict(req: SliceRequest, gpu: GpuState, policy: Policy, n: int | None = None) -> Verdict | None:
+    """The fit rule's verdict for the slice on this GPU (None: it fits)."""
+    n = needed_cus(req, gpu, policy) if n is None else n
+    rules = rules_of(policy)
+    return verdict(gpu.room(policy.overcommit.memory, rules), demand_of(req, n), rules)
+
+
+def choose_slice(req: SliceRequest, gpu: GpuState, n: int) -> tuple[frozenset[int], frozenset[int]] | None:
+    """The exact guaranteed and burst CUs of a guarantee of n on this GPU: every CU for a whole GPU (no
+    burst), else whole atoms of the free CUs and whole atoms of the burst region up to the limit, so
+    guarantee and guarantee ∪ burst are both XCC-complete. None when no such set exists."""
+    info = gpu.info
+    if takes_whole(gpu, n):
+        return frozenset(range(info.computeUnits)), frozenset()
+    cus = choose_cus(gpu.free_cus, n, info.xcds)
+    if cus is None:
+        return None
+    return cus, choose_burst(gpu.burst_cus, req.limit_cus(info.computeUnits) - n, info.xcds)
 
 
 def gpu_reject_reason(req: SliceRequest, gpu: GpuState, policy: Policy) -> tuple[str, str] | None:
     """Why the slice cannot go on this GPU: (category, words a person can act on); None if it fits."""
-    i = gpu.info.index
-    if not gpu.info.healthy:
-        return "unhealthy", reject_words("unhealthy", i, req, policy)
-    n = needed_cus(req, gpu, policy)
-    free = len(usable_cus(gpu, n))
-    if n > free:
-        return "compute", reject_words("compute", i, req, policy, n=n, free=free)
-    if req.memory_bytes > gpu.memory_free:
-        return "memory", reject_words("memory", i, req, policy, memory_free=gpu.memory_free)
-    cap = gpu.info.memoryBytes * policy.overcommit.memory
-    if gpu.memory_limit_used + req.memory_limit_bytes > cap:
-        return "memory-limit", reject_words("memory-limit", i, req, policy, left=int(cap - gpu.memory_limit_used))
-    rules = policy.classes
-    if req.workload_class == MEMORY_BOUND and rules.maxMemoryBoundPerGpu is not None:
-        have = gpu.count(MEMORY_BOUND)
-        if have >= rules.maxMemoryBoundPerGpu:
-            return "class-rule", reject_words("class-rule", i, req, policy, have=have)
-    if req.workload_class == COMPUTE_BOUND and rules.maxComputeBoundPerGpu is not None:
-        have = gpu.count(COMPUTE_BOUND)
-        if have >= rules.maxComputeBoundPerGpu:
-            return "class-rule", reject_words("class-rule", i, req, policy, have=have)
-    if rules.bandwidthBudget is not None:
-        used = bandwidth_used(gpu, policy)
-        mine = rules.bandwidthShare.get(req.workload_class, 0.0)
-        if used + mine > rules.bandwidthBudget + 1e-9:
-            return "bandwidth", reject_words("bandwidth", i, req, policy, used=used)
-    return None
+    v = gpu_verdict(req, gpu, policy)
+    return None if v is None else (v.category, reject_words(v, gpu.info.index, req, policy))
 
 
-def reject_words(category: str, i: int, req: SliceRequest, policy: Policy, *, n: int = 0, free: int = 0,
-                 memory_free: int = 0, left: int = 0, have: int = 0, used: float = 0.0) -> str:
-    """The words of `gpu_reject_reason` for GPU `i`, from the numbers its rule looked at (shared with the
-    column filter, so both say the same)."""
+def reject_words(v: Verdict, i: int, req: SliceRequest, policy: Policy) -> str:
+    """The words of a fit-rule verdict for GPU `i` (shared with the column filter, so both say the same)."""
+    category = v.category
     if category == "unhealthy":
         return f"gpu {i}: unhealthy"
     if category == "compute":
-        return f"gpu {i}: needs {n} CUs, {free} free"
+        return f"gpu {i}: needs {v.need} CUs, {v.free} free"
     if category == "memory":
-        return f"gpu {i}: needs {_gib(req.memory_bytes)} memory, {_gib(memory_free)} free"
+        return f"gpu {i}: needs {_gib(req.memory_bytes)} memory, {_gib(v.free)} free"
     if category == "memory-limit":
         return (f"gpu {i}: memory limit {_gib(req.memory_limit_bytes)} would take limits past "
-                f"{policy.overcommit.memory:g}x the GPU ({_gib(left)} left)")
-    rules = policy.classes
+                f"{policy.overcommit.memory:g}x the GPU ({_gib(v.free)} left)")
     if category == "class-rule":
-        limit = rules.maxMemoryBoundPerGpu if req.workload_class == MEMORY_BOUND else rules.maxComputeBoundPerGpu
-        return f"gpu {i}: {have} {req.workload_class} tenants already (policy max {limit})"
-    mine = rules.bandwidthShare.get(req.workload_class, 0.0)
-    return f"gpu {i}: bandwidth {used + mine:.2f} of the GPU would exceed the budget {rules.bandwidthBudget:g}"
-
-
-def bandwidth_used(gpu: GpuState, policy: Policy) -> float:
-    share = policy.classes.bandwidthShare
-    return sum(share.get(s.workload_class, 0.0) for s in gpu.slices)
+        return f"gpu {i}: {v.have} {req.workload_class} tenants already (policy max {v.limit})"
+    rules = rules_of(policy)
+    used = (v.used_units + rules.share_units(req.workload_class)) / BANDWIDTH_SCALE
+    return f"gpu {i}: bandwidth {used:.2f} of the GPU would exceed the budget {rules.bandwidth_budget:g}"
 
 
 def _gib(n: int) -> str:
@@ -162,26 +161,21 @@ def _topology_key(gpu: GpuState) -> object:
 
 
 class _Limits:
-    """One request's per-GPU test with its constants worked out once per node evaluation. `fits`
-    is exactly `gpu_reject_reason(...) is None`, without building the words."""
+    """One request's per-GPU test with its constants worked out once per node evaluation. `fits` is
+    the fit rule's `fits` (core/fit.py), without building words."""
 
-    __slots__ = ("req", "policy", "need", "min_slices", "cls", "max_same", "budget", "share", "overcommit")
+    __slots__ = ("req", "policy", "need", "min_slices", "rules", "overcommit")
 
     def __init__(self, req: SliceRequest, policy: Policy) -> None:
         self.req = req
         self.policy = policy
-        self.need: dict[tuple[str, int], int] = {}
+        self.need: dict[tuple[str, int, int], int] = {}
         self.min_slices: dict[str, int] = {}
-        cls = self.cls = req.workload_class
-        rules = policy.classes
-        self.max_same = (rules.maxMemoryBoundPerGpu if cls == MEMORY_BOUND
-                         else rules.maxComputeBoundPerGpu if cls == COMPUTE_BOUND else None)
-        self.budget = rules.bandwidthBudget
-        self.share = rules.bandwidthShare.get(cls, 0.0)
+        self.rules = rules_of(policy)
         self.overcommit = policy.overcommit.memory
 
     def needed(self, gpu: GpuState) -> int:
-        model = (gpu.info.model, gpu.info.computeUnits)
+        model = (gpu.info.model, gpu.info.computeUnits, gpu.info.xcds)
         n = self.need.get(model)
         if n is None:
             n = self.need[model] = needed_cus(self.req, gpu, self.policy)
@@ -194,16 +188,7 @@ class _Limits:
         return m
 
     def fits(self, gpu: GpuState, n: int) -> bool:
-        info = gpu.info
-        req = self.req
-        free = info.computeUnits if takes_whole(gpu, n) else len(gpu.free_cus)
-        if not info.healthy or n > free or req.memory_bytes > gpu.memory_free:
-            return False
-        if gpu.memory_limit_used + req.memory_limit_bytes > info.memoryBytes * self.overcommit:
-            return False
-        if self.max_same is not None and gpu.count(self.cls) >= self.max_same:
-            return False
-        return self.budget is None or bandwidth_used(gpu, self.policy) + self.share <= self.budget + 1e-9
+        return fits(gpu.room(self.overcommit, self.rules), demand_of(self.req, n), self.rules)
 
 
 class _Candidate:
@@ -215,9 +200,10 @@ class _Candidate:
         self.gpu, self.n, self.start, self.cus, self.score = gpu, n, start, cus, score
 
     def choice(self, req: SliceRequest) -> GpuChoice:
+        info = self.gpu.info
         cus = self.cus if self.cus is not None else frozenset(range(self.start or 0, (self.start or 0) + self.n))
-        extra = max(0, req.limit_cus(self.gpu.info.computeUnits) - self.n)
-        return GpuChoice(self.gpu, cus, choose_burst(self.gpu.burst_cus, extra), self.score)
+        extra = 0 if len(cus) >= info.computeUnits else req.limit_cus(info.computeUnits) - self.n
+        return GpuChoice(self.gpu, cus, choose_burst(self.gpu.burst_cus, extra, info.xcds), self.score)
 
 
 class _Shared:
@@ -273,12 +259,12 @@ def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozense
         return None
     if takes_whole(gpu, n):
         return n, None, frozenset(range(gpu.info.computeUnits)), _score(req, gpu, n, policy, 0.0)
-    run = best_fit_run(gpu.free_runs, n) if policy.layout.mode == "spread" else None
-    if run is not None:  # choose_spread's answer, and the fragmentation it leaves, from cached runs
+    run = best_fit_run(gpu.free_runs, n)
+    if run is not None:  # choose_cus's answer (whole atoms of one run), and what it leaves, from cached runs
         frag = fragmentation_after_cut(gpu.free_runs, run, n, limits.min_slice(gpu))
         return n, gpu.free_runs[run][0], None, _score(req, gpu, n, policy, frag)
-    cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
-    if cus is None:  # cannot happen after the count check, kept as a guard
+    cus = choose_cus(gpu.free_cus, n, gpu.info.xcds)
+    if cus is None:  # cannot happen after the rule's count of whole atoms, kept as a guard
         return None
     return n, None, cus, _score(req, gpu, n, policy, fragmentation(gpu.free_cus - cus, limits.min_slice(gpu)))
 

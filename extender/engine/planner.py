@@ -16,16 +16,13 @@ from dataclasses import dataclass, field, replace
 
 from extender.core.assignment import Assignment
 from extender.core.errors import InventoryError, SliceRequestError
+from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, MEMORY_BOUND
 from extender.core.inventory import GpuInfo, format_inventory, parse_inventory
-from extender.core.layout import choose_burst, choose_cus
 from extender.core.ledger import Ledger, NodeState, PodRef, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.core.sizing import Prediction, predict
 from extender.core.solver import (
-    BANDWIDTH_SCALE,
-    COMPUTE_BOUND,
-    MEMORY_BOUND,
     Bin,
     Item,
     Placement,
@@ -41,7 +38,15 @@ from extender.core.solver import (
     solve,
     widen,
 )
-from extender.engine.placement import GpuChoice, build_assignment, evaluate, gpu_reject_reason, gpu_score, needed_cus
+from extender.engine.placement import (
+    GpuChoice,
+    build_assignment,
+    choose_slice,
+    evaluate,
+    gpu_reject_reason,
+    gpu_score,
+    needed_cus,
+)
 
 # Workload fields and the slice-request keys they stand for (the pod-facing API, without the prefix).
 WORKLOAD_KEYS = {"compute": "compute", "computeLimit": "computeLimit", "memory": "memory",
@@ -89,7 +94,7 @@ class Placed:
 class Plan:
     gpus_total: int
     gpus_used: int
-    lower_bound: int
+    lower_bound: int  # GPUs the placed replicas need at least (0 when none is placed)
     bounds: dict[str, int]
     one_per_gpu: int  # GPUs the placed replicas would take with whole GPUs each
     outcome: str
@@ -97,6 +102,10 @@ class Plan:
     placements: list[Placed] = field(default_factory=list)
     unplaced: list[Unplaced] = field(default_factory=list)
     nodes: list[NodeState] = field(default_factory=list)
+    replicas: int = 0  # replicas of the well-formed workloads (placed or not)
+    lower_bound_all: int = 0  # GPUs every replica that fits some GPU would need at least
+    bounds_all: dict[str, int] = field(default_factory=dict)
+    one_per_gpu_all: int = 0  # GPUs all the replicas would take with whole GPUs each
 
     @property
     def gap(self) -> float:
@@ -105,6 +114,9 @@ class Plan:
     def to_dict(self) -> dict[str, object]:
         return {"gpusUsed": self.gpus_used, "gpusTotal": self.gpus_total, "lowerBound": self.lower_bound,
                 "bounds": self.bounds, "gap": round(self.gap, 4), "onePerGpu": self.one_per_gpu,
+                "replicas": self.replicas, "replicasPlaced": len(self.placements),
+                "lowerBoundAll": self.lower_bound_all, "boundsAll": self.bounds_all,
+                "onePerGpuAll": self.one_per_gpu_all,
                 "outcome": self.outcome, "seconds": round(self.seconds, 3),
                 "placements": [p.to_dict() for p in self.placements],
                 "unplaced": [u.to_dict() for u in self.unplaced]}
@@ -227,13 +239,18 @@ def lower_bounds(bins: tuple[Bin, ...], items: list[Item], rules: Rules) -> dict
     """Bounds on the GPUs any placement of `items` needs (each is proven by counting)."""
     if not items or not bins:
         return {}
-    # When every slice is a multiple of g CUs (balanced rounding: 32 on MI300X), a GPU holds at most
-    # floor(usable / g) * g of them: 256 of 272 usable CUs.
-    g = math.gcd(*(c for it in items for c in it.cus))
+    # A replica that is a whole GPU wherever it goes takes its GPUs alone; the others share GPUs' usable
+    # CUs. When every shared slice is a multiple of g CUs (balanced rounding: 32 on MI300X), a GPU holds at
+    # most floor(usable / g) * g of them: 256 of 272 usable CUs.
+    whole = [all(b.whole(c) for b, c in zip(bins, it.cus, strict=True)) for it in items]
+    shared = [(it, min(c for b, c in zip(bins, it.cus, strict=True) if not b.whole(c)))
+              for it, w in zip(items, whole, strict=True) if not w]
+    g = math.gcd(*(c for _, c in shared))
     usable = max((b.usable_cus // g) * g for b in bins) if g else max(b.usable_cus for b in bins)
     memory = max(b.memory for b in bins)
     slots = [it.count for it in items]
-    out = {"computeUnits": math.ceil(sum(min(it.cus) * it.count for it in items) / max(usable, 1)),
+    whole_gpus = sum(it.count for it, w in zip(items, whole, strict=True) if w)
+    out = {"computeUnits": whole_gpus + math.ceil(sum(c * it.count for it, c in shared) / max(usable, 1)),
            "memory": math.ceil(sum(it.memory * it.count for it in items) / memory),
            "gpusPerReplica": max(slots)}
     for cls, cap, key in ((MEMORY_BOUND, rules.max_memory_bound, "memoryBoundPerGpu"),
@@ -264,7 +281,8 @@ Existing = tuple[PodRef, Assignment, int]
 def packing_problem(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: Policy,
                     existing: Iterable[Existing] = ()) -> Packing:
     """`existing` tenants are reserved first: the batch is planned on what they leave free."""
-    ledger, conflicts = rebuild(nodes, existing, policy.burst.sharedFraction, policy.overcommit.memory)
+    ledger, conflicts = rebuild(nodes, existing, policy.burst.sharedFraction, policy.overcommit.memory,
+                                rules=Rules.from_policy(policy))
     if conflicts:
         raise PlanInputError(f"existing tenants do not fit their nodes: {'; '.join(conflicts)}")
     states = [s for s in (ledger.node(n) for n in nodes) if s is not None]
@@ -306,16 +324,18 @@ def plan(nodes: Mapping[str, list[GpuInfo]], workloads: list[Workload], policy: 
                                {w.name: w for w in workloads}, policy)
     used_gpus = sum(1 for s in ledger.nodes() for g in s.gpus if g.slices)
     placed_items = [items[i] for i, w in enumerate(solution.placement) if w is not None]
-    lb_bounds = lower_bounds(bins, placed_items, rules) if len(placed_items) < len(items) else bounds
-    if "solver" in bounds and len(placed_items) == len(items):
-        lb_bounds["solver"] = bounds["solver"]
+    # Bounds for what was placed (the gap is measured on them) and for every replica that fits some GPU.
+    lb_bounds = lower_bounds(bins, placed_items, rules) if len(placed_items) < len(items) else dict(bounds)
     occupied = sum(1 for b in bins if not b.empty)
     if occupied:  # GPUs existing tenants hold stay in use whatever the batch does
-        lb_bounds = {**lb_bounds, "occupied": occupied}
+        lb_bounds["occupied"] = occupied
+        bounds["occupied"] = occupied
     return Plan(gpus_total=len(bins), gpus_used=used_gpus, lower_bound=max(lb_bounds.values(), default=0),
                 bounds=lb_bounds, one_per_gpu=sum(it.count for it in placed_items), outcome=solution.outcome,
                 seconds=time.perf_counter() - start, placements=placed, unplaced=unplaced,
-                nodes=[s for s in ledger.nodes()])
+                nodes=[s for s in ledger.nodes()], replicas=sum(w.replicas for w in workloads),
+                lower_bound_all=max(bounds.values(), default=0), bounds_all=bounds,
+                one_per_gpu_all=sum(w.replicas * w.request.count for w in workloads))
 
 
 def _with_predictions(placed: list[Placed], ledger: Ledger, workloads: Mapping[str, Workload],
@@ -351,13 +371,13 @@ def _reserve(ledger: Ledger, bins: tuple[Bin, ...], items: list[Item], owners: l
              solution: Solution, policy: Policy, unplaced: list[Unplaced]) -> list[Placed]:
     """Lay out exact CUs (largest slices first, so big runs stay whole) and reserve each replica."""
     placed: list[Placed] = []
+    left: list[tuple[Workload, int]] = []
     order = sorted(range(len(items)), key=lambda i: (-max(items[i].cus), i))
     for i in order:
         where = solution.placement[i]
         workload, replica = owners[i]
         if where is None:
-            unplaced.append(Unplaced(workload.name, replica, "no room left in the cluster under the policy's "
-                                     "capacity and class rules (add GPUs or relax the rules)"))
+            left.append((workload, replica))
             continue
         node = bins[where[0]].node
         state = ledger.node(node)
@@ -369,14 +389,27 @@ def _reserve(ledger: Ledger, bins: tuple[Bin, ...], items: list[Item], owners: l
             problem = gpu_reject_reason(workload.request, gpu, policy)
             if problem is not None:  # the model and the per-GPU rules disagree: a bug, never hide it
                 raise AssertionError(f"plan broke a rule for {items[i].key}: {problem[1]}")
-            n = needed_cus(workload.request, gpu, policy)
-            cus = choose_cus(gpu.free_cus, n, policy.layout.mode, gpu.info.xcds)
-            assert cus is not None
-            burst = choose_burst(gpu.burst_cus, max(0, workload.request.limit_cus(gpu.info.computeUnits) - n))
+            chosen = choose_slice(workload.request, gpu, needed_cus(workload.request, gpu, policy))
+            assert chosen is not None  # the fit rule counted whole atoms, so a set exists
+            cus, burst = chosen
             choices.append(GpuChoice(gpu, cus, burst, gpu_score(workload.request, gpu, cus, policy)))
         assignment = build_assignment(workload.request, node, tuple(choices), policy)
         ledger.reserve(PodRef(items[i].key, PLAN_NAMESPACE, items[i].key), assignment, workload.request.workload_class,
-                       workload.request.compute_millis, ttl=None)
+                       workload.request.compute_millis, ttl=None, new=True)
         placed.append(Placed(workload.name, replica, assignment, len(choices[0].cus)))
+    for workload, replica in left:
+        unplaced.append(Unplaced(workload.name, replica, _why_unplaced(workload.request, ledger, policy)))
     placed.sort(key=lambda p: (p.assignment.node, p.assignment.gpus[0].index, p.workload, p.replica))
     return placed
+
+
+def _why_unplaced(req: SliceRequest, ledger: Ledger, policy: Policy) -> str:
+    """Why a replica the plan left out fits nowhere in what the placed ones leave, in the fit rule's words
+    (or, if it would fit after all, that the solver ran out of time)."""
+    fits = [(s, evaluate(req, s, policy)) for s in sorted(ledger.nodes(), key=lambda s: s.name)]
+    room = [s.name for s, f in fits if f.ok]
+    if room:
+        return (f"the solver left it out within its time limit although {', '.join(room[:3])} could take it "
+                "(raise --time-limit)")
+    shown = "; ".join(f"{s.name}: {f.reason}" for s, f in fits[:2]) + ("; …" if len(fits) > 2 else "")
+    return f"no room left in what the placed replicas leave: {shown}"

@@ -13,12 +13,19 @@ its way to the API server, so the model treats them as fixed tenants.
 
 from __future__ import annotations
 
-from extender.core.layout import choose_burst, choose_cus
 from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
 from extender.core.solver import Problem, Rules, SolverStats, Weights, bins_for_node, item_for, solve
-from extender.engine.placement import GpuChoice, NodeFit, evaluate, gpu_reject_reason, gpu_score, needed_cus
+from extender.engine.placement import (
+    GpuChoice,
+    NodeFit,
+    choose_slice,
+    evaluate,
+    gpu_reject_reason,
+    gpu_score,
+    needed_cus,
+)
 
 
 class SolverPlacer:
@@ -47,10 +54,9 @@ class SolverPlacer:
             return greedy_fit
         choices = []
         for g in gpus:
-            n = needed_cus(req, g, policy)
-            cus = choose_cus(g.free_cus, n, policy.layout.mode, g.info.xcds)
-            if cus is None:
+            chosen = choose_slice(req, g, needed_cus(req, g, policy))
+            if chosen is None:
                 return greedy_fit
-            burst = choose_burst(g.burst_cus, max(0, req.limit_cus(g.info.computeUnits) - n))
+            cus, burst = chosen
             choices.append(GpuChoice(g, cus, burst, gpu_score(req, g, cus, policy)))
         return NodeFit(True, choices=tuple(choices), score=sum(c.score for c in choices) / len(choices))

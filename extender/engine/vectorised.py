@@ -13,18 +13,11 @@ from functools import cached_property
 
 import numpy as np
 
+from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Verdict
 from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Slots, Table
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
-from extender.engine.placement import (
-    COMPUTE_BOUND,
-    MEMORY_BOUND,
-    _min_slice_for,
-    _place,
-    _shared,
-    reject_message,
-    reject_words,
-)
+from extender.engine.placement import _min_slice_for, _place, _shared, reject_message, reject_words, rules_of
 
 FIELD = {name: i for i, name in enumerate(FIELDS)}
 CATEGORIES = ("", "unhealthy", "compute", "memory", "memory-limit", "class-rule", "bandwidth")
@@ -44,27 +37,28 @@ class Columns:
         self.data = self.table.data[:, :used]
         self.cols = c = {name: self.data[i] for i, name in enumerate(FIELDS)}
         keys = list(index.model_keys)
-        need_by_model = np.array([req.guaranteed_cus(policy, policy.model_for(m), cu) for m, cu in keys] or [0],
-                                 np.int64)
+        need_by_model = np.array([req.guaranteed_cus(policy, policy.model_for(m), cu, x) for m, cu, x in keys]
+                                 or [0], np.int64)
         self.need = need = np.take(need_by_model, c["model"], mode="clip")
         self.keys = keys
         total, slices = c["total"], c["slices"]
         self.whole = whole = (need >= total) & (slices == 0)
-        self.free = free = np.where(whole, total, c["free"])
-        overcommit = policy.overcommit.memory
-        rules = policy.classes
+        # The fit rule (core/fit.py) as column operations, rule by rule in its order (tests/core/test_fit_rule.py
+        # holds the two to the same verdicts).
+        self.free = free = np.where(whole, total, c["atom_free"])
+        self.rules = rules = rules_of(policy)
         cls = req.workload_class
-        limit = (rules.maxMemoryBoundPerGpu if cls == MEMORY_BOUND
-                 else rules.maxComputeBoundPerGpu if cls == COMPUTE_BOUND else None)
+        limit = rules.class_limit(cls)
         self.same = same = c["mem_bound"] if cls == MEMORY_BOUND else c["compute_bound"]
-        share = rules.bandwidthShare
+        self.limit_room = (np.floor(c["mem_bytes"] * policy.overcommit.memory).astype(np.int64) - c["limit_used"])
         # gpu_reject_reason's rules in its order, each with its index into CATEGORIES.
         fails = [(1, c["healthy"] == 0), (2, need > free), (3, req.memory_bytes > c["mem_free"]),
-                 (4, c["limit_used"] + req.memory_limit_bytes > c["mem_bytes"] * overcommit)]
+                 (4, req.memory_limit_bytes > self.limit_room)]
         if limit is not None:
             fails.append((5, same >= limit))
-        if rules.bandwidthBudget is not None:
-            fails.append((6, self.bandwidth + share.get(cls, 0.0) > rules.bandwidthBudget + 1e-9))
+        budget = rules.budget_units
+        if budget is not None:
+            fails.append((6, self.bandwidth + rules.share_units(cls) > budget))
         # Which rule rejects each GPU first (0: it fits): rules written last to first, so the first that
         # fails is the one left (cheaper than np.select).
         self.code = np.zeros(need.shape, np.int8)
@@ -75,9 +69,9 @@ class Columns:
 
     @cached_property
     def bandwidth(self) -> np.ndarray:
-        """Per GPU: the bandwidth share its tenants take (read only by a bandwidth budget and its words)."""
-        c, share = self.cols, self.policy.classes.bandwidthShare
-        return c["mem_bound"] * share.get(MEMORY_BOUND, 0.0) + c["compute_bound"] * share.get(COMPUTE_BOUND, 0.0)
+        """Per GPU: the bandwidth units its tenants take (read only by a bandwidth budget and its words)."""
+        c, rules = self.cols, rules_of(self.policy)
+        return c["mem_bound"] * rules.share_units(MEMORY_BOUND) + c["compute_bound"] * rules.share_units(COMPUTE_BOUND)
 
     def quiet(self) -> bool:
         """No write to the index since these columns were read: node states read since then match them."""
@@ -124,11 +118,9 @@ class Columns:
         # Each rule's words show at most two numbers besides the GPU index; only those go into a node's
         # signature, so nodes whose rejected GPUs differ in numbers the words do not show share one message
         # (thousands of failing nodes have a few hundred distinct messages), worded once.
-        left = (c["mem_bytes"][rows, first] * self.policy.overcommit.memory
-                - c["limit_used"][rows, first]).astype(np.int64)
         a = np.select([code == 2, code == 3, code == 4, code == 5, code == 6],
-                      [self.need[rows, first], c["mem_free"][rows, first], left, self.same[rows, first],
-                       self.bandwidth[rows, first].view(np.int64)], np.int64(0))
+                      [self.need[rows, first], c["mem_free"][rows, first], self.limit_room[rows, first],
+                       self.same[rows, first], self.bandwidth[rows, first]], np.int64(0))
         b = np.where(code == 2, self.free[rows, first], 0)
         gpu = np.where(shown, c["gpu"][rows, first], -1)
         key = np.concatenate([np.stack([code, gpu, a, b], axis=2).reshape(n, -1), gpus[:, None], nbad[:, None]],
@@ -165,16 +157,16 @@ class Columns:
         category = CATEGORIES[code]
         req, policy = self.req, self.policy
         if category == "compute":
-            return reject_words(category, index, req, policy, n=x, free=y)
-        if category == "memory":
-            return reject_words(category, index, req, policy, memory_free=x)
-        if category == "memory-limit":
-            return reject_words(category, index, req, policy, left=x)
-        if category == "class-rule":
-            return reject_words(category, index, req, policy, have=x)
-        if category == "bandwidth":
-            return reject_words(category, index, req, policy, used=float(np.int64(x).view(np.float64)))
-        return reject_words(category, index, req, policy)
+            v = Verdict(category, need=x, free=y)
+        elif category in ("memory", "memory-limit"):
+            v = Verdict(category, free=x)
+        elif category == "class-rule":
+            v = Verdict(category, have=x, limit=self.rules.class_limit(req.workload_class) or 0)
+        elif category == "bandwidth":
+            v = Verdict(category, used_units=x)
+        else:
+            v = Verdict(category)
+        return reject_words(v, index, req, policy)
 
     def gpu_scores(self, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
@@ -222,9 +214,7 @@ class Columns:
                        need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`fragmentation_after_cut` of the best-fit run for GPUs with these free run `lengths` [run, GPU]
         and `free` CUs (spread layout), and which of them the kept runs cannot answer for."""
-        if self.policy.layout.mode != "spread":
-            return np.zeros(len(need)), ~whole
-        mins = np.array([_min_slice_for(m, self.policy) for m, _ in self.keys] or [1], np.int64)
+        mins = np.array([_min_slice_for(m, self.policy) for m, *_ in self.keys] or [1], np.int64)
         min_slice = np.take(mins, model, mode="clip")
         # best_fit_run cuts the shortest run that holds the slice. Which of equally short runs it picks
         # does not change the lengths left, so its length is enough: the cut changes only that run's

@@ -16,22 +16,17 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-from extender.core.layout import choose_burst, choose_cus
 from extender.core.ledger import GpuState, NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
-from extender.engine.placement import GpuChoice, NodeFit, gpu_reject_reason, needed_cus, usable_cus
+from extender.engine.placement import GpuChoice, NodeFit, choose_slice, gpu_reject_reason, needed_cus, takes_whole
 
 Placer = Callable[[SliceRequest, NodeState, Policy], NodeFit]
 
 
 def _choice(req: SliceRequest, gpu: GpuState, policy: Policy, score: float) -> GpuChoice | None:
-    n = needed_cus(req, gpu, policy)
-    cus = choose_cus(usable_cus(gpu, n), n, policy.layout.mode, gpu.info.xcds)
-    if cus is None:
-        return None
-    burst = choose_burst(gpu.burst_cus - cus, max(0, req.limit_cus(gpu.info.computeUnits) - n))
-    return GpuChoice(gpu, cus, burst, score)
+    chosen = choose_slice(req, gpu, needed_cus(req, gpu, policy))
+    return None if chosen is None else GpuChoice(gpu, chosen[0], chosen[1], score)
 
 
 def _fitting(req: SliceRequest, state: NodeState, policy: Policy) -> tuple[list[GpuState], str]:
@@ -66,7 +61,8 @@ def first_fit(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
 
 def _left_after(req: SliceRequest, gpu: GpuState, policy: Policy) -> float:
     n = needed_cus(req, gpu, policy)
-    return (len(usable_cus(gpu, n)) - n) / gpu.info.computeUnits
+    free = gpu.info.computeUnits if takes_whole(gpu, n) else len(gpu.free_cus)
+    return (free - n) / gpu.info.computeUnits
 
 
 def best_fit(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:

@@ -35,7 +35,8 @@ class SimCluster(MemoryCluster):
         kinds: dict[tuple, int] = {}
         self.kind = np.array([kinds.setdefault((x.model, x.gpus), len(kinds)) for x in nodes], dtype=np.int64)
         self.version = np.zeros(n, dtype=np.int64)  # bumped whenever a node's ledger state changes
-        # per GPU: free guaranteeable CUs (-1 = no such GPU), whether it has no tenant, free memory
+        # per GPU: free guaranteeable CUs in whole atoms (-1 = no such GPU or unhealthy), whether it has no
+        # tenant, free memory
         self.gpu_free = np.full((n, width), -1, dtype=np.int64)
         self.gpu_empty = np.zeros((n, width), dtype=bool)
         self.gpu_mem = np.zeros((n, width), dtype=np.int64)
@@ -84,6 +85,6 @@ class SimCluster(MemoryCluster):
         i = self.index[state.name]
         self.version[i] += 1
         for j, g in enumerate(state.gpus):
-            self.gpu_free[i, j] = len(g.free_cus) if g.info.healthy else -1
+            self.gpu_free[i, j] = g.free_atom_cus if g.info.healthy else -1  # the fit rule's count (core/fit.py)
             self.gpu_empty[i, j] = g.info.healthy and not g.slices
             self.gpu_mem[i, j] = g.memory_free

@@ -190,7 +190,7 @@ class Replay:
             self.count[i] = req.count
             for j, name in enumerate(models):
                 model = self.policy.model_for(name)
-                cus = req.guaranteed_cus(self.policy, model, model.computeUnits)
+                cus = req.guaranteed_cus(self.policy, model, model.computeUnits, model.xcds)
                 self.need[i, j] = -2 if cus >= model.computeUnits else cus
             if o.pod.gpu and o.pod.gpu.models:
                 self.allowed[i] = [name in o.pod.gpu.models for name in models] if models else False
@@ -212,8 +212,9 @@ class Replay:
         return idx[ok]
 
     def _gpu_screen(self, i: int, idx: np.ndarray) -> np.ndarray:
-        """A necessary condition of the extender's filter (enough GPUs with the CUs and memory free),
-        so nodes that fail it need not be asked."""
+        """A necessary condition of the extender's filter (enough GPUs with the CUs and memory free):
+        the fit rule's (core/fit.py) health, capacity and memory tests, so nodes that fail it need not be
+        asked (tests/core/test_fit_rule.py holds it to the rule)."""
         c = self.cluster
         need = self.need[i][np.maximum(c.model[idx], 0)][:, None]
         fits = np.where(need == -2, c.gpu_empty[idx], c.gpu_free[idx] >= need) & (c.gpu_mem[idx] >= self.gmem[i])

@@ -134,11 +134,11 @@ def gpu_infos(draw: st.DrawFn, node: str, count: int) -> list[GpuInfo]:
 
 
 policies = st.builds(
-    lambda frac, layout, rounding, over, maxmb, budget: parse_policy({
-        "burst": {"sharedFraction": frac}, "layout": {"mode": layout}, "rounding": {"mode": rounding},
+    lambda frac, rounding, over, maxmb, budget: parse_policy({
+        "burst": {"sharedFraction": frac}, "rounding": {"mode": rounding},
         "overcommit": {"memory": over},
         "classes": {"maxMemoryBoundPerGpu": maxmb, "bandwidthBudget": budget}}),
-    st.sampled_from([0.0, 0.125, 0.25, 0.5]), st.sampled_from(["spread", "xcd"]),
+    st.sampled_from([0.0, 0.125, 0.25, 0.5]),
     st.sampled_from(["exact", "balanced", "powerOfTwo"]), st.sampled_from([1.0, 1.5]),
     st.sampled_from([None, 1, 2]), st.sampled_from([None, 1.0]))
 

@@ -64,7 +64,7 @@ def test_every_section_can_be_set() -> None:
                               "bandwidthGBps": 5300, "balancedMultiple": 8}},
         "defaultModel": "MI308X",
         "rounding": {"mode": "powerOfTwo", "minComputeUnits": 16},
-        "layout": {"mode": "xcd"},
+        "layout": {"mode": "spread"},
         "burst": {"sharedFraction": 0.25},
         "scoring": {"strategy": "spread", "weights": {"packing": 2, "complementarity": 0, "fragmentation": 1,
                                                       "topology": 0}},
@@ -80,7 +80,7 @@ def test_every_section_can_be_set() -> None:
     })
     assert p.prefix == "slices.example.com" and p.defaultModel == "MI308X"
     assert p.models["MI308X"].balanced_multiple == 8 and p.models["MI300X"].memory == 192 * GI
-    assert (p.rounding.mode, p.rounding.minComputeUnits, p.layout.mode) == ("powerOfTwo", 16, "xcd")
+    assert (p.rounding.mode, p.rounding.minComputeUnits, p.layout.mode) == ("powerOfTwo", 16, "spread")
     assert p.burst.sharedFraction == 0.25 and p.scoring.strategy == "spread" and p.scoring.weights.packing == 2
     assert p.classes.maxMemoryBoundPerGpu is None and p.classes.maxComputeBoundPerGpu == 4
     assert p.classes.bandwidthBudget == 1.0 and p.classes.bandwidthShare["memory-bound"] == 0.6
@@ -117,7 +117,12 @@ BAD = [
      "models.MI300X.bandwidthGBps", None, "required"),
     ({"rounding": {"mode": "nearest"}}, "rounding.mode", "nearest", "'exact', 'balanced' or 'powerOfTwo'"),
     ({"rounding": {"minComputeUnits": 0}}, "rounding.minComputeUnits", 0, "greater than or equal to 1"),
-    ({"layout": {"mode": "random"}}, "layout.mode", "random", "'spread' or 'xcd'"),
+    ({"layout": {"mode": "random"}}, "layout.mode", "random", "'spread'"),
+    ({"layout": {"mode": "xcd"}}, "layout.mode", "xcd", "there is no xcd layout"),
+    ({"models": {"X": {"computeUnits": 300, "xcds": 8, "shaderEngines": 32, "memory": "1Gi", "bandwidthGBps": 1}}},
+     "models.X.computeUnits", 300, "whole number of atoms of 8 CUs"),
+    ({"models": {"X": {"computeUnits": 304, "xcds": 8, "shaderEngines": 32, "memory": "1Gi", "bandwidthGBps": 1,
+                       "balancedMultiple": 12}}}, "models.X.balancedMultiple", 12, "run unmasked"),
     ({"burst": {"sharedFraction": 0.9}}, "burst.sharedFraction", 0.9, "less than or equal to 0.5"),
     ({"burst": {"sharedFraction": -0.1}}, "burst.sharedFraction", -0.1, "greater than or equal to 0"),
     ({"scoring": {"strategy": "random"}}, "scoring.strategy", "random", "'binpack' or 'spread'"),
@@ -238,7 +243,8 @@ def test_profile_rps_interpolates_and_is_flat_past_the_last_point(cus: int, rps:
 
 
 @pytest.mark.parametrize(("mode", "minimum", "wanted", "total", "cus"), [
-    ("exact", 8, 31, 304, 31), ("exact", 8, 3, 304, 8), ("exact", 1, 0, 304, 1), ("exact", 8, 400, 304, 304),
+    ("exact", 8, 31, 304, 32), ("exact", 8, 3, 304, 8), ("exact", 1, 0, 304, 8), ("exact", 8, 400, 304, 304),
+    ("exact", 1, 273, 304, 304), ("exact", 1, 272, 304, 272), ("balanced", 8, 273, 304, 304),
     ("balanced", 8, 31, 304, 32), ("balanced", 8, 33, 304, 64), ("balanced", 8, 300, 304, 304),
     ("balanced", 40, 1, 304, 64),
     ("powerOfTwo", 8, 33, 304, 64), ("powerOfTwo", 8, 129, 304, 256), ("powerOfTwo", 8, 257, 304, 304),

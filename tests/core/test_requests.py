@@ -163,7 +163,7 @@ def test_profile_memory_above_minimum_is_kept() -> None:
 
 
 @pytest.mark.parametrize(("mode", "millis", "cus"), [
-    ("balanced", 100, 32), ("exact", 100, 31), ("powerOfTwo", 100, 32),
+    ("balanced", 100, 32), ("exact", 100, 32), ("powerOfTwo", 100, 32),
     ("balanced", 10, 32), ("exact", 10, 8), ("powerOfTwo", 10, 8),
     ("balanced", 1000, 304), ("exact", 1000, 304), ("powerOfTwo", 1000, 304),
     ("balanced", 420, 128), ("exact", 420, 128), ("powerOfTwo", 420, 128),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from extender.core.solver import Bin, Item, Placement, Problem, Rules, Weights, objective, solve
@@ -21,18 +21,22 @@ def problems(draw: st.DrawFn, max_bins: int = 3, max_items: int = 4) -> Problem:
     for b in range(n_bins):
         usable = draw(st.sampled_from([16, 32, 48]))
         memory = draw(st.sampled_from([8, 16]))
-        mb, cb = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+        mb, cb = draw(st.sampled_from([0, 0, 1, 2])), draw(st.sampled_from([0, 0, 1, 2]))
         bins.append(Bin(node=draw(st.sampled_from(["a", "b"])) if n_bins > 1 else "a", index=b,
                         usable_cus=usable, free_cus=draw(st.integers(0, usable)), memory=memory,
                         free_memory=draw(st.integers(0, memory)), limit_room=draw(st.integers(0, 2 * memory)),
-                        memory_bound=mb, compute_bound=cb, bandwidth_used=0.3 * mb + 0.1 * cb,
+                        memory_bound=mb, compute_bound=cb, bandwidth_units=3000 * mb + 1000 * cb,
                         group=draw(st.sampled_from([None, "g0", "g1"])), healthy=draw(st.booleans() | st.just(True)),
-                        min_slice=draw(st.sampled_from([1, 8, 16]))))
+                        min_slice=draw(st.sampled_from([1, 8, 16])),
+                        total_cus=draw(st.sampled_from([None, usable + 8]))))  # + a burst region of 8
     items = []
     for i in range(draw(st.integers(1, max_items))):
         mem = draw(st.integers(1, 8))
-        items.append(Item(f"i{i}", draw(st.sampled_from(CLASSES)),
-                          tuple(draw(st.sampled_from([4, 8, 16, 24])) for _ in range(n_bins)), mem,
+        if draw(st.integers(0, 4)) == 0:  # a whole GPU: each bin's total (bins that take none: more than they have)
+            cus = tuple(b.total_cus or 1000 for b in bins)
+        else:
+            cus = tuple(draw(st.sampled_from([4, 8, 16, 24])) for _ in range(n_bins))
+        items.append(Item(f"i{i}", draw(st.sampled_from(CLASSES)), cus, mem,
                           mem + draw(st.integers(0, 4)), draw(st.sampled_from([1, 1, 2])), draw(st.booleans())))
     rules = Rules(draw(st.sampled_from([None, 1, 2, 3])), draw(st.sampled_from([None, 1, 3])),
                   {"memory-bound": 0.3, "compute-bound": 0.1}, draw(st.sampled_from([None, 0.7, 1.0])))
@@ -59,7 +63,10 @@ def independent_check(p: Problem, placement: Placement) -> list[str]:
             continue
         if not bn.healthy:
             errors.append(f"bin {b}: unhealthy but used")
-        if sum(it.cus[b] for it in on) > bn.free_cus:
+        whole = [it for it in on if bn.total_cus is not None and it.cus[b] >= bn.total_cus]
+        if whole and (len(on) > 1 or bn.memory_bound + bn.compute_bound > 0):
+            errors.append(f"bin {b}: a whole-GPU tenant shares its GPU")
+        if not whole and sum(it.cus[b] for it in on) > bn.free_cus:
             errors.append(f"bin {b}: CUs")
         if sum(it.memory for it in on) > bn.free_memory:
             errors.append(f"bin {b}: memory")
@@ -73,7 +80,7 @@ def independent_check(p: Problem, placement: Placement) -> list[str]:
         if r.max_compute_bound is not None and new_cb and bn.compute_bound + new_cb > r.max_compute_bound:
             errors.append(f"bin {b}: compute-bound tenants")
         if r.bandwidth_budget is not None:
-            bw = bn.bandwidth_used + sum(r.bandwidth_share[it.workload_class] for it in on)
+            bw = bn.bandwidth_units / 10_000 + sum(r.bandwidth_share[it.workload_class] for it in on)
             if bw > r.bandwidth_budget + 1e-9:
                 errors.append(f"bin {b}: bandwidth {bw:.2f}")
     return errors
@@ -139,3 +146,28 @@ def test_enumeration_and_cp_sat_agree_on_one_item(p: Problem) -> None:
     assert by_enumeration.objective == by_model.objective
     if by_enumeration.objective is not None:
         assert independent_check(p, by_enumeration.placement) == []
+
+
+WHOLE_AND_SHARED = Problem(
+    (Bin("a", 0, usable_cus=32, free_cus=32, memory=8, free_memory=8, limit_room=16, total_cus=40),),
+    (Item("w", "compute-bound", (40,), 1, 1, 1, True), Item("f", "compute-bound", (8,), 1, 1, 1, True)),
+    Rules(max_memory_bound=None))
+
+
+@SETTINGS
+@given(problems(max_bins=4, max_items=5))
+@example(WHOLE_AND_SHARED)
+def test_the_cp_sat_model_itself_obeys_the_rules(p: Problem) -> None:
+    """The model's raw answer, before `solve` checks it against the fit rule: its linear rows (capacity in
+    whole atoms, whole-GPU exclusivity, memory, class and bandwidth rows) encode the rule exactly."""
+    from ortools.sat.python import cp_model
+
+    from extender.core.solver import _Model
+
+    model = _Model(p)
+    model.m.maximize(model.objective())
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = 2.0
+    solver.parameters.num_workers = 1
+    if solver.solve(model.m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        assert independent_check(p, model.read(solver)) == []

@@ -9,6 +9,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extender.core.layout import choose_burst, choose_cus
 from extender.core.ledger import Ledger, NodeState, PodRef
 from extender.core.policy import Policy, parse_policy
 from extender.core.requests import SliceRequest
@@ -16,14 +17,11 @@ from extender.engine.demo import mi300x_inventory
 from extender.engine.placement import (
     build_assignment,
     check,
-    choose_burst,
-    choose_cus,
     evaluate,
     gpu_reject_reason,
     gpu_score,
     needed_cus,
     rank,
-    usable_cus,
 )
 
 CLASSES = ("memory-bound", "compute-bound")
@@ -38,11 +36,11 @@ def request(millis: int, limit_extra: int, gib: int, cls: str, count: int) -> Sl
 requests = st.builds(request, st.integers(10, 900), st.sampled_from([0, 0, 125, 500]), st.integers(1, 120),
                      st.sampled_from(CLASSES), st.sampled_from([1, 1, 1, 2, 4, 8]))
 policies = st.builds(
-    lambda layout, rounding, max_mb, budget, strategy: parse_policy({
-        "layout": {"mode": layout}, "rounding": {"mode": rounding},
+    lambda rounding, max_mb, budget, strategy: parse_policy({
+        "rounding": {"mode": rounding},
         "classes": {"maxMemoryBoundPerGpu": max_mb, "bandwidthBudget": budget},
         "scoring": {"strategy": strategy}}),
-    st.sampled_from(["spread", "xcd"]), st.sampled_from(["balanced", "exact", "powerOfTwo"]),
+    st.sampled_from(["balanced", "exact", "powerOfTwo"]),
     st.sampled_from([None, 1, 2]), st.sampled_from([None, 0.8, 1.0]), st.sampled_from(["binpack", "spread"]))
 
 
@@ -66,8 +64,12 @@ def reference_candidates(req: SliceRequest, state: NodeState, policy: Policy) ->
         if gpu_reject_reason(req, gpu, policy) is not None:
             continue
         n = needed_cus(req, gpu, policy)
-        cus = choose_cus(usable_cus(gpu, n), n, policy.layout.mode, gpu.info.xcds)  # whole GPU: all CUs
-        burst = choose_burst(gpu.burst_cus, max(0, req.limit_cus(gpu.info.computeUnits) - n))
+        if n >= gpu.info.computeUnits:  # whole GPU: every CU, no burst
+            cus, burst = frozenset(range(gpu.info.computeUnits)), frozenset()
+        else:
+            cus = choose_cus(gpu.free_cus, n, gpu.info.xcds)
+            burst = choose_burst(gpu.burst_cus, req.limit_cus(gpu.info.computeUnits) - n, gpu.info.xcds)
+        assert cus is not None
         out[gpu.info.index] = (cus, burst, gpu_score(req, gpu, cus, policy))
     return out
 
@@ -101,7 +103,7 @@ def test_fast_paths_agree_with_the_set_based_rules(tenants: list[SliceRequest], 
 @settings(max_examples=200, deadline=None)
 @given(free=st.frozensets(st.integers(0, 127), max_size=128), n=st.integers(1, 64), min_slice=st.integers(1, 40))
 def test_fragmentation_after_cut_matches_the_set_computation(free: frozenset[int], n: int, min_slice: int) -> None:
-    from extender.core.layout import best_fit_run, choose_spread, fragmentation, fragmentation_after_cut, runs
+    from extender.core.layout import best_fit_run, fragmentation, fragmentation_after_cut, runs
 
     rs = runs(free)
     index = best_fit_run(rs, n)
@@ -110,5 +112,5 @@ def test_fragmentation_after_cut_matches_the_set_computation(free: frozenset[int
         return
     start = rs[index][0]
     taken = frozenset(range(start, start + n))
-    assert taken == choose_spread(free, n)
+    assert taken == choose_cus(free, n, 1)
     assert fragmentation_after_cut(rs, index, n, min_slice) == fragmentation(free - taken, min_slice)

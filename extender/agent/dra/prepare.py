@@ -1,7 +1,7 @@
 """NodePrepareResources / NodeUnprepareResources, without the gRPC: exact CU sets for allocated shares.
 
 kube-scheduler has allocated a claim *amounts* of a GPU (computeUnits, memory); Prepare picks *which*
-CUs, with the same code the extender's bind uses (engine.placement's `usable_cus`, core.layout's
+CUs, with the same code the extender's bind uses (engine.placement's `takes_whole`, core.layout's
 `choose_cus`/`choose_burst`) and records them in a core Ledger of this node, so every share's
 guarantee is XCC-complete and disjoint from every other share on that GPU, and burst comes from the
 GPU's shared region up to the claim's `computeLimit`. Prepared claims are checkpointed (checkpoint.py)
@@ -40,7 +40,7 @@ from extender.core.layout import choose_burst, choose_cus
 from extender.core.ledger import GpuState, Ledger, PodRef
 from extender.core.policy import Policy
 from extender.core.rangelist import format_ranges
-from extender.engine.placement import usable_cus
+from extender.engine.placement import takes_whole
 
 log = logging.getLogger(__name__)
 
@@ -237,16 +237,17 @@ class Preparer:
         if n % atom or n <= 0:
             raise ClaimError(f"{where}.consumedCapacity.computeUnits", asked,
                              f"not a whole number of {atom}-CU atoms (the slice's request policy rounds to them)")
-        cus = choose_cus(usable_cus(gpu, n), n, policy.layout.mode, info.xcds)
+        free = frozenset(range(info.computeUnits)) if takes_whole(gpu, n) else gpu.free_cus
+        cus = choose_cus(free, n, info.xcds)
         if cus is None:
-            raise LedgerConflict(f"{self.node} {share.device}: needs {n} CUs, {len(usable_cus(gpu, n))} free "
+            raise LedgerConflict(f"{self.node} {share.device}: needs {n} CUs, {len(free)} free "
                                  "(another tenant — an extender pod? — holds them)")
         check_xcc_complete(cus, info.xcds, f"{where} guaranteed CUs")
         whole = len(cus) == info.computeUnits
         burst: frozenset[int] = frozenset()
         if not whole and share.params.compute_limit is not None:
             extra = (share.params.compute_limit - n) // atom * atom
-            burst = choose_burst(gpu.burst_cus, extra)
+            burst = choose_burst(gpu.burst_cus, extra, info.xcds)
             if burst:
                 check_xcc_complete(burst, info.xcds, f"{where} burst CUs")
         memory = info.memoryBytes if share.memory_bytes is None else share.memory_bytes
