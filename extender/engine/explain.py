@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from extender.core.errors import SliceRequestError
+from extender.core.fit import free_for
 from extender.core.ledger import GpuState, NodeState
+from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import PodView
-from extender.engine.placement import check, gpu_reject_reason, needed_cus, usable_cus
+from extender.engine.placement import check, gpu_reject_reason, needed_cus, rules_of
 from extender.engine.scheduler import Engine
 
 GIB = 2**30
@@ -115,12 +117,17 @@ def _failing(req: SliceRequest, state: NodeState, engine: Engine, message: str) 
                        shortfall=shortfall)
 
 
+def _free(gpu: GpuState, n: int, policy: Policy) -> int:
+    """CUs a guarantee of n may take on this GPU, as the fit rule counts them (whole atoms)."""
+    return free_for(gpu.room(policy.overcommit.memory, rules_of(policy)), n)
+
+
 def _gap(req: SliceRequest, gpu: GpuState, engine: Engine) -> float:
     """How far one GPU is from taking the slice: the fraction of CUs and of memory missing, plus one
     for a rule (health, class, bandwidth) that no amount of room would satisfy."""
     policy = engine.policies.current
     n = needed_cus(req, gpu, policy)
-    free = len(usable_cus(gpu, n))
+    free = _free(gpu, n, policy)
     gap = max(0, n - free) / max(n, 1) + max(0, req.memory_bytes - gpu.memory_free) / max(req.memory_bytes, 1)
     reason = gpu_reject_reason(req, gpu, policy)
     if reason is not None and reason[0] not in ("compute", "memory"):
@@ -138,7 +145,7 @@ def _what_would_fit(req: SliceRequest, best: NodeVerdict, state: NodeState | Non
         return [f"{prefix}/count {req.count} is more GPUs than any node has ({len(state.gpus)} on {best.node})"]
     gpu = min(state.gpus, key=lambda g: (_gap(req, g, engine), g.info.index))
     n = needed_cus(req, gpu, policy)
-    free = len(usable_cus(gpu, n))
+    free = _free(gpu, n, policy)
     where = f"{best.node} gpu {gpu.info.index}"
     hints = []
     reason = gpu_reject_reason(req, gpu, policy)

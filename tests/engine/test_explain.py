@@ -46,17 +46,26 @@ def test_a_pod_that_fits_lists_the_best_scored_nodes() -> None:
     assert [v.score for v in e.best] == sorted((v.score for v in e.best), reverse=True)
 
 
+def _one_gpu_with_a_tenant(*pods: PodView) -> Engine:
+    """One MI300X already holding a 250m tenant: a big request is short of CUs, not of a whole GPU."""
+    one = MemoryCluster()
+    one.add_node(gpu_node("one", gpus=1))
+    filler = pod("filler", compute="250m", memory="8Gi")
+    engine = engine_with(filler, *pods, cluster=one)
+    assert engine.bind("t", "filler", filler.uid, "one") == ""
+    return engine
+
+
 def test_compute_is_named_and_the_hint_respects_rounding() -> None:
-    p = pod("big", compute="900m", memory="100Gi")  # 288 CUs after balanced rounding; GPUs have 272 free at most
-    engine = engine_with(p)
-    e = explain(engine, p)
+    p = pod("big", compute="900m", memory="100Gi")  # past the guaranteeable region: the whole GPU, which is taken
+    e = explain(_one_gpu_with_a_tenant(p), p)
     assert e.fitting == 0 and {v.constraint for v in e.best} == {"compute"}
     hint = next(h for h in e.hints if "compute <=" in h)
     millis = int(hint.rsplit("<= ", 1)[1].rstrip("m"))
     smaller = pod("smaller", compute=f"{millis}m", memory="100Gi")
-    assert explain(engine_with(smaller), smaller).fitting > 0  # the advice works
+    assert explain(_one_gpu_with_a_tenant(smaller), smaller).fitting > 0  # the advice works
     too_big = pod("too-big", compute=f"{millis + 1}m", memory="100Gi")
-    assert explain(engine_with(too_big), too_big).fitting == 0  # and is the largest that does
+    assert explain(_one_gpu_with_a_tenant(too_big), too_big).fitting == 0  # and is the largest that does
 
 
 def test_memory_class_rule_and_gpu_count() -> None:
