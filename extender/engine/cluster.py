@@ -7,7 +7,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 from extender.core.errors import GpusliceError, TemporaryError
 
@@ -70,6 +72,16 @@ class Cluster(Protocol):
 
     def bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         """Bind the pod to `node` with `annotations` written onto it; all or nothing. Raises BindError."""
+        ...
+
+
+@runtime_checkable
+class HostRoom(Protocol):
+    """A cluster that knows each node's host CPU and memory left (allocatable less its pods' requests),
+    as kube-scheduler's NodeResourcesFit counts them; fragmentation scoring uses it when offered."""
+
+    def host_free(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(CPU millis, memory bytes) free per named node, in order."""
         ...
 
 
