@@ -120,6 +120,8 @@ class Fragmentation(_Strict):
     enabled: bool = Field(default=False, description="score nodes and choose GPUs by expected fragmentation")
     window: int = Field(default=20000, ge=100, description="pods the observed mix remembers (older ones fade)")
     maxKinds: int = Field(default=48, ge=1, le=512, description="most frequent request kinds the mix keeps")
+    hostCpu: float = Field(default=1.0, ge=0.0, description="weight of the GPUs a node's host CPU cannot feed at "
+                           "the mix's CPU per GPU (0: FGD's per-kind test alone)")
     weighting: Literal["pods", "gpus"] = Field(
         default="pods", description="weigh each kind by how many pods arrive (FGD) or by the GPUs they ask")
     prioritize: Literal["fragmentation", "packing"] = Field(

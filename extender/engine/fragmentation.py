@@ -64,6 +64,7 @@ class MixTable:
     memory: np.ndarray
     weight: np.ndarray  # sums to 1
     cpu_per_gpu: float = 0.0  # host CPU (millis) the mix asks per GPU it asks: 0 when unknown
+    stranding: float = 1.0  # weight of the GPUs the host CPU cannot feed
 
     @property
     def empty(self) -> bool:
@@ -78,8 +79,10 @@ class WorkloadMix:
     steps (callers cache on `version`). When the count passes `window`, every count is halved: a
     changing workload shows within a window."""
 
-    def __init__(self, window: int = 20000, max_kinds: int = 48, weighting: str = "pods") -> None:
+    def __init__(self, window: int = 20000, max_kinds: int = 48, weighting: str = "pods",
+                 host_cpu: float = 1.0) -> None:
         self.window = window
+        self.host_cpu = host_cpu
         self.weighting = weighting
         self.max_kinds = max_kinds
         self.counts: Counter[Kind] = Counter()
@@ -126,6 +129,7 @@ class WorkloadMix:
         kinds = [k for k, _ in snap]
         gpus = sum(w * k.req.count * min(k.req.compute_millis, 1000) / 1000 for k, w in snap)
         rho = sum(w * k.cpu_millis for k, w in snap) / gpus if gpus else 0.0
+        stranding = self.host_cpu
         need = np.zeros((max(len(model_keys), 1), len(kinds)), np.int64)
         for i, (m, cus) in enumerate(model_keys):
             need[i] = [k.req.guaranteed_cus(policy, policy.model_for(m), cus) for k in kinds]
@@ -134,7 +138,7 @@ class WorkloadMix:
                          np.array([k.req.count for k in kinds], np.int64),
                          np.array([k.cpu_millis for k in kinds], np.int64),
                          np.array([k.memory_bytes for k in kinds], np.int64),
-                         np.array([w for _, w in snap], np.float64), rho)
+                         np.array([w for _, w in snap], np.float64), rho, stranding)
         with self._lock:
             if self.version == version:
                 self._tables[key] = table
@@ -179,9 +183,9 @@ def _host_ok(table: MixTable, cpu: np.ndarray | None, mem: np.ndarray | None) ->
 def _stranded(table: MixTable, capacity: np.ndarray, cpu: np.ndarray | None) -> np.ndarray | float:
     """Free GPU capacity the node's free host CPU cannot feed at the mix's CPU per GPU: GPUs that stay
     idle once CPU runs out, which FGD's per-kind test sees only when the CPU is nearly gone."""
-    if cpu is None or table.cpu_per_gpu <= 0:
+    if cpu is None or table.cpu_per_gpu <= 0 or table.stranding == 0:
         return 0.0
-    return np.maximum(0.0, capacity - cpu / table.cpu_per_gpu)
+    return table.stranding * np.maximum(0.0, capacity - cpu / table.cpu_per_gpu)
 
 
 def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray, gpu_memory: int,
@@ -330,7 +334,7 @@ class Fragmentation:
 
     def __init__(self, policy: Policy) -> None:
         frag = policy.scoring.fragmentation
-        self.mix = WorkloadMix(frag.window, frag.maxKinds, frag.weighting)
+        self.mix = WorkloadMix(frag.window, frag.maxKinds, frag.weighting, frag.hostCpu)
 
     def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int) -> None:
         self.mix.observe(uid, req, cpu_millis, memory_bytes)
@@ -374,8 +378,14 @@ class Fragmentation:
         if host is None or not have.any():
             return out
         table = self.mix.table(policy, list(cols.keys))
-        rows, _, _, _ = rows_from_columns(cols, slots[have], (host[0][have], host[1][have]))
-        out[have] = host_delta(table, rows, cpu, memory)
+        out[have] = 0.0
+        c = cols.cols
+        # a node without free GPU capacity has nothing to strand: its rise is 0 without working it out
+        some = have.copy()
+        some[have] = ((c["valid"][slots[have]] != 0) & (c["free"][slots[have]] > 0)).any(axis=1)
+        if some.any():
+            rows, _, _, _ = rows_from_columns(cols, slots[some], (host[0][some], host[1][some]))
+            out[some] = host_delta(table, rows, cpu, memory)
         return out
 
     def choose(self, req: SliceRequest, state: NodeState, policy: Policy, keys: list[tuple[str, int]],

@@ -108,6 +108,7 @@ class Engine:
         self.synced = False
         self._last_columns: tuple[str, Columns] | None = None  # see _columns()
         self.fragmentation = Fragmentation(p)
+        self._last_rises: tuple[tuple, dict[str, float]] | None = None  # see rises()
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
@@ -353,9 +354,23 @@ class Engine:
                                 f"fragmentation more than the best node (tolerance {cand.tolerance:g})")
         self.stats.filter_rejections["fragmentation"] += len(dropped)
 
-    def rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str) -> np.ndarray:
+    def rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str,
+              reuse: bool = False) -> np.ndarray:
         """Per node: how much its best placement raises the expected fragmentation (+inf: no fit, NaN:
         not in the GPU index). A pod without GPUs raises it only by the host CPU and memory it takes."""
+        # prioritize (`reuse`) asks right after filter about the nodes that passed: filter's answers are
+        # reused while the index, the mix and the pod are the same (as _columns reuses columns)
+        memo_key = (pod.uid, key, self.fragmentation.mix.version, self.ledger.gpu_index.writes)
+        last = self._last_rises
+        if reuse and last is not None and last[0] == memo_key:
+            known = last[1]
+            if all(n in known for n in names):
+                return np.array([known[n] for n in names], np.float64)
+        out = self._rises(pod, req, policy, names, key)
+        self._last_rises = (memo_key, dict(zip(names, out.tolist(), strict=True)))
+        return out
+
+    def _rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str) -> np.ndarray:
         host = self.cluster.host_free(names) if isinstance(self.cluster, HostRoom) else None
         if req is None:
             cols = self._columns(PASS_THROUGH, policy, "host")
@@ -378,7 +393,7 @@ class Engine:
         key = fit_key(req, policy) if req is not None else ""
         if policy.scoring.fragmentation.enabled:
             names_ = list(candidates)
-            rises = self.rises(pod, req, policy, names_, key).tolist()
+            rises = self.rises(pod, req, policy, names_, key, reuse=True).tolist()
             if req is not None and policy.scoring.fragmentation.prioritize == "packing":
                 cols = self._columns(req, policy, "check|" + key)
                 full = self.fragmentation.packing(req, cols, cols.slots(names_).slots).tolist()
