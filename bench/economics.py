@@ -1,10 +1,14 @@
 """The economics benchmark: GPUs saved on the seed scenario, and allocation on an openb-format trace.
 
     python bench/economics.py [--out bench/results] [--seed 1] [--nodes 1000] [--pods 12000] [--load 130]
+        [--trace-dir DIR]
 
 1. The built-in seed scenario (`gpuslice simulate --scenario seed`): GPUs needed by 1-model-1-GPU
    against gpuslice with every SLA met.
-2. A synthetic trace in the openb CSV format (generated here with the seed; written to OUT/trace/),
+2. With --trace-dir: the real openb trace (Alibaba cluster-trace-gpu-v2023: DIR holds its
+   openb_pod_list_default.csv and openb_node_list_gpu_node.csv, from the cluster-trace-gpu-v2023/csv
+   folder of the public alibaba/clusterdata repository). Without it, as a supplement only: a synthetic
+   trace in the openb CSV format (generated here with the seed; written to OUT/trace/). Either is
    replayed with the published methodology (sample until the GPUs asked reach --load % of the
    cluster's, pods never depart), gpuslice side by side with the baselines.
 3. The replay speed: the whole synthetic trace (>= 10,000 pods with arrivals, departures and
@@ -37,20 +41,26 @@ def _simulate(argv: list[str]) -> dict[str, Any]:
     return simulate(args)
 
 
-def run(out: Path, seed: int, nodes: int, pods: int, load: float, console: Console) -> dict[str, Any]:
+def run(out: Path, seed: int, nodes: int, pods: int, load: float, console: Console,
+        trace_dir: Path | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"seed": seed, "nodes": nodes, "tracePods": pods, "load": load}
+    results: dict[str, Any] = {"seed": seed, "nodes": nodes, "tracePods": pods, "load": load,
+                               "trace": str(trace_dir) if trace_dir else "synthetic"}
 
     console.rule("seed scenario")
     results["seedScenario"] = _simulate(["--scenario", "seed", "--plots", str(out)])
 
-    trace = out / "trace"
-    trace.mkdir(exist_ok=True)
-    node_csv = synthetic.write_nodes(trace / "nodes.csv", nodes, seed)
-    pod_csv = synthetic.write_pods(trace / "pods.csv", pods, seed)
+    if trace_dir is not None:
+        node_csv, pod_csv = trace_dir / "openb_node_list_gpu_node.csv", trace_dir / "openb_pod_list_default.csv"
+    else:
+        trace = out / "trace"
+        trace.mkdir(exist_ok=True)
+        node_csv = synthetic.write_nodes(trace / "nodes.csv", nodes, seed)
+        pod_csv = synthetic.write_pods(trace / "pods.csv", pods, seed)
     base = ["--pods", str(pod_csv), "--nodes", str(node_csv), "--seed", str(seed), "--policy", "openb"]
 
-    console.rule(f"openb-format trace, published methodology: load {load:g}%")
+    console.rule(f"{'openb trace' if trace_dir else 'synthetic openb-format trace'}, published methodology: "
+                 f"load {load:g}%")
     results["openbLoad"] = _simulate([*base, "--load", f"{load:g}", "--compare", "--series", "--plots", str(out)])
     console.rule("the same, kube-scheduler scoring hosts MostAllocated instead of its default LeastAllocated")
     results["openbLoadMostAllocated"] = _simulate([*base, "--load", f"{load:g}", "--host-score", "most",
@@ -79,7 +89,9 @@ def summary(r: dict[str, Any]) -> Group:
         seed.add_column(col, justify="right")
     s = r["seedScenario"]
     seed.add_row(str(s["baselineGpus"]), str(s["gpus"]), f"{s['savingsPct']}%", str(s["slaMet"]))
-    load = Table(title=f"openb-format trace, {r['load']:g}% load (published methodology, seed {r['seed']})",
+    which = "openb trace (cluster-trace-gpu-v2023)" if r.get("trace", "synthetic") != "synthetic" else \
+        "synthetic openb-format trace"
+    load = Table(title=f"{which}, {r['load']:g}% load (published methodology, seed {r['seed']})",
                  title_justify="left")
     load.add_column("placer")
     for col in ("allocated % at the end", "idle GPUs", "pending pods", "allocated % at 60% arrived", "at 80%",
@@ -114,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--pods", type=int, default=12000)
     p.add_argument("--load", type=float, default=130.0)
+    p.add_argument("--trace-dir", type=Path, help="the real openb trace's csv folder (else a synthetic trace)")
     args = p.parse_args(argv)
-    run(Path(args.out), args.seed, args.nodes, args.pods, args.load, Console(width=140))
+    run(Path(args.out), args.seed, args.nodes, args.pods, args.load, Console(width=140), args.trace_dir)
     return 0
 
 

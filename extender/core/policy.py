@@ -141,11 +141,37 @@ class Weights(_Strict):
     topology: float = Field(default=0.25, ge=0)
 
 
+class Fragmentation(_Strict):
+    """Placement by the fragmentation it causes for the workload mix seen arriving (engine/fragmentation.py)."""
+
+    enabled: bool = Field(default=False, description="score nodes and choose GPUs by expected fragmentation")
+    window: int = Field(default=20000, ge=100, description="pods the observed mix remembers (older ones fade)")
+    maxKinds: int = Field(default=48, ge=1, le=512, description="most frequent request kinds the mix keeps")
+    hostCpu: float = Field(default=1.0, ge=0.0, description="weight of the GPUs a node's host CPU cannot feed at "
+                           "the mix's CPU per GPU (0: FGD's per-kind test alone)")
+    weighting: Literal["pods", "gpus"] = Field(
+        default="pods", description="weigh each kind by how many pods arrive (FGD) or by the GPUs they ask")
+    prioritize: Literal["fragmentation", "packing"] = Field(
+        default="fragmentation", description="prioritize's 0..10: the rise of fragmentation, or how full the "
+        "node's GPUs are after the placement (with candidates, the rise already chose the nodes)")
+
+
+class Candidates(_Strict):
+    """Filter passes only the nodes whose best placement is within `tolerance` of the best one."""
+
+    enabled: bool = Field(default=False)
+    tolerance: float = Field(default=0.05, ge=0.0,
+                             description="expected fragmentation, in GPUs, a node may add beyond the best")
+    minNodes: int = Field(default=1, ge=1, description="at least this many nodes pass (the best ones)")
+
+
 class Scoring(_Strict):
     strategy: Literal["binpack", "spread"] = Field(
         default="binpack", description="binpack fills used GPUs first; spread prefers empty ones"
     )
     weights: Weights = Weights()
+    fragmentation: Fragmentation = Fragmentation()
+    candidates: Candidates = Candidates()
 
 
 class ClassRules(_Strict):

@@ -5,11 +5,14 @@ a bind. The in-memory implementation backs the demo and the simulator; the Kuber
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 from extender.core.errors import GpusliceError, TemporaryError
+from extender.core.quantity import parse_bytes, parse_millis
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -78,6 +81,16 @@ class Cluster(Protocol):
         ...
 
 
+@runtime_checkable
+class HostRoom(Protocol):
+    """A cluster that knows each node's host CPU and memory left (allocatable less its pods' requests),
+    as kube-scheduler's NodeResourcesFit counts them; fragmentation scoring uses it when offered."""
+
+    def host_free(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(CPU millis, memory bytes) free per named node, in order."""
+        ...
+
+
 class ClusterStore:
     """Node views by name and pod views by UID behind one lock: what a `Cluster` answers reads from
     (the memory cluster's truth, the watch's cache in the Kubernetes one)."""
@@ -100,6 +113,39 @@ class ClusterStore:
     def list_pods(self) -> list[PodView]:
         with self._lock:
             return list(self._pods.values())
+
+    def host_free(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """HostRoom from the stored views: allocatable CPU and memory less the requests of the live pods
+        bound to each node. One pass over the pods per call (a cluster that tracks it, like the
+        simulator's, answers from counters)."""
+        index = {n: i for i, n in enumerate(names)}
+        cpu = np.zeros(len(names), np.int64)
+        mem = np.zeros(len(names), np.int64)
+        with self._lock:
+            for name, i in index.items():
+                node = self._nodes.get(name)
+                if node is not None:
+                    cpu[i] = _quantity(node.allocatable.get("cpu"), parse_millis)
+                    mem[i] = _quantity(node.allocatable.get("memory"), parse_bytes)
+            for pod in self._pods.values():
+                i = index.get(pod.node_name or "", -1)
+                if i >= 0 and not pod.terminal:
+                    cpu[i] -= pod.cpu_millis
+                    mem[i] -= pod.memory_bytes
+        return cpu, mem
+
+
+def _quantity(text: str | None, parse: Callable[[object], int]) -> int:
+    """A node's allocatable quantity; an absent or unreadable one counts as unlimited (no host limit known)."""
+    if text is None:
+        return UNLIMITED
+    try:
+        return parse(text)
+    except ValueError:
+        return UNLIMITED
+
+
+UNLIMITED = 2**62
 
 
 class MemoryCluster(ClusterStore):

@@ -31,7 +31,8 @@ from extender.core.inventory import (
 from extender.core.ledger import GpuState, Ledger, NodeState, PodRef, burst_region, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
-from extender.engine.cluster import BindError, Cluster, NodeView, PodView
+from extender.engine.cluster import BindError, Cluster, HostRoom, NodeView, PodView
+from extender.engine.fragmentation import Fragmentation, narrow, rise_score
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
@@ -41,9 +42,11 @@ from extender.engine.vectorised import CATEGORIES, Columns, exact_gpu_score, nod
 log = logging.getLogger(__name__)
 
 NEUTRAL_SCORE = 5
+# The request columns are read with for a pod that asks for no GPU (only host fields are used).
+PASS_THROUGH = SliceRequest("amd", 0, 0, 0, 0, 1, "compute-bound")
 # Why filter rejected a node (the `reason` label of gpuslice_filter_rejections_total).
 REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "unhealthy", "compute", "memory",
-                     "memory-limit", "class-rule", "bandwidth", "no-gpus")
+                     "memory-limit", "class-rule", "bandwidth", "no-gpus", "fragmentation")
 PENDING_CACHE = 20_000
 PENDING_BYTES = 64 * 2**20  # label and annotation text the pending cache may hold (filter bodies are untrusted)
 DEFAULT_SCHEDULER = "default-scheduler"  # what the API server writes when a pod names no scheduler
@@ -60,6 +63,9 @@ class FilterResult:
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    # With fragmentation scoring: per passing node, how much its best placement raises the expected
+    # fragmentation (GPUs); filter's candidates and prioritize's scores come from it.
+    rises: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -153,6 +159,8 @@ class Engine:
         self.on_freed: Callable[[str], None] | None = None
         self.synced = False
         self._last_columns: tuple[str, Columns] | None = None  # see _columns()
+        self.fragmentation = Fragmentation(p)
+        self._last_rises: tuple[tuple, dict[str, float]] | None = None  # see rises()
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
@@ -332,7 +340,7 @@ class Engine:
 
     # --- verbs ---------------------------------------------------------------------------------
     def filter(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
-               names: Iterable[str] | None = None) -> FilterResult:
+               names: Iterable[str] | None = None, narrow_candidates: bool = True) -> FilterResult:
         policy = self.policies.current
         self._maybe_expire()
         candidates = self._candidates(nodes, names)
@@ -350,7 +358,10 @@ class Engine:
         self._remember(pod)
         if req is None:
             result.passed = list(candidates)
+            if policy.scoring.fragmentation.enabled and result.passed:  # its host share still strands GPUs
+                self._narrow(pod, req, policy, result, "", narrow_candidates)
             return result
+        self.observe_request(pod, req, policy)
         quota = self._quota_problem(pod, req, policy)
         if quota:
             result.failed = {n: quota for n in candidates}
@@ -424,8 +435,58 @@ class Engine:
         elif columns and len(passed) > 1:
             # prioritize is asked about exactly the nodes that passed: their slots are known already.
             cols.index.remember_slots(passed, slots[fast_pass], layout)
+        if policy.scoring.fragmentation.enabled and passed:
+            self._narrow(pod, req, policy, result, key, narrow_candidates)
         self.stats.merge(self.stats.filter_rejections, rejected)
         return result
+
+    def observe_request(self, pod: PodView, req: SliceRequest, policy: Policy) -> None:
+        """Count the pod (once) in the workload mix fragmentation scoring learns from."""
+        if policy.scoring.fragmentation.enabled:
+            self.fragmentation.observe(pod.uid, req, pod.cpu_millis, pod.memory_bytes)
+
+    def _narrow(self, pod: PodView, req: SliceRequest | None, policy: Policy, result: FilterResult, key: str,
+                narrow_candidates: bool) -> None:
+        """Record each passing node's rise; with `scoring.candidates`, fail the nodes that are not candidates."""
+        rises = self.rises(pod, req, policy, result.passed, key)
+        result.rises = {n: r for n, r in zip(result.passed, rises.tolist(), strict=True) if r == r}
+        cand = policy.scoring.candidates
+        if not (cand.enabled and narrow_candidates):
+            return
+        keep = narrow(result.rises, cand.tolerance, cand.minNodes)
+        best = min(result.rises.values(), default=0.0)
+        dropped = [n for n in result.passed if n in result.rises and n not in keep]
+        result.passed = [n for n in result.passed if n not in result.rises or n in keep]
+        for n in dropped:
+            result.failed[n] = (f"gpuslice: placing here adds {result.rises[n] - best:.3f} GPUs of expected "
+                                f"fragmentation more than the best node (tolerance {cand.tolerance:g})")
+        self.stats.count(self.stats.filter_rejections, "fragmentation", len(dropped))
+
+    def rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str,
+              reuse: bool = False) -> np.ndarray:
+        """Per node: how much its best placement raises the expected fragmentation (+inf: no fit, NaN:
+        not in the GPU index). A pod without GPUs raises it only by the host CPU and memory it takes."""
+        # prioritize (`reuse`) asks right after filter about the nodes that passed: filter's answers are
+        # reused while the index, the mix and the pod are the same (as _columns reuses columns)
+        memo_key = (pod.uid, key, self.fragmentation.mix.version, self.ledger.gpu_index.writes)
+        last = self._last_rises
+        if reuse and last is not None and last[0] == memo_key:
+            known = last[1]
+            if all(n in known for n in names):
+                return np.array([known[n] for n in names], np.float64)
+        out = self._rises(pod, req, policy, names, key)
+        self._last_rises = (memo_key, dict(zip(names, out.tolist(), strict=True)))
+        return out
+
+    def _rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str) -> np.ndarray:
+        host = self.cluster.host_free(names) if isinstance(self.cluster, HostRoom) else None
+        if req is None:
+            cols = self._columns(PASS_THROUGH, policy, "host")
+            return self.fragmentation.host_rises(policy, cols, cols.slots(names).slots, host, pod.cpu_millis,
+                                                 pod.memory_bytes)
+        cols = self._columns(req, policy, "check|" + key)
+        slots = cols.slots(names).slots
+        return self.fragmentation.rises(req, policy, cols, slots, host, pod.cpu_millis, pod.memory_bytes)
 
     def prioritize(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
                    names: Iterable[str] | None = None) -> list[tuple[str, int]]:
@@ -435,9 +496,19 @@ class Engine:
             req = parse_slice_request(pod.labels, pod.annotations, policy)
         except SliceRequestError:
             return [(n, 0) for n in candidates]
-        if req is None:
+        if req is None and not policy.scoring.fragmentation.enabled:
             return [(n, NEUTRAL_SCORE) for n in candidates]
-        key = fit_key(req, policy)
+        key = fit_key(req, policy) if req is not None else ""
+        if policy.scoring.fragmentation.enabled:
+            names_ = list(candidates)
+            rises = self.rises(pod, req, policy, names_, key, reuse=True).tolist()
+            if req is not None and policy.scoring.fragmentation.prioritize == "packing":
+                cols = self._columns(req, policy, "check|" + key)
+                full = self.fragmentation.packing(req, cols, cols.slots(names_).slots).tolist()
+                return [(n, 0 if r == float("inf") else round(10 * f) if f == f else NEUTRAL_SCORE)
+                        for n, r, f in zip(names_, rises, full, strict=True)]
+            return [(n, 0 if r == float("inf") else round(10 * rise_score(r)) if r == r else NEUTRAL_SCORE)
+                    for n, r in zip(names_, rises, strict=True)]
         if (nodes is None and self.scorer is rank and policy.layout.mode == "spread"
                 and self.ledger.gpu_index.used > 0):
             return self._prioritize_columns(pod, req, policy, list(candidates), key)
@@ -571,7 +642,7 @@ class Engine:
                         raise BindError(quota)
                     with self.ledger.locked(node) as state:
                         base = state.without(ref.uid)
-                        fit = self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
+                        fit = self._bind_fit(req, base, policy, pod)
                         if not fit.ok:
                             raise BindError(f"gpuslice: node {node}: {fit.reason}")
                         assignment = build_assignment(req, node, fit.choices, policy)
@@ -615,6 +686,13 @@ class Engine:
     def _quota_lock(self, namespace: str) -> threading.Lock:
         with self._pending_lock:
             return self._quota_locks.setdefault(namespace, threading.Lock())
+
+    def _bind_fit(self, req: SliceRequest, base: NodeState, policy: Policy, pod: PodView) -> NodeFit:
+        if policy.scoring.fragmentation.enabled:  # the GPUs whose rise filter and prioritize scored
+            host = self.cluster.host_free([base.name]) if isinstance(self.cluster, HostRoom) else None
+            keys = list(self.ledger.gpu_index.model_keys)
+            return self.fragmentation.choose(req, base, policy, keys, host, pod.cpu_millis, pod.memory_bytes)
+        return self.bind_placer(req, base, policy) if self.bind_placer else self._fit(req, base, policy)
 
     def _forget_pending(self, uid: str) -> None:
         with self._pending_lock:

@@ -6,9 +6,10 @@ magnitude cheaper than building the client's model objects for every event.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from extender.core.quantity import parse_bytes, parse_millis
 from extender.engine.cluster import NodeView, PodView
 
 Json = Mapping[str, Any]
@@ -30,7 +31,25 @@ def pod_view(obj: Json) -> PodView:
         resource_version=meta.get("resourceVersion"),
         priority=int(spec.get("priority") or 0),
         scheduler_name=spec.get("schedulerName") or None,
+        cpu_millis=_requested(spec, "cpu", parse_millis),
+        memory_bytes=_requested(spec, "memory", parse_bytes),
     )
+
+
+def _requested(spec: Json, resource: str, parse: Callable[[object], int]) -> int:
+    """The pod's request of a host resource as kube-scheduler counts it: the containers' sum or the largest
+    init container's, whichever is more, plus the pod overhead; an unreadable quantity counts as 0."""
+
+    def one(container: Json) -> int:
+        text = ((container.get("resources") or {}).get("requests") or {}).get(resource)
+        try:
+            return parse(text) if text is not None else 0
+        except ValueError:
+            return 0
+
+    main = sum(one(c) for c in spec.get("containers") or ())
+    init = max((one(c) for c in spec.get("initContainers") or ()), default=0)
+    return max(main, init) + one({"resources": {"requests": spec.get("overhead") or {}}})
 
 
 def node_view(obj: Json) -> NodeView:

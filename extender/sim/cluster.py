@@ -62,6 +62,7 @@ class SimCluster(MemoryCluster):
         self.cpu_free[i] -= pod.cpu_millis
         self.mem_free[i] -= pod.memory_bytes
         self.pods_on[i] += 1
+        self.version[i] += 1  # host room changed (it enters fragmentation scores)
         self.by_key[(pod.namespace, pod.name)] = self._pods[pod.uid]
 
     def remove_pod(self, uid: str) -> PodView | None:
@@ -74,7 +75,13 @@ class SimCluster(MemoryCluster):
             self.cpu_free[i] += pod.cpu_millis
             self.mem_free[i] += pod.memory_bytes
             self.pods_on[i] -= 1
+            self.version[i] += 1
         return pod
+
+    def host_free(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Host CPU and memory left per node (engine.cluster.HostRoom)."""
+        idx = np.fromiter((self.index[n] for n in names), np.int64, len(names))
+        return self.cpu_free[idx], self.mem_free[idx]
 
     def gpu_idle(self) -> np.ndarray:
         """Nodes without any GPU tenant."""

@@ -76,6 +76,8 @@ def summarize(st: ReplayState) -> dict[str, object]:
         "pods": {"arrived": len(arrived), "placed": len(placed), "pending": len(pending),
                  "infeasible": len(infeasible), "departed": sum(1 for o in st.outcomes if o.departed)},
         "pendingReasons": _reasons(pending),
+        # whole- and multi-GPU pods (count > 1 or a whole GPU each): placed against arrived, not starved
+        "multiGpu": {"arrived": sum(1 for o in arrived if _multi(o)), "placed": sum(1 for o in placed if _multi(o))},
         "infeasible": [{"pod": o.pod.name, "reason": o.infeasible} for o in infeasible[:20]],
         "interference": interference,
         "sla": sla,
@@ -87,6 +89,11 @@ def summarize(st: ReplayState) -> dict[str, object]:
         "occupancy": [round(len(g.guaranteed) / g.info.computeUnits, 4) for g in gpus],
         "occupancyByClass": _occupancy_by_class(gpus) if total <= 256 else [],
     }
+
+
+def _multi(o: object) -> bool:
+    ask = o.pod.gpu  # type: ignore[attr-defined]
+    return ask is not None and ask.count > 1
 
 
 def _reasons(pending: list) -> dict[str, int]:

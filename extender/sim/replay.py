@@ -36,6 +36,7 @@ from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.core.sizing import size_for_target
 from extender.engine.cluster import PodView
+from extender.engine.fragmentation import narrow
 from extender.engine.placement import NodeFit, evaluate, fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine, Placer
@@ -174,7 +175,9 @@ class Replay:
         self.mem = np.array([o.pod.memory_bytes for o in self.outcomes], dtype=np.int64)
         self.requests: list[SliceRequest | None] = []
         self.shape = np.zeros(n, dtype=np.int64)  # identical requests share extender answers
-        shapes: dict[SliceRequest, int] = {}
+        shapes: dict[object, int] = {}
+        # fragmentation scores also weigh the host CPU and memory a pod takes
+        host_too = self.policy.scoring.fragmentation.enabled
         for i, o in enumerate(self.outcomes):
             req = None
             if o.view is not None and o.pod.gpu is not None:
@@ -185,7 +188,8 @@ class Replay:
             self.requests.append(req)
             if req is None:
                 continue
-            self.shape[i] = shapes.setdefault(req, len(shapes))
+            shape_key = (req, o.pod.cpu_millis, o.pod.memory_bytes) if host_too else req
+            self.shape[i] = shapes.setdefault(shape_key, len(shapes))
             self.gmem[i] = req.memory_bytes
             self.count[i] = req.count
             for j, name in enumerate(models):
@@ -198,6 +202,8 @@ class Replay:
         self.seen = [np.full(nodes, -1, dtype=np.int64) for _ in range(max(len(shapes), 1))]
         self.ext_ok = [np.zeros(nodes, dtype=bool) for _ in range(max(len(shapes), 1))]
         self.ext_score = [np.zeros(nodes, dtype=np.int64) for _ in range(max(len(shapes), 1))]
+        self.ext_rise = [np.full(nodes, np.nan) for _ in range(max(len(shapes), 1))]
+        self.mix_version = -1
         self.last_reason: dict[int, str] = {}
 
     # --- one scheduling cycle -------------------------------------------------------------------
@@ -234,7 +240,12 @@ class Replay:
         nodes, one stands for all."""
         c = self.cluster
         shape = self.shape[i]
-        seen, ok, score = self.seen[shape], self.ext_ok[shape], self.ext_score[shape]
+        seen, ok, score, rise = self.seen[shape], self.ext_ok[shape], self.ext_score[shape], self.ext_rise[shape]
+        frag = self.policy.scoring.fragmentation.enabled
+        if frag and self.engine.fragmentation.mix.version != self.mix_version:  # every score may change
+            self.mix_version = self.engine.fragmentation.mix.version
+            for s in self.seen:
+                s[:] = -1
         if not self.incremental:  # reference mode: every host-fit node to the engine, every cycle
             seen[:] = -1
         stale = nodes[seen[nodes] != c.version[nodes]]
@@ -245,10 +256,15 @@ class Replay:
         if stale.size:
             idle = c.gpu_idle()[stale] if self.incremental else np.zeros(stale.size, dtype=bool)
             busy = stale[~idle]
-            kinds, first, inverse = np.unique(c.kind[stale[idle]], return_index=True, return_inverse=True)
+            kind = c.kind[stale[idle]]
+            if frag:  # host room enters the score: idle nodes are alike only with the same room left
+                kind = np.stack([kind, c.cpu_free[stale[idle]], c.mem_free[stale[idle]]], axis=1)
+            kinds, first, inverse = np.unique(kind, return_index=True, return_inverse=True, axis=0)
+            inverse = inverse.reshape(-1)
             reps = np.concatenate([busy, stale[idle][first]])
             names = [self.names[k] for k in reps]
-            result = self.engine.filter(view, names=names)
+            # candidates are narrowed below, over every node, from the rises kept per node
+            result = self.engine.filter(view, names=names, narrow_candidates=not self.incremental)
             passed = set(result.passed)
             scores = dict(self.engine.prioritize(view, names=result.passed)) if passed else {}
             got_ok = np.array([n in passed for n in names], dtype=bool)
@@ -256,10 +272,20 @@ class Replay:
             ok[busy], score[busy] = got_ok[: busy.size], got_score[: busy.size]
             ok[stale[idle]] = got_ok[busy.size:][inverse]
             score[stale[idle]] = got_score[busy.size:][inverse]
+            if frag:
+                got_rise = np.array([result.rises.get(n, np.nan) for n in names])
+                rise[busy], rise[stale[idle]] = got_rise[: busy.size], got_rise[busy.size:][inverse]
             seen[stale] = c.version[stale]
             if not passed:
                 reasons = list(result.unresolvable.values()) or list(result.failed.values())
                 self.last_reason[shape] = reasons[0] if reasons else ""
+        cand = self.policy.scoring.candidates
+        if frag and cand.enabled and self.incremental:  # the engine's narrowing, over all nodes at once
+            live = nodes[ok[nodes] & ~np.isnan(rise[nodes])]
+            keep = narrow(dict(zip(live.tolist(), rise[live].tolist(), strict=True)), cand.tolerance, cand.minNodes)
+            out = ok[nodes].copy()
+            out[np.isin(nodes, live) & ~np.isin(nodes, np.fromiter(keep, np.int64, len(keep)))] = False
+            return out, score[nodes], self.last_reason.get(shape, "")
         return ok[nodes], score[nodes], self.last_reason.get(shape, "")
 
     def _why_not(self, i: int) -> str:
@@ -320,6 +346,7 @@ class Replay:
             ext = np.array([scores[self.names[k]] for k in cand], dtype=np.int64)
             reason = "no node passed the extender's filter"
         else:
+            self.engine.observe_request(o.view, self.requests[i], self.policy)  # filter may not be asked
             ok, ext, reason = self._extender(i, o.view, cand)
             cand, ext = cand[ok], ext[ok]
         if cand.size == 0:

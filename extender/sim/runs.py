@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from extender.core.errors import InputError
-from extender.core.policy import Policy
+from extender.core.policy import Policy, parse_policy
 from extender.engine.placement import evaluate
 from extender.sim.baselines import BASELINES, baseline_placer
 from extender.sim.metrics import summarize
@@ -24,7 +24,17 @@ def policy_spec(label: str, policy: Policy, source: str = "", bind: str = "solve
 def baseline_spec(name: str, policy: Policy, seed: int) -> RunSpec:
     if name not in BASELINES:
         raise InputError("--baselines", name, f"unknown baseline; use {', '.join(BASELINES)}")
-    return RunSpec(name, policy, baseline_placer(name, seed), BASELINES[name], "baseline")
+    return RunSpec(name, without_gpuslice_scoring(policy), baseline_placer(name, seed), BASELINES[name], "baseline")
+
+
+def without_gpuslice_scoring(policy: Policy) -> Policy:
+    """The policy's capacity and class rules without gpuslice's own node scoring and candidate filter: a
+    baseline chooses GPUs and nodes its own way."""
+    if not (policy.scoring.fragmentation.enabled or policy.scoring.candidates.enabled):
+        return policy
+    data = policy.model_dump(mode="json", by_alias=True)
+    data["scoring"]["fragmentation"]["enabled"] = data["scoring"]["candidates"]["enabled"] = False
+    return parse_policy(data, "<baseline policy>")
 
 
 def runner(host_score: str, extender_weight: float, seed: int) -> Runner:

@@ -35,7 +35,8 @@ def scheduler_config(kubeconfig: Path, extender_port: int) -> str:
 class Extender:
     """`gpuslice serve --kubeconfig` as a child process that tests can kill and start again."""
 
-    def __init__(self, kubeconfig: Path, port: int, workdir: Path) -> None:
+    def __init__(self, kubeconfig: Path, port: int, workdir: Path, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra  # more `gpuslice serve` arguments (e.g. --policy FILE)
         self.kubeconfig = kubeconfig
         self.port = port
         self.workdir = workdir
@@ -52,7 +53,7 @@ class Extender:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "extender", "--log-level", "INFO", "serve", "--kubeconfig", str(self.kubeconfig),
-             "--port", str(self.port), "--lease", LEASE, "--scheduler-name", "gpuslice"],
+             "--port", str(self.port), "--lease", LEASE, "--scheduler-name", "gpuslice", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,126 @@
+"""GPU allocation on the real openb trace (Alibaba cluster-trace-gpu-v2023), the published methodology,
+over seeds: gpuslice and every baseline the project ships, one `gpuslice simulate --compare` per seed.
+
+    python bench/openb_sweep.py --trace-dir DIR [--traces default multigpu50 ...] [--seeds 42-51]
+        [--load 130] [--jobs 2] [--no-compare] [--set scoring.candidates.tolerance=0] [--json OUT]
+
+DIR holds the trace's CSVs (openb_node_list_gpu_node.csv and openb_pod_list_<trace>.csv), as in the
+`cluster-trace-gpu-v2023/csv` folder of the public alibaba/clusterdata repository; the trace is not
+part of this repository. `--set key.path=value` overrides one field of the openb policy (for measuring a
+variant; the policy file is written next to the JSON). Prints allocated % per run label: mean over the
+seeds, min and max, and the wall seconds of each seed's whole `--compare` run; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+NODES = "openb_node_list_gpu_node.csv"
+
+
+def seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def policy_with(overrides: list[str], where: Path) -> str:
+    """The built-in openb policy with `key.path=value` overrides (YAML values), written to `where`."""
+    if not overrides:
+        return "openb"
+    data = yaml.safe_load((ROOT / "extender/sim/data/openb.yaml").read_text())
+    for item in overrides:
+        path, _, value = item.partition("=")
+        node = data
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = yaml.safe_load(value)
+    where.write_text(yaml.safe_dump(data))
+    return str(where)
+
+
+def one(trace_dir: Path, trace: str, seed: int, load: float, policy: str, compare: bool) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "extender", "simulate", "--pods", str(trace_dir / f"openb_pod_list_{trace}.csv"),
+            "--nodes", str(trace_dir / NODES), "--load", f"{load:g}", "--seed", str(seed), "--policy", policy,
+            "--json"] + (["--compare"] if compare else [])
+    started = time.perf_counter()
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout)
+    return {"trace": trace, "seed": seed, "wallSeconds": round(time.perf_counter() - started, 1),
+            "runs": {r["label"]: {"allocatedPct": r["allocatedPct"], "pending": r["pods"]["pending"],
+                                  "idleGpus": r["idleGpus"], "elapsedSeconds": r["elapsedSeconds"],
+                                  "multiGpu": r.get("multiGpu")} for r in out["runs"]}}
+
+
+def table(results: list[dict[str, Any]], console: Console) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for trace in dict.fromkeys(r["trace"] for r in results):
+        rows = [r for r in results if r["trace"] == trace]
+        labels = list(dict.fromkeys(label for r in rows for label in r["runs"]))
+        t = Table(title=f"{trace}: allocated % of GPUs at the end, seeds {', '.join(str(r['seed']) for r in rows)}")
+        for col in ("placer", "mean", "min", "max", "idle GPUs (mean)", "multi-GPU pods placed"):
+            t.add_column(col, justify="left" if col == "placer" else "right")
+        summary[trace] = {}
+        for label in labels:
+            got = [r["runs"][label] for r in rows if label in r["runs"]]
+            alloc = [g["allocatedPct"] for g in got]
+            multi = [g["multiGpu"] for g in got if g.get("multiGpu")]
+            placed = sum(m["placed"] for m in multi)
+            arrived = sum(m["arrived"] for m in multi)
+            summary[trace][label] = {"mean": round(mean(alloc), 2), "min": min(alloc), "max": max(alloc),
+                                     "idleGpus": round(mean(g["idleGpus"] for g in got), 1), "seeds": len(got),
+                                     "multiGpuPlaced": placed, "multiGpuArrived": arrived}
+            s = summary[trace][label]
+            t.add_row(label, f"{s['mean']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}", f"{s['idleGpus']:.1f}",
+                      f"{placed}/{arrived}" if arrived else "-")
+        walls = [r["wallSeconds"] for r in rows]
+        summary[trace]["wallSeconds"] = {"median": sorted(walls)[len(walls) // 2], "min": min(walls), "max": max(walls)}
+        t.caption = f"wall seconds per seed (all runs of it): median {summary[trace]['wallSeconds']['median']}, " \
+                    f"{min(walls)}-{max(walls)}"
+        console.print(t)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace-dir", required=True, type=Path)
+    p.add_argument("--traces", nargs="+", default=["default"])
+    p.add_argument("--seeds", default="42-51")
+    p.add_argument("--load", type=float, default=130.0)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--no-compare", action="store_true", help="gpuslice alone, without the baselines")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--json", type=Path, default=ROOT / "bench/results/openb_sweep.json")
+    a = p.parse_args(argv)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    policy = policy_with(a.set, a.json.with_suffix(".policy.yaml"))
+    jobs = [(t, s) for t in a.traces for s in seeds(a.seeds)]
+    console = Console()
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        results = list(pool.map(lambda job: one(a.trace_dir, job[0], job[1], a.load, policy, not a.no_compare),
+                                jobs))
+    summary = table(results, console)
+    a.json.write_text(json.dumps({"load": a.load, "policy": policy, "overrides": a.set, "summary": summary,
+                                  "perSeed": results}, indent=2))
+    console.print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""Placement by expected fragmentation for the workload mix actually arriving (the fragmentation
+gradient of FGD, Weng et al., USENIX ATC'23), over the ledger's GPU index.
+
+A node's fragmentation for one kind of pod k is the free GPU capacity on it that k cannot use: all of
+it when k cannot run there at all (too few GPUs it fits on, or too little host CPU or memory), else
+the free capacity of the GPUs k does not fit on. Weighted by how often each kind arrives,
+
+    F(node) = sum_k w_k * (S - U_k * A_k)
+
+where S is the node's free capacity (in GPUs), U_k the free capacity on the GPUs kind k fits on and
+A_k whether k can run on the node. A placement is scored by how much it raises F (its gradient):
+filter and prioritize rank nodes by their best placement's rise, and bind takes those GPUs.
+
+Beyond FGD, the mix is not given to the scheduler: `WorkloadMix` learns it from the pods the extender
+is asked about (each pod once, older pods fading), in whole request kinds — GPU count, CUs per model,
+GPU memory, host CPU and memory — and host CPU and memory come from the cluster when it knows them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from extender.core.ledger import NodeState
+from extender.core.policy import Policy
+from extender.core.requests import SliceRequest
+from extender.engine.placement import (
+    NodeFit,
+    _Candidate,
+    _place,
+    _shared,
+    evaluate,
+    gpu_reject_reason,
+    needed_cus,
+    takes_whole,
+)
+from extender.engine.vectorised import Columns
+
+INFINITE = np.inf
+SEEN_UIDS = 50_000  # pods remembered so that a retried pod is counted once
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of pod in the mix: its slice request and its host requests."""
+
+    req: SliceRequest
+    cpu_millis: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class MixTable:
+    """A snapshot of the mix in arrays, per GPU model of the index (`need` is indexed [model id, kind])."""
+
+    version: int
+    need: np.ndarray  # CUs each kind guarantees on one GPU of each model
+    gpu_memory: np.ndarray  # per kind
+    count: np.ndarray
+    cpu: np.ndarray
+    memory: np.ndarray
+    weight: np.ndarray  # sums to 1
+    cpu_per_gpu: float = 0.0  # host CPU (millis) the mix asks per GPU it asks: 0 when unknown
+    stranding: float = 1.0  # weight of the GPUs the host CPU cannot feed
+
+    @property
+    def empty(self) -> bool:
+        return self.weight.size == 0
+
+
+class WorkloadMix:
+    """The request kinds the extender has been asked to place, by how often they arrive.
+
+    Counted once per pod UID. The snapshot the scores use changes in steps — after 16, 32, 64, ...
+    pods, then every `window / 16` — so that a node's score stays a function of its own state between
+    steps (callers cache on `version`). When the count passes `window`, every count is halved: a
+    changing workload shows within a window."""
+
+    def __init__(self, window: int = 20000, max_kinds: int = 48, weighting: str = "pods",
+                 host_cpu: float = 1.0) -> None:
+        self.window = window
+        self.host_cpu = host_cpu
+        self.weighting = weighting
+        self.max_kinds = max_kinds
+        self.counts: Counter[Kind] = Counter()
+        self.observed = 0
+        self.version = 0
+        self._next = 16
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tables: dict[tuple, MixTable] = {}
+        self._snapshot: list[tuple[Kind, float]] = []
+        self._lock = threading.Lock()
+
+    def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int) -> None:
+        with self._lock:
+            if uid in self._seen:
+                return
+            self._seen[uid] = None
+            if len(self._seen) > SEEN_UIDS:
+                self._seen.popitem(last=False)
+            self.counts[Kind(req, cpu_millis, memory_bytes)] += 1
+            self.observed += 1
+            if sum(self.counts.values()) > self.window:
+                self.counts = Counter({k: c / 2 for k, c in self.counts.items() if c >= 1})
+            if self.observed >= self._next:
+                self._next = self._next * 2 if self._next * 2 <= self.window // 16 else self._next + self.window // 16
+                self._take_snapshot()
+
+    def _take_snapshot(self) -> None:
+        top = self.counts.most_common(self.max_kinds)
+        if self.weighting == "gpus":
+            top = [(k, c * k.req.count * min(k.req.compute_millis, 1000) / 1000) for k, c in top]
+        total = sum(c for _, c in top)
+        self._snapshot = [(k, c / total) for k, c in top] if total else []
+        self._tables.clear()
+        self.version += 1
+
+    def table(self, policy: Policy, model_keys: list[tuple[str, int]]) -> MixTable:
+        """The snapshot in arrays for GPUs of these (model, CUs) ids."""
+        key = (policy.version, tuple(model_keys))
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                return table
+            snap, version = self._snapshot, self.version
+        kinds = [k for k, _ in snap]
+        gpus = sum(w * k.req.count * min(k.req.compute_millis, 1000) / 1000 for k, w in snap)
+        rho = sum(w * k.cpu_millis for k, w in snap) / gpus if gpus else 0.0
+        stranding = self.host_cpu
+        need = np.zeros((max(len(model_keys), 1), len(kinds)), np.int64)
+        for i, (m, cus) in enumerate(model_keys):
+            need[i] = [k.req.guaranteed_cus(policy, policy.model_for(m), cus) for k in kinds]
+        table = MixTable(version, need,
+                         np.array([k.req.memory_bytes for k in kinds], np.int64),
+                         np.array([k.req.count for k in kinds], np.int64),
+                         np.array([k.cpu_millis for k in kinds], np.int64),
+                         np.array([k.memory_bytes for k in kinds], np.int64),
+                         np.array([w for _, w in snap], np.float64), rho, stranding)
+        with self._lock:
+            if self.version == version:
+                self._tables[key] = table
+        return table
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The GPU index columns of some nodes ([node, GPU] arrays) and their host room."""
+
+    valid: np.ndarray
+    model: np.ndarray
+    total: np.ndarray
+    free: np.ndarray  # free guaranteeable CUs
+    usable: np.ndarray  # CUs a GPU's tenants may be guaranteed (total less the burst region)
+    empty: np.ndarray
+    mem_free: np.ndarray
+    cpu_free: np.ndarray | None  # [node]; None: the cluster does not say
+    host_mem_free: np.ndarray | None
+
+
+def _capacity(rows: Rows, free: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Free capacity in GPUs: 1 for an empty GPU, else its free CUs over those it can guarantee."""
+    part = free / np.maximum(rows.usable, 1)
+    return np.where(rows.valid, np.where(empty, 1.0, part), 0.0)
+
+
+def _fits(table: MixTable, rows: Rows, need: np.ndarray, free: np.ndarray, empty: np.ndarray,
+          mem_free: np.ndarray) -> np.ndarray:
+    """[node, GPU, kind]: kind k fits on the GPU (CUs, whole GPU, memory)."""
+    whole = need >= rows.total[..., None]
+    cus = np.where(whole, empty[..., None], need <= free[..., None])
+    return rows.valid[..., None] & cus & (table.gpu_memory <= mem_free[..., None])
+
+
+def _host_ok(table: MixTable, cpu: np.ndarray | None, mem: np.ndarray | None) -> np.ndarray | bool:
+    if cpu is None or mem is None:
+        return True
+    return (table.cpu <= cpu[..., None]) & (table.memory <= mem[..., None])
+
+
+def _stranded(table: MixTable, capacity: np.ndarray, cpu: np.ndarray | None) -> np.ndarray | float:
+    """Free GPU capacity the node's free host CPU cannot feed at the mix's CPU per GPU: GPUs that stay
+    idle once CPU runs out, which FGD's per-kind test sees only when the CPU is nearly gone."""
+    if cpu is None or table.cpu_per_gpu <= 0 or table.stranding == 0:
+        return 0.0
+    return table.stranding * np.maximum(0.0, capacity - cpu / table.cpu_per_gpu)
+
+
+def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray, gpu_memory: int,
+           cpu: int, memory: int) -> np.ndarray:
+    """[node, GPU]: the rise of F if one GPU of the slice (`need` CUs, or the whole GPU where `whole`)
+    goes on that GPU; +inf where it does not fit (`ok` false)."""
+    if table.empty:
+        return np.where(ok, 0.0, INFINITE)
+    k_need = table.need[np.maximum(rows.model, 0)]  # [node, GPU, kind]
+    fits = _fits(table, rows, k_need, rows.free, rows.empty, rows.mem_free)
+    cap = _capacity(rows, rows.free, rows.empty)
+    usable = (cap[..., None] * fits).sum(axis=1)  # [node, kind]
+    n_fit = fits.sum(axis=1)
+    host = _host_ok(table, rows.cpu_free, rows.host_mem_free)
+    before = table.weight @ (cap.sum(axis=1)[:, None] - usable * ((n_fit >= table.count) & host)).T  # [node]
+    before = before + _stranded(table, cap.sum(axis=1), rows.cpu_free)
+    free2 = np.where(whole, 0, rows.free - need)
+    empty2 = np.zeros_like(rows.empty)
+    cap2 = _capacity(rows, free2, empty2)
+    fits2 = _fits(table, rows, k_need, free2, empty2, rows.mem_free - gpu_memory)
+    usable2 = usable[:, None, :] - cap[..., None] * fits + cap2[..., None] * fits2  # [node, GPU, kind]
+    n_fit2 = n_fit[:, None, :] - fits + fits2
+    host2 = _host_ok(table, None if rows.cpu_free is None else rows.cpu_free - cpu,
+                     None if rows.host_mem_free is None else rows.host_mem_free - memory)
+    if not isinstance(host2, bool):
+        host2 = host2[:, None, :]
+    s2 = cap.sum(axis=1)[:, None] - cap + cap2  # [node, GPU]
+    after = (s2[..., None] - usable2 * ((n_fit2 >= table.count) & host2)) @ table.weight
+    after = after + _stranded(table, s2, None if rows.cpu_free is None else (rows.cpu_free - cpu)[:, None])
+    return np.where(ok, after - before[:, None], INFINITE)
+
+
+def host_delta(table: MixTable, rows: Rows, cpu: int, memory: int) -> np.ndarray:
+    """[node]: the rise of F when a pod without GPUs takes `cpu` and `memory` of the node's host."""
+    if table.empty or rows.cpu_free is None or rows.host_mem_free is None:
+        return np.zeros(rows.free.shape[0])
+    none = np.zeros(rows.free.shape, np.bool_)
+    return joint_delta(table, rows, none, np.zeros_like(rows.free), none, 0, cpu, memory)
+
+
+def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarray, whole: np.ndarray,
+                gpu_memory: int, cpu: int, memory: int) -> np.ndarray:
+    """[node]: the rise of F when every `chosen` GPU of a node takes one GPU of the slice at once."""
+    if table.empty:
+        return np.zeros(chosen.shape[0])
+    k_need = table.need[np.maximum(rows.model, 0)]
+    host = _host_ok(table, rows.cpu_free, rows.host_mem_free)
+    host2 = _host_ok(table, None if rows.cpu_free is None else rows.cpu_free - cpu,
+                     None if rows.host_mem_free is None else rows.host_mem_free - memory)
+    free2 = np.where(chosen, np.where(whole, 0, rows.free - need), rows.free)
+    empty2 = rows.empty & ~chosen
+    mem2 = np.where(chosen, rows.mem_free - gpu_memory, rows.mem_free)
+
+    def frag(free: np.ndarray, empty: np.ndarray, mem: np.ndarray, host: np.ndarray | bool,
+             cpu_left: np.ndarray | None) -> np.ndarray:
+        fits = _fits(table, rows, k_need, free, empty, mem)
+        cap = _capacity(rows, free, empty)
+        usable = (cap[..., None] * fits).sum(axis=1)
+        kinds = (cap.sum(axis=1)[:, None] - usable * ((fits.sum(axis=1) >= table.count) & host)) @ table.weight
+        return kinds + _stranded(table, cap.sum(axis=1), cpu_left)
+
+    cpu_after = None if rows.cpu_free is None else rows.cpu_free - cpu
+    return (frag(free2, empty2, mem2, host2, cpu_after)
+            - frag(rows.free, rows.empty, rows.mem_free, host, rows.cpu_free))
+
+
+def best_placements(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray,
+                    count: int, gpu_memory: int, cpu: int, memory: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per node: the rise of F of its best placement of the slice (+inf: it does not fit) and the GPUs
+    ([node, GPU] mask) that placement takes. One GPU: the GPU with the least rise (lowest index among
+    equals). Several: the `count` GPUs with the least rise each, their rise taken together."""
+    d = deltas(table, rows, need, whole, ok, gpu_memory, cpu, memory)
+    if count == 1:
+        best = np.argmin(d, axis=1)
+        chosen = np.zeros(d.shape, np.bool_)
+        chosen[np.arange(d.shape[0]), best] = True
+        value = d[np.arange(d.shape[0]), best]
+        return value, chosen & np.isfinite(value)[:, None]
+    order = np.argsort(d, axis=1, kind="stable")[:, :count]
+    chosen = np.zeros(d.shape, np.bool_)
+    np.put_along_axis(chosen, order, True, axis=1)
+    enough = np.isfinite(np.take_along_axis(d, order, axis=1)).all(axis=1) if count <= d.shape[1] else \
+        np.zeros(d.shape[0], np.bool_)
+    chosen &= enough[:, None]
+    value = np.where(enough, joint_delta(table, rows, chosen, need, whole, gpu_memory, cpu, memory), INFINITE)
+    return value, chosen
+
+
+def rise_score(rise: float) -> float:
+    """0..1 for prioritize: 0.5 for a placement that leaves F as it was, 1 for one that lowers it by
+    half a GPU or more, 0 for one that raises it by half a GPU or more."""
+    return float(min(1.0, max(0.0, 0.5 - rise)))
+
+
+def narrow(rises: dict[str, float], tolerance: float, min_nodes: int) -> set[str]:
+    """The candidate nodes: those whose best placement raises F at most `tolerance` GPUs more than the
+    best node's, and at least the `min_nodes` best (ties included)."""
+    finite = sorted(v for v in rises.values() if v != INFINITE)
+    if not finite:
+        return set()
+    cut = finite[0] + tolerance + 1e-9
+    if len(finite) >= min_nodes:
+        cut = max(cut, finite[min_nodes - 1] + 1e-9)
+    else:
+        cut = finite[-1] + 1e-9
+    return {n for n, v in rises.items() if v <= cut}
+
+
+# --- the engine's use of it ------------------------------------------------------------------------
+def rows_from_columns(cols: Columns, slots: np.ndarray,
+                      host: tuple[np.ndarray, np.ndarray] | None) -> tuple[Rows, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of these index slots (all >= 0) and the request's per-GPU need, whole-GPU take and fit."""
+    c = cols.cols
+    pick = slots
+    valid = (c["valid"][pick] != 0) & (c["healthy"][pick] != 0)
+    total = c["total"][pick]
+    rows = Rows(valid, c["model"][pick], total, c["free"][pick], total - c["shared"][pick], c["slices"][pick] == 0,
+                c["mem_free"][pick], None if host is None else host[0], None if host is None else host[1])
+    return rows, cols.need[pick], cols.whole[pick], cols.ok[pick]
+
+
+def rows_from_states(req: SliceRequest, states: list[NodeState], policy: Policy, model_ids: dict[tuple[str, int], int],
+                     host: tuple[np.ndarray, np.ndarray] | None) -> tuple[Rows, np.ndarray, np.ndarray, np.ndarray]:
+    """The same rows as `rows_from_columns`, from node states (bind: the node as it is under its lock)."""
+    width = max([len(s.gpus) for s in states] + [1])
+    shape = (len(states), width)
+    z = {name: np.zeros(shape, np.int64) for name in ("model", "total", "free", "usable", "mem", "need")}
+    valid, empty, whole, ok = (np.zeros(shape, np.bool_) for _ in range(4))
+    for i, state in enumerate(states):
+        for j, gpu in enumerate(state.gpus):
+            info = gpu.info
+            n = needed_cus(req, gpu, policy)
+            valid[i, j] = info.healthy
+            z["model"][i, j] = model_ids.setdefault((info.model, info.computeUnits), len(model_ids))
+            z["total"][i, j], z["free"][i, j] = info.computeUnits, len(gpu.free_cus)
+            z["usable"][i, j], z["mem"][i, j], z["need"][i, j] = info.computeUnits - len(gpu.shared), gpu.memory_free, n
+            empty[i, j], whole[i, j] = not gpu.slices, takes_whole(gpu, n)
+            ok[i, j] = gpu_reject_reason(req, gpu, policy) is None
+    rows = Rows(valid, z["model"], z["total"], z["free"], z["usable"], empty, z["mem"],
+                None if host is None else host[0], None if host is None else host[1])
+    return rows, z["need"], whole, ok
+
+
+class Fragmentation:
+    """The engine's fragmentation scorer: the observed mix and the per-node answers built on it."""
+
+    def __init__(self, policy: Policy) -> None:
+        frag = policy.scoring.fragmentation
+        self.mix = WorkloadMix(frag.window, frag.maxKinds, frag.weighting, frag.hostCpu)
+
+    def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int) -> None:
+        self.mix.observe(uid, req, cpu_millis, memory_bytes)
+
+    def rises(self, req: SliceRequest, policy: Policy, cols: Columns, slots: np.ndarray,
+              host: tuple[np.ndarray, np.ndarray] | None, cpu: int, memory: int) -> np.ndarray:
+        """Per slot (-1: no answer, NaN): the rise of F of the node's best placement (+inf: no fit)."""
+        out = np.full(len(slots), np.nan)
+        have = slots >= 0
+        if not have.any():
+            return out
+        table = self.mix.table(policy, list(cols.keys))
+        rows, need, whole, ok = rows_from_columns(cols, slots[have], None if host is None else
+                                                  (host[0][have], host[1][have]))
+        if need.shape[1] < req.count:
+            out[have] = INFINITE
+            return out
+        value, _ = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, cpu, memory)
+        out[have] = value
+        return out
+
+    @staticmethod
+    def packing(req: SliceRequest, cols: Columns, slots: np.ndarray) -> np.ndarray:
+        """Per slot (-1: NaN): the share of the node's GPU capacity in use once the slice is placed."""
+        out = np.full(len(slots), np.nan)
+        have = slots >= 0
+        if not have.any():
+            return out
+        rows, need, whole, _ = rows_from_columns(cols, slots[have], None)
+        cap = _capacity(rows, rows.free, rows.empty)
+        gpus = np.maximum(rows.valid.sum(axis=1), 1)
+        ask = req.count * np.where(whole, 1.0, need / np.maximum(rows.usable, 1)).max(axis=1)
+        out[have] = np.clip((gpus - cap.sum(axis=1) + ask) / gpus, 0.0, 1.0)
+        return out
+
+    def host_rises(self, policy: Policy, cols: Columns, slots: np.ndarray,
+                   host: tuple[np.ndarray, np.ndarray] | None, cpu: int, memory: int) -> np.ndarray:
+        """Per slot (-1: NaN): the rise of F when a pod without GPUs takes this much of the node's host."""
+        out = np.full(len(slots), np.nan)
+        have = slots >= 0
+        if host is None or not have.any():
+            return out
+        table = self.mix.table(policy, list(cols.keys))
+        out[have] = 0.0
+        c = cols.cols
+        # a node without free GPU capacity has nothing to strand: its rise is 0 without working it out
+        some = have.copy()
+        some[have] = ((c["valid"][slots[have]] != 0) & (c["free"][slots[have]] > 0)).any(axis=1)
+        if some.any():
+            rows, _, _, _ = rows_from_columns(cols, slots[some], (host[0][some], host[1][some]))
+            out[some] = host_delta(table, rows, cpu, memory)
+        return out
+
+    def choose(self, req: SliceRequest, state: NodeState, policy: Policy, keys: list[tuple[str, int]],
+               host: tuple[np.ndarray, np.ndarray] | None, cpu: int, memory: int) -> NodeFit:
+        """Bind's answer on one node: the GPUs of its best placement, each with the CUs the per-GPU rule
+        gives (placement._place_on), or `evaluate`'s rejection when the slice does not fit."""
+        ids = {k: i for i, k in enumerate(keys)}
+        rows, need, whole, ok = rows_from_states(req, [state], policy, ids, host)
+        table = self.mix.table(policy, sorted(ids, key=ids.__getitem__))
+        if need.shape[1] < req.count or ok.sum() < req.count:
+            return evaluate(req, state, policy)
+        _, chosen = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, cpu, memory)
+        shared = _shared(req, policy)
+        choices = []
+        for j in np.flatnonzero(chosen[0]).tolist():
+            gpu = state.gpus[j]
+            entry = _place(shared, gpu)
+            if entry is None:  # cannot happen: `ok` is the same per-GPU rule
+                return evaluate(req, state, policy)
+            choices.append(_Candidate(gpu, *entry).choice(req))
+        if len(choices) < req.count:
+            return evaluate(req, state, policy)
+        return NodeFit(True, choices=tuple(choices), score=sum(c.score for c in choices) / len(choices))
