@@ -55,7 +55,8 @@ class RightSizing(_Strict):
     hysteresis: float = Field(default=0.2, ge=0, le=1,
                               description="shrink only when the smaller slice still covers need x (1 + this)")
     minIntervalSeconds: int = Field(default=900, ge=0, description="at least this long between two changes")
-    maxStepComputeUnits: int = Field(default=64, ge=1, description="largest CU change per pod in one step")
+    maxStepComputeUnits: int = Field(default=64, ge=1, description="largest CU change per pod in one step "
+                                     "(smaller slices for an added pod: at once)")
     maxStepReplicas: int = Field(default=1, ge=1, description="largest replica change in one step")
     minReplicas: int = Field(default=1, ge=1, description="never fewer replicas than this (set it for availability)")
     maxReplicas: int = Field(default=16, ge=1, description="never more replicas than this")

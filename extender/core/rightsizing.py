@@ -206,10 +206,22 @@ def decide(rs: RightSizing, ladder: Ladder, current: Fleet, obs: Observation, no
                         f"(next in {wait:.0f}s)")
     step_replicas = current.replicas + max(-rs.maxStepReplicas, min(rs.maxStepReplicas,
                                                                    replicas - current.replicas))
-    nxt = Fleet(step_replicas, ladder.clamp(current.cus, cus, rs.maxStepComputeUnits), memory)
+    nxt = Fleet(step_replicas, _next_cus(ladder, rs, current, step_replicas, cus, need), memory)
     bounded = "" if nxt == wanted else f" (bounded by the maximum step; wants {_fleet(wanted)})"
     return Decision(action, current, wanted, nxt, ladder.target_text(nxt.cus), need, obs.peak_rps,
                     f"{why}; {_fleet(current)} -> {_fleet(nxt)}{bounded}")
+
+
+def _next_cus(ladder: Ladder, rs: RightSizing, current: Fleet, replicas: int, cus: int, need: float) -> int:
+    """Each pod's slice after this change. A fleet that grows by a pod may want smaller slices: they are
+    taken at once, at the size `replicas` pods need, not `maxStepComputeUnits` at a time — a stop at a
+    larger slice would carry more than the hysteresis band and be shrunk by the next pass (one rollout
+    too many, capacity up then down)."""
+    if replicas > current.replicas:
+        each = max(cus, ladder.fit(need / replicas).cus)
+        if each < current.cus:
+            return each
+    return ladder.clamp(current.cus, cus, rs.maxStepComputeUnits)
 
 
 def _fleet(f: Fleet) -> str:

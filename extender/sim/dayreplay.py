@@ -109,7 +109,8 @@ PLACE, READY, REMOVE = 0, 1, 2  # at one minute: new pods are placed, then serve
 def schedule(svc: Service, timeline: Timeline, first_pod: int, rollout: int) -> tuple[list[int], list[tuple]]:
     """The pods a service's timeline creates (as pod indices from `first_pod`) and its actions
     (minute, kind, pod). A slice change is a rolling update with maxSurge 1 and maxUnavailable 0: one new
-    pod at a time, serving `rollout` minutes after it is placed, when one old pod goes."""
+    pod at a time, serving `rollout` minutes after it is placed, when one old pod goes (once the pods
+    serving number the new replica count)."""
     created: list[int] = []
     actions: list[tuple[int, int, int]] = []
     serving: list[int] = []
@@ -123,8 +124,11 @@ def schedule(svc: Service, timeline: Timeline, first_pod: int, rollout: int) -> 
             else:
                 for k, i in enumerate(new):
                     actions += [(minute + k * rollout, PLACE, i), (minute + (k + 1) * rollout, READY, i)]
-                done = minute + len(new) * rollout
-                actions += [(min(minute + (k + 1) * rollout, done), REMOVE, i) for k, i in enumerate(serving)]
+                # maxUnavailable 0: an old pod goes only when the ready pods left still number the new
+                # replica count — a fleet growing by `extra` pods keeps all its old ones until `extra` serve
+                extra = max(0, len(new) - len(serving))
+                actions += [(minute + min(k + extra + 1, len(new)) * rollout, REMOVE, i)
+                            for k, i in enumerate(serving)]
             serving = new
         elif fleet.replicas > prev.replicas:
             new = list(range(first_pod + len(created), first_pod + len(created) + fleet.replicas - prev.replicas))

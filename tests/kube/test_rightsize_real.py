@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 
 from extender.core.policy import load_policy
-from extender.core.rightsizing import explain_lines
+from extender.core.rightsizing import Ladder, explain_lines, sla_size
 from extender.kube.client import api_client
 from extender.rightsize.controller import RightSizer
 from extender.rightsize.metrics import RightsizeMetrics
@@ -28,6 +28,11 @@ POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-
 NS = "rightsize-test"
 NOW = 1_767_225_600.0
 RATE = "vllm:request_success_total"
+LADDER = Ladder(lambda rps: sla_size(POLICY, "llama-3.1-8b", rps))
+AT_32, AT_64 = LADDER.target_text(32), LADDER.target_text(64)  # the target-rps the extender sizes 32 / 64 CUs for
+UP = 1 + POLICY.rightsizing.headroom
+# 13 req/s: 2 x 32 CUs fall short of the need (13 x UP), 2 x 64 carry it
+assert 2 * LADDER.at(32).rps < 13.0 * UP <= 2 * LADDER.at(64).rps
 
 
 @pytest.fixture
@@ -85,7 +90,7 @@ def events_for(api: client.ApiClient, name: str) -> list[client.CoreV1Event]:
 def test_apply_patches_the_deployment_and_dry_run_patches_nothing(apis: client.ApiClient, prom: PromStub) -> None:
     apps = client.AppsV1Api(apis)
     prom.series[RATE] = [lambda t: 13.0]
-    name = deployment(apps, "7.2")  # 2 x 32 CUs carry 14.4 req/s < need 15.6
+    name = deployment(apps, AT_32)  # 2 x 32 CUs fall short of need 15.6
     before = apps.read_namespaced_deployment(name, NS)
     [dry] = sizer(apis, prom, False, [NOW]).run_once()
     assert dry.decision is not None and dry.decision.action == "up" and not dry.applied
@@ -96,7 +101,7 @@ def test_apply_patches_the_deployment_and_dry_run_patches_nothing(apis: client.A
     [out] = sizer(apis, prom, True, [NOW]).run_once()
     assert out.applied, out.note
     d = apps.read_namespaced_deployment(name, NS)
-    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == "10.6"  # the extender gives 64 CUs
+    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_64  # the extender gives 64 CUs
     assert d.spec.replicas == 2 and d.metadata.generation == before.metadata.generation + 1
     [line] = explain_lines(d.metadata.annotations)
     assert "rightsize up: 2 x 32 CUs" in line and "-> 2 x 64 CUs" in line
@@ -111,14 +116,14 @@ def test_a_disruption_budget_holds_the_change_until_it_allows_one(apis: client.A
     apps = client.AppsV1Api(apis)
     pdbs = client.PolicyV1Api(apis)
     prom.series[RATE] = [lambda t: 13.0]
-    name = deployment(apps, "7.2")
+    name = deployment(apps, AT_32)
     pdbs.create_namespaced_pod_disruption_budget(NS, {
         "metadata": {"name": name}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": name}}}})
     rs = sizer(apis, prom, True, [NOW])
     [held] = rs.run_once()
     assert not held.applied and f"PodDisruptionBudget {name} allows no disruption now" in held.note
     assert apps.read_namespaced_deployment(name, NS).spec.template.metadata.annotations[
-        "gpuslice.io/target-rps"] == "7.2"
+        "gpuslice.io/target-rps"] == AT_32
     pdbs.patch_namespaced_pod_disruption_budget_status(name, NS, {"status": {
         "disruptionsAllowed": 1, "currentHealthy": 3, "desiredHealthy": 2, "expectedPods": 3}})
     [out] = rs.run_once()
@@ -127,9 +132,12 @@ def test_a_disruption_budget_holds_the_change_until_it_allows_one(apis: client.A
 
 def test_no_flapping_on_a_noisy_signal(apis: client.ApiClient, prom: PromStub) -> None:
     apps = client.AppsV1Api(apis)
-    # about 9 req/s, 30 s samples with 13% noise: 2 x 64 CUs (21.2) is right and 2 x 32 (14.4) is too tight
+    # about 9 req/s, 30 s samples with 13% noise: 2 x 64 CUs carry a 4-sigma peak, and 2 x 32 are too tight
+    # for even the mean past the hysteresis band
+    assert 9.0 * UP * (1 + POLICY.rightsizing.hysteresis) > 2 * LADDER.at(32).rps
+    assert (9.0 + 4 * 1.2) * UP < 2 * LADDER.at(64).rps
     prom.series[RATE] = [lambda t: max(0.0, 9.0 + random.Random(int(t)).gauss(0, 1.2))]
-    name = deployment(apps, "10.6")
+    name = deployment(apps, AT_64)
     clock = [NOW]
     rs = sizer(apis, prom, True, clock)
     applied = 0
@@ -141,4 +149,4 @@ def test_no_flapping_on_a_noisy_signal(apis: client.ApiClient, prom: PromStub) -
         clock[0] += 300
     d = apps.read_namespaced_deployment(name, NS)
     assert applied == 0, explain_lines(d.metadata.annotations)
-    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == "10.6"
+    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_64

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from extender.core.policy import Policy, load_policy
-from extender.core.rightsizing import explain_lines
+from extender.core.rightsizing import Ladder, explain_lines, sla_size
 from extender.rightsize.controller import RightSizer
 from extender.rightsize.metrics import RightsizeMetrics
 from extender.rightsize.prometheus import Prometheus, PrometheusError
@@ -20,6 +20,11 @@ from tests.rightsize.prom_stub import PromStub, prometheus
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-inference.yaml")
 NOW = 1_767_225_600.0
 GIB = 2**30
+LADDER = Ladder(lambda rps: sla_size(POLICY, "llama-3.1-8b", rps))
+AT_32, AT_64 = LADDER.target_text(32), LADDER.target_text(64)  # the target-rps the extender sizes 32 / 64 CUs for
+UP = 1 + POLICY.rightsizing.headroom
+# 13 req/s: 2 x 32 CUs fall short of the need (13 x UP), 2 x 64 carry it
+assert 2 * LADDER.at(32).rps < 13.0 * UP <= 2 * LADDER.at(64).rps
 
 
 class FakeWorkloads:
@@ -31,7 +36,7 @@ class FakeWorkloads:
         self.events: list[tuple[str, str, str]] = []
         self.blocked: str | None = None
 
-    def add(self, name: str, target: str = "7.2", replicas: int = 2, rolled_out: bool = True, **extra: str) -> None:
+    def add(self, name: str, target: str = AT_32, replicas: int = 2, rolled_out: bool = True, **extra: str) -> None:
         ann = {"gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": target, **extra}
         self.items[name] = Workload("Deployment", "ml", name, f"uid-{name}", "1", replicas, {}, {"app": name},
                                     ann, rolled_out)
@@ -72,7 +77,8 @@ def steady(rps: float):  # noqa: ANN201
 def test_dry_run_recommends_and_patches_nothing(prom: PromStub) -> None:
     prom.series["vllm:request_success_total"] = [steady(2.0), steady(1.5)]  # two pods' series, summed
     fake = FakeWorkloads()
-    fake.add("chat", target="10.6")  # 2 x 64 CUs for 3.5 req/s: too big
+    fake.add("chat", target=AT_64)  # 2 x 64 CUs for 3.5 req/s: too big
+    assert 3.5 * UP * (1 + POLICY.rightsizing.hysteresis) <= LADDER.at(32).rps  # one pod of 32 CUs carries it
     rs = sizer(prom, fake, apply=False)
     [out] = rs.run_once()
     assert out.decision is not None and out.decision.action == "down" and not out.applied
@@ -86,13 +92,13 @@ def test_apply_patches_the_template_records_the_change_and_emits_an_event(prom: 
     prom.series["vllm:request_success_total"] = [steady(13.0)]
     prom.series["gpuslice_agent_pod_vram_bytes"] = [steady(70 * GIB), steady(80 * GIB)]  # the larger pod counts
     fake = FakeWorkloads()
-    fake.add("chat", target="7.2")  # 2 x 32 CUs carry 14.4 < need 15.6
+    fake.add("chat", target=AT_32)  # 2 x 32 CUs fall short of need 15.6
     rs = sizer(prom, fake, apply=True)
     [out] = rs.run_once()
     assert out.applied and out.decision is not None and out.decision.action == "up"
     [(name, replicas, template, annotations)] = fake.patches
     assert (name, replicas) == ("chat", 2)
-    assert template == {"annotations": {"gpuslice.io/target-rps": "10.6", "gpuslice.io/memory": "88Gi"}}
+    assert template == {"annotations": {"gpuslice.io/target-rps": AT_64, "gpuslice.io/memory": "88Gi"}}
     [line] = explain_lines(annotations)
     assert "rightsize up: 2 x 32 CUs/55.8794Gi -> 2 x 64 CUs/88Gi (window peak 13.00 req/s, need 15.60)" in line
     assert fake.events[0][:2] == ("chat", "RightSized")
@@ -103,7 +109,7 @@ def test_no_second_change_inside_the_minimum_interval(prom: PromStub) -> None:
     level = [13.0]
     prom.series["vllm:request_success_total"] = [lambda t: level[0]]
     fake = FakeWorkloads()
-    fake.add("chat", target="7.2")
+    fake.add("chat", target=AT_32)
     clock = [NOW]
     rs = sizer(prom, fake, apply=True, clock=clock)
     rs.run_once()
@@ -119,11 +125,11 @@ def test_no_second_change_inside_the_minimum_interval(prom: PromStub) -> None:
 def test_rollouts_and_disruption_budgets_hold_changes(prom: PromStub) -> None:
     prom.series["vllm:request_success_total"] = [steady(13.0)]
     fake = FakeWorkloads()
-    fake.add("chat", target="7.2", rolled_out=False)
+    fake.add("chat", target=AT_32, rolled_out=False)
     rs = sizer(prom, fake, apply=True)
     [out] = rs.run_once()
     assert not out.applied and "a rollout is in progress" in out.note
-    fake.add("chat", target="7.2")
+    fake.add("chat", target=AT_32)
     fake.blocked = "PodDisruptionBudget chat allows no disruption now"
     [out] = rs.run_once()
     assert not out.applied and "PodDisruptionBudget chat" in out.note
@@ -133,7 +139,7 @@ def test_rollouts_and_disruption_budgets_hold_changes(prom: PromStub) -> None:
 def test_only_sla_workloads_sized_from_target_rps_are_touched(prom: PromStub) -> None:
     prom.series["vllm:request_success_total"] = [steady(13.0)]
     fake = FakeWorkloads()
-    fake.add("explicit", target="7.2", **{"gpuslice.io/compute": "200m"})
+    fake.add("explicit", target=AT_32, **{"gpuslice.io/compute": "200m"})
     fake.items["plain"] = Workload("Deployment", "ml", "plain", "u", "1", 1, {}, {}, {}, True)
     fake.items["broken"] = Workload("Deployment", "ml", "broken", "u", "1", 1, {}, {},
                                     {"gpuslice.io/profile": "nope", "gpuslice.io/target-rps": "3"}, True)

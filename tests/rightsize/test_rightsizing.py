@@ -42,28 +42,46 @@ def run(current: Fleet, peak: float | None, least: int = 1, last: float | None =
 
 
 def test_the_ladder_is_the_sizing_rules_own_answers() -> None:
-    assert [(s.cus, round(s.rps, 2)) for s in LADDER.steps] == [(32, 7.2), (64, 10.6), (96, 11.84), (128, 13.5)]
+    # every answer the rule gives on a fine grid of targets is a step, with the rule's predicted req/s
+    answers = {}
+    for k in range(1, 2000):
+        s = sla_size(POLICY, "llama-3.1-8b", k / 100)
+        if s.cus is not None:
+            answers.setdefault(s.cus, s.predicted_rps)
+    assert [(s.cus, s.rps) for s in LADDER.steps] == sorted(answers.items())
+    assert [s.rps for s in LADDER.steps] == sorted({s.rps for s in LADDER.steps})  # more CUs, more req/s
+    assert sla_size(POLICY, "llama-3.1-8b", LADDER.best.rps * 1.001).cus is None  # nothing past the best
     for s in LADDER.steps:  # the target written for a slice makes the extender's rule give exactly that slice
         assert sla_size(POLICY, "llama-3.1-8b", float(LADDER.target_text(s.cus))).cus == s.cus
 
 
+S32, S64 = LADDER.at(32), LADDER.at(64)  # the two smallest slices: what one pod carries at 32 and 64 CUs
+UP, DOWN = 1 + RS.headroom, (1 + RS.headroom) * (1 + RS.hysteresis)  # need = peak x UP; shrinking: x DOWN
+
+
 def test_grows_as_soon_as_the_fleet_falls_short() -> None:
-    d = run(Fleet(2, 32, MIN_MEM), peak=7.0, least=2)  # need 8.4: 2 x 7.2 carry it
+    assert (S32.cus, S64.cus) == (LADDER.steps[0].cus, LADDER.steps[1].cus)
+    edge = 2 * S32.rps / UP  # the peak 2 x 32 CUs carry with the headroom
+    d = run(Fleet(2, 32, MIN_MEM), peak=edge - 0.1, least=2)
     assert d.action == "hold"
-    d = run(Fleet(2, 32, MIN_MEM), peak=13.0, least=2)  # need 15.6 > 14.4
-    assert d.action == "up" and d.next == Fleet(2, 64, MIN_MEM) and d.target_text == "10.6"
+    d = run(Fleet(2, 32, MIN_MEM), peak=edge + 0.1, least=2)  # just short: the next slice, at once
+    assert d.action == "up" and d.next == Fleet(2, 64, MIN_MEM)
+    assert sla_size(POLICY, "llama-3.1-8b", float(d.target_text)).cus == 64
 
 
 def test_shrinks_only_past_the_hysteresis_band() -> None:
-    # 2 x 64 CUs carry 21.2; 2 x 32 carry 14.4. Shrinking needs need x 1.2 <= 14.4, i.e. peak <= 10
-    assert run(Fleet(2, 64, MIN_MEM), peak=10.5, least=2).action == "hold"
-    d = run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2)
+    # 2 x 64 CUs carry 2 x S64; 2 x 32 carry 2 x S32. Shrinking needs peak x DOWN <= 2 x S32
+    edge = 2 * S32.rps / DOWN
+    assert edge * UP < 2 * S32.rps  # inside the band: 2 x 32 would carry the need, and still it holds
+    assert run(Fleet(2, 64, MIN_MEM), peak=edge + 0.1, least=2).action == "hold"
+    d = run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, least=2)
     assert d.action == "down" and d.next == Fleet(2, 32, MIN_MEM)
     # the longer window remembers a higher peak: no shrinking yet; nor before it is fully observed
-    assert run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2, down_peak=10.5).action == "hold"
-    assert "not fully observed" in run(Fleet(2, 64, MIN_MEM), peak=9.5, least=2, down_peak=None).reason
-    # one pod's best slice (13.5) carries need x 1.2 = 13.4: fewer pods, no more CUs in all
-    assert run(Fleet(2, 64, MIN_MEM), peak=9.3).next == Fleet(1, 128, MIN_MEM)
+    assert run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, least=2, down_peak=edge + 0.1).action == "hold"
+    assert "not fully observed" in run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, least=2, down_peak=None).reason
+    # one pod of 128 CUs carries need x (1 + hysteresis): fewer pods, no more CUs in all
+    one = LADDER.at(128).rps / DOWN
+    assert run(Fleet(2, 64, MIN_MEM), peak=one - 0.1).next == Fleet(1, 128, MIN_MEM)
 
 
 def test_waits_the_minimum_interval_and_says_so() -> None:
@@ -76,6 +94,12 @@ def test_replicas_grow_only_when_one_gpus_best_slice_cannot_carry_the_need() -> 
     d = run(Fleet(1, 128, MIN_MEM), peak=30.0)  # need 36: 3 pods of the best slice (13.5 each)
     assert d.wanted.replicas == 3 and d.next.replicas == 2  # one replica per step
     assert "bounded by the maximum step" in d.reason
+    # a third pod of smaller slices: taken at once, not through a larger slice the next pass would shrink
+    top = Fleet(2, LADDER.best.cus, MIN_MEM)
+    peak = 2 * LADDER.best.rps / UP + 0.1
+    d = run(top, peak=peak)
+    assert d.action == "up" and d.next == Fleet(3, LADDER.fit(peak * UP / 3).cus, MIN_MEM)
+    assert d.next.cus < top.cus - RS.maxStepComputeUnits
     back = run(Fleet(3, 128, MIN_MEM), peak=4.0)  # demand gone: back to one pod
     assert back.next.replicas == 2 and back.next.cus == 64  # 64 CUs at most per step
 
@@ -124,10 +148,25 @@ def test_no_flapping_for_any_steady_level(level: float, noise: float, seed: int)
     rng = random.Random(seed)
     signal = [max(0.0, level * (1 + rng.uniform(-noise, noise))) for _ in range(8 * 120)]
     changes = changes_on(signal)
-    # the fleet's capacity only ever moves one way: no up-down (or down-up) pair
+    assert one_way(changes), changes
+
+
+def one_way(changes: list[tuple[float, Fleet]]) -> bool:
+    """The fleet's capacity only ever moved one way: no up-down (or down-up) pair."""
     capacity = [f.replicas * LADDER.at(f.cus).rps for _, f in [(0.0, START), *changes]]
-    directions = [math.copysign(1, b - a) for a, b in zip(capacity, capacity[1:], strict=False)]
-    assert len(set(directions)) <= 1, changes
+    return len({math.copysign(1, b - a) for a, b in zip(capacity, capacity[1:], strict=False)}) <= 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_third_pod_past_the_ladders_top_does_not_flap(seed: int) -> None:
+    # ~20 req/s with 5% noise: 2 pods of the best slice carry the need until a noise peak asks for a third
+    # pod. The per-pod slice then falls (3 pods need less each): bounded by the maximum step it stopped at a
+    # larger slice than the band needs, and a shrink followed — one rollout too many, capacity up then down.
+    level = 20.0
+    assert 2 * LADDER.best.rps < level * 1.15 * UP and 3 * LADDER.at(128).rps >= level * 1.15 * DOWN
+    rng = random.Random(seed)
+    changes = changes_on([max(0.0, level * (1 + rng.gauss(0, 0.05))) for _ in range(12 * 120)])
+    assert one_way(changes), changes
 
 
 def test_window_peak_is_the_largest_sample_inside_the_window() -> None:

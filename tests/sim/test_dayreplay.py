@@ -50,6 +50,17 @@ def test_a_slice_change_rolls_one_pod_at_a_time() -> None:
         (90, REMOVE, 103), (90, REMOVE, 104)])  # fewer replicas: the newest go
 
 
+def test_a_slice_change_that_adds_pods_keeps_the_old_ones_until_enough_serve() -> None:
+    # maxUnavailable 0: 1 pod -> 2 smaller ones; the old pod serves until both new ones do
+    tl = Timeline([(0, Fleet(1, 256, 1), 13.5), (30, Fleet(2, 64, 1), 8.9)])
+    svc = services(load_scenario("seed")[0], POLICY, 1)[0]
+    created, actions = schedule(svc, tl, 100, rollout=2)
+    assert created == [100, 101, 102]
+    assert sorted(actions) == sorted([
+        (0, PLACE, 100), (0, READY, 100),
+        (30, PLACE, 101), (32, READY, 101), (32, PLACE, 102), (34, READY, 102), (34, REMOVE, 100)])
+
+
 def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> None:
     scenario = tmp_path / "day.yaml"
     scenario.write_text(yaml.safe_dump({
