@@ -25,9 +25,10 @@ from extender.core.errors import UsageError
 from extender.core.layout import fragmentation
 from extender.core.policy import Policy, PolicyError, load_policy, parse_policy
 from extender.core.requests import SliceRequest
-from extender.engine.cluster import MemoryCluster, PodView
+from extender.engine.cluster import PodView
 from extender.engine.demo import PENDING, demo_cluster
 from extender.engine.explain import Explanation, explain
+from extender.engine.occupancy import synced_engine
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.http.metrics import min_slice_cus
@@ -89,13 +90,7 @@ def _engine(args: argparse.Namespace, policy: Policy) -> tuple[Engine, Any]:
     except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
         raise UsageError(f"cannot list Nodes and Pods ({args.kubeconfig or 'in-cluster'}): {_short(exc)}; "
                          "check the credentials' access (kubectl get nodes,pods -A)") from None
-    cluster = MemoryCluster()
-    for node in nodes:
-        cluster.add_node(node)
-    for pod in pods:
-        cluster.add_pod(pod)
-    engine = Engine(cluster, PolicyStore(policy))
-    engine.sync()
+    engine, _ = synced_engine(nodes, pods, policy)
     return engine, api
 
 

@@ -33,14 +33,19 @@ class Occupancy:
                 "problems": self.problems}
 
 
-def occupancy(nodes: Iterable[NodeView], pods: Iterable[PodView], policy: Policy) -> Occupancy:
+def synced_engine(nodes: Iterable[NodeView], pods: Iterable[PodView], policy: Policy) -> tuple[Engine, list[str]]:
+    """An engine whose ledger is rebuilt from a snapshot of the cluster's objects, and the rebuild's problems."""
     cluster = MemoryCluster()
     for node in nodes:
         cluster.add_node(node)
     for pod in pods:
         cluster.add_pod(pod)
     engine = Engine(cluster, PolicyStore(policy))
-    problems = engine.sync()
+    return engine, engine.sync()
+
+
+def occupancy(nodes: Iterable[NodeView], pods: Iterable[PodView], policy: Policy) -> Occupancy:
+    engine, problems = synced_engine(nodes, pods, policy)
     states = [s for s in engine.ledger.nodes() if s.gpus]
     existing = sorted(((e.pod, e.assignment, e.compute_millis) for s in states for e in s.pods.values()),
                       key=lambda x: (x[1].assignedAt, x[0].uid))
