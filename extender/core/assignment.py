@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from extender.core.cuset import compact
 from extender.core.errors import AssignmentError
 from extender.core.rangelist import format_ranges, parse_ranges
 
@@ -21,6 +22,11 @@ class GpuAssignment:
     burstCus: frozenset[int]
     memoryBytes: int
     memoryLimitBytes: int
+
+    def __post_init__(self) -> None:
+        # Held for the pod's lifetime by the ledger: one bit mask each, not a frozenset (see core/cuset.py).
+        object.__setattr__(self, "cus", compact(self.cus))
+        object.__setattr__(self, "burstCus", compact(self.burstCus))
 
     def to_dict(self) -> dict[str, object]:
         return {"index": self.index, "id": self.id, "cus": format_ranges(self.cus),

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from extender.core.cuset import CuSet
+
 # ASCII decimal without leading zeros: str.isdigit() would also take "²" or "١", which int() misreads or rejects.
 _NUMBER = re.compile(r"0|[1-9][0-9]*")
 
 
 def format_ranges(bits: Iterable[int]) -> str:
     """Collapse a set of non-negative ints to "a-b,c,d-e" (sorted, no repeats). Empty set -> ""."""
+    if isinstance(bits, CuSet):  # its runs come from the mask
+        return ",".join(str(s) if n == 1 else f"{s}-{s + n - 1}" for s, n in bits.runs())
     ordered = sorted(set(bits))
     parts: list[str] = []
     i = 0
@@ -24,13 +28,14 @@ def format_ranges(bits: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def parse_ranges(text: str) -> frozenset[int]:
-    """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks, signs, leading zeros."""
+def parse_ranges(text: str) -> CuSet:
+    """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks, signs, leading zeros.
+    The set is a CuSet (a bit mask read as a frozenset[int])."""
     if not isinstance(text, str):
         raise ValueError("expected a string of ranges like '0-31,64-79'")
     if text == "":
-        return frozenset()
-    bits: set[int] = set()
+        return CuSet()
+    bits = 0
     for part in text.split(","):
         lo_text, sep, hi_text = part.partition("-")
         if not _NUMBER.fullmatch(lo_text) or (sep and not _NUMBER.fullmatch(hi_text)):
@@ -39,8 +44,8 @@ def parse_ranges(text: str) -> frozenset[int]:
         hi = int(hi_text) if sep else lo
         if hi < lo:
             raise ValueError(f"descending range {part!r}")
-        span = set(range(lo, hi + 1))
+        span = ((1 << (hi - lo + 1)) - 1) << lo
         if bits & span:
             raise ValueError(f"range {part!r} repeats an id")
         bits |= span
-    return frozenset(bits)
+    return CuSet.from_bits(bits)
