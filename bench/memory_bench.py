@@ -122,6 +122,33 @@ def top_files(snapshot: tracemalloc.Snapshot, limit: int = 12) -> list[dict[str,
              "blocks": s.count} for s in stats]
 
 
+def levers(engine: Engine) -> dict[str, Any]:
+    """What each representation of the ledger's CU sets would hold, from the synced ledger: every
+    set a frozenset (as before core/cuset.py), identical frozensets interned (one object per value),
+    and CuSets (one mask each, as now). Sizes by sys.getsizeof, plus 28 bytes per member >= 256
+    (ints below that are shared by the interpreter)."""
+    def fs_bytes(bits: frozenset[int]) -> int:
+        f = frozenset(bits)
+        return sys.getsizeof(f) + 28 * sum(1 for b in f if b >= 256)
+
+    refs: dict[int, Any] = {}  # id -> set, each object once
+    for state in engine.ledger.nodes():
+        for g in state.gpus:
+            for cus in (g.shared, g.guaranteed, g.bursting, g.free_cus, g.burst_cus):
+                refs[id(cus)] = cus
+            for sl in g.slices:
+                refs[id(sl.cus)], refs[id(sl.burst)] = sl.cus, sl.burst
+    sizes = {}
+    for cus in refs.values():
+        key = frozenset(cus)
+        if key not in sizes:
+            sizes[key] = fs_bytes(key)
+    every = sum(sizes[frozenset(c)] for c in refs.values())
+    masks = sum(sys.getsizeof(c) + sys.getsizeof(getattr(c, "bits", 0)) for c in refs.values())
+    return {"sets": len(refs), "distinct": len(sizes), "frozensetMiB": round(every / MIB, 1),
+            "internedMiB": round(sum(sizes.values()) / MIB, 1), "cusetMiB": round(masks / MIB, 1)}
+
+
 def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every: int, sample: int,
           seed: int, console: Console) -> list[dict[str, float]]:
     """Delete a random bound pod and schedule a new one, `steps` times; RSS every `every` steps."""
@@ -174,6 +201,8 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     out: dict[str, Any] = {
         "nodes": args.nodes, "pods": len(cluster.list_pods()), "syncSeconds": round(time.perf_counter() - t0, 1),
         "rssMiB": {"interpreter": round(base, 1), "cache": round(loaded, 1), "synced": round(rss_mib(), 1)}}
+    if args.levers:
+        out["levers"] = levers(engine)
     if args.tracemalloc:
         snap = tracemalloc.take_snapshot()
         out["tracedMiB"] = round(sum(s.size for s in snap.statistics("filename")) / MIB, 1)
@@ -199,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--data", help="pods file (built if missing)")
     p.add_argument("--tracemalloc", action="store_true", help="also report live bytes per file")
+    p.add_argument("--levers", action="store_true", help="also size the CU sets as frozensets, interned, CuSets")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="OUT", help="write results as JSON")
     args = p.parse_args(argv)
@@ -220,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(label, f"{out['rssMiB'][key]:.0f}")
     for f in out.get("topFiles", []):
         table.add_row(f"  traced: {f['file']}", f"{f['mib']:.1f}")
+    if "levers" in out:
+        lv = out["levers"]
+        table.add_row(f"CU sets in the ledger ({lv['sets']} objects, {lv['distinct']} distinct): as frozensets",
+                      f"{lv['frozensetMiB']:.0f}")
+        table.add_row("  as interned frozensets (one object per value)", f"{lv['internedMiB']:.0f}")
+        table.add_row("  as CuSets (one bit mask each)", f"{lv['cusetMiB']:.0f}")
     if "churn" in out:
         c = out["churn"]
         table.add_row(f"churn {c['steps']} steps: first / last sample",

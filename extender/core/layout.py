@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from extender.core.cuset import CuSet
+
 
 def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     """Maximal runs of consecutive bits as (start, length), in bit order."""
+    if isinstance(bits, CuSet):  # from the mask, without iterating it
+        return bits.runs()
     ordered = sorted(bits)
     out: list[tuple[int, int]] = []
     for b in ordered:

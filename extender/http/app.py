@@ -10,7 +10,6 @@ verb's own error field, which is how kube-scheduler expects an extender to fail.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -48,8 +47,8 @@ def _json_body() -> object:
     if not raw:
         raise BadRequest(400, "empty body: expected a JSON object")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)  # a filter request names up to thousands of nodes: parse it in C
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(400, f"body is not valid JSON: {exc}") from None
 
 
