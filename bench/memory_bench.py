@@ -7,7 +7,8 @@ Two steps, so the figure is a fresh process's, as a restarted extender's would b
 bench/extender_bench.py) and writes the pods as JSON lines; `measure` (run in a child process)
 reads them into the cluster cache, syncs the engine from it, and reports RSS (VmRSS, /proc) with
 tracemalloc's live bytes per file (`--tracemalloc`; it slows the run and adds its own memory, so
-the RSS rows come from a run without it). The churn then deletes a random bound pod and schedules
+the RSS rows come from a run without it). The child first imports what `gpuslice serve` imports, so
+the first row is the server's own baseline. The churn then deletes a random bound pod and schedules
 a new one per step: filter over a random sample of `--sample` nodes, prioritize, bind. The default
 10,800 steps are one hour at 3 pods/s created and 3 deleted (a 100,000-pod cluster turning over
 11% an hour). RSS is sampled every `--every` steps; drift is the last sample against the first,
@@ -34,6 +35,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
+import orjson  # noqa: E402
 from extender_bench import MIX, Shape, draw  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -109,7 +111,7 @@ def load(nodes: int, path: Path) -> MemoryCluster:
         cluster.add_node(gpu_node(node_name(i)))
     with path.open() as f:
         for line in f:
-            p = json.loads(line)
+            p = orjson.loads(line)  # as the extender decodes list pages and watch events
             cluster.add_pod(PodView(p["uid"], "bench", p["name"], annotations=p["annotations"],
                                     node_name=p["node"], phase="Running"))
     return cluster
@@ -186,6 +188,8 @@ def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every:
 
 
 def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    import extender.serve_cli  # noqa: F401 - everything `gpuslice serve` loads, so the baseline is the server's
+
     gc.collect()
     base = rss_mib()
     if args.tracemalloc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -14,7 +15,7 @@ ASSIGNMENT_ANNOTATION = "gpuslice.io/assignment"
 CLASSES = ("memory-bound", "compute-bound")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuAssignment:
     index: int
     id: str
@@ -34,7 +35,7 @@ class GpuAssignment:
                 "memoryLimitBytes": self.memoryLimitBytes}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assignment:
     node: str
     gpus: tuple[GpuAssignment, ...]
@@ -104,7 +105,7 @@ def parse_assignment(text: str) -> Assignment:
         limit = _int(g, "memoryLimitBytes", w, 1)
         if limit < mem:
             raise AssignmentError(f"{w}.memoryLimitBytes", limit, "less than memoryBytes")
-        gpus.append(GpuAssignment(index=_int(g, "index", w), id=gid, cus=cus, burstCus=burst,
+        gpus.append(GpuAssignment(index=_int(g, "index", w), id=sys.intern(gid), cus=cus, burstCus=burst,
                                   memoryBytes=mem, memoryLimitBytes=limit))
     if len({g.index for g in gpus}) != len(gpus):
         raise AssignmentError(f"{where}.gpus", [g.index for g in gpus], "a GPU index repeats")
@@ -112,4 +113,6 @@ def parse_assignment(text: str) -> Assignment:
     assigned = data.get("assignedAt", "")
     if not isinstance(policy, str) or not isinstance(assigned, str):
         raise AssignmentError(where, data, "policy and assignedAt must be strings")
-    return Assignment(node=node, gpus=tuple(gpus), workload_class=cls, policy=policy, assignedAt=assigned)
+    # Names, ids and times repeat across the pods of a node (the ledger keeps 100,000s): one string each.
+    return Assignment(node=sys.intern(node), gpus=tuple(gpus), workload_class=sys.intern(cls),
+                      policy=sys.intern(policy), assignedAt=sys.intern(assigned))

@@ -29,6 +29,10 @@ def _bits_of(items: Iterable[Any]) -> int | None:
     return bits
 
 
+_SHARED: dict[int, CuSet] = {}
+_SHARED_LIMIT = 100_000
+
+
 class CuSet:
     """A frozen set of non-negative ints as a bit mask (see the module doc)."""
 
@@ -49,6 +53,19 @@ class CuSet:
         out = cls.__new__(cls)
         out.bits = bits
         out._hash = None
+        return out
+
+    @classmethod
+    def shared(cls, bits: int) -> CuSet:
+        """The one CuSet of these bits that is kept for long (ledger states, assignments): a cluster's
+        hundreds of thousands of CU sets take few distinct values (35 over 409,564 in
+        bench/memory_bench.py), so equal sets share one object. Bounded: past the limit the table
+        starts over, which only loses sharing."""
+        out = _SHARED.get(bits)
+        if out is None:
+            if len(_SHARED) >= _SHARED_LIMIT:
+                _SHARED.clear()
+            out = _SHARED.setdefault(bits, cls.from_bits(bits))
         return out
 
     @classmethod
@@ -210,12 +227,14 @@ def mask(cus: Iterable[int]) -> int:
 
 
 def compact(cus: Any) -> Any:
-    """`cus` as a CuSet when it is a set of non-negative ints, else unchanged (a malformed set stays
+    """`cus` as a shared CuSet when it is a set of non-negative ints, else unchanged (a malformed set stays
     as it came, for whoever validates it to refuse with its own reason)."""
-    if isinstance(cus, CuSet) or not isinstance(cus, (set, frozenset)):
+    if isinstance(cus, CuSet):
+        return CuSet.shared(cus.bits)
+    if not isinstance(cus, (set, frozenset)):
         return cus
     bits = _bits_of(cus)
-    return cus if bits is None else CuSet.from_bits(bits)
+    return cus if bits is None else CuSet.shared(bits)
 
 
 __all__ = ["CuSet", "compact", "mask"]

@@ -27,10 +27,10 @@ from extender.core.inventory import GpuInfo
 def burst_region(info: GpuInfo, shared_fraction: float) -> frozenset[int]:
     """The top CU bits of the GPU, a multiple of its XCD count so the region is balanced over XCDs."""
     size = int(info.computeUnits * shared_fraction) // info.xcds * info.xcds
-    return CuSet.span(info.computeUnits - size, info.computeUnits)
+    return CuSet.shared(CuSet.span(info.computeUnits - size, info.computeUnits).bits)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodRef:
     uid: str
     namespace: str
@@ -41,7 +41,7 @@ class PodRef:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slice:
     """One tenant's share of one GPU."""
 
@@ -82,7 +82,7 @@ class GpuState:
         bits = 0
         for s in self.slices:
             bits |= mask(s.cus)
-        return CuSet.from_bits(bits)
+        return CuSet.shared(bits)
 
     @cached_property
     def bursting(self) -> CuSet:
@@ -90,14 +90,14 @@ class GpuState:
         bits = 0
         for s in self.slices:
             bits |= mask(s.burst)
-        return CuSet.from_bits(bits)
+        return CuSet.shared(bits)
 
     @cached_property
     def free_cus(self) -> CuSet:
         """CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone, and in
         no tenant's burst set (which may lie outside the region after a policy change)."""
         every = (1 << self.info.computeUnits) - 1
-        return CuSet.from_bits(every & ~(mask(self.shared) | mask(self.guaranteed) | mask(self.bursting)))
+        return CuSet.shared(every & ~(mask(self.shared) | mask(self.guaranteed) | mask(self.bursting)))
 
     @cached_property
     def free_runs(self) -> tuple[tuple[int, int], ...]:
@@ -112,7 +112,7 @@ class GpuState:
     @cached_property
     def burst_cus(self) -> CuSet:
         """The shared burst region as it stands (less any bits an older policy guaranteed)."""
-        return CuSet.from_bits(mask(self.shared) & ~mask(self.guaranteed))
+        return CuSet.shared(mask(self.shared) & ~mask(self.guaranteed))
 
     @cached_property
     def memory_used(self) -> int:
@@ -162,7 +162,7 @@ class GpuState:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodEntry:
     pod: PodRef
     workload_class: str

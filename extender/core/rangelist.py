@@ -48,4 +48,4 @@ def parse_ranges(text: str) -> CuSet:
         if bits & span:
             raise ValueError(f"range {part!r} repeats an id")
         bits |= span
-    return CuSet.from_bits(bits)
+    return CuSet.shared(bits)

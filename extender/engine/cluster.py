@@ -14,7 +14,7 @@ from extender.core.errors import GpusliceError, TemporaryError
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per pod in the watch cache: no __dict__ each
 class PodView:
     uid: str
     namespace: str
