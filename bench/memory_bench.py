@@ -49,6 +49,7 @@ from extender.engine.demo import gpu_node, mi300x_inventory  # noqa: E402
 from extender.engine.placement import build_assignment, evaluate  # noqa: E402
 from extender.engine.policy_store import PolicyStore  # noqa: E402
 from extender.engine.scheduler import Engine  # noqa: E402
+from extender.kube.views import pod_view  # noqa: E402
 
 MIB = 2**20
 # On a node the mix has nearly filled: its smallest shape, then a smaller one (20 tenants per node is dense).
@@ -110,10 +111,16 @@ def load(nodes: int, path: Path) -> MemoryCluster:
     for i in range(nodes):
         cluster.add_node(gpu_node(node_name(i)))
     with path.open() as f:
-        for line in f:
-            p = orjson.loads(line)  # as the extender decodes list pages and watch events
-            cluster.add_pod(PodView(p["uid"], "bench", p["name"], annotations=p["annotations"],
-                                    node_name=p["node"], phase="Running"))
+        for i, line in enumerate(f):
+            p = orjson.loads(line)
+            # The pod as the API server sends it (the fields pod_view reads), decoded as the watch
+            # decodes it: every string its own object, as it comes off the wire.
+            wire = orjson.dumps({"metadata": {"uid": p["uid"], "namespace": "bench", "name": p["name"],
+                                              "resourceVersion": str(1000 + i), "annotations": p["annotations"],
+                                              "labels": {"app": p["name"][:3]}},
+                                 "spec": {"nodeName": p["node"], "schedulerName": "gpuslice"},
+                                 "status": {"phase": "Running"}})
+            cluster.add_pod(pod_view(orjson.loads(wire)))
     return cluster
 
 
