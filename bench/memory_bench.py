@@ -180,7 +180,7 @@ def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every:
             error = engine.bind(pod.namespace, pod.name, pod.uid, best)
             if error:
                 raise RuntimeError(f"bind failed: {error}")
-            engine.observe_pod(cluster.get_pod(pod.namespace, pod.name))  # the watch's echo of the bind
+            engine.observe_pod(cluster._pods[uid])  # the watch's echo of the bind (by UID: get_pod scans)
             uids.append(uid)
             bound += 1
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from extender.core.cuset import CuSet
+from extender.core.cuset import CuSet, compact
 
 
 def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
@@ -89,16 +89,15 @@ def choose_xcd(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None
 
 
 def choose_cus(free: frozenset[int], n: int, mode: str, xcds: int) -> frozenset[int] | None:
-    if mode == "xcd":
-        return choose_xcd(free, n, xcds)
-    return choose_spread(free, n)
+    chosen = choose_xcd(free, n, xcds) if mode == "xcd" else choose_spread(free, n)
+    return compact(chosen)  # kept in placement's per-shape answers: one shared mask, not a frozenset each
 
 
 def choose_burst(region: frozenset[int], extra: int) -> frozenset[int]:
     """Up to `extra` bits of the shared burst region (tenants share it; it is never guaranteed)."""
     if extra <= 0:
-        return frozenset()
-    return frozenset(sorted(region)[:extra])
+        return compact(frozenset())
+    return compact(frozenset(sorted(region)[:extra]))
 
 
 def fragmentation(free: frozenset[int], min_slice: int) -> float:
