@@ -118,8 +118,8 @@ class WorkloadMix:
         self._tables.clear()
         self.version += 1
 
-    def table(self, policy: Policy, model_keys: list[tuple[str, int]]) -> MixTable:
-        """The snapshot in arrays for GPUs of these (model, CUs) ids."""
+    def table(self, policy: Policy, model_keys: list[tuple[str, int, int]]) -> MixTable:
+        """The snapshot in arrays for GPUs of these (model, CUs, XCDs) ids (the GPU index's model keys)."""
         key = (policy.version, tuple(model_keys))
         with self._lock:
             table = self._tables.get(key)
@@ -131,8 +131,8 @@ class WorkloadMix:
         rho = sum(w * k.cpu_millis for k, w in snap) / gpus if gpus else 0.0
         stranding = self.host_cpu
         need = np.zeros((max(len(model_keys), 1), len(kinds)), np.int64)
-        for i, (m, cus) in enumerate(model_keys):
-            need[i] = [k.req.guaranteed_cus(policy, policy.model_for(m), cus) for k in kinds]
+        for i, (m, cus, xcds) in enumerate(model_keys):
+            need[i] = [k.req.guaranteed_cus(policy, policy.model_for(m), cus, xcds) for k in kinds]
         table = MixTable(version, need,
                          np.array([k.req.memory_bytes for k in kinds], np.int64),
                          np.array([k.req.count for k in kinds], np.int64),
@@ -307,7 +307,8 @@ def rows_from_columns(cols: Columns, slots: np.ndarray,
     return rows, cols.need[pick], cols.whole[pick], cols.ok[pick]
 
 
-def rows_from_states(req: SliceRequest, states: list[NodeState], policy: Policy, model_ids: dict[tuple[str, int], int],
+def rows_from_states(req: SliceRequest, states: list[NodeState], policy: Policy,
+                     model_ids: dict[tuple[str, int, int], int],
                      host: tuple[np.ndarray, np.ndarray] | None) -> tuple[Rows, np.ndarray, np.ndarray, np.ndarray]:
     """The same rows as `rows_from_columns`, from node states (bind: the node as it is under its lock)."""
     width = max([len(s.gpus) for s in states] + [1])
@@ -319,7 +320,7 @@ def rows_from_states(req: SliceRequest, states: list[NodeState], policy: Policy,
             info = gpu.info
             n = needed_cus(req, gpu, policy)
             valid[i, j] = info.healthy
-            z["model"][i, j] = model_ids.setdefault((info.model, info.computeUnits), len(model_ids))
+            z["model"][i, j] = model_ids.setdefault((info.model, info.computeUnits, info.xcds), len(model_ids))
             z["total"][i, j], z["free"][i, j] = info.computeUnits, len(gpu.free_cus)
             z["usable"][i, j], z["mem"][i, j], z["need"][i, j] = info.computeUnits - len(gpu.shared), gpu.memory_free, n
             empty[i, j], whole[i, j] = not gpu.slices, takes_whole(gpu, n)
@@ -388,7 +389,7 @@ class Fragmentation:
             out[some] = host_delta(table, rows, cpu, memory)
         return out
 
-    def choose(self, req: SliceRequest, state: NodeState, policy: Policy, keys: list[tuple[str, int]],
+    def choose(self, req: SliceRequest, state: NodeState, policy: Policy, keys: list[tuple[str, int, int]],
                host: tuple[np.ndarray, np.ndarray] | None, cpu: int, memory: int) -> NodeFit:
         """Bind's answer on one node: the GPUs of its best placement, each with the CUs the per-GPU rule
         gives (placement._place_on), or `evaluate`'s rejection when the slice does not fit."""

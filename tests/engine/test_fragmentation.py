@@ -115,7 +115,7 @@ def test_mix_counts_each_pod_once_and_changes_in_steps() -> None:
     mix.observe("p15", _req(250), 1000, 0)
     assert mix.version == 1
     policy = _policy()
-    t = mix.table(policy, [("MI300X", 304)])
+    t = mix.table(policy, [("MI300X", 304, 8)])
     assert t.weight.sum() == pytest.approx(1.0) and sorted(t.weight.tolist()) == pytest.approx([1 / 16, 15 / 16])
     assert t.cpu_per_gpu == pytest.approx(1000 / (15 / 16 * 0.5 + 1 / 16 * 0.25))
 
