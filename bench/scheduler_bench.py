@@ -55,6 +55,10 @@ EXTENDER_PROFILE = "gpuslice"  # the schedulerName of every run through the exte
 # alone costs here, so the table separates that from gpuslice's own cost.
 SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-no-extender", "gpu-null-extender",
              "gpu-with-extender", "gpu-dra")
+# gpu-baseline-extender (with --baseline DIR): the same GPU pods through gpuslice served from another
+# source tree (e.g. an export of main), so a change is measured before/after within one run.
+BASELINE = "gpu-baseline-extender"
+BASELINE_PROFILE = "gpuslice-baseline"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -72,8 +76,11 @@ def cpu_snapshot(procs: dict[str, int]) -> dict[str, float]:
 
 def verb_seconds(port: int) -> dict[str, tuple[float, float]]:
     """The extender's own answer time per verb so far: (sum of seconds, count), from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
+            text = resp.read().decode()
+    except OSError:  # a busy machine: the run's figures stand without the per-verb means
+        return {}
     out: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
         if family.name != "gpuslice_extender_request_duration_seconds":
@@ -214,10 +221,12 @@ class Bench:
                 "bindSpanS": round(span, 2), "cpuMsPerPod": cpu_ms, **({"watchError": errors[0]} if errors else {})}
 
 
-def start_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
+def start_extender(kubeconfig: Path, port: int, logdir: Path, root: Path = ROOT,
+                   profile: str = EXTENDER_PROFILE) -> subprocess.Popen:
     return spawn_server([sys.executable, "-m", "extender", "--log-level", "WARNING", "serve", "--kubeconfig",
-                         str(kubeconfig), "--port", str(port), "--threads", "16", "--scheduler-name", EXTENDER_PROFILE],
-                        port, logdir / "extender.log", env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         str(kubeconfig), "--port", str(port), "--threads", "16", "--scheduler-name", profile],
+                        port, logdir / f"extender-{profile}.log", env={**os.environ, "PYTHONPATH": str(root)},
+                        cwd=root)
 
 
 def start_null_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess.Popen:
@@ -225,9 +234,10 @@ def start_null_extender(kubeconfig: Path, port: int, logdir: Path) -> subprocess
                          "--port", str(port)], port, logdir / "null-extender.log")
 
 
-def spawn_server(argv: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn_server(argv: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> subprocess.Popen:
     log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it open
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     wait_ready(port)
     return proc
 
@@ -253,6 +263,52 @@ def wait_extender_nodes(port: int, n: int) -> None:
     raise RuntimeError(f"extender ledger never reached {n} nodes")
 
 
+def _value(run: dict, key: str, proc: str | None) -> float | None:
+    return run.get(key) if proc is None else (run.get(key) or {}).get(proc)
+
+
+def ratios(results: list[dict], nodes: list[int]) -> dict[str, dict[str, dict[str, float]]]:
+    """Issue 14's targets per node count and per gpuslice scenario, from medians over rounds: pods/s
+    against kube-scheduler alone (target >= 0.6) and against the null extender (>= 1.0); the extender's
+    CPU per pod against the null extender's (<= 1.0); kube-scheduler's CPU per pod against its CPU
+    without an extender (<= 1.25). Each also with its spread: min..max of the ratio within a round."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    checks = (("podsPerSecondVsAlone", "gpu-no-extender", "podsPerSecond", None),
+              ("podsPerSecondVsNull", "gpu-null-extender", "podsPerSecond", None),
+              ("extenderCpuVsNull", "gpu-null-extender", "cpuMsPerPod", "extender"),
+              ("schedulerCpuVsAlone", "gpu-no-extender", "cpuMsPerPod", "kube-scheduler"))
+    for n in nodes:
+        by_round = {(r["scenario"], r["round"]): r for r in results if r["nodes"] == n}
+        rounds = sorted({rnd for _, rnd in by_round})
+        for scenario in ("gpu-with-extender", BASELINE):
+            row: dict[str, float] = {}
+            for name, ref, key, proc in checks:
+                pairs = [(_value(by_round[(scenario, r)], key, proc), _value(by_round[(ref, r)], key, proc))
+                         for r in rounds if (scenario, r) in by_round and (ref, r) in by_round]
+                pairs = [(a, b) for a, b in pairs if a is not None and b]
+                if not pairs:
+                    continue
+                row[name] = round(statistics.median(a for a, _ in pairs) / statistics.median(b for _, b in pairs), 3)
+                per_round = [a / b for a, b in pairs]
+                row[name + "Min"], row[name + "Max"] = round(min(per_round), 3), round(max(per_round), 3)
+            if row:
+                out.setdefault(str(n), {})[scenario] = row
+    return out
+
+
+def ratio_table(rs: dict[str, dict[str, dict[str, float]]]) -> None:
+    table = Table(title="issue 14 ratios (median of rounds; min..max of the per-round ratio)")
+    for col in ("nodes", "scenario", "pods/s vs alone (>=0.6)", "pods/s vs null (>=1.0)",
+                "extender CPU vs null (<=1.0)", "scheduler CPU vs alone (<=1.25)"):
+        table.add_column(col, justify="right" if col != "scenario" else "left")
+    for n, by in rs.items():
+        for scenario, row in by.items():
+            keys = ("podsPerSecondVsAlone", "podsPerSecondVsNull", "extenderCpuVsNull", "schedulerCpuVsAlone")
+            cells = [f"{row[k]:.2f} ({row[k + 'Min']:.2f}..{row[k + 'Max']:.2f})" if k in row else "-" for k in keys]
+            table.add_row(n, scenario, *cells)
+    Console().print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
@@ -261,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
     ap.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     ap.add_argument("--repeat", type=int, default=3, help="rounds per node count (the median is reported)")
+    ap.add_argument("--baseline", metavar="DIR", type=Path,
+                    help=f"also run {BASELINE}: gpuslice served from the source tree DIR (before/after in one run)")
     args = ap.parse_args(argv)
+    if args.baseline:
+        args.scenarios.append(BASELINE)
     reason = missing_reason()
     if reason:
         print(f"scheduler_bench: {reason}", file=sys.stderr)
@@ -277,33 +337,39 @@ def main(argv: list[str] | None = None) -> int:
             bench.dra.install_class()
         extender = start_extender(cp.kubeconfig, port, cp.workdir)
         servers.update({s: (port, extender) for s in SCENARIOS if s.endswith("with-extender")})
+        if args.baseline:
+            base_port = free_port()
+            servers[BASELINE] = (base_port, start_extender(cp.kubeconfig, base_port, cp.workdir,
+                                                           args.baseline.resolve(), BASELINE_PROFILE))
         if "gpu-null-extender" in args.scenarios:
             null_port = free_port()
             servers["gpu-null-extender"] = (null_port, start_null_extender(cp.kubeconfig, null_port, cp.workdir))
         for n in args.nodes:
             bench.ensure_nodes(n)
-            wait_extender_nodes(port, n)
+            for p in {p for s, (p, _) in servers.items() if s != "gpu-null-extender"}:
+                wait_extender_nodes(p, n)
             # Scenarios interleave within each round, so a busy neighbour on a shared machine hits
             # all of them alike; the table reports the median round.
             for rnd in range(args.repeat):
                 for scenario in args.scenarios:
                     sched = f"bench-{n}-{scenario}-{rnd}"
                     gpu = scenario.startswith("gpu")
-                    uses_extender = scenario.endswith("with-extender")
+                    uses_extender = scenario.endswith("with-extender") or scenario == BASELINE
                     # As deployed, the extender watches only its own scheduler's pods; runs without it
                     # use a name of their own, which it never sees.
-                    profile = EXTENDER_PROFILE if uses_extender else sched
+                    profile = (BASELINE_PROFILE if scenario == BASELINE else EXTENDER_PROFILE) if uses_extender \
+                        else sched
                     bench.create_pods("bench", sched, args.pods, profile, gpu, dra=scenario == "gpu-dra")
                     server = servers.get(scenario)
                     cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None,
                                            all_nodes=scenario != "gpu-dra")
-                    before = verb_seconds(port) if uses_extender else {}
+                    before = verb_seconds(server[0]) if uses_extender and server else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,
                         **({"extender": server[1].pid} if server else {})})
                     r.update(nodes=n, scenario=scenario, round=rnd)
                     if before:  # mean time the extender took to answer each verb in this run (ms)
-                        after = verb_seconds(port)
+                        after = verb_seconds(server[0])  # type: ignore[index]
                         r["extenderMeanMs"] = {
                             verb: round(1000 * (after[verb][0] - t0) / (after[verb][1] - c0), 2)
                             for verb, (t0, c0) in before.items() if verb in after and after[verb][1] > c0}
@@ -342,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     for n, by in medians.items():
         if by.get("plain-no-extender") and "plain-with-extender" in by:
             summary[f"plainRatio@{n}"] = round(by["plain-with-extender"] / by["plain-no-extender"], 3)
+    summary["ratios"] = ratios(results, args.nodes)
     print(json.dumps(summary, indent=2))
+    if summary["ratios"]:
+        ratio_table(summary["ratios"])
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from extender.core.bounds import (
     MAX_NAME_CHARS,
     OutOfBounds,
 )
+from extender.core.cuset import compact
 from extender.core.errors import AssignmentError
 from extender.core.rangelist import format_ranges, parse_ranges
 
@@ -22,7 +24,7 @@ ASSIGNMENT_ANNOTATION = "gpuslice.io/assignment"
 CLASSES = ("memory-bound", "compute-bound")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuAssignment:
     index: int
     id: str
@@ -31,13 +33,18 @@ class GpuAssignment:
     memoryBytes: int
     memoryLimitBytes: int
 
+    def __post_init__(self) -> None:
+        # Held for the pod's lifetime by the ledger: one bit mask each, not a frozenset (see core/cuset.py).
+        object.__setattr__(self, "cus", compact(self.cus))
+        object.__setattr__(self, "burstCus", compact(self.burstCus))
+
     def to_dict(self) -> dict[str, object]:
         return {"index": self.index, "id": self.id, "cus": format_ranges(self.cus),
                 "burstCus": format_ranges(self.burstCus), "memoryBytes": self.memoryBytes,
                 "memoryLimitBytes": self.memoryLimitBytes}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assignment:
     node: str
     gpus: tuple[GpuAssignment, ...]
@@ -114,7 +121,8 @@ def parse_assignment(text: str, cu_limit: int = MAX_CUS) -> Assignment:
         limit = _int(g, "memoryLimitBytes", w, 1)
         if limit < mem:
             raise AssignmentError(f"{w}.memoryLimitBytes", limit, "less than memoryBytes")
-        gpus.append(GpuAssignment(index=_int(g, "index", w, maximum=MAX_GPU_INDEX), id=gid, cus=cus, burstCus=burst,
+        gpus.append(GpuAssignment(index=_int(g, "index", w, maximum=MAX_GPU_INDEX), id=sys.intern(gid),
+                                  cus=cus, burstCus=burst,
                                   memoryBytes=mem, memoryLimitBytes=limit))
     if len({g.index for g in gpus}) != len(gpus):
         raise AssignmentError(f"{where}.gpus", [g.index for g in gpus], "a GPU index repeats")
@@ -122,4 +130,6 @@ def parse_assignment(text: str, cu_limit: int = MAX_CUS) -> Assignment:
     assigned = data.get("assignedAt", "")
     if not isinstance(policy, str) or not isinstance(assigned, str):
         raise AssignmentError(where, data, "policy and assignedAt must be strings")
-    return Assignment(node=node, gpus=tuple(gpus), workload_class=cls, policy=policy, assignedAt=assigned)
+    # Names, ids and times repeat across the pods of a node (the ledger keeps 100,000s): one string each.
+    return Assignment(node=sys.intern(node), gpus=tuple(gpus), workload_class=sys.intern(cls),
+                      policy=sys.intern(policy), assignedAt=sys.intern(assigned))

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from extender.core.atoms import xcd_counts
+from extender.core.cuset import CuSet, compact
 
 
 def runs(bits: Iterable[int]) -> list[tuple[int, int]]:
     """Maximal runs of consecutive bits as (start, length), in bit order."""
+    if isinstance(bits, CuSet):  # from the mask, without iterating it
+        return bits.runs()
     ordered = sorted(bits)
     out: list[tuple[int, int]] = []
     for b in ordered:
@@ -61,9 +64,11 @@ def choose_cus(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None
         return None
     rs = runs(free)
     fitting = best_fit_run(rs, n)
+    # The chosen set is kept in placement's per-shape answers and then the ledger: one shared mask
+    # (core/cuset.py), not a frozenset each.
     if fitting is not None:
         start = rs[fitting][0]
-        return frozenset(range(start, start + n))
+        return CuSet.shared(CuSet.span(start, start + n).bits)
     chosen: set[int] = set()
     for start, length in sorted(rs, key=lambda r: (-r[1], r[0])):
         take = min(length, n - len(chosen)) // xcds * xcds
@@ -77,7 +82,7 @@ def choose_cus(free: frozenset[int], n: int, xcds: int) -> frozenset[int] | None
             left[b % xcds].append(b)
         for bits in left.values():
             chosen.update(bits[:per_xcd])
-    return frozenset(chosen)
+    return compact(frozenset(chosen))
 
 
 def free_atoms(free: Iterable[int], xcds: int) -> int:
@@ -92,14 +97,14 @@ def choose_burst(region: frozenset[int], extra: int, xcds: int) -> frozenset[int
     xcds = max(1, xcds)
     per_xcd = min(max(0, extra) // xcds, free_atoms(region, xcds)) if region else 0
     if per_xcd <= 0:
-        return frozenset()
+        return compact(frozenset())
     chosen: list[int] = []
     counts = [0] * xcds
     for b in sorted(region):
         if counts[b % xcds] < per_xcd:
             counts[b % xcds] += 1
             chosen.append(b)
-    return frozenset(chosen)
+    return compact(frozenset(chosen))
 
 
 def fragmentation(free: frozenset[int], min_slice: int) -> float:

@@ -20,21 +20,22 @@ from types import MappingProxyType
 
 from extender.core.assignment import Assignment, GpuAssignment
 from extender.core.atoms import is_xcc_complete, xcd_counts
+from extender.core.cuset import CuSet, mask
 from extender.core.errors import LedgerConflict
 from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Demand, Room, Rules, verdict
 from extender.core.gpuindex import GpuIndex
 from extender.core.inventory import GpuInfo
-from extender.core.layout import free_atoms, runs
+from extender.core.layout import free_atoms
 from extender.core.policy import region_size
 
 
 def burst_region(info: GpuInfo, shared_fraction: float) -> frozenset[int]:
     """The top CU bits of the GPU, whole atoms (a contiguous run of them is XCC-complete)."""
     size = region_size(info.computeUnits, info.xcds, shared_fraction)
-    return frozenset(range(info.computeUnits - size, info.computeUnits))
+    return CuSet.shared(CuSet.span(info.computeUnits - size, info.computeUnits).bits)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodRef:
     uid: str
     namespace: str
@@ -45,7 +46,7 @@ class PodRef:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slice:
     """One tenant's share of one GPU."""
 
@@ -79,20 +80,29 @@ class GpuState:
     shared: frozenset[int]
     slices: tuple[Slice, ...] = ()
 
+    # CU sets are CuSets (one bit mask each, read as frozensets): a frozenset per GPU state and per
+    # tenant costs kilobytes, which at 100,000 tenants is gigabytes.
     @cached_property
-    def guaranteed(self) -> frozenset[int]:
-        return frozenset().union(*(s.cus for s in self.slices))
+    def guaranteed(self) -> CuSet:
+        bits = 0
+        for s in self.slices:
+            bits |= mask(s.cus)
+        return CuSet.shared(bits)
 
     @cached_property
-    def bursting(self) -> frozenset[int]:
+    def bursting(self) -> CuSet:
         """CUs in some tenant's burst set."""
-        return frozenset().union(*(s.burst for s in self.slices))
+        bits = 0
+        for s in self.slices:
+            bits |= mask(s.burst)
+        return CuSet.shared(bits)
 
     @cached_property
-    def free_cus(self) -> frozenset[int]:
+    def free_cus(self) -> CuSet:
         """CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone, and in
         no tenant's burst set (which may lie outside the region after a policy change)."""
-        return frozenset(range(self.info.computeUnits)) - self.shared - self.guaranteed - self.bursting
+        every = (1 << self.info.computeUnits) - 1
+        return CuSet.shared(every & ~(mask(self.shared) | mask(self.guaranteed) | mask(self.bursting)))
 
     @cached_property
     def free_atom_cus(self) -> int:
@@ -111,17 +121,17 @@ class GpuState:
     @cached_property
     def free_runs(self) -> tuple[tuple[int, int], ...]:
         """Maximal runs of free CU bits as (start, length), in bit order (placement's hot path)."""
-        return tuple(runs(self.free_cus))
+        return tuple(self.free_cus.runs())  # == layout.runs(self.free_cus), without a sort
 
     @cached_property
     def used_cus(self) -> int:
         """Guaranteed CUs outside the shared burst region."""
-        return len(self.guaranteed - self.shared)
+        return (mask(self.guaranteed) & ~mask(self.shared)).bit_count()
 
     @cached_property
-    def burst_cus(self) -> frozenset[int]:
+    def burst_cus(self) -> CuSet:
         """The shared burst region as it stands (less any bits an older policy guaranteed)."""
-        return self.shared - self.guaranteed
+        return CuSet.shared(mask(self.shared) & ~mask(self.guaranteed))
 
     @cached_property
     def memory_used(self) -> int:
@@ -152,7 +162,7 @@ class GpuState:
         answer is worked out once for all such GPUs, e.g. every empty GPU of a model."""
         info = self.info
         return _shape_id((info.model, info.computeUnits, info.xcds, info.memoryBytes, info.healthy,
-                          self.free_runs, self.burst_cus, len(self.shared), self.memory_used,
+                          self.free_runs, mask(self.burst_cus), len(self.shared), self.memory_used,
                           self.memory_limit_used, tuple(sorted(self.class_counts.items()))))
 
     def to_dict(self) -> dict[str, object]:
@@ -173,7 +183,7 @@ class GpuState:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodEntry:
     pod: PodRef
     workload_class: str

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable
 
 from extender.core.bounds import MAX_CUS, OutOfBounds, check_text
+from extender.core.cuset import CuSet
 
 # ASCII decimal without leading zeros: str.isdigit() would also take "²" or "١", which int() misreads or rejects.
 _NUMBER = re.compile(r"0|[1-9][0-9]*")
@@ -13,6 +14,8 @@ _NUMBER = re.compile(r"0|[1-9][0-9]*")
 
 def format_ranges(bits: Iterable[int]) -> str:
     """Collapse a set of non-negative ints to "a-b,c,d-e" (sorted, no repeats). Empty set -> ""."""
+    if isinstance(bits, CuSet):  # its runs come from the mask
+        return ",".join(str(s) if n == 1 else f"{s}-{s + n - 1}" for s, n in bits.runs())
     ordered = sorted(set(bits))
     parts: list[str] = []
     i = 0
@@ -26,15 +29,16 @@ def format_ranges(bits: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def parse_ranges(text: str, limit: int = MAX_CUS) -> frozenset[int]:
+def parse_ranges(text: str, limit: int = MAX_CUS) -> CuSet:
     """Strict inverse of format_ranges: rejects repeats, descending ranges, blanks, signs, leading zeros.
-    Every id must be below `limit` (a GPU's CU count), checked before a range is expanded."""
+    Every id must be below `limit` (a GPU's CU count), checked before a range is expanded. The set is a
+    CuSet (a bit mask read as a frozenset[int])."""
     if not isinstance(text, str):
         raise ValueError("expected a string of ranges like '0-31,64-79'")
     if text == "":
-        return frozenset()
+        return CuSet()
     check_text(text, 8 * limit, "the range list")  # "1234," per id at most, and ids do not repeat
-    bits: set[int] = set()
+    bits = 0
     for part in text.split(","):
         lo_text, sep, hi_text = part.partition("-")
         if not _NUMBER.fullmatch(lo_text) or (sep and not _NUMBER.fullmatch(hi_text)):
@@ -47,8 +51,8 @@ def parse_ranges(text: str, limit: int = MAX_CUS) -> frozenset[int]:
             raise ValueError(f"descending range {part!r}")
         if hi >= limit:
             raise OutOfBounds(f"range {part!r} goes beyond id {limit - 1}")
-        span = set(range(lo, hi + 1))
+        span = ((1 << (hi - lo + 1)) - 1) << lo
         if bits & span:
             raise ValueError(f"range {part!r} repeats an id")
         bits |= span
-    return frozenset(bits)
+    return CuSet.shared(bits)

@@ -17,7 +17,7 @@ from extender.core.quantity import parse_bytes, parse_millis
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per pod in the watch cache: no __dict__ each
 class PodView:
     uid: str
     namespace: str

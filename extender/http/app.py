@@ -47,8 +47,9 @@ def _json_body() -> object:
     if not raw:
         raise BadRequest(400, "empty body: expected a JSON object")
     try:
-        # orjson bounds what json would not: nesting (1024 levels), integers (beyond 64 bits they are
-        # read as floats, so every echoed value can be written back), invalid UTF-8.
+        # orjson parses a filter request of thousands of nodes in C, and bounds what json would not:
+        # nesting (1024 levels), integers (beyond 64 bits they are read as floats, so every echoed
+        # value can be written back), invalid UTF-8.
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(400, f"body is not valid JSON: {exc}") from None

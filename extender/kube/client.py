@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client, config
+from kubernetes.client import ApiException
 from kubernetes.config import ConfigException
 
 from extender.core.errors import UsageError
+
+BINDING_PATH = "/api/v1/namespaces/{namespace}/pods/{name}/binding"
 
 
 def api_client(kubeconfig: str | None = None, pool: int = 32) -> client.ApiClient:
@@ -32,5 +36,26 @@ def api_client(kubeconfig: str | None = None, pool: int = 32) -> client.ApiClien
     return client.ApiClient(cfg)
 
 
+class CoreApi(client.CoreV1Api):
+    """CoreV1Api whose raw Binding post (a plain dict body, `_preload_content=False`: how the bind
+    posts it) skips the generated method's per-call argument validation (pydantic validate_call,
+    about half of the client's CPU per bind, measured) and goes straight to the same request path:
+    same URL, headers, auth, timeout; a non-2xx answer raises the same ApiException."""
+
+    def create_namespaced_pod_binding(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_preload_content", True) or set(kwargs) - {"_preload_content", "_request_timeout"} \
+                or not isinstance(body, dict):
+            return super().create_namespaced_pod_binding(name, namespace, body, **kwargs)
+        c = self.api_client
+        request = c.param_serialize("POST", BINDING_PATH, path_params={"namespace": namespace, "name": name},
+                                    header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                                    body=body, auth_settings=["BearerToken"])
+        resp = c.call_api(*request, _request_timeout=kwargs.get("_request_timeout"))
+        if not 200 <= resp.status <= 299:
+            resp.read()
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return resp.response
+
+
 def core_api(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
+    return CoreApi(api)

@@ -7,16 +7,17 @@ on the API server), which halves bind throughput.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 PAGE = 500
 
 
 def read_json(resp: Any) -> dict[str, Any]:
     try:
-        return json.loads(resp.data)
+        return orjson.loads(resp.data)  # a list page of 500 pods, parsed in C (short keys shared)
     finally:
         release(resp)
 

@@ -11,13 +11,13 @@ rebuild never interleaves with an event.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from kubernetes.client import ApiException, CoreV1Api
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -161,7 +161,7 @@ class ClusterWatch:
                     break
                 if not line or line.isspace():
                     continue
-                event = json.loads(line)
+                event = orjson.loads(line)  # every pod event of a burst: parsed in C
                 etype = event.get("type")
                 obj = event.get("object") or {}
                 if etype == "ERROR":
