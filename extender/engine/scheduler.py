@@ -509,8 +509,7 @@ class Engine:
                         for n, r, f in zip(names_, rises, full, strict=True)]
             return [(n, 0 if r == float("inf") else round(10 * rise_score(r)) if r == r else NEUTRAL_SCORE)
                     for n, r in zip(names_, rises, strict=True)]
-        if (nodes is None and self.scorer is rank and policy.layout.mode == "spread"
-                and self.ledger.gpu_index.used > 0):
+        if nodes is None and self.scorer is rank and self.ledger.gpu_index.used > 0:
             return self._prioritize_columns(pod, req, policy, list(candidates), key)
         out: list[tuple[str, int]] = []
         for name, state in zip(candidates, candidates.states(self.ledger, candidates), strict=True):
