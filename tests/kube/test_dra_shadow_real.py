@@ -79,6 +79,9 @@ class Node:
     def shadow(self, pod: str) -> dict | None:
         return self.claim(shadow_name(self.pod(pod)["metadata"]["uid"]))
 
+    def shadow_allocated(self, pod: str) -> bool:
+        return bool(((self.shadow(pod) or {}).get("status") or {}).get("allocation"))
+
     def run_extender_pod(self, name: str, compute: str, memory: str) -> int:
         """An extender pod pinned here; returns the GPU index it got once bound."""
         body = gpu_pod_body(name, compute=compute, memory=memory)
@@ -146,8 +149,7 @@ def node(kube_env: Env) -> Iterator[Node]:
 
 def test_a_claim_never_lands_on_the_gpu_an_extender_pod_fills(node: Node) -> None:
     full = node.run_extender_pod("shadow-big", compute="800m", memory="160Gi")
-    wait_for("the pod's shadow claim allocated",
-             lambda: ((node.shadow("shadow-big") or {}).get("status") or {}).get("allocation"))
+    wait_for("the pod's shadow claim allocated", lambda: node.shadow_allocated("shadow-big"))
     shadow = node.shadow("shadow-big")
     assert shadow is not None
     (result,) = shadow["status"]["allocation"]["devices"]["results"]
@@ -180,8 +182,7 @@ def test_a_claim_never_lands_on_the_gpu_an_extender_pod_fills(node: Node) -> Non
 def test_a_missing_or_orphaned_shadow_is_repaired_after_an_extender_crash(node: Node, kube_env: Env) -> None:
     node.run_extender_pod("shadow-a", compute="250m", memory="16Gi")
     node.run_extender_pod("shadow-b", compute="250m", memory="16Gi")
-    wait_for("both shadows allocated", lambda: all(((node.shadow(p) or {}).get("status") or {}).get("allocation")
-                                                   for p in ("shadow-a", "shadow-b")))
+    wait_for("both shadows allocated", lambda: all(node.shadow_allocated(p) for p in ("shadow-a", "shadow-b")))
     kube_env.extender.kill()  # as if it died after a's Binding, before its shadow was written
     try:
         a_shadow = shadow_name(node.pod("shadow-a")["metadata"]["uid"])
@@ -196,3 +197,31 @@ def test_a_missing_or_orphaned_shadow_is_repaired_after_an_extender_crash(node: 
     wait_for("a's shadow written again", lambda: ((node.claim(a_shadow) or {}).get("status") or {}).get("allocation"),
              timeout=30)
     wait_for("b's orphaned shadow removed", lambda: node.claim(b_shadow) is None, timeout=30)
+
+
+def test_kube_controller_manager_keeps_a_shadow_until_the_extender_deallocates_it(node: Node, kube_env: Env) -> None:
+    """The resource-claim controller leaves an allocated, unreserved shadow alone; when its pod goes
+    while the extender is down, garbage collection starts the delete and the finalizer keeps the claim
+    allocated (still counted by DRA) until the extender is back and deallocates it."""
+    kube_env.cp.start_controller_manager("resourceclaim-controller,garbage-collector-controller")
+    try:
+        node.run_extender_pod("shadow-gc", compute="250m", memory="16Gi")
+        wait_for("the shadow allocated", lambda: node.shadow_allocated("shadow-gc"))
+        name = shadow_name(node.pod("shadow-gc")["metadata"]["uid"])
+        time.sleep(5.0)  # the controllers have synced and seen it
+        claim = node.claim(name)
+        assert claim is not None and claim["status"].get("allocation") and not claim["status"].get("reservedFor")
+        assert not claim["metadata"].get("deletionTimestamp")
+        kube_env.extender.kill()
+        try:
+            node.delete_pod("shadow-gc")
+            wait_for("garbage collection deleting the shadow",
+                     lambda: (node.claim(name) or {}).get("metadata", {}).get("deletionTimestamp"), timeout=60)
+            time.sleep(1.0)
+            held = node.claim(name)
+            assert held is not None and held["status"].get("allocation")  # held, still counted by DRA
+        finally:
+            kube_env.extender.start()
+        wait_for("the shadow deallocated and gone", lambda: node.claim(name) is None, timeout=30)
+    finally:
+        kube_env.cp.stop_process("kube-controller-manager")
