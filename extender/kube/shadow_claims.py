@@ -9,13 +9,16 @@ assignment naming that GPU's device with `consumedCapacity` = the pod's guarante
 (a whole-GPU pod consumes the device's whole capacity), `shareID` = the pod's UID. The allocator counts
 it like any allocated claim, so it places claims only where the extender's pods left room.
 
-What v1.36.2 does with such a claim (tests/kube/test_dra_shadow_real.py shows each point):
+What v1.36.2 does with such a claim:
 - kube-scheduler's allocator counts it; the resource-claim controller leaves it alone (it deallocates
-  a claim only when its reservedFor goes from some to none, and this one never had any).
-- A *deleted* claim does not requeue pods waiting for DRA capacity, a *deallocated* one does. So the
-  claim carries a finalizer and is always deallocated (status.allocation cleared) before it goes; the
-  pod's owner reference lets garbage collection start that delete even when the extender missed the
-  pod's end, and the finalizer holds it until the extender deallocates.
+  a claim only when its reservedFor goes from some to none, and this one never had any); both shown
+  in tests/kube/test_dra_shadow_real.py.
+- A *deallocated* claim requeues pods waiting for DRA capacity (the test's waiting claim is allocated
+  within seconds); a claim merely *deleted* did not (seen once by hand: a waiting claim was still
+  unallocated 30 s after its blocker's shadow was garbage-collected; kube-scheduler's unschedulable
+  pool is flushed only every 5 minutes). So the claim carries a finalizer and is always deallocated
+  before it goes; the pod's owner reference lets garbage collection start that delete even when the
+  extender missed the pod's end, and the finalizer holds it until the extender deallocates.
 
 Order and crash windows. The Binding stays the one write that records a placement (kube/cluster.py);
 the shadow claim is derived from it, written just after it by this reconciler's thread (the bind's
