@@ -305,7 +305,12 @@ class ShadowClaims:
         """Full reconcile: every live extender pod on a DRA node has its allocated shadow, no other
         shadow exists. Returns (written, removed)."""
         self.refresh_slices()
-        items, _ = list_items(self.resource.list_resource_claim_for_all_namespaces, label_selector=SHADOW_OF)
+        try:
+            items, _ = list_items(self.resource.list_resource_claim_for_all_namespaces, label_selector=SHADOW_OF)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return 0, 0  # no resource.k8s.io/v1 on this API server: no DRA, nothing to show
         have = {(i.get("metadata") or {}).get("labels", {}).get(SHADOW_OF): i for i in items}
         written = removed = 0
         wanted = set()

@@ -230,3 +230,14 @@ def test_every_call_is_granted_by_the_deployed_rbac(scenario: str) -> None:
         pods.clear()
         shadows.sync()
     assert {(r, v) for r, v, _ in fake.calls} <= granted
+
+
+def test_an_api_server_without_dra_has_nothing_to_sync() -> None:
+    shadows, fake = reconciler([pod(uid(1), [(0, 64, 60)])])
+
+    def missing(**kw: Any) -> Resp:
+        raise ApiException(status=404, reason="NotFound")
+
+    fake.list_resource_slice = missing  # type: ignore[method-assign]
+    fake.list_resource_claim_for_all_namespaces = missing  # type: ignore[method-assign]
+    assert shadows.sync() == (0, 0)
