@@ -43,7 +43,7 @@ from typing import Any
 from kubernetes.client import ApiClient, ApiException, ResourceV1Api
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
-from extender.core.errors import AssignmentError
+from extender.core.errors import AssignmentError, TemporaryError
 from extender.core.quantity import parse_bytes
 from extender.engine.cluster import PodView
 from extender.kube.claims import DRIVER
@@ -59,6 +59,10 @@ MEMORY = "memory"
 RESYNC = 10.0  # seconds between full resyncs (the repair path)
 SLICES_FRESH = 1.0  # a bind to a node not in the last slice listing lists again if it is older than this
 TIMEOUT = (5, 30)
+
+
+class ShadowSyncError(TemporaryError):
+    """Some shadow claims could not be written; the others were, and the next resync retries."""
 
 
 @dataclass(frozen=True)
@@ -312,17 +316,28 @@ class ShadowClaims:
                 raise
             return 0, 0  # no resource.k8s.io/v1 on this API server: no DRA, nothing to show
         have = {(i.get("metadata") or {}).get("labels", {}).get(SHADOW_OF): i for i in items}
-        written = removed = 0
+        written = removed = failed = 0
         wanted = set()
         for pod in self.pods():
             a = pod_assignment(pod)
             if a is None or not self._devices.get(a.node):
                 continue
             wanted.add(pod.uid)
-            written += self.ensure(pod, have.get(pod.uid))
+            try:
+                written += self.ensure(pod, have.get(pod.uid))
+            except ApiException as exc:  # one refused write (a terminating namespace?) does not stop the rest
+                failed += 1
+                log.warning("shadow claim of pod %s: %s %s", pod.key, exc.status, exc.reason)
         for uid, claim in have.items():
             if uid not in wanted:
-                self.remove(claim)
-                removed += 1
+                try:
+                    self.remove(claim)
+                    removed += 1
+                except ApiException as exc:
+                    failed += 1
+                    log.warning("shadow claim %s: %s %s", (claim.get("metadata") or {}).get("name"), exc.status,
+                                exc.reason)
         self.syncs += 1
+        if failed:
+            raise ShadowSyncError(f"{failed} shadow claim writes failed (retried at the next resync)")
         return written, removed

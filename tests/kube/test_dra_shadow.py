@@ -20,6 +20,7 @@ from extender.kube.shadow_claims import (
     FINALIZER,
     SHADOW_OF,
     ShadowClaims,
+    ShadowSyncError,
     allocation_key,
     pod_assignment,
     shadow_claim,
@@ -241,3 +242,19 @@ def test_an_api_server_without_dra_has_nothing_to_sync() -> None:
     fake.list_resource_slice = missing  # type: ignore[method-assign]
     fake.list_resource_claim_for_all_namespaces = missing  # type: ignore[method-assign]
     assert shadows.sync() == (0, 0)
+
+
+def test_one_refused_write_does_not_stop_the_others() -> None:
+    pods = [pod(uid(1), [(0, 64, 60)]), pod(uid(2), [(1, 64, 60)])]
+    shadows, fake = reconciler(pods)
+    create = fake.create_namespaced_resource_claim
+
+    def refuse_first(ns: str, body: dict, **kw: Any) -> Resp:
+        if body["metadata"]["labels"][SHADOW_OF] == uid(1):
+            raise ApiException(status=403, reason="namespace is being terminated")
+        return create(ns, body, **kw)
+
+    fake.create_namespaced_resource_claim = refuse_first  # type: ignore[method-assign]
+    with pytest.raises(ShadowSyncError):
+        shadows.sync()
+    assert {c["metadata"]["labels"][SHADOW_OF] for c in fake.claims.values()} == {uid(2)}
