@@ -219,6 +219,7 @@ class ShadowClaims:
             with self._lock:
                 bound, self._bound = self._bound, {}
                 full, self._full = self._full or not woke, False
+            full_later = False
             try:
                 if self.leading is not None and not self.leading():
                     continue  # the leader's replica writes; this one resyncs once it leads
@@ -226,13 +227,19 @@ class ShadowClaims:
                         and time.monotonic() - self._listed_at > SLICES_FRESH:
                     self.refresh_slices()  # a node whose slice this extender has not listed yet
                 for view in bound.values():
-                    self.ensure(view)
+                    try:
+                        self.ensure(view)
+                    except ApiException as exc:  # this pod's shadow waits for the resync; the others go on
+                        full_later = True
+                        log.warning("shadow claim of pod %s: %s %s", view.key, exc.status, exc.reason)
                 if full:
                     self.sync()
             except Exception as exc:  # the next resync repairs; never let the loop die
+                full_later = True
+                log.warning("shadow claims: %s", exc)
+            if full_later:
                 with self._lock:
                     self._full = True
-                log.warning("shadow claims: %s", exc)
 
     # --- reconciling ---------------------------------------------------------------------------
     def refresh_slices(self) -> dict[str, dict[int, SliceDevice]]:

@@ -5,6 +5,7 @@ remove in the order that requeues waiting DRA pods), each of them granted by dep
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,31 @@ def test_one_refused_write_does_not_stop_the_others() -> None:
     with pytest.raises(ShadowSyncError):
         shadows.sync()
     assert {c["metadata"]["labels"][SHADOW_OF] for c in fake.claims.values()} == {uid(2)}
+
+
+def _eventually(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_loop_waits_for_the_pod_cache_then_resyncs_and_writes_just_bound_pods() -> None:
+    pods: list[PodView] = [pod(uid(1), [(0, 64, 60)])]
+    synced = [False]
+    fake = FakeResource([SLICE])
+    shadows = ShadowClaims(ApiClient(), lambda: pods, lambda: synced[0], resync=60.0)
+    shadows.resource = fake  # type: ignore[assignment]
+    shadows.start()
+    try:
+        time.sleep(0.3)
+        assert fake.calls == []  # an empty cache would have removed every live pod's shadow
+        synced[0] = True
+        _eventually(lambda: ("ml", shadow_name(uid(1))) in fake.claims)  # the first resync, at once
+        late = pod(uid(2), [(1, 64, 60)])
+        pods.append(late)
+        shadows.bound(late)  # long before the next resync (60 s)
+        _eventually(lambda: ("ml", shadow_name(uid(2))) in fake.claims)
+        assert fake.claims["ml", shadow_name(uid(2))]["status"]["allocation"]
+    finally:
+        shadows.stop()
