@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from kubernetes.client import ApiException, CoreV1Api
 
@@ -56,6 +57,7 @@ class KubeCluster(ClusterStore):
         # Called with the node of a failed bind: its reservation is released, and no cluster event
         # tells kube-scheduler so (see nudge.py).
         self.on_failed = on_failed
+        self.on_bound: Callable[[PodView], None] | None = None  # the pod as just bound (shadow_claims.py)
         self._uids: dict[str, str] = {}  # namespace/name -> uid
         self._waiting: set[str] = set()  # uids of live, unbound pods that ask for a slice
         self._claims: dict[str, PodView] = {}  # DRA tenants by claim uid (kube/claims.py)
@@ -121,6 +123,11 @@ class KubeCluster(ClusterStore):
         with self._lock:
             return [*self._pods.values(), *self._claims.values()]
 
+    def list_own_pods(self) -> list[PodView]:
+        """The pods alone, without the DRA claims' tenant views."""
+        with self._lock:
+            return list(self._pods.values())
+
     def has_waiting_pods(self) -> bool:
         """Some live pod asks for a GPU slice and is not bound yet: it may be waiting for capacity."""
         return bool(self._waiting)
@@ -142,6 +149,8 @@ class KubeCluster(ClusterStore):
             if self.on_failed is not None and annotations:
                 self.on_failed(node)
             raise
+        if self.on_bound is not None and annotations:
+            self.on_bound(replace(pod, node_name=node, annotations={**pod.annotations, **annotations}))
 
     def _bind_pod(self, pod: PodView, node: str, annotations: Mapping[str, str]) -> None:
         if self.leading is not None and not self.leading():

@@ -16,6 +16,7 @@ from extender.kube.client import api_client, core_api
 from extender.kube.cluster import KubeCluster
 from extender.kube.lease import LeaseGate
 from extender.kube.nudge import Nudger
+from extender.kube.shadow_claims import ShadowClaims
 from extender.kube.watch import ClusterWatch
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class KubeRuntime:
     watch: ClusterWatch
     nudger: Nudger | None
     claims: ClaimWatch | None = None  # DRA tenants (ResourceClaims of gpu.gpuslice.io)
+    shadows: ShadowClaims | None = None  # extender pods shown to kube-scheduler's DRA allocator
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> KubeRuntime:
@@ -39,6 +41,8 @@ class KubeRuntime:
         self.watch.start()
         if self.claims is not None:
             self.claims.start()
+        if self.shadows is not None:
+            self.shadows.start()
         # filter sweeps too, but while every waiting pod sits in kube-scheduler's unschedulable pool no
         # filter comes; the capacity a lapsed reservation held must still be freed and announced.
         threading.Thread(target=self._expire_loop, name="expire-reservations", daemon=True).start()
@@ -49,6 +53,8 @@ class KubeRuntime:
         self.watch.stop()
         if self.claims is not None:
             self.claims.stop()
+        if self.shadows is not None:
+            self.shadows.stop()
         if self.nudger is not None:
             self.nudger.stop()
 
@@ -77,6 +83,14 @@ def kube_runtime(policies: PolicyStore, kubeconfig: str | None = None, client: A
     # follows only `scheduler_name`'s pods, so nothing would ever free theirs).
     engine = Engine(cluster, policies, bind_placer=SolverPlacer(), scheduler_name=scheduler_name)
     engine.on_freed = poke
-    watch = ClusterWatch(core, cluster, engine, on_freed=poke, scheduler_name=scheduler_name)
+    shadows = ShadowClaims(client, cluster.list_own_pods, lambda: engine.synced, leading=gate)
+    cluster.on_bound = shadows.bound
+
+    def freed(node: str) -> None:
+        shadows.freed(node)
+        if poke is not None:
+            poke(node)
+
+    watch = ClusterWatch(core, cluster, engine, on_freed=freed, scheduler_name=scheduler_name)
     claims = ClaimWatch(client, cluster, engine, watch._feed, on_freed=poke)  # under the watch's lock
-    return KubeRuntime(engine, cluster, watch, nudger, claims)
+    return KubeRuntime(engine, cluster, watch, nudger, claims, shadows)
