@@ -56,25 +56,25 @@ def prom() -> Iterator[PromStub]:
         yield stub
 
 
-def deployment(apps: client.AppsV1Api, target: str, replicas: int = 2) -> str:
+def deployment(apps: client.AppsV1Api, target: str, replicas: int = 2, namespace: str = NS) -> str:
     name = f"chat-{uuid.uuid4().hex[:6]}"
-    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}, "annotations": {
                          "gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": target}},
                          "spec": {"schedulerName": "nobody", "containers": [{
                              "name": "vllm", "image": "registry.invalid/vllm:1",
                              "resources": {"limits": {"gpuslice.io/gpu-share": "1"}}}]}}}}
-    apps.create_namespaced_deployment(NS, body)
-    rolled_out(apps, name)
+    apps.create_namespaced_deployment(namespace, body)
+    rolled_out(apps, name, namespace)
     return name
 
 
-def rolled_out(apps: client.AppsV1Api, name: str) -> None:
+def rolled_out(apps: client.AppsV1Api, name: str, namespace: str = NS) -> None:
     """What the Deployment controller would write once the rollout is done."""
-    d = apps.read_namespaced_deployment(name, NS)
+    d = apps.read_namespaced_deployment(name, namespace)
     n = d.spec.replicas
-    apps.patch_namespaced_deployment_status(name, NS, {"status": {
+    apps.patch_namespaced_deployment_status(name, namespace, {"status": {
         "observedGeneration": d.metadata.generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
         "availableReplicas": n}})
 
