@@ -21,10 +21,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from extender.core.errors import UsageError
+from extender.core.errors import InputError, UsageError
 from extender.core.layout import fragmentation
 from extender.core.policy import Policy, PolicyError, load_policy, parse_policy
 from extender.core.requests import SliceRequest
+from extender.core.rightsizing import explain_lines
 from extender.engine.cluster import PodView
 from extender.engine.demo import PENDING, demo_cluster
 from extender.engine.explain import Explanation, explain
@@ -36,6 +37,7 @@ from extender.kube.client import api_client, core_api
 from extender.kube.raw import read_json
 from extender.kube.snapshot import list_views
 from extender.kube.views import pod_view
+from extender.rightsize.workloads import Workloads
 
 GIB = 2**30
 
@@ -98,15 +100,18 @@ def _short(exc: Exception) -> str:
     return str(getattr(exc, "reason", None) or exc).splitlines()[0]
 
 
-def _find_pod(args: argparse.Namespace, engine: Engine, api: Any) -> PodView:
+def _find_pod(args: argparse.Namespace, engine: Engine, api: Any) -> tuple[PodView, dict[str, Any] | None]:
+    """The pod's view and, from a live cluster, its JSON (None for the demo)."""
     namespace, sep, name = args.pod.partition("/")
     if not sep or not namespace or not name:
         raise UsageError(f"{args.pod}: name the pod as NAMESPACE/POD")
+    raw = None
     if api is None:
         pod = engine.cluster.get_pod(namespace, name)
     else:
         try:
-            pod = pod_view(read_json(api.read_namespaced_pod(name, namespace, _preload_content=False)))
+            raw = read_json(api.read_namespaced_pod(name, namespace, _preload_content=False))
+            pod = pod_view(raw)
         except ApiException as exc:
             if exc.status != 404:
                 raise UsageError(f"cannot read pod {args.pod}: {exc.status} {exc.reason}") from None
@@ -114,19 +119,45 @@ def _find_pod(args: argparse.Namespace, engine: Engine, api: Any) -> PodView:
     if pod is None:
         raise UsageError(f"pod {args.pod} not found" + (f"; the demo's pending pods: "
                          f"{', '.join(p.namespace + '/' + p.name for p in PENDING)}" if api is None else ""))
-    return pod
+    return pod, raw
+
+
+def rightsizing_lines(api: Any, raw: dict[str, Any] | None, policy: Policy) -> tuple[str, list[str]]:
+    """The owner (kind/name) `gpuslice rightsize` manages and its recorded changes, oldest first; ("", [])
+    when the pod has no Deployment/StatefulSet owner or it was never changed. An owner that cannot be
+    read is said so, not hidden."""
+    if api is None or raw is None:
+        return "", []
+    try:
+        owner = Workloads(api.api_client).owner_of(raw)
+    except ApiException as exc:
+        return "", [f"owner not readable: {exc.status} {exc.reason}"]
+    if owner is None:
+        return "", []
+    kind, name, annotations = owner
+    try:
+        return f"{kind}/{name}", explain_lines(annotations, policy.prefix)
+    except InputError as exc:
+        return f"{kind}/{name}", [f"unreadable right-sizing record: {exc.reason}"]
 
 
 def explain_cmd(args: argparse.Namespace) -> int:
     """Exit 0 when the pod fits somewhere (or is placed), 1 when it fits nowhere."""
     policy = _policy(args)
     engine, api = _engine(args, policy)
-    pod = _find_pod(args, engine, api)
+    pod, raw = _find_pod(args, engine, api)
     result = explain(engine, pod, top=max(args.top, 1))
+    owner, changes = rightsizing_lines(api, raw, policy)
     if args.json:
-        print(json.dumps(to_dict(result), indent=2))
+        print(json.dumps({**to_dict(result), "rightsizing": {"owner": owner or None, "changes": changes}},
+                         indent=2))
     else:
-        show_explanation(result, policy, Console() if sys.stdout.isatty() else Console(width=160))
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+        show_explanation(result, policy, console)
+        if changes:
+            console.print(f"  right-sizing of {owner or 'its owner'} (gpuslice rightsize):")
+            for line in changes:
+                console.print(f"    {line}", markup=False)
     return 0 if result.fitting or result.placed_on or (result.request is None and not result.request_error) else 1
 
 

@@ -91,9 +91,10 @@ def test_the_validator_catches_a_bad_manifest() -> None:
 def test_one_apply_installs_every_manifest_in_deploy() -> None:
     """Every Kubernetes manifest under deploy/ is reached from deploy/kustomization.yaml, except the
     monitoring rules, which need the Prometheus operator's CRD (`kubectl apply -k deploy/monitoring`),
-    and the opt-in DRA driver's objects (deploy/dra, applied on their own)."""
+    the opt-in DRA driver's objects (deploy/dra, applied on their own) and the opt-in right-sizing
+    controller (`kubectl apply -k deploy/rightsize`, tests/test_deploy_rightsize.py)."""
     everything = {p for p in DEPLOY.rglob("*.yaml") if p.name not in NOT_MANIFESTS}
-    separate = {p for p in everything if {"monitoring", "dra"} & set(p.relative_to(DEPLOY).parts)}
+    separate = {p for p in everything if {"monitoring", "dra", "rightsize"} & set(p.relative_to(DEPLOY).parts)}
     assert everything - separate - referenced_files() == set()
     kinds = {d["kind"] for d in DOCS}
     assert {"Namespace", "ServiceAccount", "ClusterRole", "Role", "ConfigMap", "Deployment", "DaemonSet"} <= kinds

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from extender.core.errors import InputError, SliceRequestError
 from extender.core.policy import GpuClass, Policy
 from extender.core.rightsize_policy import RightSizing
-from extender.core.sizing import size_for_target
+from extender.core.sizing import gpu_share, size_for_target
 
 GIB = 2**30
 STATE_KEY = "rightsize"  # <prefix>/rightsize on the owner: the last change and the recent ones
@@ -51,19 +51,31 @@ def sla_size(policy: Policy, profile_name: str, target_rps: float, workload_clas
 
 
 SizeFn = Callable[[float], SlaSize]
+ShareFn = Callable[[int], float]
 
 
 @dataclass(frozen=True)
 class Step:
     cus: int
     rps: float  # what the sizing rule predicts one pod reaches at `cus`
+    share: float  # the fraction of a GPU one pod at `cus` takes from other tenants (`gpu_share`)
+
+
+def sla_ladder(policy: Policy, profile_name: str, memory: int, workload_class: GpuClass | None = None) -> Ladder:
+    """The ladder of the SLA-sizing rule (the extender's) for pods of `memory` bytes and the class the
+    extender sizes them with (the pod's when it overrides the profile's), each step with its GPU share:
+    what the controller and the replay both decide on."""
+    profile = policy.profiles[profile_name]
+    model, cls = policy.models[profile.gpuModel], workload_class or profile.workloadClass
+    return Ladder(lambda rps: sla_size(policy, profile_name, rps, workload_class),
+                  lambda cus: gpu_share(policy, model, cls, cus, memory))
 
 
 class Ladder:
-    """The slices the sizing rule can give one pod, smallest first, each with its predicted req/s;
-    probed from the rule itself (the smallest slice meeting just above the previous step's req/s)."""
+    """The slices the sizing rule can give one pod, smallest first, each with its predicted req/s and GPU
+    share; probed from the rule itself (the smallest slice meeting just above the previous step's req/s)."""
 
-    def __init__(self, sizer: SizeFn) -> None:
+    def __init__(self, sizer: SizeFn, share: ShareFn) -> None:
         self.sizer = sizer
         steps: list[Step] = []
         target = 1e-9
@@ -71,7 +83,7 @@ class Ladder:
             s = sizer(target)
             if s.cus is None or (steps and s.cus <= steps[-1].cus):
                 break
-            steps.append(Step(s.cus, s.predicted_rps))
+            steps.append(Step(s.cus, s.predicted_rps, share(s.cus)))
             target = s.predicted_rps * (1 + 1e-9) + 1e-9
         if not steps:
             raise InputError("profile", "", "the sizing rule gives no slice at all")
@@ -88,7 +100,7 @@ class Ladder:
     def at(self, cus: int) -> Step:
         """The step a pod holding `cus` CUs is worth (the largest step not above it)."""
         below = [s for s in self.steps if s.cus <= cus]
-        return below[-1] if below else Step(cus, 0.0)
+        return below[-1] if below else Step(cus, 0.0, self.steps[0].share)
 
     def clamp(self, current: int, wanted: int, max_step: int) -> int:
         """`wanted`, moved at most `max_step` CUs from `current` (at least one step, so it progresses)."""
@@ -120,6 +132,10 @@ class Fleet:
     def footprint(self) -> int:
         return self.replicas * self.cus
 
+    def gpus(self, ladder: Ladder) -> float:
+        """GPUs the fleet takes from other tenants: replicas x one pod's GPU share."""
+        return self.replicas * ladder.at(self.cus).share
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -145,7 +161,10 @@ class Decision:
 
 
 def plan_fleet(ladder: Ladder, need: float, least: int, most: int) -> tuple[int, int]:
-    """(replicas, CUs per pod) carrying `need`: the fewest pods whose best slices carry it."""
+    """(replicas, CUs per pod) carrying `need`: the fewest pods whose best slices carry it, each at the
+    smallest slice carrying its part. Fewest pods, not the least GPU share: the engine's scoring places a
+    memory-bound pod on a GPU of its own while one is free (complementarity), so each pod costs a GPU
+    whatever its slice; `gpuslice simulate --demand` measures both (README, right-sizing)."""
     replicas = min(max(least, math.ceil(need / ladder.best.rps - 1e-9)), max(most, least))
     return replicas, ladder.fit(need / replicas).cus
 

@@ -18,9 +18,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from extender.core.errors import SliceRequestError
-from extender.core.interference import CoTenants, co_tenants, guaranteeable_cus, loss, worst_co_tenants
+from extender.core.interference import (
+    COMPUTE_BOUND,
+    MEMORY_BOUND,
+    CoTenants,
+    co_tenants,
+    guaranteeable_cus,
+    loss,
+    worst_co_tenants,
+)
 from extender.core.ledger import GpuState
-from extender.core.policy import GpuClass, Policy, profile_rps, round_cus
+from extender.core.policy import GpuClass, GpuModel, Policy, profile_rps, round_cus
 
 
 @dataclass(frozen=True)
@@ -156,3 +164,24 @@ def predict(policy: Policy, profile_name: str, target_rps: float, gpus: Iterable
     if worst is None:
         raise ValueError(f"pod {uid} holds none of the GPUs it was asked about")
     return worst
+
+
+def gpu_share(policy: Policy, model: GpuModel, workload_class: GpuClass, cus: int, memory: int) -> float:
+    """The fraction of one GPU of `model` that a pod of `workload_class` holding `cus` guaranteed CUs and
+    `memory` bytes takes from every other tenant under the per-GPU rules: the largest of its CUs of the
+    guaranteeable ones, its memory of what the GPU may hand out, one over its class's per-GPU limit and
+    its bandwidth share of the budget. A slice that leaves less than the smallest slice beside it holds
+    the GPU alone (1). The least number of GPUs a set of pods can fill is at least the sum of their
+    shares for any one class; `gpuslice simulate --demand` reports it beside the GPUs actually used.
+    """
+    usable = guaranteeable_cus(policy, model)
+    if cus > usable or usable - cus < round_cus(policy, model, model.computeUnits, 1):
+        return 1.0
+    rules = policy.classes
+    parts = [cus / usable, memory / (model.memory * policy.overcommit.memory)]
+    limit = {MEMORY_BOUND: rules.maxMemoryBoundPerGpu, COMPUTE_BOUND: rules.maxComputeBoundPerGpu}.get(workload_class)
+    if limit is not None:
+        parts.append(1.0 / limit)
+    if rules.bandwidthBudget is not None:
+        parts.append(rules.bandwidthShare.get(workload_class, 0.0) / rules.bandwidthBudget)
+    return min(1.0, max(parts))

@@ -19,7 +19,7 @@ from string import Template
 from kubernetes.client import ApiException
 
 from extender.core.errors import GpusliceError, SliceRequestError
-from extender.core.policy import Policy
+from extender.core.policy import GpuClass, Policy
 from extender.core.requests import parse_slice_request
 from extender.core.rightsizing import (
     GIB,
@@ -32,7 +32,7 @@ from extender.core.rightsizing import (
     Record,
     decide,
     read_record,
-    sla_size,
+    sla_ladder,
     window_peak,
 )
 from extender.rightsize.metrics import RightsizeMetrics
@@ -61,12 +61,14 @@ class RightSizer:
         self.apply = apply
         self.namespace = namespace
         self.clock = clock
-        self._ladders: dict[tuple[str, str], Ladder] = {}
+        self._ladders: dict[tuple[str, str, int, str], Ladder] = {}
 
-    def ladder(self, policy: Policy, profile: str) -> Ladder:
-        key = (policy.version, profile)
+    def ladder(self, policy: Policy, profile: str, memory: int, workload_class: GpuClass) -> Ladder:
+        """The sizing rule's ladder for pods of this profile, memory and class (the class the extender
+        sizes them with: the pod's own when it overrides the profile's)."""
+        key = (policy.version, profile, memory, workload_class)
         if key not in self._ladders:
-            self._ladders[key] = Ladder(lambda rps: sla_size(policy, profile, rps))
+            self._ladders[key] = sla_ladder(policy, profile, memory, workload_class)
         return self._ladders[key]
 
     def run_once(self) -> list[Outcome]:
@@ -109,7 +111,7 @@ class RightSizer:
                                                f"from {p}/target-rps")
         profile = policy.profiles[req.profile]
         model = policy.models[profile.gpuModel]
-        ladder = self.ladder(policy, req.profile)
+        ladder = self.ladder(policy, req.profile, req.memory_bytes, req.workload_class)
         current = Fleet(w.replicas, req.guaranteed_cus(policy, model, model.computeUnits), req.memory_bytes)
         record = read_record(w.annotations, p)
         now = self.clock()

@@ -62,6 +62,11 @@ def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bo
     return True
 
 
+def _controller(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ownerReference marked controller, if any."""
+    return next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+
+
 class Workloads:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -81,6 +86,23 @@ class Workloads:
             sets = self.apps.list_stateful_set_for_all_namespaces().items
         return ([_workload("Deployment", self._dict(d)) for d in deps]
                 + [_workload("StatefulSet", self._dict(s)) for s in sets])
+
+    def owner_of(self, pod: Mapping[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+        """The Deployment or StatefulSet that controls a pod (its JSON), through its ReplicaSet for a
+        Deployment: (kind, name, annotations), or None when it has no such owner."""
+        namespace = pod["metadata"]["namespace"]
+        ref = _controller(pod)
+        if ref is not None and ref["kind"] == "ReplicaSet":
+            rs = self._dict(self.apps.read_namespaced_replica_set(ref["name"], namespace))
+            ref = _controller(rs)
+            if ref is None or ref["kind"] != "Deployment":
+                return None
+        if ref is None or ref["kind"] not in KINDS:
+            return None
+        read = (self.apps.read_namespaced_deployment if ref["kind"] == "Deployment"
+                else self.apps.read_namespaced_stateful_set)
+        owner = self._dict(read(ref["name"], namespace))
+        return ref["kind"], ref["name"], (owner["metadata"].get("annotations") or {})
 
     def disruption_blocked(self, w: Workload) -> str | None:
         """Why a PodDisruptionBudget of the workload's pods forbids re-creating one now, or None."""

@@ -19,10 +19,11 @@ pod at a time (maxSurge 1, maxUnavailable 0): the policy right-sized workloads s
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from extender.core.policy import Policy
-from extender.core.rightsizing import Fleet, Ladder, Observation, decide, plan_fleet, sla_size, window_peak
+from extender.core.rightsizing import Fleet, Ladder, Observation, decide, plan_fleet, sla_ladder, window_peak
 from extender.core.sizing import predict
 from extender.sim.demand import per_minute
 from extender.sim.replay import Replay, RunSpec
@@ -59,7 +60,7 @@ class Timeline:
 
 def sim_ladder(policy: Policy, profile: str, cls: str, memory: int) -> Ladder:
     """The slices the SLA-sizing rule (the one the replay's engine places with) gives."""
-    return Ladder(lambda rps: sla_size(policy, profile, rps, cls))  # type: ignore[arg-type]
+    return sla_ladder(policy, profile, memory, cls)  # type: ignore[arg-type]
 
 
 def services(scenario: Scenario, policy: Policy, seed: int) -> list[Service]:
@@ -176,8 +177,9 @@ class DayReplay(Replay):
 
 def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service],
                timelines: dict[str, Timeline], rollout: int, host_score: str = "least",
-               extender_weight: float = 5.0, seed: int = 1) -> dict[str, object]:
-    static = [p for p in scenario_pods(scenario) if p.service not in timelines]
+               extender_weight: float = 5.0, seed: int = 1, without: frozenset[str] = frozenset()) -> dict[str, object]:
+    """One strategy's day; the services named in `without` are left out altogether."""
+    static = [p for p in scenario_pods(scenario) if p.service not in timelines and p.service not in without]
     pods: list[SimPod] = list(static)
     actions: dict[int, list[tuple[int, int, str]]] = defaultdict(list)  # minute -> (kind, pod, service)
     changes = 0
@@ -234,6 +236,48 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
             "podsNeverPlaced": len(pending)}
 
 
+def fleet_at(tl: Timeline, minute: int) -> Fleet:
+    """The fleet a timeline has in force at `minute` of the measured day."""
+    return [f for m, f, _ in tl.steps if m <= minute][-1]
+
+
+def breakdown(policy: Policy, svcs: list[Service], plans: dict[str, dict[str, Timeline]],
+              runs: dict[str, dict[str, object]], fixed_alone: float) -> dict[str, dict[str, float]]:
+    """Where a strategy's GPU-hours go. `fleet`: the GPU share (`core.sizing.gpu_share`, the least GPUs
+    the slices can fill under the per-GPU rules) of the followed services' pods, summed per minute. For
+    right-sizing it is built up one cause at a time: the demand followed minute by minute (the rule
+    alone, no headroom), + the headroom, + the sliding window's peak, + the controller's bounds
+    (hysteresis, longer down-window, minimum interval, maximum step) = the fleets it ran. Then what
+    placement makes of it: `placed` (GPUs with a tenant), and `addedByServices` = placed less the GPUs
+    the pods without a demand curve fill on their own (`fixed_alone`, a replay of them alone) — so
+    spreading and rolling-update surges show as the gap between `fleet` and `addedByServices`.
+    """
+    rs = policy.rightsizing
+    window = max(1, rs.windowSeconds // 60)
+
+    def share(svc: Service, need: float) -> float:
+        replicas, cus = plan_fleet(svc.ladder, need, rs.minReplicas, rs.maxReplicas)
+        return Fleet(replicas, cus, svc.memory).gpus(svc.ladder)
+
+    def day(f: Callable[[Service, int], float]) -> float:
+        return round(sum(f(s, m) for s in svcs for m in range(DAY)) / 60, 1)
+
+    hours: dict[str, dict[str, float]] = {}
+    for name, plan in plans.items():
+        out: dict[str, float] = {}
+        if name == "rightsize":
+            out["demandFollowed"] = day(lambda s, m: share(s, s.day[m]))
+            out["withHeadroom"] = day(lambda s, m: share(s, s.day[m] * (1 + rs.headroom)))
+            out["withWindow"] = day(lambda s, m: share(s, max(s.demand[DAY + m - window + 1:DAY + m + 1])
+                                                       * (1 + rs.headroom)))
+        out["fleet"] = day(lambda s, m, plan=plan: fleet_at(plan[s.name], m).gpus(s.ladder))  # type: ignore[misc]
+        out["fixedAlone"] = fixed_alone
+        out["placed"] = float(runs[name]["gpuHours"])  # type: ignore[arg-type]
+        out["addedByServices"] = round(out["placed"] - fixed_alone, 1)
+        hours[name] = out
+    return hours
+
+
 def _targets(tl: Timeline, created: list[int], first: int) -> dict[int, float]:
     """Each created pod's target req/s: that of the timeline step that created it."""
     out, k = {}, 0
@@ -260,6 +304,9 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
     }
     runs = {name: replay_day(scenario, policy, spec, svcs, plan, rollout, host_score, extender_weight, seed)
             for name, plan in plans.items()}
+    alone = replay_day(scenario, policy, spec, [], {}, rollout, host_score, extender_weight, seed,
+                       without=frozenset(s.name for s in svcs))
+    split = breakdown(policy, svcs, plans, runs, float(alone["gpuHours"]))  # type: ignore[arg-type]
     base = runs["static-peak"]
     for r in runs.values():
         for key, out in (("gpuHours", "savingsVsStaticPeakPct"), ("sliceGpuHours", "sliceSavingsVsStaticPeakPct")):
@@ -267,6 +314,6 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
     demand = {s.name: {"peakRps": round(max(s.day), 2), "meanRps": round(sum(s.day) / len(s.day), 2),
                        "troughRps": round(min(s.day), 2)} for s in svcs}
     return {"scenario": scenario.name, "minutes": DAY, "rolloutMinutes": rollout, "demand": demand,
-            "headroom": policy.rightsizing.headroom, "runs": runs,
+            "headroom": policy.rightsizing.headroom, "runs": runs, "gpuHoursBreakdown": split,
             "fleets": {name: {s: [(m, f.replicas, f.cus) for m, f, _ in tl.steps] for s, tl in plan.items()}
                        for name, plan in plans.items()}}

@@ -22,6 +22,33 @@ ROWS = (("GPU-hours (GPUs with a tenant)", "gpuHours"), ("  vs static peak, % fe
         ("GPUs in use, min..max", "gpus"), ("pods never placed", "podsNeverPlaced"))
 
 
+SPLIT = (("followed services' GPU share: demand followed each minute", "demandFollowed"),
+         ("  + headroom", "withHeadroom"), ("  + sliding window's peak", "withWindow"),
+         ("  + controller bounds = the fleets run", "fleet"),
+         ("pods without a demand curve, placed alone", "fixedAlone"), ("GPUs with a tenant (placed)", "placed"),
+         ("  added by the followed services", "addedByServices"))
+
+
+def breakdown_table(out: dict) -> Table:
+    """Where the GPU-hours go (sim.dayreplay.breakdown), with each strategy's savings against static peak
+    on the followed services' share and on the GPUs they add."""
+    split = out["gpuHoursBreakdown"]
+    table = Table(title="where the GPU-hours go (GPU share: the least GPUs the slices fill under the per-GPU rules)")
+    table.add_column("GPU-hours over the day")
+    for strategy in split:
+        table.add_column(strategy, justify="right")
+    base = split["static-peak"]
+    for label, key in SPLIT:
+        cells = []
+        for r in split.values():
+            v = r.get(key)
+            pct = "" if v is None or r is base or key not in ("fleet", "addedByServices", "placed") \
+                or not base[key] else f" ({100 * (1 - v / base[key]):.1f}% fewer)"
+            cells.append("" if v is None else f"{v:.1f}{pct}")
+        table.add_row(label, *cells)
+    return table
+
+
 def run(args: argparse.Namespace, resolve: Callable[[str, Path], tuple[Policy, str]]) -> int:
     scenario, where = load_scenario(args.scenario)
     name = (args.policy or [scenario.policy or "mi300x-inference"])[0]
@@ -45,6 +72,7 @@ def run(args: argparse.Namespace, resolve: Callable[[str, Path], tuple[Policy, s
         table.add_row(label_, *cells)
     console = Console(width=120)
     console.print(table)
+    console.print(breakdown_table(out))
     demand = ", ".join(f"{s} {d['troughRps']}..{d['peakRps']} req/s" for s, d in out["demand"].items())
     console.print(f"demand (trough..peak): {demand}; headroom {out['headroom']:.0%}")
     return 0

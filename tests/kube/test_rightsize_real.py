@@ -5,6 +5,7 @@ play its part where the controller waits for it (Deployment and PDB status)."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 
 from extender.core.policy import load_policy
-from extender.core.rightsizing import Ladder, explain_lines, sla_size
+from extender.core.rightsizing import explain_lines, sla_ladder
 from extender.kube.client import api_client
 from extender.rightsize.controller import RightSizer
 from extender.rightsize.metrics import RightsizeMetrics
@@ -28,7 +29,7 @@ POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-
 NS = "rightsize-test"
 NOW = 1_767_225_600.0
 RATE = "vllm:request_success_total"
-LADDER = Ladder(lambda rps: sla_size(POLICY, "llama-3.1-8b", rps))
+LADDER = sla_ladder(POLICY, "llama-3.1-8b", POLICY.profiles["llama-3.1-8b"].minMemory)
 AT_32, AT_64 = LADDER.target_text(32), LADDER.target_text(64)  # the target-rps the extender sizes 32 / 64 CUs for
 UP = 1 + POLICY.rightsizing.headroom
 # 13 req/s: 2 x 32 CUs fall short of the need (13 x UP), 2 x 64 carry it
@@ -55,25 +56,25 @@ def prom() -> Iterator[PromStub]:
         yield stub
 
 
-def deployment(apps: client.AppsV1Api, target: str, replicas: int = 2) -> str:
+def deployment(apps: client.AppsV1Api, target: str, replicas: int = 2, namespace: str = NS) -> str:
     name = f"chat-{uuid.uuid4().hex[:6]}"
-    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}, "annotations": {
                          "gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": target}},
                          "spec": {"schedulerName": "nobody", "containers": [{
                              "name": "vllm", "image": "registry.invalid/vllm:1",
                              "resources": {"limits": {"gpuslice.io/gpu-share": "1"}}}]}}}}
-    apps.create_namespaced_deployment(NS, body)
-    rolled_out(apps, name)
+    apps.create_namespaced_deployment(namespace, body)
+    rolled_out(apps, name, namespace)
     return name
 
 
-def rolled_out(apps: client.AppsV1Api, name: str) -> None:
+def rolled_out(apps: client.AppsV1Api, name: str, namespace: str = NS) -> None:
     """What the Deployment controller would write once the rollout is done."""
-    d = apps.read_namespaced_deployment(name, NS)
+    d = apps.read_namespaced_deployment(name, namespace)
     n = d.spec.replicas
-    apps.patch_namespaced_deployment_status(name, NS, {"status": {
+    apps.patch_namespaced_deployment_status(name, namespace, {"status": {
         "observedGeneration": d.metadata.generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
         "availableReplicas": n}})
 
@@ -150,3 +151,61 @@ def test_no_flapping_on_a_noisy_signal(apis: client.ApiClient, prom: PromStub) -
     d = apps.read_namespaced_deployment(name, NS)
     assert applied == 0, explain_lines(d.metadata.annotations)
     assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_64
+
+
+def owned_pod(api: client.ApiClient, owner_kind: str, owner_name: str, owner_uid: str) -> str:
+    """A pod controlled by `owner` (as the ReplicaSet / StatefulSet controller would create it)."""
+    name = f"{owner_name}-{uuid.uuid4().hex[:5]}"
+    client.CoreV1Api(api).create_namespaced_pod(NS, {
+        "metadata": {"name": name, "namespace": NS, "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": owner_kind, "name": owner_name, "uid": owner_uid, "controller": True}],
+            "annotations": {"gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": AT_64}},
+        "spec": {"schedulerName": "nobody", "containers": [{"name": "vllm", "image": "registry.invalid/vllm:1"}]}})
+    return name
+
+
+def explained(kube_env: Env, capsys: pytest.CaptureFixture[str], pod: str) -> tuple[dict, str]:
+    from extender.cli import main
+
+    args = ["explain", f"{NS}/{pod}", "--kubeconfig", str(kube_env.cp.kubeconfig)]
+    main([*args, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    main(args)
+    return doc, capsys.readouterr().out
+
+
+def test_explain_prints_the_owners_right_sizing_changes(kube_env: Env, apis: client.ApiClient, prom: PromStub,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    apps = client.AppsV1Api(apis)
+    prom.series[RATE] = [lambda t: 13.0]
+    name = deployment(apps, AT_32)
+    [out] = sizer(apis, prom, True, [NOW]).run_once()
+    assert out.applied, out.note
+    d = apps.read_namespaced_deployment(name, NS)
+    rs = apps.create_namespaced_replica_set(NS, {
+        "metadata": {"name": f"{name}-5d8f7", "namespace": NS, "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": d.metadata.uid, "controller": True}]},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                 "template": d.to_dict()["spec"]["template"] | {"metadata": {"labels": {"app": name}}}}})
+    pod = owned_pod(apis, "ReplicaSet", rs.metadata.name, rs.metadata.uid)
+    doc, text = explained(kube_env, capsys, pod)
+    [line] = explain_lines(d.metadata.annotations)
+    assert doc["rightsizing"] == {"owner": f"Deployment/{name}", "changes": [line]}
+    assert f"right-sizing of Deployment/{name}" in text and line in text
+
+    # a pod of a never-changed StatefulSet, and a pod without an owner: no right-sizing lines
+    sts = apps.create_namespaced_stateful_set(NS, {
+        "metadata": {"name": f"sts-{uuid.uuid4().hex[:5]}", "namespace": NS},
+        "spec": {"replicas": 0, "serviceName": "x", "selector": {"matchLabels": {"app": "sts"}},
+                 "template": {"metadata": {"labels": {"app": "sts"}}, "spec": {"containers": [
+                     {"name": "c", "image": "registry.invalid/c:1"}]}}}})
+    doc, text = explained(kube_env, capsys, owned_pod(apis, "StatefulSet", sts.metadata.name, sts.metadata.uid))
+    assert doc["rightsizing"] == {"owner": f"StatefulSet/{sts.metadata.name}", "changes": []}
+    assert "right-sizing" not in text
+    apps.patch_namespaced_stateful_set(sts.metadata.name, NS, {"metadata": {"annotations": {
+        "gpuslice.io/rightsize": d.metadata.annotations["gpuslice.io/rightsize"]}}})
+    doc, _ = explained(kube_env, capsys, owned_pod(apis, "StatefulSet", sts.metadata.name, sts.metadata.uid))
+    assert doc["rightsizing"]["changes"] == [line]
+    client.CoreV1Api(apis).delete_collection_namespaced_pod(NS)
+    apps.delete_collection_namespaced_stateful_set(NS)
+    apps.delete_collection_namespaced_replica_set(NS)

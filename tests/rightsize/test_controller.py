@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from extender.core.policy import Policy, load_policy
-from extender.core.rightsizing import Ladder, explain_lines, sla_size
+from extender.core.rightsizing import explain_lines, sla_ladder
 from extender.rightsize.controller import RightSizer
 from extender.rightsize.metrics import RightsizeMetrics
 from extender.rightsize.prometheus import Prometheus, PrometheusError
@@ -20,7 +20,7 @@ from tests.rightsize.prom_stub import PromStub, prometheus
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-inference.yaml")
 NOW = 1_767_225_600.0
 GIB = 2**30
-LADDER = Ladder(lambda rps: sla_size(POLICY, "llama-3.1-8b", rps))
+LADDER = sla_ladder(POLICY, "llama-3.1-8b", POLICY.profiles["llama-3.1-8b"].minMemory)
 AT_32, AT_64 = LADDER.target_text(32), LADDER.target_text(64)  # the target-rps the extender sizes 32 / 64 CUs for
 UP = 1 + POLICY.rightsizing.headroom
 # 13 req/s: 2 x 32 CUs fall short of the need (13 x UP), 2 x 64 carry it
@@ -169,3 +169,20 @@ def test_label_selectors_match_as_kubernetes_does() -> None:
     assert selects({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["prod", "dev"]}]}, labels)
     assert not selects({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}, labels)
     assert selects(None, labels)
+
+
+def test_a_pod_class_override_is_sized_as_the_extender_sizes_it(prom: PromStub) -> None:
+    # the pod says compute-bound; the profile says memory-bound. The extender budgets a compute-bound pod's
+    # worst co-tenancy, so the target the controller writes must give, by that rule, the slice it decided
+    from extender.core.sizing import size_for_target
+
+    prom.series["vllm:request_success_total"] = [steady(13.0)]
+    fake = FakeWorkloads()
+    cb = sla_ladder(POLICY, "llama-3.1-8b", POLICY.profiles["llama-3.1-8b"].minMemory, "compute-bound")
+    fake.add("chat", target=cb.target_text(32), **{"gpuslice.io/class": "compute-bound"})
+    [out] = sizer(prom, fake, True).run_once()
+    assert out.applied and out.decision is not None, out.note
+    [(_, replicas, template, _)] = fake.patches
+    written = float(template["annotations"]["gpuslice.io/target-rps"])
+    assert size_for_target(POLICY, "llama-3.1-8b", written, "compute-bound").cus == out.decision.next.cus
+    assert replicas * cb.at(out.decision.next.cus).rps >= 13.0 * UP

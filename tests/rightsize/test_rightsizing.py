@@ -17,19 +17,19 @@ from extender.core.rightsizing import (
     GIB,
     Change,
     Fleet,
-    Ladder,
     Observation,
     Record,
     decide,
     explain_lines,
     read_record,
+    sla_ladder,
     sla_size,
     window_peak,
 )
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-inference.yaml")
 RS = POLICY.rightsizing
-LADDER = Ladder(lambda rps: sla_size(POLICY, "llama-3.1-8b", rps))
+LADDER = sla_ladder(POLICY, "llama-3.1-8b", POLICY.profiles["llama-3.1-8b"].minMemory)
 MIN_MEM = POLICY.profiles["llama-3.1-8b"].minMemory
 GPU_MEM = POLICY.models["MI300X"].memory
 

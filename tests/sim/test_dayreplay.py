@@ -10,6 +10,7 @@ import yaml
 
 from extender.core.policy import load_policy
 from extender.core.rightsizing import Fleet
+from extender.core.sizing import gpu_share
 from extender.sim.dayreplay import PLACE, READY, REMOVE, Timeline, compare, schedule, services
 from extender.sim.demand import DemandCurve, per_minute, rate
 from extender.sim.runs import policy_spec
@@ -77,3 +78,23 @@ def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> 
     assert right["gpuHours"] < peak["gpuHours"] and right["sliceGpuHours"] < peak["sliceGpuHours"]
     assert right["changes"] > 0 and peak["changes"] == 0 == avg["changes"]
     assert right["podsNeverPlaced"] == 0
+    split = out["gpuHoursBreakdown"]
+    r = split["rightsize"]
+    # each cause only adds: the rule alone <= + headroom <= + window <= the controller's fleets
+    assert 0 < r["demandFollowed"] <= r["withHeadroom"] <= r["withWindow"] <= r["fleet"]
+    assert split["static-peak"]["fleet"] > r["fleet"]
+    for name, run in runs.items():  # the GPUs placed: the lone compute-bound pod's plus what the services add
+        assert split[name]["placed"] == run["gpuHours"]
+        assert split[name]["addedByServices"] == round(run["gpuHours"] - split[name]["fixedAlone"], 1)
+    assert split["rightsize"]["fixedAlone"] == 24.0  # the one embedding pod, on one GPU all day
+
+
+def test_gpu_share_is_the_largest_per_gpu_limit_a_pod_uses() -> None:
+    model = POLICY.models["MI300X"]
+    mem = POLICY.profiles["llama-3.1-8b"].minMemory
+    # two memory-bound tenants per GPU: any slice short of a lone one takes half a GPU
+    assert gpu_share(POLICY, model, "memory-bound", 32, mem) == 0.5
+    assert gpu_share(POLICY, model, "memory-bound", 128, mem) == 0.5
+    assert gpu_share(POLICY, model, "memory-bound", 256, mem) == 1.0  # leaves no room for the smallest slice
+    assert gpu_share(POLICY, model, "memory-bound", 32, model.memory) == 1.0  # all the memory
+    assert gpu_share(POLICY, model, "compute-bound", 32, 8 * 2**30) == 0.5  # maxComputeBoundPerGpu: 2
