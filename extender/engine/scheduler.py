@@ -15,7 +15,7 @@ from itertools import compress
 
 import numpy as np
 
-from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, assignment_in
 from extender.core.bounds import is_refusal, refusal_key
 from extender.core.errors import AssignmentError, InputError, InventoryError, LedgerConflict, SliceRequestError
 from extender.core.fit import Rules
@@ -201,7 +201,7 @@ class Engine:
             if pod.terminal or ASSIGNMENT_ANNOTATION not in pod.annotations or not pod.node_name:
                 continue
             try:
-                a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+                a = assignment_in(pod.annotations)
             except AssignmentError as exc:
                 self.stats.refusal(exc)
                 problems.append(f"pod {pod.key}: {exc}")
@@ -286,7 +286,7 @@ class Engine:
         if entry is not None and not entry.reserved:
             return
         try:
-            a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+            a = assignment_in(pod.annotations)
             if a.node != pod.node_name:  # a stale annotation on a pod bound by someone else
                 log.warning("pod %s: assignment is for node %s, pod is bound to %s; not counted",
                             pod.key, a.node, pod.node_name)

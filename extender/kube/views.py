@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from extender.core.assignment import ParsedAnnotations
 from extender.core.quantity import parse_bytes, parse_millis
 from extender.engine.cluster import NodeView, PodView
 
@@ -39,7 +40,7 @@ def pod_view(obj: Json) -> PodView:
         namespace=_shared(meta.get("namespace", "")),
         name=meta.get("name", ""),
         labels=_shared_map(meta.get("labels") or {}),
-        annotations=_shared_map(meta.get("annotations") or {}),
+        annotations=ParsedAnnotations.of(_shared_map(meta.get("annotations") or {})),  # the slice once
         node_name=_shared(spec.get("nodeName")) or None,
         phase=_shared(status.get("phase")) or "Pending",
         deleting=bool(meta.get("deletionTimestamp")),
