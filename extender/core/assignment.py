@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -163,17 +163,21 @@ class ParsedAnnotations(Mapping[str, str]):
         self.assignment = assignment
 
     @classmethod
-    def of(cls, annotations: Mapping[str, str]) -> Mapping[str, str]:
+    def of(cls, annotations: Mapping[str, str],
+           share: Callable[[dict[str, str]], Mapping[str, str]] | None = None) -> Mapping[str, str]:
         """`annotations` with the assignment parsed; unchanged when there is none or it does not parse
-        (the engine then reports the error when it reads it, as for any pod)."""
+        (the engine then reports the error when it reads it, as for any pod). `share`, if given, is
+        applied to the map kept (the other annotations, or all of them)."""
         text = annotations.get(ASSIGNMENT_ANNOTATION)
-        if text is None:
-            return annotations
-        try:
-            assignment = parse_assignment(text)
-        except AssignmentError:
-            return annotations
-        return cls({k: v for k, v in annotations.items() if k != ASSIGNMENT_ANNOTATION}, assignment)
+        if text is not None:
+            try:
+                assignment = parse_assignment(text)
+            except AssignmentError:
+                pass
+            else:
+                others = {k: v for k, v in annotations.items() if k != ASSIGNMENT_ANNOTATION}
+                return cls(share(others) if share else others, assignment)
+        return share(annotations) if share and isinstance(annotations, dict) else annotations
 
     def __getitem__(self, key: str) -> str:
         if key == ASSIGNMENT_ANNOTATION:

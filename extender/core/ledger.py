@@ -81,7 +81,19 @@ def _shape_of(key: tuple) -> Shape:
     return shape
 
 
-_NO_COUNTS: dict[str, int] = MappingProxyType({})  # type: ignore[assignment]  # shared by every empty GPU
+_COUNTS: dict[tuple, Mapping[str, int]] = {}
+_COUNTS_LIMIT = 4096  # distinct tenant-class counts kept (a few dozen occur); past it, counts are not shared
+
+
+def _shared_counts(counts: dict[str, int]) -> Mapping[str, int]:
+    """One read-only map per distinct tenant-class count (GPU states repeat a few dozen of them)."""
+    key = tuple(sorted(counts.items()))
+    shared = _COUNTS.get(key)
+    if shared is None:
+        shared = MappingProxyType(counts)
+        if len(_COUNTS) < _COUNTS_LIMIT:
+            shared = _COUNTS.setdefault(key, shared)
+    return shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +121,7 @@ class GpuState:
     burst_cus: CuSet = field(init=False, compare=False, repr=False)
     memory_used: int = field(init=False, compare=False, repr=False)
     memory_limit_used: int = field(init=False, compare=False, repr=False)
-    class_counts: dict[str, int] = field(init=False, compare=False, repr=False)
+    class_counts: Mapping[str, int] = field(init=False, compare=False, repr=False)
     _shape: Shape | None = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,12 +141,12 @@ class GpuState:
         put(self, "bursting", CuSet.shared(bursting))
         put(self, "free_cus", free)
         put(self, "free_atom_cus", free_atoms(free, self.info.xcds) * max(1, self.info.xcds))
-        put(self, "free_runs", tuple(free.runs()))  # == layout.runs(free_cus), without a sort
+        put(self, "free_runs", free.run_tuple())  # == layout.runs(free_cus), without a sort; shared
         put(self, "used_cus", (guaranteed & ~shared).bit_count())
         put(self, "burst_cus", CuSet.shared(shared & ~guaranteed))
         put(self, "memory_used", memory)
         put(self, "memory_limit_used", limit)
-        put(self, "class_counts", counts if counts else _NO_COUNTS)
+        put(self, "class_counts", _shared_counts(counts))
         put(self, "_shape", None)
 
     def room(self, overcommit: float, rules: Rules) -> Room:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import copy
 import json
 
-from extender.core.assignment import ASSIGNMENT_ANNOTATION, ParsedAnnotations, assignment_in, parse_assignment
+from extender.core.assignment import (
+    ASSIGNMENT_ANNOTATION,
+    Assignment,
+    ParsedAnnotations,
+    assignment_in,
+    parse_assignment,
+)
 from extender.kube.views import pod_view
 from tests.core.test_assignment import sample
 from tests.kube.test_watch_events import bound_pod, setup
@@ -47,3 +53,21 @@ def test_the_ledger_records_the_watched_pods_own_assignment_object() -> None:
     engine.sync()  # a relist records the cached views' objects too
     cached = engine.cluster.get_pod("default", "p")
     assert cached is not None and engine.ledger.entry(view.uid).assignment is cached.annotations.assignment
+
+
+def test_watched_pods_with_the_same_labels_and_keys_share_one_map_each() -> None:
+    def wire(uid: str, node: str) -> dict:
+        a = sample()
+        text = Assignment(node=node, gpus=a.gpus, workload_class=a.workload_class, policy=a.policy,
+                          assignedAt=a.assignedAt).to_json()
+        return {"metadata": {"uid": uid, "namespace": "ns", "name": uid, "labels": {"app": "llm", "hash": "7f"},
+                             "annotations": {"gpuslice.io/compute": "250m", ASSIGNMENT_ANNOTATION: text}},
+                "spec": {"nodeName": node}}
+
+    one, two = pod_view(wire("u1", "node-a")), pod_view(wire("u2", "node-b"))
+    assert one.labels == two.labels == {"app": "llm", "hash": "7f"} and one.labels is two.labels
+    assert isinstance(one.annotations, ParsedAnnotations) and isinstance(two.annotations, ParsedAnnotations)
+    assert one.annotations._others is two.annotations._others  # the slices differ, the rest is shared
+    assert one.annotations.assignment.node == "node-a" and two.annotations.assignment.node == "node-b"
+    other = pod_view({**wire("u3", "node-a"), "metadata": {"uid": "u3", "labels": {"app": "other"}}})
+    assert other.labels == {"app": "other"} and other.annotations == {}
