@@ -53,8 +53,15 @@ EXTENDER_PROFILE = "gpuslice"  # the schedulerName of every run through the exte
 # gpu-null-extender: the same GPU pods through bench/null_extender.py, an extender served like gpuslice
 # that does no GPU work (passes every node, scores 0, posts the Binding): what the extender protocol
 # alone costs here, so the table separates that from gpuslice's own cost.
+# gpu-narrowed-extender: gpuslice with candidate narrowing on (scoring.candidates with the binpack strategy,
+# NARROWED_POLICY): filter passes only the best-scored nodes, so kube-scheduler scores, and asks prioritize
+# about, only those. Served by a second extender process with its own schedulerName.
 SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-no-extender", "gpu-null-extender",
-             "gpu-with-extender", "gpu-dra")
+             "gpu-with-extender", "gpu-narrowed-extender", "gpu-dra")
+NARROWED = "gpu-narrowed-extender"
+NARROWED_PROFILE = "gpuslice-narrowed"
+NARROWED_POLICY = {"scoring": {"strategy": "binpack", "candidates": {"enabled": True, "tolerance": 0.0,
+                                                                    "minNodes": 16}}}
 # gpu-baseline-extender (with --baseline DIR): the same GPU pods through gpuslice served from another
 # source tree (e.g. an export of main), so a change is measured before/after within one run.
 BASELINE = "gpu-baseline-extender"
@@ -222,9 +229,10 @@ class Bench:
 
 
 def start_extender(kubeconfig: Path, port: int, logdir: Path, root: Path = ROOT,
-                   profile: str = EXTENDER_PROFILE) -> subprocess.Popen:
+                   profile: str = EXTENDER_PROFILE, policy: Path | None = None) -> subprocess.Popen:
     return spawn_server([sys.executable, "-m", "extender", "--log-level", "WARNING", "serve", "--kubeconfig",
-                         str(kubeconfig), "--port", str(port), "--threads", "16", "--scheduler-name", profile],
+                         str(kubeconfig), "--port", str(port), "--threads", "16", "--scheduler-name", profile,
+                         *(["--policy", str(policy)] if policy else [])],
                         port, logdir / f"extender-{profile}.log", env={**os.environ, "PYTHONPATH": str(root)},
                         cwd=root)
 
@@ -280,7 +288,7 @@ def ratios(results: list[dict], nodes: list[int]) -> dict[str, dict[str, dict[st
     for n in nodes:
         by_round = {(r["scenario"], r["round"]): r for r in results if r["nodes"] == n}
         rounds = sorted({rnd for _, rnd in by_round})
-        for scenario in ("gpu-with-extender", BASELINE):
+        for scenario in ("gpu-with-extender", NARROWED, BASELINE):
             row: dict[str, float] = {}
             for name, ref, key, proc in checks:
                 pairs = [(_value(by_round[(scenario, r)], key, proc), _value(by_round[(ref, r)], key, proc))
@@ -341,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             base_port = free_port()
             servers[BASELINE] = (base_port, start_extender(cp.kubeconfig, base_port, cp.workdir,
                                                            args.baseline.resolve(), BASELINE_PROFILE))
+        if NARROWED in args.scenarios:
+            narrowed_port, policy_file = free_port(), cp.workdir / "narrowed-policy.yaml"
+            policy_file.write_text(yaml.safe_dump(NARROWED_POLICY))
+            servers[NARROWED] = (narrowed_port, start_extender(cp.kubeconfig, narrowed_port, cp.workdir,
+                                                               profile=NARROWED_PROFILE, policy=policy_file))
         if "gpu-null-extender" in args.scenarios:
             null_port = free_port()
             servers["gpu-null-extender"] = (null_port, start_null_extender(cp.kubeconfig, null_port, cp.workdir))
@@ -354,11 +367,11 @@ def main(argv: list[str] | None = None) -> int:
                 for scenario in args.scenarios:
                     sched = f"bench-{n}-{scenario}-{rnd}"
                     gpu = scenario.startswith("gpu")
-                    uses_extender = scenario.endswith("with-extender") or scenario == BASELINE
+                    uses_extender = scenario.endswith("with-extender") or scenario in (BASELINE, NARROWED)
                     # As deployed, the extender watches only its own scheduler's pods; runs without it
                     # use a name of their own, which it never sees.
-                    profile = (BASELINE_PROFILE if scenario == BASELINE else EXTENDER_PROFILE) if uses_extender \
-                        else sched
+                    profile = {BASELINE: BASELINE_PROFILE, NARROWED: NARROWED_PROFILE}.get(scenario, EXTENDER_PROFILE) \
+                        if uses_extender else sched
                     bench.create_pods("bench", sched, args.pods, profile, gpu, dra=scenario == "gpu-dra")
                     server = servers.get(scenario)
                     cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None,

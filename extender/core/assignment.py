@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -123,7 +124,7 @@ def parse_assignment(text: str, cu_limit: int = MAX_CUS) -> Assignment:
             raise AssignmentError(f"{w}.memoryLimitBytes", limit, "less than memoryBytes")
         gpus.append(GpuAssignment(index=_int(g, "index", w, maximum=MAX_GPU_INDEX), id=sys.intern(gid),
                                   cus=cus, burstCus=burst,
-                                  memoryBytes=mem, memoryLimitBytes=limit))
+                                  memoryBytes=_shared_int(mem), memoryLimitBytes=_shared_int(limit)))
     if len({g.index for g in gpus}) != len(gpus):
         raise AssignmentError(f"{where}.gpus", [g.index for g in gpus], "a GPU index repeats")
     policy = data.get("policy", "")
@@ -133,3 +134,73 @@ def parse_assignment(text: str, cu_limit: int = MAX_CUS) -> Assignment:
     # Names, ids and times repeat across the pods of a node (the ledger keeps 100,000s): one string each.
     return Assignment(node=sys.intern(node), gpus=tuple(gpus), workload_class=sys.intern(cls),
                       policy=sys.intern(policy), assignedAt=sys.intern(assigned))
+
+
+_INTS: dict[int, int] = {}
+_INTS_LIMIT = 4096  # distinct memory sizes kept; past it values are simply not shared (never cleared)
+
+
+def _shared_int(value: int) -> int:
+    """One int object per memory size: the ledger keeps two per slice, and sizes repeat across pods."""
+    shared = _INTS.get(value)
+    if shared is None:
+        if len(_INTS) >= _INTS_LIMIT:
+            return value
+        shared = _INTS.setdefault(value, value)
+    return shared
+
+
+class ParsedAnnotations(Mapping[str, str]):
+    """A pod's annotations with its assignment held parsed instead of as text: the watch cache keeps
+    every bound pod, and the ledger records the very same Assignment object, so each slice is held
+    once (the text, ~400 bytes a pod, is not kept). Reading the assignment key gives its canonical
+    JSON (Assignment.to_json, what bind writes), which parses back to the same Assignment."""
+
+    __slots__ = ("_others", "assignment")
+
+    def __init__(self, others: Mapping[str, str], assignment: Assignment) -> None:
+        self._others = others  # every annotation but the assignment
+        self.assignment = assignment
+
+    @classmethod
+    def of(cls, annotations: Mapping[str, str],
+           share: Callable[[dict[str, str]], Mapping[str, str]] | None = None) -> Mapping[str, str]:
+        """`annotations` with the assignment parsed; unchanged when there is none or it does not parse
+        (the engine then reports the error when it reads it, as for any pod). `share`, if given, is
+        applied to the map kept (the other annotations, or all of them)."""
+        text = annotations.get(ASSIGNMENT_ANNOTATION)
+        if text is not None:
+            try:
+                assignment = parse_assignment(text)
+            except AssignmentError:
+                pass
+            else:
+                others = {k: v for k, v in annotations.items() if k != ASSIGNMENT_ANNOTATION}
+                return cls(share(others) if share else others, assignment)
+        return share(annotations) if share and isinstance(annotations, dict) else annotations
+
+    def __getitem__(self, key: str) -> str:
+        if key == ASSIGNMENT_ANNOTATION:
+            return self.assignment.to_json()
+        return self._others[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key == ASSIGNMENT_ANNOTATION or key in self._others
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._others
+        yield ASSIGNMENT_ANNOTATION
+
+    def __len__(self) -> int:
+        return len(self._others) + 1
+
+    def __repr__(self) -> str:
+        return f"ParsedAnnotations({dict(self)!r})"
+
+
+def assignment_in(annotations: Mapping[str, str]) -> Assignment:
+    """The assignment these annotations carry: the one held parsed (ParsedAnnotations), else parsed
+    from the text. Raises AssignmentError (or KeyError when there is none)."""
+    if isinstance(annotations, ParsedAnnotations):
+        return annotations.assignment
+    return parse_assignment(annotations[ASSIGNMENT_ANNOTATION])

@@ -36,7 +36,7 @@ _SHARED_LIMIT = 100_000
 class CuSet:
     """A frozen set of non-negative ints as a bit mask (see the module doc)."""
 
-    __slots__ = ("bits", "_hash")
+    __slots__ = ("bits", "_hash", "_runs")
     bits: int
 
     def __init__(self, items: Iterable[int] = ()) -> None:
@@ -45,6 +45,7 @@ class CuSet:
             raise ValueError("a CuSet holds non-negative ints only")
         self.bits = bits
         self._hash: int | None = None
+        self._runs: tuple[tuple[int, int], ...] | None = None
 
     @classmethod
     def from_bits(cls, bits: int) -> CuSet:
@@ -53,6 +54,7 @@ class CuSet:
         out = cls.__new__(cls)
         out.bits = bits
         out._hash = None
+        out._runs = None
         return out
 
     @classmethod
@@ -100,6 +102,14 @@ class CuSet:
             bits >>= length
             base += length
         return out
+
+    def run_tuple(self) -> tuple[tuple[int, int], ...]:
+        """runs() as a tuple, worked out once and kept on the set: every holder of a shared set
+        (CuSet.shared; e.g. the free CUs of 40,000 GPU states, a few dozen distinct) shares it."""
+        runs = self._runs
+        if runs is None:
+            runs = self._runs = tuple(self.runs())
+        return runs
 
     def __repr__(self) -> str:
         return f"CuSet({sorted(self)!r})"

@@ -8,14 +8,13 @@ not block each other.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from types import MappingProxyType
 
 from extender.core.assignment import Assignment, GpuAssignment
@@ -58,57 +57,97 @@ class Slice:
     memory_limit: int
 
 
-_SHAPES: dict[tuple, int] = {}
-_SHAPES_LIMIT = 1_000_000
+class Shape:
+    """What placement cannot tell apart between GPU states (see GpuState.shape), with placement's
+    answers for it per request (`answers`, keyed by the caller). Every live state of that shape holds
+    this one object; when the last one is replaced it goes, answers and all, so the answers kept follow
+    the live cluster instead of every state churn ever made."""
+
+    __slots__ = ("answers", "__weakref__")
+
+    def __init__(self) -> None:
+        self.answers: dict[object, object] = {}
 
 
-def _shape_id(key: tuple) -> int:
+_SHAPES: weakref.WeakValueDictionary[tuple, Shape] = weakref.WeakValueDictionary()
+_SHAPES_LOCK = threading.Lock()
+
+
+def _shape_of(key: tuple) -> Shape:
     shape = _SHAPES.get(key)
     if shape is None:
-        if len(_SHAPES) >= _SHAPES_LIMIT:  # only sharing is lost; ids stay unique
-            _SHAPES.clear()
-        shape = _SHAPES.setdefault(key, next(_SHAPE_IDS))
+        with _SHAPES_LOCK:
+            shape = _SHAPES.setdefault(key, Shape())
     return shape
 
 
-_SHAPE_IDS = itertools.count()
+_COUNTS: dict[tuple, Mapping[str, int]] = {}
+_COUNTS_LIMIT = 4096  # distinct tenant-class counts kept (a few dozen occur); past it, counts are not shared
 
 
-@dataclass(frozen=True)
+def _shared_counts(counts: dict[str, int]) -> Mapping[str, int]:
+    """One read-only map per distinct tenant-class count (GPU states repeat a few dozen of them)."""
+    key = tuple(sorted(counts.items()))
+    shared = _COUNTS.get(key)
+    if shared is None:
+        shared = MappingProxyType(counts)
+        if len(_COUNTS) < _COUNTS_LIMIT:
+            shared = _COUNTS.setdefault(key, shared)
+    return shared
+
+
+@dataclass(frozen=True, slots=True)
 class GpuState:
+    """One GPU's ledger. Its derived figures are worked out once, when the (immutable) state is made,
+    into slots: 40,000 of these at 5,000 nodes, and a per-object __dict__ of cached values cost ~0.6 KiB
+    each. CU sets are CuSets (one shared bit mask each, read as frozensets): a frozenset per GPU state
+    and per tenant costs kilobytes, which at 100,000 tenants is gigabytes."""
+
     info: GpuInfo
     shared: frozenset[int]
     slices: tuple[Slice, ...] = ()
+    guaranteed: CuSet = field(init=False, compare=False, repr=False)
+    bursting: CuSet = field(init=False, compare=False, repr=False)  # CUs in some tenant's burst set
+    # CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone, and in no
+    # tenant's burst set (which may lie outside the region after a policy change).
+    free_cus: CuSet = field(init=False, compare=False, repr=False)
+    # Free CUs a guarantee can take: whole atoms only (the fewest free bits of any XCD, times the XCD
+    # count). Less than len(free_cus) when free bits are uneven over XCDs.
+    free_atom_cus: int = field(init=False, compare=False, repr=False)
+    # Maximal runs of free CU bits as (start, length), in bit order (placement's hot path).
+    free_runs: tuple[tuple[int, int], ...] = field(init=False, compare=False, repr=False)
+    used_cus: int = field(init=False, compare=False, repr=False)  # guaranteed CUs outside the burst region
+    # The shared burst region as it stands (less any bits an older policy guaranteed).
+    burst_cus: CuSet = field(init=False, compare=False, repr=False)
+    memory_used: int = field(init=False, compare=False, repr=False)
+    memory_limit_used: int = field(init=False, compare=False, repr=False)
+    class_counts: Mapping[str, int] = field(init=False, compare=False, repr=False)
+    _shape: Shape | None = field(init=False, compare=False, repr=False)
 
-    # CU sets are CuSets (one bit mask each, read as frozensets): a frozenset per GPU state and per
-    # tenant costs kilobytes, which at 100,000 tenants is gigabytes.
-    @cached_property
-    def guaranteed(self) -> CuSet:
-        bits = 0
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        guaranteed = bursting = memory = limit = 0
+        counts: dict[str, int] = {}
         for s in self.slices:
-            bits |= mask(s.cus)
-        return CuSet.shared(bits)
-
-    @cached_property
-    def bursting(self) -> CuSet:
-        """CUs in some tenant's burst set."""
-        bits = 0
-        for s in self.slices:
-            bits |= mask(s.burst)
-        return CuSet.shared(bits)
-
-    @cached_property
-    def free_cus(self) -> CuSet:
-        """CUs that can still be guaranteed: not in the burst region, not guaranteed to anyone, and in
-        no tenant's burst set (which may lie outside the region after a policy change)."""
+            guaranteed |= mask(s.cus)
+            bursting |= mask(s.burst)
+            memory += s.memory
+            limit += s.memory_limit
+            counts[s.workload_class] = counts.get(s.workload_class, 0) + 1
+        shared = mask(self.shared)
         every = (1 << self.info.computeUnits) - 1
-        return CuSet.shared(every & ~(mask(self.shared) | mask(self.guaranteed) | mask(self.bursting)))
-
-    @cached_property
-    def free_atom_cus(self) -> int:
-        """Free CUs a guarantee can take: whole atoms only (the fewest free bits of any XCD, times the
-        XCD count). Less than len(free_cus) when free bits are uneven over XCDs."""
-        return free_atoms(self.free_cus, self.info.xcds) * max(1, self.info.xcds)
+        free = CuSet.shared(every & ~(shared | guaranteed | bursting))
+        put(self, "guaranteed", CuSet.shared(guaranteed))
+        put(self, "bursting", CuSet.shared(bursting))
+        put(self, "free_cus", free)
+        put(self, "free_atom_cus", free_atoms(free, self.info.xcds) * max(1, self.info.xcds))
+        put(self, "free_runs", free.run_tuple())  # == layout.runs(free_cus), without a sort; shared
+        put(self, "used_cus", (guaranteed & ~shared).bit_count())
+        put(self, "burst_cus", CuSet.shared(shared & ~guaranteed))
+        put(self, "memory_used", memory)
+        put(self, "memory_limit_used", limit)
+        put(self, "class_counts", _shared_counts(counts))
+        put(self, "_shape", None)
 
     def room(self, overcommit: float, rules: Rules) -> Room:
         """This GPU as the fit rule (core/fit.py) reads it."""
@@ -118,52 +157,27 @@ class GpuState:
                     math.floor(info.memoryBytes * overcommit) - self.memory_limit_used,
                     counts.get(MEMORY_BOUND, 0), counts.get(COMPUTE_BOUND, 0), rules.units_of(counts))
 
-    @cached_property
-    def free_runs(self) -> tuple[tuple[int, int], ...]:
-        """Maximal runs of free CU bits as (start, length), in bit order (placement's hot path)."""
-        return tuple(self.free_cus.runs())  # == layout.runs(self.free_cus), without a sort
-
-    @cached_property
-    def used_cus(self) -> int:
-        """Guaranteed CUs outside the shared burst region."""
-        return (mask(self.guaranteed) & ~mask(self.shared)).bit_count()
-
-    @cached_property
-    def burst_cus(self) -> CuSet:
-        """The shared burst region as it stands (less any bits an older policy guaranteed)."""
-        return CuSet.shared(mask(self.shared) & ~mask(self.guaranteed))
-
-    @cached_property
-    def memory_used(self) -> int:
-        return sum(s.memory for s in self.slices)
-
-    @cached_property
-    def memory_limit_used(self) -> int:
-        return sum(s.memory_limit for s in self.slices)
-
     @property
     def memory_free(self) -> int:
         return self.info.memoryBytes - self.memory_used
 
-    @cached_property
-    def class_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for s in self.slices:
-            out[s.workload_class] = out.get(s.workload_class, 0) + 1
-        return out
-
     def count(self, workload_class: str) -> int:
         return self.class_counts.get(workload_class, 0)
 
-    @cached_property
-    def shape(self) -> int:
+    @property
+    def shape(self) -> Shape:
         """An id shared by every GPU state that placement cannot tell apart (same model and health,
         same free CU runs, burst region, memory and tenant classes), so that a request's per-GPU
-        answer is worked out once for all such GPUs, e.g. every empty GPU of a model."""
-        info = self.info
-        return _shape_id((info.model, info.computeUnits, info.xcds, info.memoryBytes, info.healthy,
-                          self.free_runs, mask(self.burst_cus), len(self.shared), self.memory_used,
-                          self.memory_limit_used, tuple(sorted(self.class_counts.items()))))
+        answer is worked out once for all such GPUs, e.g. every empty GPU of a model. Made on first
+        use (only states placement reads get one)."""
+        shape = self._shape
+        if shape is None:
+            info = self.info
+            shape = _shape_of((info.model, info.computeUnits, info.xcds, info.memoryBytes, info.healthy,
+                              self.free_runs, mask(self.burst_cus), len(self.shared), self.memory_used,
+                              self.memory_limit_used, tuple(sorted(self.class_counts.items()))))
+            object.__setattr__(self, "_shape", shape)
+        return shape
 
     def to_dict(self) -> dict[str, object]:
         from extender.core.rangelist import format_ranges

@@ -161,7 +161,9 @@ class Candidates(_Strict):
 
     enabled: bool = Field(default=False)
     tolerance: float = Field(default=0.05, ge=0.0,
-                             description="expected fragmentation, in GPUs, a node may add beyond the best")
+                             description="expected fragmentation, in GPUs, a node may add beyond the best "
+                             "(without fragmentation scoring: the share of the 0..10 score, x10, a node may "
+                             "fall below the best)")
     minNodes: int = Field(default=1, ge=1, description="at least this many nodes pass (the best ones)")
 
 

@@ -207,23 +207,24 @@ class _Candidate:
 
 
 class _Shared:
-    """One request shape's per-GPU answers, shared by every GPU of the same shape (GpuState.shape): a
-    request is worked out once per distinct GPU state, not once per GPU (e.g. once for all empty GPUs).
-    Keyed by fit_key, so pods of the same shape share it too. Bounded; clearing only costs time."""
+    """One request shape's constants, and the keys of its per-GPU answers. The answers live on the GPU
+    state's Shape (core/ledger.py), shared by every GPU of that shape: a request is worked out once per
+    distinct GPU state, not once per GPU (e.g. once for all empty GPUs), and the answers go when no
+    live GPU has that shape any more. Keyed by fit_key, so pods of the same shape share it too."""
 
     __slots__ = ("key", "limits", "fits", "places", "reasons")
 
     def __init__(self, key: str, req: SliceRequest, policy: Policy) -> None:
         self.key = key
         self.limits = _Limits(req, policy)
-        self.fits: dict[int, bool] = {}
-        self.places: dict[int, tuple[int, int | None, frozenset[int] | None, float] | None] = {}
-        self.reasons: dict[int, tuple[str, str] | None] = {}
+        self.fits = "fits|" + key  # -> bool
+        self.places = "place|" + key  # -> (CUs, run start, CU set, score) or None
+        self.reasons = "why|" + key  # -> (category, words) or None
 
 
 _SHARED: dict[str, _Shared] = {}
 _SHARED_KEYS = 256
-_SHAPES_PER_KEY = 200_000
+_ANSWERS_PER_SHAPE = 3 * _SHARED_KEYS  # a long-lived shape (an empty GPU) meets every request ever made
 _MISSING = object()
 # The last request seen: filter and prioritize ask about one request object for thousands of nodes.
 _last: tuple[object, object, _Shared | None] = (None, None, None)
@@ -244,10 +245,11 @@ def _shared(req: SliceRequest, policy: Policy) -> _Shared:
     return shared
 
 
-def _store(cache: dict, shape: int, value: object) -> None:
-    if len(cache) >= _SHAPES_PER_KEY:
-        cache.clear()
-    cache[shape] = value
+def _store(gpu: GpuState, key: str, value: object) -> None:
+    answers = gpu.shape.answers
+    if len(answers) >= _ANSWERS_PER_SHAPE:  # only costs time
+        answers.clear()
+    answers[key] = value
 
 
 def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozenset[int] | None, float] | None:
@@ -270,10 +272,10 @@ def _place_on(limits: _Limits, gpu: GpuState) -> tuple[int, int | None, frozense
 
 
 def _place(shared: _Shared, gpu: GpuState) -> tuple[int, int | None, frozenset[int] | None, float] | None:
-    entry = shared.places.get(gpu.shape, _MISSING)
+    entry = gpu.shape.answers.get(shared.places, _MISSING)
     if entry is _MISSING:
         entry = _place_on(shared.limits, gpu)
-        _store(shared.places, gpu.shape, entry)
+        _store(gpu, shared.places, entry)
     return entry  # type: ignore[return-value]
 
 
@@ -290,7 +292,7 @@ def rank(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     places = shared.places
     best: tuple[float, int] | None = None
     for gpu in state.gpus:
-        entry = places.get(gpu.shape, _MISSING)
+        entry = gpu.shape.answers.get(places, _MISSING)
         if entry is _MISSING:
             entry = _place(shared, gpu)
         if entry is not None:
@@ -338,10 +340,10 @@ def check(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
     cache, limits, count = shared.fits, shared.limits, req.count
     fits = 0
     for gpu in state.gpus:
-        ok = cache.get(gpu.shape)
+        ok = gpu.shape.answers.get(cache)
         if ok is None:
             ok = limits.fits(gpu, limits.needed(gpu))
-            _store(cache, gpu.shape, ok)
+            _store(gpu, cache, ok)
         if ok:
             fits += 1
             if fits >= count:
@@ -352,12 +354,12 @@ def check(req: SliceRequest, state: NodeState, policy: Policy) -> NodeFit:
 def _rejection(req: SliceRequest, state: NodeState, policy: Policy, fitting: int, shared: _Shared) -> NodeFit:
     reasons: list[tuple[str, str]] = []
     for gpu in state.gpus:
-        reason = shared.reasons.get(gpu.shape, _MISSING)
+        reason = gpu.shape.answers.get(shared.reasons, _MISSING)
         if reason is _MISSING:  # cached without the GPU's index, which differs between GPUs of one shape
             words = gpu_reject_reason(req, gpu, policy)
             prefix = f"gpu {gpu.info.index}: "
             reason = None if words is None else (words[0], words[1].removeprefix(prefix))
-            _store(shared.reasons, gpu.shape, reason)
+            _store(gpu, shared.reasons, reason)
         if reason is not None:
             reasons.append((reason[0], f"gpu {gpu.info.index}: {reason[1]}"))  # type: ignore[index]
     category = reasons[0][0] if reasons else "no-gpus"

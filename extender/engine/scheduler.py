@@ -15,7 +15,7 @@ from itertools import compress
 
 import numpy as np
 
-from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_assignment
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, assignment_in
 from extender.core.bounds import is_refusal, refusal_key
 from extender.core.errors import AssignmentError, InputError, InventoryError, LedgerConflict, SliceRequestError
 from extender.core.fit import Rules
@@ -46,7 +46,7 @@ NEUTRAL_SCORE = 5
 PASS_THROUGH = SliceRequest("amd", 0, 0, 0, 0, 1, "compute-bound")
 # Why filter rejected a node (the `reason` label of gpuslice_filter_rejections_total).
 REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "unhealthy", "compute", "memory",
-                     "memory-limit", "class-rule", "bandwidth", "no-gpus", "fragmentation")
+                     "memory-limit", "class-rule", "bandwidth", "no-gpus", "fragmentation", "candidates")
 PENDING_CACHE = 20_000
 PENDING_BYTES = 64 * 2**20  # label and annotation text the pending cache may hold (filter bodies are untrusted)
 DEFAULT_SCHEDULER = "default-scheduler"  # what the API server writes when a pod names no scheduler
@@ -66,6 +66,9 @@ class FilterResult:
     # With fragmentation scoring: per passing node, how much its best placement raises the expected
     # fragmentation (GPUs); filter's candidates and prioritize's scores come from it.
     rises: dict[str, float] = field(default_factory=dict)
+    # Nodes that fit but scored below the candidates (_narrow_by_score). Left out of the reply: a node
+    # kube-scheduler does not get back is not feasible, and a reason per node would be decoded for nothing.
+    not_candidates: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -161,6 +164,7 @@ class Engine:
         self._last_columns: tuple[str, Columns] | None = None  # see _columns()
         self.fragmentation = Fragmentation(p)
         self._last_rises: tuple[tuple, dict[str, float]] | None = None  # see rises()
+        self._last_scores: tuple[tuple, dict[str, int]] | None = None  # see _narrow_by_score()
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
@@ -201,7 +205,7 @@ class Engine:
             if pod.terminal or ASSIGNMENT_ANNOTATION not in pod.annotations or not pod.node_name:
                 continue
             try:
-                a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+                a = assignment_in(pod.annotations)
             except AssignmentError as exc:
                 self.stats.refusal(exc)
                 problems.append(f"pod {pod.key}: {exc}")
@@ -286,7 +290,7 @@ class Engine:
         if entry is not None and not entry.reserved:
             return
         try:
-            a = parse_assignment(pod.annotations[ASSIGNMENT_ANNOTATION])
+            a = assignment_in(pod.annotations)
             if a.node != pod.node_name:  # a stale annotation on a pod bound by someone else
                 log.warning("pod %s: assignment is for node %s, pod is bound to %s; not counted",
                             pod.key, a.node, pod.node_name)
@@ -437,6 +441,8 @@ class Engine:
             cols.index.remember_slots(passed, slots[fast_pass], layout)
         if policy.scoring.fragmentation.enabled and passed:
             self._narrow(pod, req, policy, result, key, narrow_candidates)
+        elif policy.scoring.candidates.enabled and narrow_candidates and len(passed) > 1:
+            self._narrow_by_score(pod, req, policy, result)
         self.stats.merge(self.stats.filter_rejections, rejected)
         return result
 
@@ -461,6 +467,27 @@ class Engine:
             result.failed[n] = (f"gpuslice: placing here adds {result.rises[n] - best:.3f} GPUs of expected "
                                 f"fragmentation more than the best node (tolerance {cand.tolerance:g})")
         self.stats.count(self.stats.filter_rejections, "fragmentation", len(dropped))
+
+    def _narrow_by_score(self, pod: PodView, req: SliceRequest, policy: Policy, result: FilterResult) -> None:
+        """`scoring.candidates` without fragmentation scoring: pass only the nodes whose prioritize score
+        (the policy's strategy, 0..10) is within `tolerance` x 10 points of the best, and at least the
+        `minNodes` best (ties included; the same rule as fragmentation's, engine/fragmentation.narrow).
+        kube-scheduler then scores, and asks prioritize about, only those; prioritize reuses these scores."""
+        cand = policy.scoring.candidates
+        names = result.passed
+        if self.scorer is rank and self.ledger.gpu_index.used > 0:  # the scores before rounding
+            scores: list[tuple[str, float]] = self._column_scores(pod, req, policy, names, fit_key(req, policy))
+        else:
+            scores = list(self.prioritize(pod, names=names))  # type: ignore[arg-type]
+        self._last_scores = (self._scores_key(pod, req, policy), {n: round(v) for n, v in scores})
+        keep = narrow({n: 10.0 - v for n, v in scores}, 10 * cand.tolerance, cand.minNodes)
+        result.not_candidates = [n for n in names if n not in keep]
+        result.passed = [n for n in names if n in keep]
+        self.stats.count(self.stats.filter_rejections, "candidates", len(result.not_candidates))
+
+    def _scores_key(self, pod: PodView, req: SliceRequest, policy: Policy) -> tuple:
+        """What prioritize's scores depend on: the pod, its request under this policy, the ledger's state."""
+        return (pod.uid, fit_key(req, policy), self.ledger.gpu_index.writes)
 
     def rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str,
               reuse: bool = False) -> np.ndarray:
@@ -509,6 +536,11 @@ class Engine:
                         for n, r, f in zip(names_, rises, full, strict=True)]
             return [(n, 0 if r == float("inf") else round(10 * rise_score(r)) if r == r else NEUTRAL_SCORE)
                     for n, r in zip(names_, rises, strict=True)]
+        last = self._last_scores
+        if last is not None and nodes is None and last[0] == self._scores_key(pod, req, policy):
+            known = last[1]  # filter narrowed by these very scores (_narrow_by_score)
+            if all(n in known for n in candidates):
+                return [(n, known[n]) for n in candidates]
         if nodes is None and self.scorer is rank and self.ledger.gpu_index.used > 0:
             return self._prioritize_columns(pod, req, policy, list(candidates), key)
         out: list[tuple[str, int]] = []
@@ -524,6 +556,11 @@ class Engine:
     def _prioritize_columns(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
                             key: str) -> list[tuple[str, int]]:
         """prioritize from the GPU index: `rank`'s score for every node at once."""
+        return [(n, round(v)) for n, v in self._column_scores(pod, req, policy, names, key)]
+
+    def _column_scores(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
+                       key: str) -> list[tuple[str, float]]:
+        """`rank`'s score of every node from the GPU index, 0..10 before prioritize rounds it."""
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
         slots = cols.slots(names).slots
@@ -537,8 +574,8 @@ class Engine:
             scores[slot, pos] = np.nan if value is None else value
         best = node_scores(cols, scores)
         node_best = np.where(slots >= 0, np.take(best, slots, mode="clip"), np.nan)
-        ints = np.where(np.isnan(node_best), 0, np.clip(np.round(np.nan_to_num(node_best) * 10), 0, 10))
-        out = list(zip(names, ints.astype(int).tolist(), strict=True))
+        fine = np.where(np.isnan(node_best), 0.0, np.clip(np.nan_to_num(node_best) * 10, 0, 10))
+        out = list(zip(names, fine.tolist(), strict=True))
         mine = ledger.node_of(pod.uid)
         if mine is not None and mine in names:  # the pod holds a slice there: score it as if freed
             i = names.index(mine)

@@ -7,9 +7,12 @@ magnitude cheaper than building the client's model objects for every event.
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from extender.core.assignment import ParsedAnnotations
 from extender.core.quantity import parse_bytes, parse_millis
 from extender.engine.cluster import NodeView, PodView
 
@@ -23,11 +26,29 @@ def _shared(text: Any) -> Any:
     return sys.intern(text) if type(text) is str and len(text) <= SHARED_LENGTH else text
 
 
+class SharedMap(dict):
+    """A label or annotation map that pods with the same one share (read-only by convention, as
+    every view is): replicas of one workload carry identical labels and gpuslice keys, and the
+    cache keeps every pod. Goes when the last view holding it goes."""
+
+    __slots__ = ("__weakref__",)
+
+
+_MAPS: weakref.WeakValueDictionary[tuple, SharedMap] = weakref.WeakValueDictionary()
+_MAPS_LOCK = threading.Lock()
+
+
 def _shared_map(values: Any) -> Any:
-    """The cache keeps every pod: its keys and short values as one string each, not one per pod."""
+    """The cache keeps every pod: its keys and short values as one string each, and each distinct map
+    once, not once per pod."""
     if not isinstance(values, dict):
         return values
-    return {_shared(k): _shared(v) for k, v in values.items()}
+    items = tuple((_shared(k), _shared(v)) for k, v in values.items())
+    shared = _MAPS.get(items)
+    if shared is None:
+        with _MAPS_LOCK:
+            shared = _MAPS.setdefault(items, SharedMap(items))
+    return shared
 
 
 def pod_view(obj: Json) -> PodView:
@@ -39,7 +60,7 @@ def pod_view(obj: Json) -> PodView:
         namespace=_shared(meta.get("namespace", "")),
         name=meta.get("name", ""),
         labels=_shared_map(meta.get("labels") or {}),
-        annotations=_shared_map(meta.get("annotations") or {}),
+        annotations=ParsedAnnotations.of(meta.get("annotations") or {}, share=_shared_map),  # the slice once
         node_name=_shared(spec.get("nodeName")) or None,
         phase=_shared(status.get("phase")) or "Pending",
         deleting=bool(meta.get("deletionTimestamp")),
