@@ -11,7 +11,9 @@ The request never asks for more than kube-scheduler's DRA allocator will consume
 never rejects a node the allocator could use for capacity: CUs become the largest share of the
 policy's largest model that guarantees no more than the claim's CUs, and a claim that names no
 memory counts none (the allocator gives it all, and checks that itself). Within a node the DRA
-allocator, not the extender, picks the GPU; bind posts a plain Binding and writes no assignment.
+allocator, not the extender, picks the GPU, and it knows capacity only: so a node also fails when
+one of its GPUs has room for the share but not under the class rules (`allocator_may_break_rules`), as
+the allocator could choose that GPU. Bind posts a plain Binding and writes no assignment.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any
 
 from extender.core.assignment import CLASSES
 from extender.core.errors import SliceRequestError, TemporaryError
+from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.quantity import parse_bytes
 from extender.core.requests import SliceRequest
+from extender.engine.placement import gpu_verdict, reject_words
 
 DEVICE_CLASS = "gpuslice"  # deploy/dra/deviceclass.yaml
 DRIVER = "gpu.gpuslice.io"
@@ -133,6 +137,20 @@ def dra_slice_request(shares: Iterable[ClaimShare], policy: Policy) -> SliceRequ
     return SliceRequest(vendor="amd", compute_millis=compute, compute_limit_millis=max(compute, min(limits)),
                         memory_bytes=memory, memory_limit_bytes=memory_limit, count=sum(s.count for s in shares),
                         workload_class=cls)  # type: ignore[arg-type]
+
+
+RULE_CATEGORIES = ("class-rule", "bandwidth")  # the fit rule's categories the DRA allocator does not know
+
+
+def allocator_may_break_rules(req: SliceRequest, state: NodeState, policy: Policy) -> tuple[str, str] | None:
+    """(category, words) for the first GPU of the node where kube-scheduler's DRA allocator, which picks
+    the device and knows only capacity, could put the share though the class rules forbid it: the fit
+    rule's first failing rule there is a class rule, not room. None when every GPU with room obeys them."""
+    for gpu in state.gpus:
+        v = gpu_verdict(req, gpu, policy)
+        if v is not None and v.category in RULE_CATEGORIES:
+            return v.category, reject_words(v, gpu.info.index, req, policy)
+    return None
 
 
 class ClaimSpecs:

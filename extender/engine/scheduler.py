@@ -32,7 +32,7 @@ from extender.core.ledger import GpuState, Ledger, NodeState, PodRef, burst_regi
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, HostRoom, NodeView, PodView
-from extender.engine.dra_requests import ClaimNotSeen, ClaimSpecs, dra_slice_request
+from extender.engine.dra_requests import ClaimNotSeen, ClaimSpecs, allocator_may_break_rules, dra_slice_request
 from extender.engine.fragmentation import Fragmentation, narrow, rise_score
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
@@ -362,7 +362,7 @@ class Engine:
         candidates = self._candidates(nodes, names)
         result = FilterResult()
         try:
-            req, _ = self.request_of(pod, policy)
+            req, dra = self.request_of(pod, policy)
         except SliceRequestError as exc:
             msg = f"gpuslice: {exc}"
             result.unresolvable = {n: msg for n in candidates}
@@ -455,10 +455,29 @@ class Engine:
         elif columns and len(passed) > 1:
             # prioritize is asked about exactly the nodes that passed: their slots are known already.
             cols.index.remember_slots(passed, slots[fast_pass], layout)
-        if policy.scoring.fragmentation.enabled and passed:
+        if dra and passed:
+            self._allocator_guard(pod, req, policy, candidates, result, rejected)
+        if policy.scoring.fragmentation.enabled and result.passed:
             self._narrow(pod, req, policy, result, key, narrow_candidates)
         self.stats.merge(self.stats.filter_rejections, rejected)
         return result
+
+    def _allocator_guard(self, pod: PodView, req: SliceRequest, policy: Policy, candidates: Candidates,
+                         result: FilterResult, rejected: Counter[str]) -> None:
+        """A DRA pod's GPU is picked by kube-scheduler's DRA allocator, which knows capacity only: fail
+        the passing nodes where it could pick a GPU the class rules forbid (engine/dra_requests.py)."""
+        kept = []
+        for name, state in zip(result.passed, candidates.states(self.ledger, result.passed), strict=True):
+            if state is not None and pod.uid in state.pods:
+                state = state.without(pod.uid)
+            risk = allocator_may_break_rules(req, state, policy) if state is not None else None
+            if risk is None:
+                kept.append(name)
+                continue
+            result.failed[name] = (f"gpuslice: {risk[1]}, and kube-scheduler's DRA allocator, which picks the GPU, "
+                                   "could choose it")
+            rejected[risk[0]] += 1
+        result.passed[:] = kept
 
     def observe_request(self, pod: PodView, req: SliceRequest, policy: Policy) -> None:
         """Count the pod (once) in the workload mix fragmentation scoring learns from."""

@@ -4,6 +4,7 @@ rules, bind never gives it an assignment."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -164,3 +165,26 @@ def test_bind_never_writes_an_assignment_for_a_dra_pod() -> None:
     cluster.add_pod(both)
     assert "use one" in engine.bind("default", both.name, both.uid, "node-b")
     assert engine.ledger.entry(both.uid) is None
+
+
+def test_a_node_where_the_allocator_could_pick_a_gpu_at_its_class_limit_fails() -> None:
+    """kube-scheduler's DRA allocator picks the GPU and knows capacity only: a node with one GPU at its
+    memory-bound limit and one with room fails a memory-bound DRA pod (an annotated pod, whose GPU the
+    extender picks, passes), and passes a compute-bound one."""
+    cluster = MemoryCluster()
+    cluster.add_node(gpu_node("two", gpus=2))
+    engine = Engine(cluster, PolicyStore())
+    engine.sync()
+    for i in range(3):
+        pod = PodView(uid=f"mb-{i}", namespace="default", name=f"mb-{i}", annotations=_slice("memory-bound"))
+        cluster.add_pod(pod)
+        assert engine.bind("default", pod.name, pod.uid, "two") == ""
+    per_gpu = Counter(g.index for i in range(3) for g in engine.ledger.entry(f"mb-{i}").assignment.gpus)  # type: ignore[union-attr]
+    assert sorted(per_gpu.values()) == [1, 2]  # one GPU at the limit (2), one with room
+    engine.claims.replace([claim("mb-claim"), claim("cb-claim", cls="compute-bound")])
+    result = engine.filter(dra_pod("dra-mb", "mb-claim"), names=["two"])
+    assert result.passed == [] and "DRA allocator" in result.failed["two"]
+    assert "memory-bound tenants already" in result.failed["two"]
+    assert engine.filter(dra_pod("dra-cb", "cb-claim"), names=["two"]).passed == ["two"]
+    annotated = PodView(uid="a", namespace="default", name="a", annotations=_slice("memory-bound"))
+    assert engine.filter(annotated, names=["two"]).passed == ["two"]
