@@ -6,8 +6,8 @@ default scheduler) and one `gpuslice.io/gpu-share` per GPU on its first containe
 container asks for it), so kubelet calls the node agent. A DRA pod that asks for the marker resource
 (routed to the extender for its class rules, engine/dra_requests.py) gets the schedulerName alone. A
 malformed request is refused with the very message filter would give, instead of a pod that stays
-Pending. The decision is a pure function
-of the pod JSON and the policy; http/webhook.py carries it over AdmissionReview.
+Pending. The decision is a pure function of the pod JSON and the policy; http/webhook.py carries it
+over AdmissionReview.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ the opaque parameters of driver gpu.gpuslice.io (class, computeLimit, memoryLimi
 `SliceRequest`, so the one fit rule (core/fit.py) and the one scoring path judge it: a node passes
 only if some GPU there can take the share under the class rules.
 
-The request never asks for more than kube-scheduler's DRA allocator will consume, so the extender
-never rejects a node the allocator could use for capacity: CUs become the largest share of the
-policy's largest model that guarantees no more than the claim's CUs, and a claim that names no
-memory counts none (the allocator gives it all, and checks that itself). Within a node the DRA
+The request never asks for more than kube-scheduler's DRA allocator will consume (but for the
+policy's CU rounding, which applies as to any pod): CUs become the largest share of the policy's
+largest model that guarantees no more than the claim's CUs, and a claim that names no memory counts
+none (the allocator gives it all, and checks that itself). Within a node the DRA
 allocator, not the extender, picks the GPU, and it knows capacity only: so a node also fails when
 one of its GPUs has room for the share but not under the class rules (`allocator_may_break_rules`), as
 the allocator could choose that GPU. Bind posts a plain Binding and writes no assignment.
@@ -32,7 +32,7 @@ from extender.core.requests import SliceRequest
 from extender.engine.placement import gpu_verdict, reject_words
 
 DEVICE_CLASS = "gpuslice"  # deploy/dra/deviceclass.yaml
-DRIVER = "gpu.gpuslice.io"
+DRIVER = "gpu.gpuslice.io"  # the agent's DRA driver (agent/dra/slices.py; faces do not import each other)
 MARKER_RESOURCE = "gpuslice.io/dra-routed"  # in deploy/scheduler-config.yaml's managedResources
 PARAMETER_KEYS = ("class", "computeLimit", "memoryLimit")
 

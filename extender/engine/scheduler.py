@@ -369,7 +369,7 @@ class Engine:
             self.stats.count(self.stats.filter_rejections, "invalid-request", len(candidates))
             self.stats.refusal(exc)
             return result
-        except ClaimNotSeen as exc:  # kube-scheduler retries the pod when the claim changes
+        except ClaimNotSeen as exc:  # not unresolvable: kube-scheduler tries the pod again later
             result.failed = {n: f"gpuslice: {exc}" for n in candidates}
             self.stats.count(self.stats.filter_rejections, "claim-not-seen", len(candidates))
             return result
@@ -456,20 +456,18 @@ class Engine:
             # prioritize is asked about exactly the nodes that passed: their slots are known already.
             cols.index.remember_slots(passed, slots[fast_pass], layout)
         if dra and passed:
-            self._allocator_guard(pod, req, policy, candidates, result, rejected)
+            self._allocator_guard(req, policy, candidates, result, rejected)
         if policy.scoring.fragmentation.enabled and result.passed:
             self._narrow(pod, req, policy, result, key, narrow_candidates)
         self.stats.merge(self.stats.filter_rejections, rejected)
         return result
 
-    def _allocator_guard(self, pod: PodView, req: SliceRequest, policy: Policy, candidates: Candidates,
-                         result: FilterResult, rejected: Counter[str]) -> None:
+    def _allocator_guard(self, req: SliceRequest, policy: Policy, candidates: Candidates, result: FilterResult,
+                         rejected: Counter[str]) -> None:
         """A DRA pod's GPU is picked by kube-scheduler's DRA allocator, which knows capacity only: fail
         the passing nodes where it could pick a GPU the class rules forbid (engine/dra_requests.py)."""
         kept = []
         for name, state in zip(result.passed, candidates.states(self.ledger, result.passed), strict=True):
-            if state is not None and pod.uid in state.pods:
-                state = state.without(pod.uid)
             risk = allocator_may_break_rules(req, state, policy) if state is not None else None
             if risk is None:
                 kept.append(name)

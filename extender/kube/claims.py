@@ -23,13 +23,13 @@ from kubernetes.watch.watch import iter_resp_lines
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, parse_assignment
 from extender.core.errors import AssignmentError
 from extender.engine.cluster import PodView
+from extender.engine.dra_requests import DRIVER
 from extender.engine.scheduler import Engine
 from extender.kube.cluster import KubeCluster
 from extender.kube.raw import list_items
 
 log = logging.getLogger(__name__)
 
-DRIVER = "gpu.gpuslice.io"  # the agent's DRA driver (agent/dra/slices.py; faces do not import each other)
 WATCH_SECONDS = 240
 BACKOFF_MAX = 30.0
 
