@@ -32,6 +32,7 @@ class PodView:
     memory_bytes: int = 0
     priority: int = 0
     scheduler_name: str | None = None
+    claims: tuple[str, ...] = ()  # its ResourceClaims' names (engine/dra_requests.py)
 
     @property
     def key(self) -> str:

@@ -32,6 +32,7 @@ from extender.core.ledger import GpuState, Ledger, NodeState, PodRef, burst_regi
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, HostRoom, NodeView, PodView
+from extender.engine.dra_requests import ClaimNotSeen, ClaimSpecs, allocator_may_break_rules, dra_slice_request
 from extender.engine.fragmentation import Fragmentation, narrow, rise_score
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
@@ -46,7 +47,8 @@ NEUTRAL_SCORE = 5
 PASS_THROUGH = SliceRequest("amd", 0, 0, 0, 0, 1, "compute-bound")
 # Why filter rejected a node (the `reason` label of gpuslice_filter_rejections_total).
 REJECTION_REASONS = ("invalid-request", "quota", "inventory", "unknown-node", "unhealthy", "compute", "memory",
-                     "memory-limit", "class-rule", "bandwidth", "no-gpus", "fragmentation", "candidates")
+                     "memory-limit", "class-rule", "bandwidth", "no-gpus", "fragmentation", "candidates",
+                     "claim-not-seen")
 PENDING_CACHE = 20_000
 PENDING_BYTES = 64 * 2**20  # label and annotation text the pending cache may hold (filter bodies are untrusted)
 DEFAULT_SCHEDULER = "default-scheduler"  # what the API server writes when a pod names no scheduler
@@ -140,6 +142,7 @@ class Engine:
         self.ledger = Ledger(p.burst.sharedFraction, p.overcommit.memory, clock, Rules.from_policy(p))
         self._ledger_policy = p  # the policy whose burst region, overcommit and fit rules the ledger follows
         self.stats = EngineStats()
+        self.claims = ClaimSpecs()  # the ResourceClaims' gpuslice requests (written by kube/claims.py's watch)
         self._pending: OrderedDict[str, PodView] = OrderedDict()
         self._pending_bytes = 0
         self._pending_lock = threading.Lock()
@@ -343,6 +346,20 @@ class Engine:
                 self.on_freed(names[0])
 
     # --- verbs ---------------------------------------------------------------------------------
+    def request_of(self, pod: PodView, policy: Policy) -> tuple[SliceRequest | None, bool]:
+        """The pod's slice request, and whether it is a DRA pod's (read from its gpuslice ResourceClaims,
+        engine/dra_requests.py): filter and prioritize judge both kinds by the same fit rule and scores."""
+        req = parse_slice_request(pod.labels, pod.annotations, policy)
+        if not pod.claims:
+            return req, False
+        dra = dra_slice_request(self.claims.shares(pod.namespace, pod.claims), policy)
+        if dra is None:
+            return req, False
+        if req is not None:
+            raise SliceRequestError("spec.resourceClaims", list(pod.claims), "the pod asks for a slice by gpuslice "
+                                    "keys and by a gpuslice ResourceClaim; use one of the two")
+        return dra, True
+
     def filter(self, pod: PodView, nodes: Iterable[NodeView] | None = None,
                names: Iterable[str] | None = None, narrow_candidates: bool = True) -> FilterResult:
         policy = self.policies.current
@@ -350,12 +367,16 @@ class Engine:
         candidates = self._candidates(nodes, names)
         result = FilterResult()
         try:
-            req = parse_slice_request(pod.labels, pod.annotations, policy)
+            req, dra = self.request_of(pod, policy)
         except SliceRequestError as exc:
             msg = f"gpuslice: {exc}"
             result.unresolvable = {n: msg for n in candidates}
             self.stats.count(self.stats.filter_rejections, "invalid-request", len(candidates))
             self.stats.refusal(exc)
+            return result
+        except ClaimNotSeen as exc:  # not unresolvable: kube-scheduler tries the pod again later
+            result.failed = {n: f"gpuslice: {exc}" for n in candidates}
+            self.stats.count(self.stats.filter_rejections, "claim-not-seen", len(candidates))
             return result
         # Remember every pod filter saw (pass-through ones too): bind gets only names and a UID, and
         # the pod may not be readable from the cluster yet (or at all, in the demo).
@@ -439,12 +460,29 @@ class Engine:
         elif columns and len(passed) > 1:
             # prioritize is asked about exactly the nodes that passed: their slots are known already.
             cols.index.remember_slots(passed, slots[fast_pass], layout)
-        if policy.scoring.fragmentation.enabled and passed:
+        if dra and passed:
+            self._allocator_guard(req, policy, candidates, result, rejected)
+        if policy.scoring.fragmentation.enabled and result.passed:
             self._narrow(pod, req, policy, result, key, narrow_candidates)
-        elif policy.scoring.candidates.enabled and narrow_candidates and len(passed) > 1:
+        elif policy.scoring.candidates.enabled and narrow_candidates and len(result.passed) > 1:
             self._narrow_by_score(pod, req, policy, result)
         self.stats.merge(self.stats.filter_rejections, rejected)
         return result
+
+    def _allocator_guard(self, req: SliceRequest, policy: Policy, candidates: Candidates, result: FilterResult,
+                         rejected: Counter[str]) -> None:
+        """A DRA pod's GPU is picked by kube-scheduler's DRA allocator, which knows capacity only: fail
+        the passing nodes where it could pick a GPU the class rules forbid (engine/dra_requests.py)."""
+        kept = []
+        for name, state in zip(result.passed, candidates.states(self.ledger, result.passed), strict=True):
+            risk = allocator_may_break_rules(req, state, policy) if state is not None else None
+            if risk is None:
+                kept.append(name)
+                continue
+            result.failed[name] = (f"gpuslice: {risk[1]}, and kube-scheduler's DRA allocator, which picks the GPU, "
+                                   "could choose it")
+            rejected[risk[0]] += 1
+        result.passed[:] = kept
 
     def observe_request(self, pod: PodView, req: SliceRequest, policy: Policy) -> None:
         """Count the pod (once) in the workload mix fragmentation scoring learns from."""
@@ -520,8 +558,8 @@ class Engine:
         policy = self.policies.current
         candidates = self._candidates(nodes, names)
         try:
-            req = parse_slice_request(pod.labels, pod.annotations, policy)
-        except SliceRequestError:
+            req, _ = self.request_of(pod, policy)
+        except (SliceRequestError, ClaimNotSeen):
             return [(n, 0) for n in candidates]
         if req is None and not policy.scoring.fragmentation.enabled:
             return [(n, NEUTRAL_SCORE) for n in candidates]
@@ -641,11 +679,13 @@ class Engine:
             raise BindError(f"gpuslice: pod {pod.key} has schedulerName {pod.scheduler_name or DEFAULT_SCHEDULER!r}; "
                             f"this extender binds only {self.scheduler_name!r} pods (the only ones its watch follows)")
         try:
-            req = parse_slice_request(pod.labels, pod.annotations, policy)
+            req, dra = self.request_of(pod, policy)
         except SliceRequestError as exc:
             self.stats.refusal(exc)
             raise BindError(f"gpuslice: {exc}") from None
-        if req is None:
+        except ClaimNotSeen as exc:
+            raise BindError(f"gpuslice: {exc}", temporary=True) from None
+        if req is None or dra:  # a DRA pod's share is its claim's: kube-scheduler allocated it, the agent prepares it
             self.cluster.bind_pod(pod, node, {})
             self._forget_pending(uid)
             return
@@ -740,8 +780,8 @@ class Engine:
         the slice needs; gpuslice never adds victims (see engine/preemption.py)."""
         policy = self.policies.current
         try:
-            req = parse_slice_request(pod.labels, pod.annotations, policy)
-        except SliceRequestError:
+            req, _ = self.request_of(pod, policy)
+        except (SliceRequestError, ClaimNotSeen):
             return {}  # the pod cannot run anywhere until its request is fixed; evicting helps nobody
         states = {n: self.ledger.node(n) for n in victims}
         kept = preempt(req, states, {n: Victims(tuple(uids)) for n, uids in victims.items()}, pod.uid, policy,

@@ -15,6 +15,7 @@ from extender.core.bounds import MAX_ANNOTATION_BYTES, MAX_NAME_CHARS, MAX_NODES
 from extender.core.errors import InputError
 from extender.core.quantity import parse_bytes, parse_quantity
 from extender.engine.cluster import NodeView, PodView
+from extender.engine.dra_requests import claim_names
 from extender.engine.scheduler import FilterResult
 
 
@@ -64,8 +65,23 @@ class Container(_In):
     resources: ResourceRequirements | None = None
 
 
+MAX_POD_CLAIMS = 32  # the API server's limit on a pod's spec.resourceClaims
+
+
+class PodResourceClaim(_In):
+    name: str = ""
+    resourceClaimName: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    resourceClaimTemplateName: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+
+
+class PodResourceClaimStatus(_In):
+    name: str = ""
+    resourceClaimName: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+
+
 class PodSpec(_In):
     containers: list[Container] = Field(default_factory=list)
+    resourceClaims: list[PodResourceClaim] | None = Field(default=None, max_length=MAX_POD_CLAIMS)
     initContainers: list[Container] | None = None
     nodeName: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     priority: Int32 | None = None
@@ -74,6 +90,7 @@ class PodSpec(_In):
 
 class PodStatus(_In):
     phase: str | None = None
+    resourceClaimStatuses: list[PodResourceClaimStatus] | None = Field(default=None, max_length=MAX_POD_CLAIMS)
 
 
 class Pod(_In):
@@ -287,7 +304,9 @@ def pod_view(pod: Pod) -> PodView:
                    annotations=meta.annotations or {}, node_name=pod.spec.nodeName or None,
                    phase=pod.status.phase or "Pending", deleting=meta.deletionTimestamp is not None,
                    resource_version=meta.resourceVersion, cpu_millis=cpu, memory_bytes=memory,
-                   priority=pod.spec.priority or 0, scheduler_name=pod.spec.schedulerName or None)
+                   priority=pod.spec.priority or 0, scheduler_name=pod.spec.schedulerName or None,
+                   claims=claim_names([c.model_dump() for c in pod.spec.resourceClaims or ()],
+                                      [s.model_dump() for s in pod.status.resourceClaimStatuses or ()]))
 
 
 def node_view(node: Node) -> NodeView:

@@ -23,13 +23,13 @@ from kubernetes.watch.watch import iter_resp_lines
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, parse_assignment
 from extender.core.errors import AssignmentError
 from extender.engine.cluster import PodView
+from extender.engine.dra_requests import DRIVER
 from extender.engine.scheduler import Engine
 from extender.kube.cluster import KubeCluster
 from extender.kube.raw import list_items
 
 log = logging.getLogger(__name__)
 
-DRIVER = "gpu.gpuslice.io"  # the agent's DRA driver (agent/dra/slices.py; faces do not import each other)
 WATCH_SECONDS = 240
 BACKOFF_MAX = 30.0
 
@@ -71,15 +71,21 @@ def holds_slices(view: PodView) -> bool:
     return ASSIGNMENT_ANNOTATION in view.annotations
 
 
-def list_claim_views(api: ApiClient) -> tuple[list[PodView], str]:
-    """Every claim holding prepared shares of this driver, and the list's resourceVersion. An API server
-    without resource.k8s.io/v1 has no DRA tenants: ([], "")."""
+def list_claims(api: ApiClient) -> tuple[list[dict[str, Any]], str]:
+    """Every ResourceClaim's JSON and the list's resourceVersion; ([], "") from an API server without
+    resource.k8s.io/v1."""
     try:
-        items, rv = list_items(ResourceV1Api(api).list_resource_claim_for_all_namespaces)
+        return list_items(ResourceV1Api(api).list_resource_claim_for_all_namespaces)
     except ApiException as exc:
         if exc.status == 404:
             return [], ""
         raise
+
+
+def list_claim_views(api: ApiClient) -> tuple[list[PodView], str]:
+    """Every claim holding prepared shares of this driver, and the list's resourceVersion. An API server
+    without resource.k8s.io/v1 has no DRA tenants: ([], "")."""
+    items, rv = list_claims(api)
     return [v for v in map(claim_view, items) if holds_slices(v)], rv
 
 
@@ -108,7 +114,10 @@ class ClaimWatch:
         self._stop.set()
 
     def relist(self) -> str:
-        views, rv = list_claim_views(self.api)
+        items, rv = list_claims(self.api)
+        views = [v for v in map(claim_view, items) if holds_slices(v)]
+        if rv:  # DRA pods' requests for filter and prioritize (engine/dra_requests.py)
+            self.engine.claims.replace(items)
         with self.feed:
             gone = self.cluster.replace_claims(views)
             for uid in gone:
@@ -153,6 +162,10 @@ class ClaimWatch:
                 if event.get("type") == "ERROR":
                     raise ApiException(status=obj.get("code"), reason=obj.get("message"))
                 if event.get("type") != "BOOKMARK":
+                    if event.get("type") == "DELETED":
+                        self.engine.claims.drop(obj)
+                    else:
+                        self.engine.claims.put(obj)
                     self.apply(event.get("type", ""), claim_view(obj))
                 rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
         finally:

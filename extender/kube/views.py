@@ -15,6 +15,7 @@ from typing import Any
 from extender.core.assignment import ParsedAnnotations
 from extender.core.quantity import parse_bytes, parse_millis
 from extender.engine.cluster import NodeView, PodView
+from extender.engine.dra_requests import claim_names
 
 Json = Mapping[str, Any]
 
@@ -69,6 +70,7 @@ def pod_view(obj: Json) -> PodView:
         scheduler_name=spec.get("schedulerName") or None,
         cpu_millis=_requested(spec, "cpu", parse_millis),
         memory_bytes=_requested(spec, "memory", parse_bytes),
+        claims=claim_names(spec.get("resourceClaims") or (), status.get("resourceClaimStatuses") or ()),
     )
 
 

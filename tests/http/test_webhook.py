@@ -19,6 +19,7 @@ from extender.core.policy import parse_policy
 from extender.engine.admission import SHARE_RESOURCE, admit
 from extender.engine.cluster import PodView
 from extender.engine.demo import demo_cluster
+from extender.engine.dra_requests import MARKER_RESOURCE
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.http.webhook import create_webhook_app
@@ -60,6 +61,15 @@ def test_count_and_existing_limits_and_explicit_choices() -> None:
 def test_pods_without_keys_pass_untouched() -> None:
     a = admit(pod({"other.io/x": "1"}), POLICY, "gpuslice")
     assert a.allowed and not a.patch
+
+
+def test_a_dra_pod_routed_by_the_marker_gets_the_scheduler_alone() -> None:
+    routed = [{"name": "m", "resources": {"claims": [{"name": "gpu"}], "limits": {MARKER_RESOURCE: "1"}}}]
+    claims = [{"name": "gpu", "resourceClaimTemplateName": "gpu-slice-64cu-60gi"}]
+    a = admit(pod(containers=routed, resourceClaims=claims), POLICY, "gpuslice")
+    assert a.allowed and a.patch == [{"op": "add", "path": "/spec/schedulerName", "value": "gpuslice"}]
+    assert admit(pod(containers=routed, schedulerName="mine"), POLICY, "gpuslice").patch == []
+    assert admit(pod(resourceClaims=claims), POLICY, "gpuslice").patch == []  # not routed: DRA alone
 
 
 @pytest.mark.parametrize("annotations", [{**SLICE, "gpuslice.io/compute": "2"}, {"gpuslice.io/memroy": "1Gi"},

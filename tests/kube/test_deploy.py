@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from extender.engine.dra_requests import MARKER_RESOURCE
 from extender.kube.controlplane import assets_dir
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -23,7 +24,8 @@ def test_scheduler_config_has_the_gpuslice_profile_and_extender() -> None:
     assert {ext[k] for k in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")} == {
         "filter", "prioritize", "bind", "preempt"}
     assert ext["nodeCacheCapable"] is True and ext["httpTimeout"]
-    assert ext["managedResources"] == [{"name": "gpuslice.io/gpu-share", "ignoredByScheduler": True}]
+    assert ext["managedResources"] == [{"name": "gpuslice.io/gpu-share", "ignoredByScheduler": True},
+                                       {"name": MARKER_RESOURCE, "ignoredByScheduler": True}]
     assert cfg["leaderElection"]["resourceName"] == "gpuslice-scheduler"
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, parse_assignment
 from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, format_inventory
 from extender.core.rangelist import parse_ranges
 from extender.engine.cluster import MemoryCluster, NodeView, PodView
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
+from extender.kube import claims as claims_module
 from extender.kube.claims import DRIVER, ClaimWatch, claim_view
 from extender.kube.cluster import KubeCluster
 
@@ -105,3 +108,21 @@ def test_claim_events_free_and_take_capacity() -> None:
 def test_views_round_trip_through_json() -> None:
     text = claim_view(claim("c-1", "pair", [(0, "0-63", GIB), (1, "64-127", GIB)])).annotations[ASSIGNMENT_ANNOTATION]
     assert [g["index"] for g in json.loads(text)["gpus"]] == [0, 1]
+
+
+def test_a_relist_gives_filter_every_claims_gpuslice_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim watch's listing also fills the engine's claim specs (engine/dra_requests.py); an API
+    server without resource.k8s.io/v1 leaves them unwatched (a pod's claims then ask for nothing)."""
+    cluster = KubeCluster(api=None)  # type: ignore[arg-type]
+    engine = Engine(cluster, PolicyStore())
+    watch = ClaimWatch(api=None, cluster=cluster, engine=engine, feed=threading.RLock())  # type: ignore[arg-type]
+    spec = {"devices": {"requests": [{"name": "gpu", "exactly": {
+        "deviceClassName": "gpuslice", "capacity": {"requests": {"computeUnits": "64", "memory": "60Gi"}}}}]}}
+    listed = [claim("c-1", "llama", [(0, "0-63", GIB)]) | {"spec": spec}]
+    monkeypatch.setattr(claims_module, "list_claims", lambda api: ([], ""))
+    watch.relist()
+    assert not engine.claims.watching and engine.claims.shares("ml", ["llama"]) == ()
+    monkeypatch.setattr(claims_module, "list_claims", lambda api: (listed, "9"))
+    assert watch.relist() == "9"
+    (share,) = engine.claims.shares("ml", ["llama"])
+    assert (share.cus, share.memory, share.count) == (64, 60 * GIB, 1)

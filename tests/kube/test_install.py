@@ -225,9 +225,15 @@ def test_the_api_server_calls_the_webhook(installed: Installed, webhook: str) ->
 
     plain = api.create_namespaced_pod("default", annotated_pod("plain"))
     assert plain.spec.scheduler_name == "default-scheduler" and not plain.spec.containers[0].resources.limits
+    routed = annotated_pod("dra-routed")  # a DRA pod asking for the routing marker: the scheduler alone
+    routed["spec"]["containers"][0]["resources"] = {"limits": {"gpuslice.io/dra-routed": "1"}}
+    made = api.create_namespaced_pod("default", routed)
+    assert made.spec.scheduler_name == "gpuslice"
+    assert made.spec.containers[0].resources.limits == {"gpuslice.io/dra-routed": "1"}
     system = api.create_namespaced_pod("kube-system", annotated_pod("system", compute="250m", memory="16Gi"))
     assert system.spec.scheduler_name == "default-scheduler"  # never gates the system namespaces
-    for ns, name in (("default", "opt-in"), ("default", "plain"), ("kube-system", "system")):
+    for ns, name in (("default", "opt-in"), ("default", "plain"), ("default", "dra-routed"),
+                     ("kube-system", "system")):
         api.delete_namespaced_pod(name, ns, grace_period_seconds=0)
 
 
