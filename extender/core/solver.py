@@ -289,6 +289,13 @@ def violations(problem: Problem, placement: Placement) -> list[str]:
     return problems
 
 
+def _double_penalty(w: Weights) -> int:
+    """What each memory-bound tenant beyond a GPU's first costs. Under binpack nothing: as in the greedy
+    score (engine/placement.empty_complementarity), doubling up must not rank below opening an empty GPU;
+    the class rules bound it and pairing with a compute-bound tenant is still rewarded."""
+    return DOUBLE_PENALTY if w.spread else 0
+
+
 def _open_cost(b: Bin) -> int:
     """0..UNIT: how empty the GPU is before this decision (a best-fit measure over CUs and memory)."""
     cu = b.free_cus / b.usable_cus if b.usable_cus else 0.0
@@ -313,7 +320,7 @@ def objective(problem: Problem, placement: Placement) -> int:
                 total -= w.gpu
         mb = bn.memory_bound + load.memory_bound
         cb = bn.compute_bound + load.compute_bound
-        total += w.complementarity * (PAIR_REWARD * min(mb, cb) - DOUBLE_PENALTY * max(0, mb - 1))
+        total += w.complementarity * (PAIR_REWARD * min(mb, cb) - _double_penalty(w) * max(0, mb - 1))
         left = bn.free_cus - load.cus
         if 0 < left < bn.min_slice:
             total -= w.fragmentation * UNIT
@@ -495,7 +502,7 @@ class _Model:
                 m.add(pairs <= bn.memory_bound + _sum(new_mb))
                 m.add(pairs <= bn.compute_bound + _sum(new_cb))
                 self.obj.append((w.complementarity * PAIR_REWARD, pairs))
-        if new_mb and bn.memory_bound + len(new_mb) > 1:
+        if new_mb and bn.memory_bound + len(new_mb) > 1 and _double_penalty(w):
             doubled = m.new_int_var(0, n, f"doubled{b}")
             self.aux.append((doubled, lambda ls, _, b=b, bn=bn: max(0, bn.memory_bound + ls[b].memory_bound - 1)))
             m.add(doubled >= bn.memory_bound - 1 + _sum(new_mb))

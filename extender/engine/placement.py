@@ -112,10 +112,17 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f}Gi"
 
 
-def complementarity(req_class: str, gpu: GpuState) -> float:
+def empty_complementarity(strategy: str) -> float:
+    """An empty GPU's complementarity. Under binpack it is the least a shared GPU can score, so the term
+    ranks used GPUs among themselves and never makes opening a GPU look better than sharing one (the
+    class rules and the SLA sizing already bound what sharing costs); spread keeps it neutral."""
+    return 0.0 if strategy == "binpack" else 0.5
+
+
+def complementarity(req_class: str, gpu: GpuState, strategy: str = "binpack") -> float:
     """1 when the newcomer's class complements every tenant, 0 when it doubles up on memory bandwidth."""
     if not gpu.slices:
-        return 0.5
+        return empty_complementarity(strategy)
     total = 0.0
     for s in gpu.slices:
         if s.workload_class != req_class:
@@ -137,7 +144,7 @@ def _score(req: SliceRequest, gpu: GpuState, n: int, policy: Policy, frag: float
     pack = after if policy.scoring.strategy == "binpack" else 1.0 - after
     mem_after = (gpu.memory_used + req.memory_bytes) / gpu.info.memoryBytes
     pack = 0.7 * pack + 0.3 * (mem_after if policy.scoring.strategy == "binpack" else 1.0 - mem_after)
-    comp = complementarity(req.workload_class, gpu)
+    comp = complementarity(req.workload_class, gpu, policy.scoring.strategy)
     w = policy.scoring.weights
     total_w = w.packing + w.complementarity + w.fragmentation
     if total_w == 0:

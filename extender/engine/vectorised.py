@@ -17,7 +17,15 @@ from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Verdict
 from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Slots, Table
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
-from extender.engine.placement import _min_slice_for, _place, _shared, reject_message, reject_words, rules_of
+from extender.engine.placement import (
+    _min_slice_for,
+    _place,
+    _shared,
+    empty_complementarity,
+    reject_message,
+    reject_words,
+    rules_of,
+)
 
 FIELD = {name: i for i, name in enumerate(FIELDS)}
 CATEGORIES = ("", "unhealthy", "compute", "memory", "memory-limit", "class-rule", "bandwidth")
@@ -196,7 +204,8 @@ class Columns:
             mem_after = (mem_used + req.memory_bytes) / mem_bytes
             pack = 0.7 * pack + 0.3 * (mem_after if binpack else 1.0 - mem_after)
             same_weight = 0.6 if req.workload_class == COMPUTE_BOUND else 0.0
-            comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices, 0.5)
+            comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices,
+                            empty_complementarity(policy.scoring.strategy))
             frag, exact = self._fragmentation(lengths, free, model, nruns, need, whole)
             w = policy.scoring.weights
             total_w = w.packing + w.complementarity + w.fragmentation

@@ -59,8 +59,8 @@ def test_what_if_policy_change(capsys: pytest.CaptureFixture[str], tmp_path: Pat
                          "--json"])
     labels = [r["label"] for r in out["runs"]]
     assert labels[:2] == ["current:current", "new:new"]
-    assert out["gpus"] > 14  # one memory-bound tenant per GPU needs more GPUs
-    assert out["currentPolicyGpus"] == 14
+    assert out["currentPolicyGpus"] is not None
+    assert out["gpus"] > out["currentPolicyGpus"]  # one memory-bound tenant per GPU needs more GPUs
     assert main(["simulate", "--scenario", "seed", "--policy", str(new), "--baseline", str(current)]) == 0
     assert "what this policy change does" in capsys.readouterr().out
 
