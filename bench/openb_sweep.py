@@ -10,7 +10,8 @@ part of this repository. `--set key.path=value` overrides one field of the openb
 variant; the policy file is written next to the JSON). Prints allocated % per run label: mean over the
 seeds, min and max, and the wall and CPU seconds of each seed's whole `simulate` process; unless
 `--no-compare`, a last table says per trace whether gpuslice leads every baseline and by how much.
-Writes JSON.
+Writes JSON; each seed is also appended to OUT.partial.jsonl as it finishes, and a rerun with the same
+arguments resumes from it.
 `--variants` runs every `openb_pod_list_*.csv` in DIR (default, gpushare*, multigpu*, gpuspec*, cpu*).
 """
 
@@ -22,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,6 +115,12 @@ def table(results: list[dict[str, Any]], console: Console) -> dict[str, Any]:
     return summary
 
 
+def _read_partial(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def variants(trace_dir: Path) -> list[str]:
     """The pod lists in the trace folder, the default one first."""
     names = sorted(f.name[len("openb_pod_list_"):-len(".csv")] for f in trace_dir.glob("openb_pod_list_*.csv"))
@@ -159,9 +167,23 @@ def main(argv: list[str] | None = None) -> int:
     policy = policy_with(a.set, a.json.with_suffix(".policy.yaml"))
     jobs = [(t, s) for t in a.traces for s in seeds(a.seeds)]
     console = Console()
+    # each finished seed is appended to OUT.partial.jsonl as it ends; a rerun with the same arguments
+    # takes those from there (a long sweep on a shared machine can be stopped and resumed)
+    partial = a.json.with_suffix(".partial.jsonl")
+    setting = {"load": a.load, "policy": policy, "overrides": a.set, "compare": not a.no_compare}
+    done = {(r["trace"], r["seed"]): r for r in _read_partial(partial) if r.get("setting") == setting}
+    lock = threading.Lock()
+
+    def run(job: tuple[str, int]) -> dict[str, Any]:
+        if job in done:
+            return done[job]
+        r = {**one(a.trace_dir, job[0], job[1], a.load, policy, not a.no_compare), "setting": setting}
+        with lock, partial.open("a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        return r
+
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        results = list(pool.map(lambda job: one(a.trace_dir, job[0], job[1], a.load, policy, not a.no_compare),
-                                jobs))
+        results = list(pool.map(run, jobs))
     summary = table(results, console)
     if not a.no_compare:
         summary["leads"] = leads(summary, console)

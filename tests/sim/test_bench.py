@@ -41,3 +41,8 @@ def test_openb_sweep_runs_every_variant_and_says_who_leads(tmp_path: Path) -> No
     assert lead["margin"] == round(runs["gpuslice:openb"]["mean"] - runs[lead["bestBaseline"]]["mean"], 2)
     assert all(r["cpuSeconds"] > 0 and r["wallSeconds"] > 0 for r in data["perSeed"])
     assert {r["seed"] for r in data["perSeed"]} == {1, 2}
+    again = tmp_path / "again.json"  # resumed from the partial file: the same answer, no run
+    (tmp_path / "again.partial.jsonl").write_text(out.with_suffix(".partial.jsonl").read_text())
+    assert mod.main(["--trace-dir", "/nonexistent", "--traces", "default", "gpushare40", "--seeds", "1-2",
+                     "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["summary"]["leads"] == data["summary"]["leads"]
