@@ -9,6 +9,10 @@ modes: `inprocess` calls the engine directly; `http` posts the same calls to a r
 on 127.0.0.1 (JSON encode/decode, Flask, wire models included).
 
     python bench/extender_bench.py --json OUT [--sizes 100,1000,5000] [--iterations 200] [--modes inprocess,http]
+        [--fragmentation]
+
+`--fragmentation`: the default policy with `scoring.fragmentation` and `scoring.candidates` on (the
+placement path the `openb` policy uses: filter narrows to candidates, bind takes the scored GPUs).
 """
 
 from __future__ import annotations
@@ -179,9 +183,11 @@ def pod_json(pod: PodView) -> dict[str, Any]:
             "spec": {"containers": [{"name": "main", "resources": {"requests": {"cpu": "4", "memory": "32Gi"}}}]}}
 
 
-def run(nodes: int, mode: str, iterations: int, warmup: int, seed: int, console: Console) -> dict[str, Any]:
+def run(nodes: int, mode: str, iterations: int, warmup: int, seed: int, console: Console,
+        fragmentation: bool = False) -> dict[str, Any]:
     rng = random.Random(seed)
-    policy = parse_policy({})
+    policy = parse_policy({"scoring": {"fragmentation": {"enabled": True}, "candidates": {"enabled": True}}}
+                          if fragmentation else {})
     t0 = time.perf_counter()
     cluster = build_cluster(nodes, rng, policy)
     engine = Engine(cluster, PolicyStore(policy))
@@ -261,15 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="pods scheduled first and not measured")
     p.add_argument("--modes", default="inprocess,http", help="inprocess, http or both")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--fragmentation", action="store_true", help="fragmentation scoring and candidates on")
     args = p.parse_args(argv)
     console = Console(stderr=True)
     results: list[dict[str, Any]] = []
     for nodes in (int(s) for s in args.sizes.split(",")):
         for mode in args.modes.split(","):
-            out = run(nodes, mode, args.iterations, args.warmup, args.seed, console)
+            out = run(nodes, mode, args.iterations, args.warmup, args.seed, console, args.fragmentation)
             console.log(f"  {out['bound']} pods bound, {out['unschedulable']} unschedulable")
             results.extend(out["rows"])
-    table = Table(title="gpuslice extender latency (ms), NodeNames form, 8 MI300X GPUs per node")
+    table = Table(title="gpuslice extender latency (ms), NodeNames form, 8 MI300X GPUs per node"
+                  + (", fragmentation + candidates" if args.fragmentation else ""))
     for col in ("nodes", "mode", "verb", "p50", "p99", "max", "cpu p50", "cpu p99", "new-shape p50", "samples"):
         table.add_column(col, justify="right" if col not in ("mode", "verb") else "left")
     for r in results:
@@ -281,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "iterations": args.iterations,
                                                "warmup": args.warmup, "seed": args.seed,
+                                               "fragmentation": args.fragmentation,
                                                "load_average": os.getloadavg(), "cpus": os.cpu_count()}, indent=2))
     return 0
 

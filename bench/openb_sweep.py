@@ -1,22 +1,29 @@
 """GPU allocation on the real openb trace (Alibaba cluster-trace-gpu-v2023), the published methodology,
 over seeds: gpuslice and every baseline the project ships, one `gpuslice simulate --compare` per seed.
 
-    python bench/openb_sweep.py --trace-dir DIR [--traces default multigpu50 ...] [--seeds 42-51]
+    python bench/openb_sweep.py --trace-dir DIR [--traces default multigpu50 ... | --variants] [--seeds 42-51]
         [--load 130] [--jobs 2] [--no-compare] [--set scoring.candidates.tolerance=0] [--json OUT]
 
 DIR holds the trace's CSVs (openb_node_list_gpu_node.csv and openb_pod_list_<trace>.csv), as in the
 `cluster-trace-gpu-v2023/csv` folder of the public alibaba/clusterdata repository; the trace is not
 part of this repository. `--set key.path=value` overrides one field of the openb policy (for measuring a
 variant; the policy file is written next to the JSON). Prints allocated % per run label: mean over the
-seeds, min and max, and the wall seconds of each seed's whole `--compare` run; writes JSON.
+seeds, min and max, and the wall and CPU seconds of each seed's whole `simulate` process; unless
+`--no-compare`, a last table says per trace whether gpuslice leads every baseline and by how much.
+Writes JSON; each seed is also appended to OUT.partial.jsonl as it finishes, and a rerun with the same
+arguments resumes from it.
+`--variants` runs every `openb_pod_list_*.csv` in DIR (default, gpushare*, multigpu*, gpuspec*, cpu*).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,9 +67,18 @@ def one(trace_dir: Path, trace: str, seed: int, load: float, policy: str, compar
             "--nodes", str(trace_dir / NODES), "--load", f"{load:g}", "--seed", str(seed), "--policy", policy,
             "--json"] + (["--compare"] if compare else [])
     started = time.perf_counter()
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, whatever else runs
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise subprocess.CalledProcessError(proc.returncode, argv, stdout, err.read())
+    out = json.loads(stdout)
     return {"trace": trace, "seed": seed, "wallSeconds": round(time.perf_counter() - started, 1),
+            "cpuSeconds": round(usage.ru_utime + usage.ru_stime, 1),
             "runs": {r["label"]: {"allocatedPct": r["allocatedPct"], "pending": r["pods"]["pending"],
                                   "idleGpus": r["idleGpus"], "elapsedSeconds": r["elapsedSeconds"],
                                   "multiGpu": r.get("multiGpu")} for r in out["runs"]}}
@@ -89,18 +105,55 @@ def table(results: list[dict[str, Any]], console: Console) -> dict[str, Any]:
             s = summary[trace][label]
             t.add_row(label, f"{s['mean']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}", f"{s['idleGpus']:.1f}",
                       f"{placed}/{arrived}" if arrived else "-")
-        walls = [r["wallSeconds"] for r in rows]
-        summary[trace]["wallSeconds"] = {"median": sorted(walls)[len(walls) // 2], "min": min(walls), "max": max(walls)}
-        t.caption = f"wall seconds per seed (all runs of it): median {summary[trace]['wallSeconds']['median']}, " \
-                    f"{min(walls)}-{max(walls)}"
+        for key in ("wallSeconds", "cpuSeconds"):
+            got = sorted(r[key] for r in rows)
+            summary[trace][key] = {"median": got[len(got) // 2], "min": got[0], "max": got[-1]}
+        w, c = summary[trace]["wallSeconds"], summary[trace]["cpuSeconds"]
+        t.caption = f"seconds per seed (one simulate, all its runs): wall median {w['median']} " \
+                    f"({w['min']}-{w['max']}), CPU median {c['median']} ({c['min']}-{c['max']})"
         console.print(t)
     return summary
+
+
+def _read_partial(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def variants(trace_dir: Path) -> list[str]:
+    """The pod lists in the trace folder, the default one first."""
+    names = sorted(f.name[len("openb_pod_list_"):-len(".csv")] for f in trace_dir.glob("openb_pod_list_*.csv"))
+    return sorted(names, key=lambda n: n != "default")
+
+
+def leads(summary: dict[str, Any], console: Console) -> dict[str, Any]:
+    """Per trace: gpuslice's mean against the best baseline's mean (positive margin: gpuslice leads)."""
+    out: dict[str, Any] = {}
+    t = Table(title="gpuslice against its best baseline (mean allocated %, same seeds)")
+    for col in ("trace", "gpuslice", "best baseline", "its mean", "margin", "leads"):
+        t.add_column(col, justify="left" if col in ("trace", "best baseline") else "right")
+    for trace, runs in summary.items():
+        ours = [k for k in runs if k.startswith("gpuslice")]
+        others = {k: v for k, v in runs.items() if k not in ours and isinstance(v, dict) and "mean" in v}
+        if not ours or not others:
+            continue
+        best = max(others, key=lambda k: others[k]["mean"])
+        mine = runs[ours[0]]["mean"]
+        margin = round(mine - others[best]["mean"], 2)
+        out[trace] = {"gpuslice": mine, "bestBaseline": best, "baselineMean": others[best]["mean"],
+                      "margin": margin, "leads": margin > 0}
+        t.add_row(trace, f"{mine:.2f}", best, f"{others[best]['mean']:.2f}", f"{margin:+.2f}",
+                  "yes" if margin > 0 else "NO")
+    console.print(t)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace-dir", required=True, type=Path)
     p.add_argument("--traces", nargs="+", default=["default"])
+    p.add_argument("--variants", action="store_true", help="every openb_pod_list_*.csv in --trace-dir")
     p.add_argument("--seeds", default="42-51")
     p.add_argument("--load", type=float, default=130.0)
     p.add_argument("--jobs", type=int, default=1)
@@ -109,13 +162,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/openb_sweep.json")
     a = p.parse_args(argv)
     a.json.parent.mkdir(parents=True, exist_ok=True)
+    if a.variants:
+        a.traces = variants(a.trace_dir)
     policy = policy_with(a.set, a.json.with_suffix(".policy.yaml"))
     jobs = [(t, s) for t in a.traces for s in seeds(a.seeds)]
     console = Console()
+    # each finished seed is appended to OUT.partial.jsonl as it ends; a rerun with the same arguments
+    # takes those from there (a long sweep on a shared machine can be stopped and resumed)
+    partial = a.json.with_suffix(".partial.jsonl")
+    setting = {"load": a.load, "policy": policy, "overrides": a.set, "compare": not a.no_compare}
+    done = {(r["trace"], r["seed"]): r for r in _read_partial(partial) if r.get("setting") == setting}
+    lock = threading.Lock()
+
+    def run(job: tuple[str, int]) -> dict[str, Any]:
+        if job in done:
+            return done[job]
+        r = {**one(a.trace_dir, job[0], job[1], a.load, policy, not a.no_compare), "setting": setting}
+        with lock, partial.open("a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        return r
+
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        results = list(pool.map(lambda job: one(a.trace_dir, job[0], job[1], a.load, policy, not a.no_compare),
-                                jobs))
+        results = list(pool.map(run, jobs))
     summary = table(results, console)
+    if not a.no_compare:
+        summary["leads"] = leads(summary, console)
     a.json.write_text(json.dumps({"load": a.load, "policy": policy, "overrides": a.set, "summary": summary,
                                   "perSeed": results}, indent=2))
     console.print(f"wrote {a.json}")

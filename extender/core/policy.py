@@ -146,9 +146,13 @@ class Fragmentation(_Strict):
 
     enabled: bool = Field(default=False, description="score nodes and choose GPUs by expected fragmentation")
     window: int = Field(default=20000, ge=100, description="pods the observed mix remembers (older ones fade)")
-    maxKinds: int = Field(default=48, ge=1, le=512, description="most frequent request kinds the mix keeps")
+    maxKinds: int = Field(default=48, ge=1, le=512, description="request kinds the mix keeps: every slice "
+                          "shape first, then the most frequent host sizes")
     hostCpu: float = Field(default=1.0, ge=0.0, description="weight of the GPUs a node's host CPU cannot feed at "
                            "the mix's CPU per GPU (0: FGD's per-kind test alone)")
+    packTieBreak: float = Field(default=0.001, ge=0.0, description="added to a node's rise per free GPU on it, "
+                                "so that of nodes the mix rates alike the fullest is chosen (0: kube-scheduler's "
+                                "scoring breaks the tie)")
     weighting: Literal["pods", "gpus"] = Field(
         default="pods", description="weigh each kind by how many pods arrive (FGD) or by the GPUs they ask")
     prioritize: Literal["fragmentation", "packing"] = Field(

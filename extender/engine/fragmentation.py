@@ -74,10 +74,10 @@ class MixTable:
 class WorkloadMix:
     """The request kinds the extender has been asked to place, by how often they arrive.
 
-    Counted once per pod UID. The snapshot the scores use changes in steps — after 16, 32, 64, ...
-    pods, then every `window / 16` — so that a node's score stays a function of its own state between
-    steps (callers cache on `version`). When the count passes `window`, every count is halved: a
-    changing workload shows within a window."""
+    Counted once per pod UID. The snapshot the scores use changes in steps — after 1, 2, 4, ... pods
+    (a cold start must not place its first pods blind), then every `window / 16` — so that a node's
+    score stays a function of its own state between steps (callers cache on `version`). When the count
+    passes `window`, every count is halved: a changing workload shows within a window."""
 
     def __init__(self, window: int = 20000, max_kinds: int = 48, weighting: str = "pods",
                  host_cpu: float = 1.0) -> None:
@@ -88,7 +88,7 @@ class WorkloadMix:
         self.counts: Counter[Kind] = Counter()
         self.observed = 0
         self.version = 0
-        self._next = 16
+        self._next = 1
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tables: dict[tuple, MixTable] = {}
         self._snapshot: list[tuple[Kind, float]] = []
@@ -110,7 +110,7 @@ class WorkloadMix:
                 self._take_snapshot()
 
     def _take_snapshot(self) -> None:
-        top = self.counts.most_common(self.max_kinds)
+        top = kept_kinds(self.counts, self.max_kinds)
         if self.weighting == "gpus":
             top = [(k, c * k.req.count * min(k.req.compute_millis, 1000) / 1000) for k, c in top]
         total = sum(c for _, c in top)
@@ -143,6 +143,33 @@ class WorkloadMix:
             if self.version == version:
                 self._tables[key] = table
         return table
+
+
+def kept_kinds(counts: Counter[Kind], max_kinds: int) -> list[tuple[Kind, float]]:
+    """The kinds the snapshot keeps, with their counts: every slice request (GPU shape) first, by its
+    most common host request, then the most common other kinds; a kind left out is counted in the kept
+    kind of its shape whose host CPU is nearest. A rare shape — one whole node's GPUs, say — is thus never
+    dropped because its pods ask for many different host sizes: keeping room for it is what it needs."""
+    ranked = counts.most_common()
+    by_shape: dict[SliceRequest, float] = Counter()
+    for kind, c in ranked:
+        by_shape[kind.req] += c
+    first: dict[SliceRequest, Kind] = {}
+    for kind, _ in ranked:
+        first.setdefault(kind.req, kind)
+    shapes = sorted(by_shape, key=lambda r: -by_shape[r])[:max_kinds]
+    kept = [first[r] for r in shapes]
+    chosen, wanted = set(kept), set(shapes)
+    kept += [k for k, _ in ranked if k not in chosen and k.req in wanted][: max_kinds - len(kept)]
+    out: dict[Kind, float] = {k: 0.0 for k in kept}
+    of_shape: dict[SliceRequest, list[Kind]] = {}
+    for k in kept:
+        of_shape.setdefault(k.req, []).append(k)
+    for kind, c in ranked:
+        near = of_shape.get(kind.req)
+        if near:
+            out[min(near, key=lambda k: abs(k.cpu_millis - kind.cpu_millis))] += c
+    return sorted(out.items(), key=lambda kv: -kv[1])
 
 
 @dataclass(frozen=True)
@@ -274,6 +301,13 @@ def best_placements(table: MixTable, rows: Rows, need: np.ndarray, whole: np.nda
     return value, chosen
 
 
+def _free_gpus(rows: Rows) -> np.ndarray:
+    """[node]: free GPU capacity (in GPUs). Added to a node's rise times the policy's `packTieBreak`, so
+    that of nodes the mix rates alike the fullest is preferred: whole nodes stay whole for multi-GPU pods
+    the mix has not shown yet, instead of kube-scheduler's spreading deciding every tie."""
+    return _capacity(rows, rows.free, rows.empty).sum(axis=1)
+
+
 def rise_score(rise: float) -> float:
     """0..1 for prioritize: 0.5 for a placement that leaves F as it was, 1 for one that lowers it by
     half a GPU or more, 0 for one that raises it by half a GPU or more."""
@@ -336,6 +370,7 @@ class Fragmentation:
     def __init__(self, policy: Policy) -> None:
         frag = policy.scoring.fragmentation
         self.mix = WorkloadMix(frag.window, frag.maxKinds, frag.weighting, frag.hostCpu)
+        self.tie = frag.packTieBreak
 
     def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int) -> None:
         self.mix.observe(uid, req, cpu_millis, memory_bytes)
@@ -354,7 +389,7 @@ class Fragmentation:
             out[have] = INFINITE
             return out
         value, _ = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, cpu, memory)
-        out[have] = value
+        out[have] = value + self.tie * _free_gpus(rows)
         return out
 
     @staticmethod
@@ -386,7 +421,7 @@ class Fragmentation:
         some[have] = ((c["valid"][slots[have]] != 0) & (c["free"][slots[have]] > 0)).any(axis=1)
         if some.any():
             rows, _, _, _ = rows_from_columns(cols, slots[some], (host[0][some], host[1][some]))
-            out[some] = host_delta(table, rows, cpu, memory)
+            out[some] = host_delta(table, rows, cpu, memory) + self.tie * _free_gpus(rows)
         return out
 
     def choose(self, req: SliceRequest, state: NodeState, policy: Policy, keys: list[tuple[str, int, int]],

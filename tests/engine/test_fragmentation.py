@@ -3,6 +3,8 @@ host-CPU stranding term, candidate narrowing, the observed mix, and the engine's
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,12 +15,14 @@ from extender.core.requests import SliceRequest
 from extender.engine.cluster import MemoryCluster, NodeView, PodView
 from extender.engine.fragmentation import (
     INFINITE,
+    Kind,
     MixTable,
     Rows,
     WorkloadMix,
     best_placements,
     deltas,
     host_delta,
+    kept_kinds,
     narrow,
     rows_from_columns,
     rows_from_states,
@@ -111,13 +115,23 @@ def test_mix_counts_each_pod_once_and_changes_in_steps() -> None:
     for i in range(15):
         mix.observe(f"p{i}", _req(500), 1000, 0)
         mix.observe(f"p{i}", _req(500), 1000, 0)  # a retried pod
-    assert mix.observed == 15 and mix.version == 0
+    assert mix.observed == 15 and mix.version == 4  # snapshots after 1, 2, 4 and 8 pods
     mix.observe("p15", _req(250), 1000, 0)
-    assert mix.version == 1
+    assert mix.version == 5
     policy = _policy()
     t = mix.table(policy, [("MI300X", 304, 8)])
     assert t.weight.sum() == pytest.approx(1.0) and sorted(t.weight.tolist()) == pytest.approx([1 / 16, 15 / 16])
     assert t.cpu_per_gpu == pytest.approx(1000 / (15 / 16 * 0.5 + 1 / 16 * 0.25))
+
+
+def test_a_rare_shape_is_kept_whatever_host_sizes_it_comes_with() -> None:
+    # 10 host sizes of a half GPU, twice each, and three 8-GPU pods with host sizes of their own: keeping
+    # 4 kinds by count alone would keep only halves; every shape is kept first, with its count folded in
+    counts = Counter({Kind(_req(500), 1000 * i, 0): 2 for i in range(10)})
+    counts.update({Kind(_req(1000, 8), 64000 + i, 0): 1 for i in range(3)})
+    kept = dict(kept_kinds(counts, 4))
+    assert len(kept) == 4 and sum(kept.values()) == 23
+    assert [c for k, c in kept.items() if k.req.count == 8] == [3]
 
 
 def _policy(**scoring: object) -> Policy:
