@@ -1,8 +1,8 @@
 """A day of demand replayed three ways — slices sized once for the day's peak, once for its average,
 and right-sized as `gpuslice rightsize --apply` would — through the engine's own placement.
 
-Each service with a `demand:` curve is sized by one rule in all three: the fewest replicas whose best
-slices carry need = demand x (1 + headroom), each slice from the SLA-sizing rule the replay places
+Each service with a `demand:` curve is sized by one rule in all three: the fleet with the least GPU
+share carrying need = demand x (1 + headroom), each slice from the SLA-sizing rule the replay places
 with (`core.rightsizing.plan_fleet` over a `Ladder`). Static peak: need from the day's highest minute;
 static average: from its mean; right-sizing: `core.rightsizing.decide` every minute on the minutes seen
 so far (window peak, hysteresis, minimum interval, maximum step), after a warm-up day so its windows
