@@ -1,10 +1,9 @@
 """Right-sizing: the slice (and replica count) that meets a workload's observed demand, decided with
 hysteresis so a noisy signal does not make pods churn.
 
-The rule: need = peak of the sliding window x (1 + headroom). Replicas are the fewest whose best
-slice on one GPU each carries the need (at least `minReplicas`): more only when one GPU's best slice
-cannot; each pod's slice is then sized for need / replicas by the SLA-sizing rule (`sla_size`, the
-extender's own). Growing happens as soon as the
+The rule: need = peak of the sliding window x (1 + headroom). The fleet is the (replicas, slice) with
+the least GPU share that carries the need (at least `minReplicas`), each pod's slice the SLA-sizing
+rule's (`sla_size`, the extender's own). Growing happens as soon as the
 current fleet no longer covers need; shrinking only when the smaller fleet still covers need x (1 +
 hysteresis) at the peak of a longer, fully observed window (`downWindowSeconds`, as HPA's
 scale-down stabilisation) — the band and the longer memory keep a noisy signal from flapping. Every change
@@ -161,12 +160,22 @@ class Decision:
 
 
 def plan_fleet(ladder: Ladder, need: float, least: int, most: int) -> tuple[int, int]:
-    """(replicas, CUs per pod) carrying `need`: the fewest pods whose best slices carry it, each at the
-    smallest slice carrying its part. Fewest pods, not the least GPU share: the engine's scoring places a
-    memory-bound pod on a GPU of its own while one is free (complementarity), so each pod costs a GPU
-    whatever its slice; `gpuslice simulate --demand` measures both (README, right-sizing)."""
-    replicas = min(max(least, math.ceil(need / ladder.best.rps - 1e-9)), max(most, least))
-    return replicas, ladder.fit(need / replicas).cus
+    """(replicas, CUs per pod) carrying `need`: of the replica counts whose pods, each at the smallest
+    slice carrying its part, carry it, the one with the least GPU share (then the fewest CUs, then the
+    fewest pods) — two memory-bound 128-CU pods share one GPU (22.7 req/s) where one 256-CU pod fills
+    it (13.5 req/s), and binpack places a memory-bound pod beside a used GPU's tenants before opening
+    an empty one (`engine.placement.empty_complementarity`). Past what `most` pods of the best slice
+    carry: `most` of them."""
+    top = max(most, least)
+    best: tuple[tuple[float, int, int], int, int] | None = None
+    for replicas in range(least, top + 1):
+        step = ladder.fit(need / replicas)
+        if replicas * step.rps + 1e-9 < need:
+            continue
+        key = (round(replicas * step.share, 9), replicas * step.cus, replicas)
+        if best is None or key < best[0]:
+            best = (key, replicas, step.cus)
+    return (best[1], best[2]) if best is not None else (top, ladder.best.cus)
 
 
 def _smaller(fleet: tuple[int, int], current: Fleet) -> bool:

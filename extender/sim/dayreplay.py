@@ -1,8 +1,8 @@
 """A day of demand replayed three ways — slices sized once for the day's peak, once for its average,
 and right-sized as `gpuslice rightsize --apply` would — through the engine's own placement.
 
-Each service with a `demand:` curve is sized by one rule in all three: the fewest replicas whose best
-slices carry need = demand x (1 + headroom), each slice from the SLA-sizing rule the replay places
+Each service with a `demand:` curve is sized by one rule in all three: the fleet with the least GPU
+share carrying need = demand x (1 + headroom), each slice from the SLA-sizing rule the replay places
 with (`core.rightsizing.plan_fleet` over a `Ladder`). Static peak: need from the day's highest minute;
 static average: from its mean; right-sizing: `core.rightsizing.decide` every minute on the minutes seen
 so far (window peak, hysteresis, minimum interval, maximum step), after a warm-up day so its windows
@@ -241,41 +241,90 @@ def fleet_at(tl: Timeline, minute: int) -> Fleet:
     return [f for m, f, _ in tl.steps if m <= minute][-1]
 
 
+FRESH_EVERY = 15  # minutes between the fresh packings `packed_fresh` samples
+
+
+def packed_fresh(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service],
+                 fleet: Callable[[Service, int], Fleet], host_score: str = "least", extender_weight: float = 5.0,
+                 seed: int = 1, memo: dict[tuple[Fleet, ...], int] | None = None) -> float:
+    """GPU-hours of the GPUs with a tenant when the pods without a demand curve, then each service's
+    `fleet(service, minute)`, are placed from scratch through the same engine, every FRESH_EVERY minutes:
+    the fleets without the day's history (where rollouts and scale-downs left pods). Placed minus this
+    is what that history costs. `memo` keeps the GPUs of each set of fleets already packed."""
+    memo = {} if memo is None else memo
+    total = 0
+    for minute in range(0, DAY, FRESH_EVERY):
+        fleets = tuple(fleet(svc, minute) for svc in svcs)
+        if fleets not in memo:
+            memo[fleets] = _pack(scenario, spec, svcs, fleets, host_score, extender_weight, seed)
+        total += memo[fleets] * FRESH_EVERY
+    return round(total / 60, 1)
+
+
+def _pack(scenario: Scenario, spec: RunSpec, svcs: list[Service], fleets: tuple[Fleet, ...], host_score: str,
+          extender_weight: float, seed: int) -> int:
+    """GPUs with a tenant after placing the pods without a curve, then `fleets` (one per service), afresh."""
+    pods = [p for p in scenario_pods(scenario) if p.service not in {s.name for s in svcs}]
+    for svc, f in zip(svcs, fleets, strict=True):
+        ask = GpuAsk(count=1, memory_bytes=svc.memory, workload_class=svc.cls, profile=svc.group.profile,
+                     target_rps=float(svc.ladder.target_text(f.cus)))
+        pods += [SimPod(f"{svc.name}-{k}", 0.0, None, svc.group.cpu, svc.group.hostMemory, ask, 0.0,
+                        service=svc.name) for k in range(f.replicas)]
+    replay = DayReplay(scenario_nodes(scenario), pods, spec, host_score, extender_weight, seed)
+    replay.attempts = 0
+    for i in range(len(pods)):
+        replay.place(i)
+    return replay.gpus_used()[0]
+
+
 def breakdown(policy: Policy, svcs: list[Service], plans: dict[str, dict[str, Timeline]],
-              runs: dict[str, dict[str, object]], fixed_alone: float) -> dict[str, dict[str, float]]:
+              runs: dict[str, dict[str, object]], fixed_alone: float,
+              pack: Callable[[Callable[[Service, int], Fleet]], float] | None = None) -> dict[str, dict[str, float]]:
     """Where a strategy's GPU-hours go. `fleet`: the GPU share (`core.sizing.gpu_share`, the least GPUs
     the slices can fill under the per-GPU rules) of the followed services' pods, summed per minute. For
     right-sizing it is built up one cause at a time: the demand followed minute by minute (the rule
     alone, no headroom), + the headroom, + the sliding window's peak, + the controller's bounds
     (hysteresis, longer down-window, minimum interval, maximum step) = the fleets it ran. Then what
     placement makes of it: `placed` (GPUs with a tenant), and `addedByServices` = placed less the GPUs
-    the pods without a demand curve fill on their own (`fixed_alone`, a replay of them alone) — so
-    spreading and rolling-update surges show as the gap between `fleet` and `addedByServices`.
+    the pods without a demand curve fill on their own (`fixed_alone`, a replay of them alone). With
+    `pack` (`packed_fresh`), the same causes in GPUs with a tenant, each stage's fleets placed from
+    scratch with the pods without a curve (`packed*`), and `history` = placed less `packedFleet`: what
+    the day's rollouts and scale-downs, which leave pods where they were placed, cost.
     """
     rs = policy.rightsizing
     window = max(1, rs.windowSeconds // 60)
 
-    def share(svc: Service, need: float) -> float:
+    def planned(svc: Service, need: float) -> Fleet:
         replicas, cus = plan_fleet(svc.ladder, need, rs.minReplicas, rs.maxReplicas)
-        return Fleet(replicas, cus, svc.memory).gpus(svc.ladder)
+        return Fleet(replicas, cus, svc.memory)
 
     def day(f: Callable[[Service, int], float]) -> float:
         return round(sum(f(s, m) for s in svcs for m in range(DAY)) / 60, 1)
 
+    stages: dict[str, Callable[[Service, int], Fleet]] = {
+        "demandFollowed": lambda s, m: planned(s, s.day[m]),
+        "withHeadroom": lambda s, m: planned(s, s.day[m] * (1 + rs.headroom)),
+        "withWindow": lambda s, m: planned(s, max(s.demand[DAY + m - window + 1:DAY + m + 1]) * (1 + rs.headroom)),
+    }
     hours: dict[str, dict[str, float]] = {}
     for name, plan in plans.items():
         out: dict[str, float] = {}
-        if name == "rightsize":
-            out["demandFollowed"] = day(lambda s, m: share(s, s.day[m]))
-            out["withHeadroom"] = day(lambda s, m: share(s, s.day[m] * (1 + rs.headroom)))
-            out["withWindow"] = day(lambda s, m: share(s, max(s.demand[DAY + m - window + 1:DAY + m + 1])
-                                                       * (1 + rs.headroom)))
-        out["fleet"] = day(lambda s, m, plan=plan: fleet_at(plan[s.name], m).gpus(s.ladder))  # type: ignore[misc]
+        mine = {**(stages if name == "rightsize" else {}), "fleet": _running(plan)}
+        for key, fleets in mine.items():
+            out[key] = day(lambda s, m, fleets=fleets: fleets(s, m).gpus(s.ladder))  # type: ignore[misc]
         out["fixedAlone"] = fixed_alone
         out["placed"] = float(runs[name]["gpuHours"])  # type: ignore[arg-type]
         out["addedByServices"] = round(out["placed"] - fixed_alone, 1)
+        if pack is not None:
+            for key, fleets in mine.items():
+                out["packed" + key[0].upper() + key[1:]] = pack(fleets)
+            out["history"] = round(out["placed"] - out["packedFleet"], 1)
         hours[name] = out
     return hours
+
+
+def _running(plan: dict[str, Timeline]) -> Callable[[Service, int], Fleet]:
+    return lambda s, m: fleet_at(plan[s.name], m)
 
 
 def _targets(tl: Timeline, created: list[int], first: int) -> dict[int, float]:
@@ -306,7 +355,9 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
             for name, plan in plans.items()}
     alone = replay_day(scenario, policy, spec, [], {}, rollout, host_score, extender_weight, seed,
                        without=frozenset(s.name for s in svcs))
-    split = breakdown(policy, svcs, plans, runs, float(alone["gpuHours"]))  # type: ignore[arg-type]
+    memo: dict[tuple[Fleet, ...], int] = {}
+    split = breakdown(policy, svcs, plans, runs, float(alone["gpuHours"]),  # type: ignore[arg-type]
+                      lambda f: packed_fresh(scenario, policy, spec, svcs, f, host_score, extender_weight, seed, memo))
     base = runs["static-peak"]
     for r in runs.values():
         for key, out in (("gpuHours", "savingsVsStaticPeakPct"), ("sliceGpuHours", "sliceSavingsVsStaticPeakPct")):

@@ -26,7 +26,11 @@ SPLIT = (("followed services' GPU share: demand followed each minute", "demandFo
          ("  + headroom", "withHeadroom"), ("  + sliding window's peak", "withWindow"),
          ("  + controller bounds = the fleets run", "fleet"),
          ("pods without a demand curve, placed alone", "fixedAlone"), ("GPUs with a tenant (placed)", "placed"),
-         ("  added by the followed services", "addedByServices"))
+         ("  added by the followed services", "addedByServices"),
+         ("the same fleets packed fresh every 15 min: demand followed", "packedDemandFollowed"),
+         ("  + headroom", "packedWithHeadroom"), ("  + sliding window's peak", "packedWithWindow"),
+         ("  + controller bounds = the fleets run", "packedFleet"),
+         ("  + the day's placement history = placed", "history"))
 
 
 def breakdown_table(out: dict) -> Table:
@@ -42,7 +46,7 @@ def breakdown_table(out: dict) -> Table:
         cells = []
         for r in split.values():
             v = r.get(key)
-            pct = "" if v is None or r is base or key not in ("fleet", "addedByServices", "placed") \
+            pct = "" if v is None or r is base or key not in ("fleet", "addedByServices", "placed", "packedFleet") \
                 or not base[key] else f" ({100 * (1 - v / base[key]):.1f}% fewer)"
             cells.append("" if v is None else f"{v:.1f}{pct}")
         table.add_row(label, *cells)

@@ -1,6 +1,6 @@
 """The right-sizing rule (core.rightsizing): up as soon as the fleet falls short, down only past the
-hysteresis band, bounded by the minimum interval and the maximum step, replicas only when one GPU's
-best slice cannot carry the need — and no flapping on a noisy signal."""
+hysteresis band, bounded by the minimum interval and the maximum step, the fleet with the least GPU
+share that carries the need — and no flapping on a noisy signal."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from extender.core.rightsizing import (
     Record,
     decide,
     explain_lines,
+    plan_fleet,
     read_record,
     sla_ladder,
     sla_size,
@@ -90,9 +91,28 @@ def test_waits_the_minimum_interval_and_says_so() -> None:
     assert "last change was 60s ago" in d.reason
 
 
-def test_replicas_grow_only_when_one_gpus_best_slice_cannot_carry_the_need() -> None:
-    d = run(Fleet(1, 128, MIN_MEM), peak=30.0)  # need 36: 3 pods of the best slice (13.5 each)
-    assert d.wanted.replicas == 3 and d.next.replicas == 2  # one replica per step
+def test_the_fleet_is_the_least_gpu_share_that_carries_the_need() -> None:
+    # need 36: three 256-CU pods (13.5 req/s each) fill three GPUs; four 96-CU pods (9.9 each) fill two,
+    # two memory-bound tenants to a GPU
+    assert plan_fleet(LADDER, 36.0, 1, 16) == (4, 96)
+    assert plan_fleet(LADDER, 1000.0, 1, 16) == (16, LADDER.best.cus)  # past 16 pods' best: 16 of them
+
+
+@settings(max_examples=200, deadline=None)
+@given(need=st.floats(0.1, 16 * 13.5), least=st.integers(1, 4))
+def test_no_fleet_that_carries_the_need_has_less_gpu_share(need: float, least: int) -> None:
+    replicas, cus = plan_fleet(LADDER, need, least, 16)
+    share = replicas * LADDER.at(cus).share
+    assert replicas >= least and replicas * LADDER.at(cus).rps + 1e-9 >= need
+    for r in range(least, 17):
+        for s in LADDER.steps:
+            if r * s.rps + 1e-9 >= need:
+                assert r * s.share >= share - 1e-9, (r, s)
+
+
+def test_replicas_grow_one_step_at_a_time() -> None:
+    d = run(Fleet(1, 128, MIN_MEM), peak=30.0)  # need 36: four 96-CU pods (two GPUs' share)
+    assert d.wanted == Fleet(4, 96, MIN_MEM) and d.next.replicas == 2  # one replica per step
     assert "bounded by the maximum step" in d.reason
     # a third pod of smaller slices: taken at once, not through a larger slice the next pass would shrink
     top = Fleet(2, LADDER.best.cus, MIN_MEM)

@@ -87,6 +87,11 @@ def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> 
         assert split[name]["placed"] == run["gpuHours"]
         assert split[name]["addedByServices"] == round(run["gpuHours"] - split[name]["fixedAlone"], 1)
     assert split["rightsize"]["fixedAlone"] == 24.0  # the one embedding pod, on one GPU all day
+    # the same causes packed fresh, in GPUs with a tenant: each only adds, and the history is the rest
+    assert 0 < r["packedDemandFollowed"] <= r["packedWithHeadroom"] <= r["packedWithWindow"] <= r["packedFleet"]
+    assert r["history"] == round(r["placed"] - r["packedFleet"], 1)
+    # a static fleet is placed once, in the order a fresh packing uses: it has no history
+    assert split["static-peak"]["packedFleet"] == peak["gpuHours"] and split["static-peak"]["history"] == 0.0
 
 
 def test_gpu_share_is_the_largest_per_gpu_limit_a_pod_uses() -> None:
