@@ -4,9 +4,17 @@ The node agent writes each prepared share's exact CU sets to the claim's `status
 (see agent/dra/kube.py). A claim holding such devices becomes a tenant view — a PodView named
 `claim:<name>`, bound to the pool's node, carrying the equivalent `gpuslice.io/assignment` — so the
 engine's one ledger rebuild and event path count DRA shares next to extender pods, and neither path
-hands out CUs or memory the other holds. A claim that kube-scheduler allocated but no agent has
-prepared yet holds no CU set, so it is not counted until it is prepared (the agent, for its part,
-prepares only around the extender pods on its node).
+hands out CUs or memory the other holds.
+
+A claim kube-scheduler has allocated (`status.allocation.devices.results`: pool = node, device = the
+GPU's device name, `consumedCapacity`) that no agent has prepared yet holds its consumed CUs and memory
+too: its view carries a *provisional* assignment (annotation PROVISIONAL) whose XCC-complete CU sets
+are chosen from the GPU's free CUs by the engine's chooser when the event is applied, under the feed
+lock; the agent's real sets replace them when the claim is prepared. Without that, the extender could
+bind a pod onto capacity the claim was allocated, and the agent would refuse the claim at Prepare.
+A claim on a device not in the node's inventory (yet) is logged and tried again at the next relist.
+Shadow claims (kube/shadow_claims.py, label SHADOW_OF) mirror extender pods the ledger already holds:
+never counted.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from extender.core.errors import AssignmentError
 from extender.core.inventory import device_name
 from extender.core.layout import choose_cus
 from extender.core.ledger import NodeState
-from extender.engine.cluster import PodView
+from extender.engine.cluster import MemoryCluster, NodeView, PodView
 from extender.engine.dra_requests import DRIVER
+from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.kube.cluster import KubeCluster
 from extender.kube.raw import list_items
@@ -124,6 +133,37 @@ def provisional_assignment(obj: Mapping[str, Any], state: NodeState | None, work
     return Assignment(node, tuple(out), workload_class, DRIVER, at).to_json()
 
 
+def provisional_view(view: PodView, text: str) -> PodView:
+    """A claim's view holding a provisional assignment (marked PROVISIONAL) on the allocation's node."""
+    return replace(view, annotations={ASSIGNMENT_ANNOTATION: text, PROVISIONAL: "true"},
+                   node_name=json.loads(text)["node"], phase="Running")
+
+
+def provisional_views(items: list[dict[str, Any]], nodes: list[NodeView], tenants: list[PodView]) -> list[PodView]:
+    """For one-shot readers (`top`, `plan --kubeconfig`): the allocated, unprepared claims among `items`
+    as provisional tenant views, their CU sets chosen one after another around `tenants` (bound pods and
+    prepared claims) with the default policy's burst region — the amounts are the allocation's."""
+    pending = [i for i in items if not holds_slices(claim_view(i)) and allocated_shares(i) is not None]
+    if not pending:
+        return []
+    cluster = MemoryCluster()
+    for n in nodes:
+        cluster.add_node(n)
+    for t in tenants:
+        cluster.add_pod(t)
+    engine = Engine(cluster, PolicyStore())
+    engine.sync()
+    out = []
+    for obj in pending:
+        shares = allocated_shares(obj)
+        text = provisional_assignment(obj, engine.ledger.node(shares[0]) if shares else None,
+                                      engine.policies.current.classes.default)
+        if text is not None:
+            out.append(provisional_view(claim_view(obj), text))
+            engine.observe_pod(out[-1])
+    return out
+
+
 def holds_slices(view: PodView) -> bool:
     return ASSIGNMENT_ANNOTATION in view.annotations
 
@@ -137,13 +177,6 @@ def list_claims(api: ApiClient) -> tuple[list[dict[str, Any]], str]:
         if exc.status == 404:
             return [], ""
         raise
-
-
-def list_claim_views(api: ApiClient) -> tuple[list[PodView], str]:
-    """Every claim holding prepared shares of this driver, and the list's resourceVersion. An API server
-    without resource.k8s.io/v1 has no DRA tenants: ([], "")."""
-    items, rv = list_claims(api)
-    return [v for v in map(claim_view, items) if holds_slices(v)], rv
 
 
 def _uid(obj: Mapping[str, Any]) -> str:
@@ -204,18 +237,18 @@ class ClaimWatch:
         view = claim_view(obj)
         if holds_slices(view):
             return view
-        signature = json.dumps(allocated_shares(obj), sort_keys=True)
-        uid = _uid(obj)
+        shares = allocated_shares(obj)
+        if shares is None:
+            return view
+        signature, uid = json.dumps(shares, sort_keys=True), _uid(obj)
         held = self._held.get(uid)
         if held is not None and held[0] == signature:
             return held[1]
-        node = allocated_shares(obj)
-        text = provisional_assignment(obj, self.engine.ledger.node(node[0]) if node else None,
+        text = provisional_assignment(obj, self.engine.ledger.node(shares[0]),
                                       self.engine.policies.current.classes.default)
         if text is None:
             return view
-        view = replace(view, annotations={ASSIGNMENT_ANNOTATION: text, PROVISIONAL: "true"},
-                       node_name=json.loads(text)["node"], phase="Running")
+        view = provisional_view(view, text)
         self._held[uid] = (signature, view)
         return view
 

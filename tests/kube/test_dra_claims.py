@@ -211,3 +211,19 @@ def test_a_claim_on_an_unknown_device_waits_for_the_next_relist(monkeypatch: pyt
     monkeypatch.setattr(claims_module, "list_claims", lambda api: (listed, "9"))
     watch.relist()
     assert len(engine.ledger.node("n1").gpu(0).guaranteed) == 64
+
+
+def test_one_shot_readers_see_allocated_claims_around_bound_pods_and_prepared_claims() -> None:
+    """`top` and `plan --kubeconfig` (kube/snapshot.py) count an allocated, unprepared claim too; not a
+    shadow claim, nor a prepared one twice."""
+    n = node()
+    info = GpuInfo(index=0, id="n0-g0", model="MI300X", computeUnits=304, xcds=8, shaderEngines=32,
+                   memoryBytes=192 * GIB, healthy=True)
+    prepared = claim("c-1", "ready", [(0, "0-63", 60 * GIB)])
+    items = [prepared, allocated("c-2", "waiting", info, 64, "60Gi"),
+             allocated("c-3", "shadow", info, 64, "60Gi", shadow_of="p-1")]
+    (view,) = claims_module.provisional_views(items, [n], [claim_view(prepared)])
+    got = parse_assignment(view.annotations[ASSIGNMENT_ANNOTATION])
+    assert (view.key, view.node_name, got.gpus[0].memoryBytes) == ("ml/claim:waiting", "n0", 60 * GIB)
+    assert len(got.gpus[0].cus) == 64 and not got.gpus[0].cus & frozenset(range(64))
+    assert claims_module.provisional_views(items[:1], [n], [claim_view(prepared)]) == []
