@@ -227,7 +227,7 @@ class ClaimWatch:
             for view in views + kept:
                 self._count(view)
             for obj in pending:  # the rest choose their provisional CU sets around everything above
-                self.apply("ADDED", self.view_of(obj))
+                self._place("ADDED", obj)
         return rv
 
     def view_of(self, obj: Mapping[str, Any]) -> PodView:
@@ -313,7 +313,23 @@ class ClaimWatch:
     def event(self, etype: str, obj: Mapping[str, Any]) -> None:
         """One watch event of a claim, its view made and applied under the feed lock."""
         with self.feed:
-            self.apply(etype, claim_view(obj) if etype == "DELETED" else self.view_of(obj))
+            if etype == "DELETED":
+                self.apply(etype, claim_view(obj))
+            else:
+                self._place(etype, obj)
+
+    def _place(self, etype: str, obj: Mapping[str, Any]) -> None:
+        """Apply the claim's view. A bind (binds take no feed lock) may take a provisional set between
+        its choice and its count: then choose again, once; still refused, the claim is left uncounted
+        (and out of the cluster's views) until its next event or relist."""
+        for _ in range(2):
+            view = self.view_of(obj)
+            self.apply(etype, view)
+            if view.annotations.get(PROVISIONAL) is None or self.engine.ledger.entry(view.uid) is not None:
+                return
+            self._held.pop(view.uid, None)
+            self._counted.pop(view.uid, None)
+            self.cluster.drop_claim(view.uid)
 
     def apply(self, etype: str, view: PodView) -> None:
         """One claim event: counted while it holds prepared shares, forgotten once it does not."""

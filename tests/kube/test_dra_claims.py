@@ -227,3 +227,23 @@ def test_one_shot_readers_see_allocated_claims_around_bound_pods_and_prepared_cl
     assert (view.key, view.node_name, got.gpus[0].memoryBytes) == ("ml/claim:waiting", "n0", 60 * GIB)
     assert len(got.gpus[0].cus) == 64 and not got.gpus[0].cus & frozenset(range(64))
     assert claims_module.provisional_views(items[:1], [n], [claim_view(prepared)]) == []
+
+
+def test_a_provisional_set_lost_to_a_concurrent_bind_is_chosen_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind (outside the feed lock) can take the chosen CUs before the claim is counted: the claim
+    then chooses again rather than keeping, and re-offering at every relist, a set the ledger refuses."""
+    cluster, engine, watch, info = kube_engine()
+    mine = Assignment("n0", (GpuAssignment(0, info.id, frozenset(range(64)), frozenset(), GIB, GIB),),
+                      "memory-bound", "binpack")
+    first = PodView("p-1", "ml", "first", annotations={ASSIGNMENT_ANNOTATION: mine.to_json()}, node_name="n0",
+                    phase="Running")
+    cluster.put_pod(first)
+    engine.observe_pod(first)
+    stale = iter([frozenset(range(64))])  # what the chooser saw before the bind took it
+    real = claims_module.choose_cus
+    monkeypatch.setattr(claims_module, "choose_cus", lambda free, n, xcds: next(stale, None) or real(free, n, xcds))
+    watch.event("ADDED", allocated("c-1", "llama", info, 64, "60Gi"))
+    held = engine.ledger.node("n0").gpu(0).guaranteed - frozenset(range(64))
+    assert len(held) == 64 and engine.ledger.entry("c-1") is not None
+    (view,) = [v for v in cluster.list_pods() if v.uid == "c-1"]
+    assert parse_assignment(view.annotations[ASSIGNMENT_ANNOTATION]).gpus[0].cus == held
