@@ -86,12 +86,13 @@ def _engine(args: argparse.Namespace, policy: Policy) -> tuple[Engine, Any]:
         engine = Engine(demo_cluster(policy), PolicyStore(policy))
         engine.sync()
         return engine, None
-    api = core_api(api_client(args.kubeconfig, pool=2))
+    client = api_client(args.kubeconfig, pool=2)
+    api = core_api(client)
     try:
-        nodes, pods = list_views(api)
+        nodes, pods = list_views(api, client)  # with the DRA claims as tenants (kube/claims.py)
     except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
         raise UsageError(f"cannot list Nodes and Pods ({args.kubeconfig or 'in-cluster'}): {_short(exc)}; "
-                         "check the credentials' access (kubectl get nodes,pods -A)") from None
+                         "check the credentials' access (kubectl get nodes,pods,resourceclaims -A)") from None
     engine, _ = synced_engine(nodes, pods, policy)
     return engine, api
 

@@ -54,6 +54,12 @@ _MAXIMA: dict[str, int] = {"index": MAX_GPU_INDEX, "computeUnits": MAX_CUS, "xcd
                            "memoryBytes": MAX_BYTES, "numaNode": 4096, "renderMinor": 2**20}
 
 
+def device_name(info: GpuInfo) -> str:
+    """The GPU's DRA device name (agent/dra/slices.py publishes it, kube/claims.py reads allocations by
+    it): a DNS label that stays with the GPU across reboots and re-enumeration (its KFD unique_id)."""
+    return "gpu-" + (info.id[2:] if info.id.startswith("0x") else info.id).lower()
+
+
 def _refuse(key: str, value: object, what: str) -> InventoryError:
     return InventoryError(key, value, str(OutOfBounds(what)))
 

@@ -46,12 +46,11 @@ from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_as
 from extender.core.errors import AssignmentError, TemporaryError
 from extender.core.quantity import parse_bytes
 from extender.engine.cluster import PodView
-from extender.kube.claims import DRIVER
+from extender.kube.claims import DRIVER, SHADOW_OF
 from extender.kube.raw import list_items, release
 
 log = logging.getLogger(__name__)
 
-SHADOW_OF = "gpuslice.io/shadow-of-pod"  # label: the UID of the pod whose share the claim shows
 FINALIZER = "gpuslice.io/shadow-claim"
 DEVICE_CLASS = "gpuslice"  # deploy/dra/deviceclass.yaml (a claim's request must name one)
 COMPUTE_UNITS = "computeUnits"  # the slice's capacities (agent/dra/slices.py; faces do not import each other)

@@ -8,14 +8,15 @@ import threading
 
 import pytest
 
-from extender.core.assignment import ASSIGNMENT_ANNOTATION, parse_assignment
-from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, format_inventory
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, GpuAssignment, parse_assignment
+from extender.core.atoms import is_xcc_complete
+from extender.core.inventory import INVENTORY_ANNOTATION, GpuInfo, device_name, format_inventory
 from extender.core.rangelist import parse_ranges
 from extender.engine.cluster import MemoryCluster, NodeView, PodView
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.kube import claims as claims_module
-from extender.kube.claims import DRIVER, ClaimWatch, claim_view
+from extender.kube.claims import DRIVER, SHADOW_OF, ClaimWatch, claim_view
 from extender.kube.cluster import KubeCluster
 
 GIB = 2**30
@@ -126,3 +127,123 @@ def test_a_relist_gives_filter_every_claims_gpuslice_request(monkeypatch: pytest
     assert watch.relist() == "9"
     (share,) = engine.claims.shares("ml", ["llama"])
     assert (share.cus, share.memory, share.count) == (64, 60 * GIB, 1)
+
+
+def allocated(uid: str, name: str, info: GpuInfo, cus: int, memory: str, node_name: str = "n0",
+              shadow_of: str | None = None) -> dict:
+    """A claim kube-scheduler allocated on `info` (by its device name) that no agent has prepared yet."""
+    result = {"request": "gpu", "driver": DRIVER, "pool": node_name, "device": device_name(info), "shareID": "a1",
+              "consumedCapacity": {"computeUnits": str(cus), "memory": memory}}
+    meta = {"uid": uid, "namespace": "ml", "name": name, "resourceVersion": "7",
+            "creationTimestamp": "2026-12-01T12:00:00Z"}
+    if shadow_of:
+        meta["labels"] = {SHADOW_OF: shadow_of}
+    return {"metadata": meta, "status": {"allocation": {"devices": {"results": [result]}}}}
+
+
+def kube_engine(name: str = "n0") -> tuple[KubeCluster, Engine, ClaimWatch, GpuInfo]:
+    cluster = KubeCluster(api=None)  # type: ignore[arg-type] # reads only: no API calls are made here
+    n = node(name)
+    cluster.replace_nodes([n])
+    engine = Engine(cluster, PolicyStore())
+    engine.sync()
+    watch = ClaimWatch(api=None, cluster=cluster, engine=engine, feed=threading.RLock())  # type: ignore[arg-type]
+    return cluster, engine, watch, engine.ledger.node(name).gpu(0).info
+
+
+def test_an_allocated_unprepared_claim_holds_its_consumed_capacity() -> None:
+    """kube-scheduler allocated 64 CUs / 60Gi of GPU 0; until the agent prepares the claim the extender
+    must not hand those out (else the agent refuses the claim at Prepare and the DRA pod waits)."""
+    cluster, engine, watch, info = kube_engine()
+    mine = Assignment("n0", (GpuAssignment(0, info.id, frozenset(range(64)), frozenset(), 132 * GIB, 132 * GIB),),
+                      "memory-bound", "binpack")
+    first = PodView("p-1", "ml", "first", annotations={ASSIGNMENT_ANNOTATION: mine.to_json()}, node_name="n0",
+                    phase="Running")
+    cluster.put_pod(first)
+    engine.observe_pod(first)
+    first_cus = engine.ledger.node("n0").gpu(0).guaranteed
+    assert len(first_cus) == 64
+    watch.event("ADDED", allocated("c-1", "llama", info, 64, "60Gi"))
+    gpu = engine.ledger.node("n0").gpu(0)
+    held = gpu.guaranteed - first_cus
+    assert len(held) == 64 and is_xcc_complete(held, info.xcds) and not held & first_cus
+    assert engine.ledger.entry("c-1") is not None and cluster.list_pods()[-1].key == "ml/claim:llama"
+    fits = PodView("p-2", "ml", "thirty", annotations={"gpuslice.io/compute": "250m", "gpuslice.io/memory": "30Gi"})
+    assert engine.filter(fits, names=["n0"]).passed == []  # 192 - 132 - 60 = 0Gi left
+    engine.sync()  # a rebuild keeps the provisional share: it is in the cluster's claim views
+    assert engine.ledger.node("n0").gpu(0).guaranteed == gpu.guaranteed
+
+
+def test_a_shadow_claim_is_not_counted_twice() -> None:
+    """Shadow claims mirror extender pods the ledger already holds: counting them would double-book."""
+    cluster, engine, watch, info = kube_engine()
+    watch.event("ADDED", allocated("c-9", "shadow", info, 64, "60Gi", shadow_of="p-1"))
+    assert engine.ledger.entry("c-9") is None and cluster.list_pods() == []
+    assert engine.ledger.node("n0").gpu(0).guaranteed == frozenset()
+
+
+def test_preparing_replaces_the_provisional_set_with_the_agents() -> None:
+    cluster, engine, watch, info = kube_engine()
+    obj = allocated("c-1", "llama", info, 64, "60Gi")
+    watch.event("ADDED", obj)
+    watch.event("MODIFIED", obj)  # an unrelated update keeps the set first chosen
+    provisional = engine.ledger.node("n0").gpu(0).guaranteed
+    assert len(provisional) == 64
+    obj["status"]["devices"] = [{"driver": DRIVER, "pool": "n0", "device": device_name(info), "shareID": "a1",
+                                 "data": {"gpu": 0, "id": info.id, "cus": "64-127", "burstCus": "",
+                                          "memoryBytes": 60 * GIB, "memoryLimitBytes": 60 * GIB,
+                                          "class": "memory-bound"}}]
+    watch.event("MODIFIED", obj)
+    assert engine.ledger.node("n0").gpu(0).guaranteed == frozenset(range(64, 128))
+    assert engine.ledger.node("n0").gpu(0).memory_used == 60 * GIB
+
+
+def test_a_claim_on_an_unknown_device_waits_for_the_next_relist(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster, engine, watch, info = kube_engine()
+    stranger = GpuInfo(index=0, id="0xFEED", model="MI300X", computeUnits=304, xcds=8, shaderEngines=32,
+                       memoryBytes=192 * GIB, healthy=True)
+    watch.event("ADDED", allocated("c-1", "early", stranger, 64, "60Gi", node_name="n1"))
+    assert engine.ledger.entry("c-1") is None and cluster.list_pods() == []
+    cluster.replace_nodes([node("n0"), node("n1")])
+    engine.sync()
+    stranger = engine.ledger.node("n1").gpu(0).info
+    listed = [allocated("c-1", "early", stranger, 64, "60Gi", node_name="n1")]
+    monkeypatch.setattr(claims_module, "list_claims", lambda api: (listed, "9"))
+    watch.relist()
+    assert len(engine.ledger.node("n1").gpu(0).guaranteed) == 64
+
+
+def test_one_shot_readers_see_allocated_claims_around_bound_pods_and_prepared_claims() -> None:
+    """`top` and `plan --kubeconfig` (kube/snapshot.py) count an allocated, unprepared claim too; not a
+    shadow claim, nor a prepared one twice."""
+    n = node()
+    info = GpuInfo(index=0, id="n0-g0", model="MI300X", computeUnits=304, xcds=8, shaderEngines=32,
+                   memoryBytes=192 * GIB, healthy=True)
+    prepared = claim("c-1", "ready", [(0, "0-63", 60 * GIB)])
+    items = [prepared, allocated("c-2", "waiting", info, 64, "60Gi"),
+             allocated("c-3", "shadow", info, 64, "60Gi", shadow_of="p-1")]
+    (view,) = claims_module.provisional_views(items, [n], [claim_view(prepared)])
+    got = parse_assignment(view.annotations[ASSIGNMENT_ANNOTATION])
+    assert (view.key, view.node_name, got.gpus[0].memoryBytes) == ("ml/claim:waiting", "n0", 60 * GIB)
+    assert len(got.gpus[0].cus) == 64 and not got.gpus[0].cus & frozenset(range(64))
+    assert claims_module.provisional_views(items[:1], [n], [claim_view(prepared)]) == []
+
+
+def test_a_provisional_set_lost_to_a_concurrent_bind_is_chosen_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind (outside the feed lock) can take the chosen CUs before the claim is counted: the claim
+    then chooses again rather than keeping, and re-offering at every relist, a set the ledger refuses."""
+    cluster, engine, watch, info = kube_engine()
+    mine = Assignment("n0", (GpuAssignment(0, info.id, frozenset(range(64)), frozenset(), GIB, GIB),),
+                      "memory-bound", "binpack")
+    first = PodView("p-1", "ml", "first", annotations={ASSIGNMENT_ANNOTATION: mine.to_json()}, node_name="n0",
+                    phase="Running")
+    cluster.put_pod(first)
+    engine.observe_pod(first)
+    stale = iter([frozenset(range(64))])  # what the chooser saw before the bind took it
+    real = claims_module.choose_cus
+    monkeypatch.setattr(claims_module, "choose_cus", lambda free, n, xcds: next(stale, None) or real(free, n, xcds))
+    watch.event("ADDED", allocated("c-1", "llama", info, 64, "60Gi"))
+    held = engine.ledger.node("n0").gpu(0).guaranteed - frozenset(range(64))
+    assert len(held) == 64 and engine.ledger.entry("c-1") is not None
+    (view,) = [v for v in cluster.list_pods() if v.uid == "c-1"]
+    assert parse_assignment(view.annotations[ASSIGNMENT_ANNOTATION]).gpus[0].cus == held

@@ -20,7 +20,7 @@ from typing import Any
 
 from extender.agent.topology import PCI_DEVICES, KfdGpu, Topology
 from extender.core.atoms import round_up_to_atoms
-from extender.core.inventory import GpuInfo
+from extender.core.inventory import GpuInfo, device_name
 from extender.core.ledger import burst_region
 
 DRIVER = "gpu.gpuslice.io"
@@ -30,11 +30,6 @@ MEMORY = "memory"
 PCIE_ROOT = "resource.kubernetes.io/pcieRoot"  # the standard attribute (k8s.io/dynamic-resource-allocation)
 PCI_BUS_ID = "resource.kubernetes.io/pciBusID"
 _ROOT_COMPLEX = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}$")
-
-
-def device_name(info: GpuInfo) -> str:
-    """A DNS label that stays with the GPU across reboots and re-enumeration (its KFD unique_id)."""
-    return "gpu-" + (info.id[2:] if info.id.startswith("0x") else info.id).lower()
 
 
 def guaranteeable_cus(info: GpuInfo, shared_fraction: float) -> int:
