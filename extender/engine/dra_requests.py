@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extender.core.assignment import CLASSES
+from extender.core.bounds import MAX_GPUS, OutOfBounds
 from extender.core.errors import SliceRequestError, TemporaryError
 from extender.core.ledger import NodeState
 from extender.core.policy import Policy
@@ -72,6 +73,17 @@ def _amount(value: object, key: str) -> int:
         raise SliceRequestError(key, value, str(exc)) from None
 
 
+def _count(value: object, key: str) -> int:
+    """A request's `count`: a positive integer (absent: 1)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SliceRequestError(key, value, "must be a positive integer")
+    if value > MAX_GPUS:
+        raise SliceRequestError(key, value, str(OutOfBounds(f"more than {MAX_GPUS} GPUs")))
+    return value
+
+
 def _params(config: Iterable[Mapping[str, Any]]) -> dict[str | None, dict[str, Any]]:
     """This driver's opaque parameters by request name (None: every request); later entries win."""
     out: dict[str | None, dict[str, Any]] = {}
@@ -103,7 +115,7 @@ def claim_shares(claim: Mapping[str, Any]) -> tuple[ClaimShare, ...]:
         cus, memory = capacity.get("computeUnits"), capacity.get("memory")
         limit, memory_limit = mine.get("computeLimit"), mine.get("memoryLimit")
         shares.append(ClaimShare(
-            count=int(exactly.get("count") or 1),
+            count=_count(exactly.get("count"), f"{where}.count"),
             cus=None if cus is None else _amount(cus, f"{where}.capacity.requests.computeUnits"),
             memory=None if memory is None else _amount(memory, f"{where}.capacity.requests.memory"),
             workload_class=mine.get("class"),

@@ -188,3 +188,10 @@ def test_a_node_where_the_allocator_could_pick_a_gpu_at_its_class_limit_fails() 
     assert engine.filter(dra_pod("dra-cb", "cb-claim"), names=["two"]).passed == ["two"]
     annotated = PodView(uid="a", namespace="default", name="a", annotations=_slice("memory-bound"))
     assert engine.filter(annotated, names=["two"]).passed == ["two"]
+
+
+@pytest.mark.parametrize("count", ["two", 0, -1, 1.5, True, 10**9])
+def test_a_malformed_count_is_a_typed_error_naming_the_field(count: Any) -> None:
+    """ClaimSpecs keeps only SliceRequestError as the pod's reason; anything else escaped into the watch."""
+    with pytest.raises(SliceRequestError, match=r"requests\[0\]\.exactly\.count"):
+        claim_shares(claim("bad", count=count))
