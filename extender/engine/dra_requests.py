@@ -34,6 +34,7 @@ from extender.engine.placement import gpu_verdict, reject_words
 
 DEVICE_CLASS = "gpuslice"  # deploy/dra/deviceclass.yaml
 DRIVER = "gpu.gpuslice.io"  # the agent's DRA driver (agent/dra/slices.py; faces do not import each other)
+COMPUTE_UNITS, MEMORY = "computeUnits", "memory"  # the device's consumable capacities (agent/dra/slices.py)
 MARKER_RESOURCE = "gpuslice.io/dra-routed"  # in deploy/scheduler-config.yaml's managedResources
 PARAMETER_KEYS = ("class", "computeLimit", "memoryLimit")
 
@@ -112,12 +113,12 @@ def claim_shares(claim: Mapping[str, Any]) -> tuple[ClaimShare, ...]:
         where = f"spec.devices.requests[{i}].exactly"
         capacity = (exactly.get("capacity") or {}).get("requests") or {}
         mine = params.get(None, {}) | params.get(request.get("name"), {})
-        cus, memory = capacity.get("computeUnits"), capacity.get("memory")
+        cus, memory = capacity.get(COMPUTE_UNITS), capacity.get(MEMORY)
         limit, memory_limit = mine.get("computeLimit"), mine.get("memoryLimit")
         shares.append(ClaimShare(
             count=_count(exactly.get("count"), f"{where}.count"),
-            cus=None if cus is None else _amount(cus, f"{where}.capacity.requests.computeUnits"),
-            memory=None if memory is None else _amount(memory, f"{where}.capacity.requests.memory"),
+            cus=None if cus is None else _amount(cus, f"{where}.capacity.requests.{COMPUTE_UNITS}"),
+            memory=None if memory is None else _amount(memory, f"{where}.capacity.requests.{MEMORY}"),
             workload_class=mine.get("class"),
             compute_limit=None if limit is None else _amount(limit, "opaque.parameters.computeLimit"),
             memory_limit=None if memory_limit is None else _amount(memory_limit, "opaque.parameters.memoryLimit")))

@@ -27,7 +27,6 @@ from dataclasses import replace
 from typing import Any
 
 from kubernetes.client import ApiClient, ApiException, ResourceV1Api
-from kubernetes.utils import parse_quantity
 from kubernetes.watch.watch import iter_resp_lines
 
 from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, GpuAssignment, now_rfc3339, parse_assignment
@@ -35,8 +34,9 @@ from extender.core.errors import AssignmentError
 from extender.core.inventory import device_name
 from extender.core.layout import choose_cus
 from extender.core.ledger import NodeState
+from extender.core.quantity import parse_bytes
 from extender.engine.cluster import MemoryCluster, NodeView, PodView
-from extender.engine.dra_requests import DRIVER
+from extender.engine.dra_requests import COMPUTE_UNITS, DRIVER, MEMORY
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.kube.cluster import KubeCluster
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 SHADOW_OF = "gpuslice.io/shadow-of-pod"  # label: the UID of the pod whose share the claim shows
 PROVISIONAL = "gpuslice.io/provisional"  # on a claim view: CU sets chosen here, not yet the agent's
-COMPUTE_UNITS, MEMORY = "computeUnits", "memory"  # the device's consumable capacities (agent/dra/slices.py)
 WATCH_SECONDS = 240
 BACKOFF_MAX = 30.0
 
@@ -99,7 +98,7 @@ def allocated_shares(obj: Mapping[str, Any]) -> tuple[str, dict[str, tuple[int, 
     try:
         for r in mine:
             used = r.get("consumedCapacity") or {}
-            cus, memory = int(parse_quantity(used[COMPUTE_UNITS])), int(parse_quantity(used[MEMORY]))
+            cus, memory = parse_bytes(used[COMPUTE_UNITS]), parse_bytes(used[MEMORY])  # bounded, whole, >= 0
             before = held.get(r.get("device", ""), (0, 0))
             held[r.get("device", "")] = (before[0] + cus, before[1] + memory)
     except (KeyError, TypeError, ValueError) as exc:

@@ -46,15 +46,13 @@ from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, parse_as
 from extender.core.errors import AssignmentError, TemporaryError
 from extender.core.quantity import parse_bytes
 from extender.engine.cluster import PodView
-from extender.engine.dra_requests import DEVICE_CLASS
+from extender.engine.dra_requests import COMPUTE_UNITS, DEVICE_CLASS, MEMORY
 from extender.kube.claims import DRIVER, SHADOW_OF
 from extender.kube.raw import list_items, release
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "gpuslice.io/shadow-claim"
-COMPUTE_UNITS = "computeUnits"  # the slice's capacities (agent/dra/slices.py; faces do not import each other)
-MEMORY = "memory"
 RESYNC = 10.0  # seconds between full resyncs (the repair path)
 SLICES_FRESH = 1.0  # a bind to a node not in the last slice listing lists again if it is older than this
 TIMEOUT = (5, 30)
