@@ -35,9 +35,11 @@ def _closed_ancestors(paths: list[Path]) -> dict[Path, set[Path]]:
     out: dict[Path, set[Path]] = {}
     for path in paths:
         real = path.resolve()
-        for parent in reversed(real.parents):
-            if parent != Path("/") and not parent.stat().st_mode & stat.S_IXOTH:
-                out.setdefault(parent, set()).add(parent / real.relative_to(parent).parts[0])
+        for parent in [*reversed(real.parents), real]:
+            if parent != Path("/") and parent.is_dir() and not parent.stat().st_mode & stat.S_IXOTH:
+                # the path itself closed (a checkout made by `mktemp -d`, mode 0700): keep all it holds
+                kept = set(real.iterdir()) if parent == real else {parent / real.relative_to(parent).parts[0]}
+                out.setdefault(parent, set()).update(kept)
                 break
     return out
 
@@ -51,10 +53,12 @@ def _sandbox(argv: list[str]) -> list[str]:
         # uid 65532 may not enter `closed`: replace it by an empty directory holding only what we need
         names = [f"keep{n}_{i}" for i in range(len(children))]
         for name, child in zip(names, sorted(children), strict=True):
-            steps += [f"{name}=$(mktemp -d)", f"mount --bind {shlex.quote(str(child))} ${name}"]
+            make = "mktemp -d" if child.is_dir() else "mktemp"
+            steps += [f"{name}=$({make})", f"mount --bind {shlex.quote(str(child))} ${name}"]
         steps.append(f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(str(closed))}")
         for name, child in zip(names, sorted(children), strict=True):
-            steps += [f"mkdir -p {shlex.quote(str(child))}", f"mount --move ${name} {shlex.quote(str(child))}"]
+            place = "mkdir -p" if child.is_dir() else "touch"
+            steps += [f"{place} {shlex.quote(str(child))}", f"mount --move ${name} {shlex.quote(str(child))}"]
     steps += [
         "awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r mp; do "
         'mount -o remount,bind,ro "$mp" 2>/dev/null || true; done',
