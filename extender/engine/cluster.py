@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -100,7 +101,57 @@ class ClusterStore:
         self._nodes: dict[str, NodeView] = {}
         self._pods: dict[str, PodView] = {}  # uid -> pod
         self._lock = threading.Lock()
+        # Host room, kept as the views change (host_free is asked about thousands of nodes per pod): each
+        # node's allocatable CPU and memory, parsed once, and the requests of the live pods bound to it.
+        self._allocatable: dict[str, tuple[int, int]] = {}
+        self._requested: dict[str, tuple[int, int]] = {}
 
+    # --- writes: subclasses change the views only through these, holding _lock -----------------
+    def _store_node(self, view: NodeView) -> NodeView | None:
+        old = self._nodes.get(view.name)
+        self._nodes[view.name] = view
+        self._allocatable[view.name] = (_quantity(view.allocatable.get("cpu"), parse_millis),
+                                        _quantity(view.allocatable.get("memory"), parse_bytes))
+        return old
+
+    def _drop_node(self, name: str) -> NodeView | None:
+        self._allocatable.pop(name, None)
+        return self._nodes.pop(name, None)
+
+    def _store_nodes(self, views: list[NodeView]) -> None:
+        self._nodes, self._allocatable = {}, {}
+        for view in views:
+            self._store_node(view)
+
+    def _store_pod(self, view: PodView) -> PodView | None:
+        old = self._pods.get(view.uid)
+        self._pods[view.uid] = view
+        self._count(old, -1)
+        self._count(view, 1)
+        return old
+
+    def _drop_pod(self, uid: str) -> PodView | None:
+        old = self._pods.pop(uid, None)
+        self._count(old, -1)
+        return old
+
+    def _store_pods(self, views: list[PodView]) -> None:
+        self._pods, self._requested = {}, {}
+        for view in views:
+            self._store_pod(view)
+
+    def _count(self, pod: PodView | None, sign: int) -> None:
+        """Add (sign 1) or take away (-1) a pod's host requests on its node, if it holds them (bound, live)."""
+        if pod is None or not pod.node_name or pod.terminal or not (pod.cpu_millis or pod.memory_bytes):
+            return
+        cpu, mem = self._requested.get(pod.node_name, (0, 0))
+        cpu, mem = cpu + sign * pod.cpu_millis, mem + sign * pod.memory_bytes
+        if cpu or mem:
+            self._requested[pod.node_name] = (cpu, mem)
+        else:
+            del self._requested[pod.node_name]
+
+    # --- reads ----------------------------------------------------------------------------------
     def get_node(self, name: str) -> NodeView | None:
         return self._nodes.get(name)
 
@@ -117,23 +168,14 @@ class ClusterStore:
 
     def host_free(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """HostRoom from the stored views: allocatable CPU and memory less the requests of the live pods
-        bound to each node. One pass over the pods per call (a cluster that tracks it, like the
-        simulator's, answers from counters)."""
-        index = {n: i for i, n in enumerate(names)}
-        cpu = np.zeros(len(names), np.int64)
-        mem = np.zeros(len(names), np.int64)
+        bound to each node (kept as the views change, not worked out from every pod per call)."""
+        none = (0, 0)
         with self._lock:
-            for name, i in index.items():
-                node = self._nodes.get(name)
-                if node is not None:
-                    cpu[i] = _quantity(node.allocatable.get("cpu"), parse_millis)
-                    mem[i] = _quantity(node.allocatable.get("memory"), parse_bytes)
-            for pod in self._pods.values():
-                i = index.get(pod.node_name or "", -1)
-                if i >= 0 and not pod.terminal:
-                    cpu[i] -= pod.cpu_millis
-                    mem[i] -= pod.memory_bytes
-        return cpu, mem
+            room = [(a[0] - u[0], a[1] - u[1]) for a, u in
+                    zip(map(self._allocatable.get, names, repeat(none)), map(self._requested.get, names, repeat(none)),
+                        strict=True)]
+        out = np.array(room, np.int64).reshape(len(names), 2)
+        return out[:, 0].copy(), out[:, 1].copy()
 
 
 def _quantity(text: str | None, parse: Callable[[object], int]) -> int:
@@ -158,19 +200,19 @@ class MemoryCluster(ClusterStore):
 
     def add_node(self, node: NodeView) -> None:
         with self._lock:
-            self._nodes[node.name] = node
+            self._store_node(node)
 
     def remove_node(self, name: str) -> None:
         with self._lock:
-            self._nodes.pop(name, None)
+            self._drop_node(name)
 
     def add_pod(self, pod: PodView) -> None:
         with self._lock:
-            self._pods[pod.uid] = pod
+            self._store_pod(pod)
 
     def remove_pod(self, uid: str) -> PodView | None:
         with self._lock:
-            return self._pods.pop(uid, None)
+            return self._drop_pod(uid)
 
     def get_pod(self, namespace: str, name: str) -> PodView | None:
         with self._lock:
@@ -187,8 +229,8 @@ class MemoryCluster(ClusterStore):
             if current is not None and current.node_name and current.node_name != node:
                 raise BindError(f"pod {pod.key} is already bound to {current.node_name}")
             base = current or pod
-            self._pods[pod.uid] = replace(base, annotations={**base.annotations, **annotations},
-                                          node_name=node, phase="Running")
+            self._store_pod(replace(base, annotations={**base.annotations, **annotations},
+                                    node_name=node, phase="Running"))
             self.binds += 1
 
 

@@ -67,28 +67,25 @@ class KubeCluster(ClusterStore):
     # --- the watch's cache -------------------------------------------------------------------
     def replace_nodes(self, views: list[NodeView]) -> None:
         with self._lock:
-            self._nodes = {v.name: v for v in views}
+            self._store_nodes(views)
 
     def replace_pods(self, views: list[PodView]) -> None:
         with self._lock:
-            self._pods = {v.uid: v for v in views}
+            self._store_pods(views)
             self._uids = {v.key: v.uid for v in views}
             self._waiting = {v.uid for v in views if self._waits(v)}
 
     def put_node(self, view: NodeView) -> NodeView | None:
         with self._lock:
-            old = self._nodes.get(view.name)
-            self._nodes[view.name] = view
-            return old
+            return self._store_node(view)
 
     def drop_node(self, name: str) -> NodeView | None:
         with self._lock:
-            return self._nodes.pop(name, None)
+            return self._drop_node(name)
 
     def put_pod(self, view: PodView) -> PodView | None:
         with self._lock:
-            old = self._pods.get(view.uid)
-            self._pods[view.uid] = view
+            old = self._store_pod(view)
             self._uids[view.key] = view.uid
             if self._waits(view):
                 self._waiting.add(view.uid)
@@ -101,7 +98,7 @@ class KubeCluster(ClusterStore):
             if self._uids.get(view.key) == view.uid:
                 del self._uids[view.key]
             self._waiting.discard(view.uid)
-            return self._pods.pop(view.uid, None)
+            return self._drop_pod(view.uid)
 
     def replace_claims(self, views: list[PodView]) -> set[str]:
         """Set the DRA tenant views; returns the uids of claims no longer among them."""

@@ -42,8 +42,8 @@ class StrictCluster(MemoryCluster):
                 raise BindError(f"node {node} not found")
             if current.node_name:
                 raise BindError(f"pod {pod.key} is already bound to {current.node_name}")
-            self._pods[pod.uid] = dc_replace(current, annotations={**current.annotations, **annotations},
-                                             node_name=node, phase="Running")
+            self._store_pod(dc_replace(current, annotations={**current.annotations, **annotations},
+                                       node_name=node, phase="Running"))
             self.binds += 1
 
     def pods_on(self, node: str) -> list[PodView]:
