@@ -462,8 +462,8 @@ class Engine:
             cols.index.remember_slots(passed, slots[fast_pass], layout)
         if dra and passed:
             self._allocator_guard(req, policy, candidates, result, rejected)
-        if policy.scoring.fragmentation.enabled and result.passed:
-            self._narrow(pod, req, policy, result, key, narrow_candidates)
+        if policy.scoring.fragmentation.enabled and result.passed:  # rises() keys on fit_key, as prioritize does
+            self._narrow(pod, req, policy, result, key.removeprefix("check|"), narrow_candidates)
         elif policy.scoring.candidates.enabled and narrow_candidates and len(result.passed) > 1:
             self._narrow_by_score(pod, req, policy, result)
         self.stats.merge(self.stats.filter_rejections, rejected)

@@ -229,3 +229,21 @@ def test_host_room_is_counted_from_the_pods_on_each_node() -> None:
     cluster.bind_pod(pod, "n0", {})
     cpu, mem = cluster.host_free(["n0", "n1"])
     assert cpu[0] == 6500 and mem[0] == 15 * GIB and cpu[1] > 10**15
+
+
+def test_prioritize_reuses_the_rises_filter_worked_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kube-scheduler asks prioritize about the nodes filter passed, right after it: with nothing written
+    to the index between, their rises are filter's, not worked out again (they were, under another key)."""
+    engine = _engine(_policy(candidates={"enabled": True, "tolerance": 1.0}), nodes=3)
+    calls: list[list[str]] = []
+    work = engine._rises
+
+    def counted(*args: object, **kwargs: object) -> np.ndarray:
+        calls.append(list(args[3]))  # type: ignore[arg-type]
+        return work(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_rises", counted)
+    pod = _pod("a", 500)
+    passed = engine.filter(pod, names=["n0", "n1", "n2"]).passed
+    scores = engine.prioritize(pod, names=passed)
+    assert len(calls) == 1 and sorted(n for n, _ in scores) == sorted(passed)
