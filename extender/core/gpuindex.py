@@ -41,6 +41,9 @@ class Table:
     width: int
     slots: dict[str, int]
     data: np.ndarray  # [field, slot, gpu]: each field contiguous, for the readers' column operations
+    # [slot]: the index's `writes` when the slot's row last changed (after the row), so that a reader that read
+    # a stamp before the rows can keep what it works out from them until the stamp moves.
+    stamps: np.ndarray
 
     @property
     def cols(self) -> dict[str, np.ndarray]:
@@ -53,7 +56,7 @@ class Slots(NamedTuple):
 
 
 def _empty(capacity: int, width: int) -> Table:
-    return Table(width, {}, np.zeros((_WIDTH, capacity, width), np.int64))
+    return Table(width, {}, np.zeros((_WIDTH, capacity, width), np.int64), np.zeros(capacity, np.int64))
 
 
 class GpuIndex:
@@ -109,6 +112,7 @@ class GpuIndex:
             slot = t.slots.pop(name, None)
             if slot is not None:
                 t.data[0, slot, :] = 0
+                t.stamps[slot] = self.writes
                 self._rows.pop(slot, None)
                 self._free_slots.append(slot)
                 self.layout += 1
@@ -169,6 +173,7 @@ class GpuIndex:
             capacity *= 2
         new = _empty(capacity, width)
         new.data[:, :old.data.shape[1], :old.width] = old.data
+        new.stamps[:len(old.stamps)] = old.stamps
         new.slots = dict(old.slots)
         self.table = new
         return new
@@ -192,7 +197,9 @@ class GpuIndex:
                 g.memory_free, info.memoryBytes, g.memory_used, g.memory_limit_used, g.free_atom_cus,
                 *(length for _, length in rs), *pad, *(start for start, _ in rs), *pad]
         data[0, slot, len(gpus):] = 0
+        t.stamps[slot] = self.writes
         self._rows[slot] = gpus
+
     def _model(self, model: str, cus: int, xcds: int) -> int:
         key = (model, cus, xcds)
         mid = self.models.get(key)

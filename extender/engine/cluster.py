@@ -105,6 +105,8 @@ class ClusterStore:
         # node's allocatable CPU and memory, parsed once, and the requests of the live pods bound to it.
         self._allocatable: dict[str, tuple[int, int]] = {}
         self._requested: dict[str, tuple[int, int]] = {}
+        self._cpu_room: dict[str, int] = {}  # the two less each other, per name either knows
+        self._mem_room: dict[str, int] = {}
 
     # --- writes: subclasses change the views only through these, holding _lock -----------------
     def _store_node(self, view: NodeView) -> NodeView | None:
@@ -112,14 +114,17 @@ class ClusterStore:
         self._nodes[view.name] = view
         self._allocatable[view.name] = (_quantity(view.allocatable.get("cpu"), parse_millis),
                                         _quantity(view.allocatable.get("memory"), parse_bytes))
+        self._room(view.name)
         return old
 
     def _drop_node(self, name: str) -> NodeView | None:
         self._allocatable.pop(name, None)
+        self._room(name)
         return self._nodes.pop(name, None)
 
     def _store_nodes(self, views: list[NodeView]) -> None:
-        self._nodes, self._allocatable = {}, {}
+        for name in list(self._nodes):
+            self._drop_node(name)
         for view in views:
             self._store_node(view)
 
@@ -136,7 +141,8 @@ class ClusterStore:
         return old
 
     def _store_pods(self, views: list[PodView]) -> None:
-        self._pods, self._requested = {}, {}
+        for uid in list(self._pods):
+            self._drop_pod(uid)
         for view in views:
             self._store_pod(view)
 
@@ -150,6 +156,16 @@ class ClusterStore:
             self._requested[pod.node_name] = (cpu, mem)
         else:
             del self._requested[pod.node_name]
+        self._room(pod.node_name)
+
+    def _room(self, name: str) -> None:
+        alloc, used = self._allocatable.get(name), self._requested.get(name)
+        if alloc is None and used is None:
+            self._cpu_room.pop(name, None)
+            self._mem_room.pop(name, None)
+            return
+        alloc, used = alloc or (0, 0), used or (0, 0)
+        self._cpu_room[name], self._mem_room[name] = alloc[0] - used[0], alloc[1] - used[1]
 
     # --- reads ----------------------------------------------------------------------------------
     def get_node(self, name: str) -> NodeView | None:
@@ -169,13 +185,10 @@ class ClusterStore:
     def host_free(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """HostRoom from the stored views: allocatable CPU and memory less the requests of the live pods
         bound to each node (kept as the views change, not worked out from every pod per call)."""
-        none = (0, 0)
+        n = len(names)
         with self._lock:
-            room = [(a[0] - u[0], a[1] - u[1]) for a, u in
-                    zip(map(self._allocatable.get, names, repeat(none)), map(self._requested.get, names, repeat(none)),
-                        strict=True)]
-        out = np.array(room, np.int64).reshape(len(names), 2)
-        return out[:, 0].copy(), out[:, 1].copy()
+            return (np.fromiter(map(self._cpu_room.get, names, repeat(0)), np.int64, n),
+                    np.fromiter(map(self._mem_room.get, names, repeat(0)), np.int64, n))
 
 
 def _quantity(text: str | None, parse: Callable[[object], int]) -> int:

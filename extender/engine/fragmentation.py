@@ -19,11 +19,14 @@ GPU memory, host CPU and memory — and host CPU and memory come from the cluste
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from itertools import compress
 
 import numpy as np
 
+from extender.core.gpuindex import GpuIndex
 from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
@@ -187,18 +190,18 @@ class Rows:
     host_mem_free: np.ndarray | None
 
 
-def _capacity(rows: Rows, free: np.ndarray, empty: np.ndarray) -> np.ndarray:
+def _capacity(valid: np.ndarray, usable: np.ndarray, free: np.ndarray, empty: np.ndarray | bool) -> np.ndarray:
     """Free capacity in GPUs: 1 for an empty GPU, else its free CUs over those it can guarantee."""
-    part = free / np.maximum(rows.usable, 1)
-    return np.where(rows.valid, np.where(empty, 1.0, part), 0.0)
+    part = free / np.maximum(usable, 1)
+    return np.where(valid, np.where(empty, 1.0, part), 0.0)
 
 
-def _fits(table: MixTable, rows: Rows, need: np.ndarray, free: np.ndarray, empty: np.ndarray,
-          mem_free: np.ndarray) -> np.ndarray:
-    """[node, GPU, kind]: kind k fits on the GPU (CUs, whole GPU, memory)."""
-    whole = need >= rows.total[..., None]
-    cus = np.where(whole, empty[..., None], need <= free[..., None])
-    return rows.valid[..., None] & cus & (table.gpu_memory <= mem_free[..., None])
+def _fits(table: MixTable, valid: np.ndarray, total: np.ndarray, need: np.ndarray, free: np.ndarray,
+          empty: np.ndarray | bool, mem_free: np.ndarray) -> np.ndarray:
+    """[..., kind] for GPUs [...]: kind k fits on the GPU (CUs, whole GPU, memory); `need` is [..., kind]."""
+    whole = need >= total[..., None]
+    cus = np.where(whole, np.asarray(empty)[..., None], need <= free[..., None])
+    return valid[..., None] & cus & (table.gpu_memory <= mem_free[..., None])
 
 
 def _host_ok(table: MixTable, cpu: np.ndarray | None, mem: np.ndarray | None) -> np.ndarray | bool:
@@ -215,34 +218,90 @@ def _stranded(table: MixTable, capacity: np.ndarray, cpu: np.ndarray | None) -> 
     return table.stranding * np.maximum(0.0, capacity - cpu / table.cpu_per_gpu)
 
 
-def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray, gpu_memory: int,
-           cpu: int, memory: int) -> np.ndarray:
-    """[node, GPU]: the rise of F if one GPU of the slice (`need` CUs, or the whole GPU where `whole`)
-    goes on that GPU; +inf where it does not fit (`ok` false)."""
-    if table.empty:
-        return np.where(ok, 0.0, INFINITE)
-    k_need = table.need[np.maximum(rows.model, 0)]  # [node, GPU, kind]
-    fits = _fits(table, rows, k_need, rows.free, rows.empty, rows.mem_free)
-    cap = _capacity(rows, rows.free, rows.empty)
+def _weighted(table: MixTable, x: np.ndarray) -> np.ndarray:
+    """sum_k w_k x[..., k]. Each value is worked out from its own row alone, whatever the other rows (a BLAS
+    product's rounding depends on how many rows it is given), so that a node's rise is a function of the node:
+    remembered rises (Fragmentation) are the rises worked out again."""
+    return np.einsum("...k,k->...", x, table.weight)
+
+
+def _room(table: MixTable, cap: np.ndarray, fits: np.ndarray, host: np.ndarray | bool,
+          cpu_left: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """F of nodes whose GPUs have free capacity `cap` [node, GPU] and fit the kinds `fits` [node, GPU, kind],
+    and its parts: the free capacity, and per kind the capacity on GPUs it fits and how many GPUs it fits."""
     usable = (cap[..., None] * fits).sum(axis=1)  # [node, kind]
     n_fit = fits.sum(axis=1)
-    host = _host_ok(table, rows.cpu_free, rows.host_mem_free)
-    before = table.weight @ (cap.sum(axis=1)[:, None] - usable * ((n_fit >= table.count) & host)).T  # [node]
-    before = before + _stranded(table, cap.sum(axis=1), rows.cpu_free)
-    free2 = np.where(whole, 0, rows.free - need)
-    empty2 = np.zeros_like(rows.empty)
-    cap2 = _capacity(rows, free2, empty2)
-    fits2 = _fits(table, rows, k_need, free2, empty2, rows.mem_free - gpu_memory)
-    usable2 = usable[:, None, :] - cap[..., None] * fits + cap2[..., None] * fits2  # [node, GPU, kind]
-    n_fit2 = n_fit[:, None, :] - fits + fits2
-    host2 = _host_ok(table, None if rows.cpu_free is None else rows.cpu_free - cpu,
-                     None if rows.host_mem_free is None else rows.host_mem_free - memory)
-    if not isinstance(host2, bool):
-        host2 = host2[:, None, :]
-    s2 = cap.sum(axis=1)[:, None] - cap + cap2  # [node, GPU]
-    after = (s2[..., None] - usable2 * ((n_fit2 >= table.count) & host2)) @ table.weight
-    after = after + _stranded(table, s2, None if rows.cpu_free is None else (rows.cpu_free - cpu)[:, None])
-    return np.where(ok, after - before[:, None], INFINITE)
+    total = cap.sum(axis=1)
+    f = _weighted(table, total[:, None] - usable * ((n_fit >= table.count) & host)) + _stranded(table, total, cpu_left)
+    return f, total, usable, n_fit
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What every rise on some nodes starts from, whatever the request: per GPU its free capacity and the
+    kinds it fits, per node F and its parts (_room). A function of the nodes' rows and the mix table only."""
+
+    cap: np.ndarray  # [node, GPU]
+    fits: np.ndarray  # [node, GPU, kind]
+    total: np.ndarray  # [node]: free capacity (GPUs)
+    usable: np.ndarray  # [node, kind]
+    n_fit: np.ndarray  # [node, kind]
+    before: np.ndarray  # [node]: F
+
+    def take(self, idx: np.ndarray) -> Basis:
+        return Basis(self.cap[idx], self.fits[idx], self.total[idx], self.usable[idx], self.n_fit[idx],
+                     self.before[idx])
+
+
+def node_basis(table: MixTable, rows: Rows) -> Basis:
+    k_need = table.need[np.maximum(rows.model, 0)]  # [node, GPU, kind]
+    fits = _fits(table, rows.valid, rows.total, k_need, rows.free, rows.empty, rows.mem_free)
+    cap = _capacity(rows.valid, rows.usable, rows.free, rows.empty)
+    before, total, usable, n_fit = _room(table, cap, fits, _host_ok(table, rows.cpu_free, rows.host_mem_free),
+                                         rows.cpu_free)
+    return Basis(cap, fits, total, usable, n_fit, before)
+
+
+def _first_equal(rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """[node, GPU]: the first GPU of the node whose row equals this one's (itself if none before it does).
+    Equal GPUs of a node have equal rises (empty GPUs, most often), worked out once."""
+    fields = (rows.valid, rows.model, rows.total, rows.free, rows.usable, rows.empty, rows.mem_free, need, whole, ok)
+    nodes, width = ok.shape
+    src = np.tile(np.arange(width), (nodes, 1))
+    for j in range(1, width):
+        same = np.ones((nodes, j), np.bool_)
+        for f in fields:
+            same &= f[:, :j] == f[:, j:j + 1]
+        found = same.any(axis=1)
+        src[found, j] = same[found].argmax(axis=1)
+    return src
+
+
+def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray, gpu_memory: int,
+           cpu: int, memory: int, basis: Basis | None = None) -> np.ndarray:
+    """[node, GPU]: the rise of F if one GPU of the slice (`need` CUs, or the whole GPU where `whole`)
+    goes on that GPU; +inf where it does not fit (`ok` false). `basis`: node_basis(table, rows), if known."""
+    if table.empty:
+        return np.where(ok, 0.0, INFINITE)
+    basis = node_basis(table, rows) if basis is None else basis
+    src = _first_equal(rows, need, whole, ok)
+    n, j = np.nonzero(ok & (src == np.arange(ok.shape[1])))
+    out = np.full(ok.shape, INFINITE)
+    # Only the fitting GPUs, first of their equals, as flat [GPU, kind] rows.
+    valid, usable_cus, free, cap = rows.valid[n, j], rows.usable[n, j], rows.free[n, j], basis.cap[n, j]
+    free2 = np.where(whole[n, j], 0, free - need[n, j])
+    cap2 = _capacity(valid, usable_cus, free2, False)
+    fits = basis.fits[n, j]
+    fits2 = _fits(table, valid, rows.total[n, j], table.need[np.maximum(rows.model[n, j], 0)], free2, False,
+                  rows.mem_free[n, j] - gpu_memory)
+    usable2 = basis.usable[n] - cap[:, None] * fits + cap2[:, None] * fits2  # [GPU, kind]
+    n_fit2 = basis.n_fit[n] - fits + fits2
+    cpu_left = None if rows.cpu_free is None else (rows.cpu_free - cpu)[n]
+    host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else (rows.host_mem_free - memory)[n])
+    s2 = basis.total[n] - cap + cap2
+    after = _weighted(table, s2[:, None] - usable2 * ((n_fit2 >= table.count) & host2))
+    out[n, j] = after + _stranded(table, s2, cpu_left) - basis.before[n]
+    return np.where(ok, np.take_along_axis(out, src, axis=1), INFINITE)
 
 
 def host_delta(table: MixTable, rows: Rows, cpu: int, memory: int) -> np.ndarray:
@@ -254,37 +313,31 @@ def host_delta(table: MixTable, rows: Rows, cpu: int, memory: int) -> np.ndarray
 
 
 def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarray, whole: np.ndarray,
-                gpu_memory: int, cpu: int, memory: int) -> np.ndarray:
+                gpu_memory: int, cpu: int, memory: int, basis: Basis | None = None) -> np.ndarray:
     """[node]: the rise of F when every `chosen` GPU of a node takes one GPU of the slice at once."""
     if table.empty:
         return np.zeros(chosen.shape[0])
+    basis = node_basis(table, rows) if basis is None else basis
     k_need = table.need[np.maximum(rows.model, 0)]
-    host = _host_ok(table, rows.cpu_free, rows.host_mem_free)
-    host2 = _host_ok(table, None if rows.cpu_free is None else rows.cpu_free - cpu,
-                     None if rows.host_mem_free is None else rows.host_mem_free - memory)
     free2 = np.where(chosen, np.where(whole, 0, rows.free - need), rows.free)
     empty2 = rows.empty & ~chosen
     mem2 = np.where(chosen, rows.mem_free - gpu_memory, rows.mem_free)
-
-    def frag(free: np.ndarray, empty: np.ndarray, mem: np.ndarray, host: np.ndarray | bool,
-             cpu_left: np.ndarray | None) -> np.ndarray:
-        fits = _fits(table, rows, k_need, free, empty, mem)
-        cap = _capacity(rows, free, empty)
-        usable = (cap[..., None] * fits).sum(axis=1)
-        kinds = (cap.sum(axis=1)[:, None] - usable * ((fits.sum(axis=1) >= table.count) & host)) @ table.weight
-        return kinds + _stranded(table, cap.sum(axis=1), cpu_left)
-
-    cpu_after = None if rows.cpu_free is None else rows.cpu_free - cpu
-    return (frag(free2, empty2, mem2, host2, cpu_after)
-            - frag(rows.free, rows.empty, rows.mem_free, host, rows.cpu_free))
+    cpu_left = None if rows.cpu_free is None else rows.cpu_free - cpu
+    host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else rows.host_mem_free - memory)
+    fits2 = _fits(table, rows.valid, rows.total, k_need, free2, empty2, mem2)
+    after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left)
+    return after - basis.before
 
 
 def best_placements(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray,
-                    count: int, gpu_memory: int, cpu: int, memory: int) -> tuple[np.ndarray, np.ndarray]:
+                    count: int, gpu_memory: int, cpu: int, memory: int,
+                    basis: Basis | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per node: the rise of F of its best placement of the slice (+inf: it does not fit) and the GPUs
     ([node, GPU] mask) that placement takes. One GPU: the GPU with the least rise (lowest index among
     equals). Several: the `count` GPUs with the least rise each, their rise taken together."""
-    d = deltas(table, rows, need, whole, ok, gpu_memory, cpu, memory)
+    if basis is None and not table.empty:
+        basis = node_basis(table, rows)
+    d = deltas(table, rows, need, whole, ok, gpu_memory, cpu, memory, basis)
     if count == 1:
         best = np.argmin(d, axis=1)
         chosen = np.zeros(d.shape, np.bool_)
@@ -297,35 +350,53 @@ def best_placements(table: MixTable, rows: Rows, need: np.ndarray, whole: np.nda
     enough = np.isfinite(np.take_along_axis(d, order, axis=1)).all(axis=1) if count <= d.shape[1] else \
         np.zeros(d.shape[0], np.bool_)
     chosen &= enough[:, None]
-    value = np.where(enough, joint_delta(table, rows, chosen, need, whole, gpu_memory, cpu, memory), INFINITE)
+    value = np.full(d.shape[0], INFINITE)
+    some = np.flatnonzero(enough)
+    if some.size:  # worked out only for the nodes that have the GPUs (each node's from its own row)
+        sub = _take_rows(rows, some)
+        value[some] = joint_delta(table, sub, chosen[some], need[some], whole[some], gpu_memory, cpu, memory,
+                                  None if basis is None else basis.take(some))
     return value, chosen
+
+
+def _take_rows(rows: Rows, idx: np.ndarray) -> Rows:
+    return Rows(rows.valid[idx], rows.model[idx], rows.total[idx], rows.free[idx], rows.usable[idx], rows.empty[idx],
+                rows.mem_free[idx], None if rows.cpu_free is None else rows.cpu_free[idx],
+                None if rows.host_mem_free is None else rows.host_mem_free[idx])
 
 
 def _free_gpus(rows: Rows) -> np.ndarray:
     """[node]: free GPU capacity (in GPUs). Added to a node's rise times the policy's `packTieBreak`, so
     that of nodes the mix rates alike the fullest is preferred: whole nodes stay whole for multi-GPU pods
     the mix has not shown yet, instead of kube-scheduler's spreading deciding every tie."""
-    return _capacity(rows, rows.free, rows.empty).sum(axis=1)
+    return _capacity(rows.valid, rows.usable, rows.free, rows.empty).sum(axis=1)
 
 
-def rise_score(rise: float) -> float:
+def rise_scores(rises: np.ndarray) -> np.ndarray:
     """0..1 for prioritize: 0.5 for a placement that leaves F as it was, 1 for one that lowers it by
     half a GPU or more, 0 for one that raises it by half a GPU or more."""
-    return float(min(1.0, max(0.0, 0.5 - rise)))
+    return np.clip(0.5 - np.asarray(rises, np.float64), 0.0, 1.0)
+
+
+def candidate_mask(rises: np.ndarray, tolerance: float, min_nodes: int) -> np.ndarray:
+    """Which nodes are candidates: those whose best placement raises F at most `tolerance` GPUs more than
+    the best node's, and at least the `min_nodes` best (ties included). +inf (no fit) and NaN never are."""
+    finite = rises[np.isfinite(rises)]
+    if not finite.size:
+        return np.zeros(rises.shape, np.bool_)
+    cut = float(finite.min()) + tolerance + 1e-9
+    if finite.size >= min_nodes:
+        cut = max(cut, float(np.partition(finite, min_nodes - 1)[min_nodes - 1]) + 1e-9)
+    else:
+        cut = float(finite.max()) + 1e-9
+    return rises <= cut
 
 
 def narrow(rises: dict[str, float], tolerance: float, min_nodes: int) -> set[str]:
-    """The candidate nodes: those whose best placement raises F at most `tolerance` GPUs more than the
-    best node's, and at least the `min_nodes` best (ties included)."""
-    finite = sorted(v for v in rises.values() if v != INFINITE)
-    if not finite:
-        return set()
-    cut = finite[0] + tolerance + 1e-9
-    if len(finite) >= min_nodes:
-        cut = max(cut, finite[min_nodes - 1] + 1e-9)
-    else:
-        cut = finite[-1] + 1e-9
-    return {n for n, v in rises.items() if v <= cut}
+    """The candidates (candidate_mask) among named nodes."""
+    names = list(rises)
+    keep = candidate_mask(np.fromiter(rises.values(), np.float64, len(names)), tolerance, min_nodes)
+    return set(compress(names, keep.tolist()))
 
 
 # --- the engine's use of it ------------------------------------------------------------------------
@@ -364,6 +435,56 @@ def rows_from_states(req: SliceRequest, states: list[NodeState], policy: Policy,
     return rows, z["need"], whole, ok
 
 
+class _Remembered:
+    """Per index slot: the node's basis for one mix table, and its best placement's rise per request kind, kept
+    until the slot's row (GpuIndex stamps) or the node's host room changes. What is kept is what working it out
+    again gives: each node's values come from its own row alone (_weighted), whichever nodes are worked out
+    with it (tests/engine/test_fragmentation_memo.py)."""
+
+    def __init__(self, index: GpuIndex, key: tuple, slots: int) -> None:
+        self.index = weakref.ref(index)  # a new ledger's index starts its stamps afresh
+        self.key = key  # (mix version, model keys, policy version, index width and slots): a change starts afresh
+        self.stamp = np.full(slots, -1, np.int64)
+        self.host = np.zeros((slots, 2), np.int64)
+        self.version = np.zeros(slots, np.int64)  # bumped when the slot's basis is worked out again
+        self.basis: Basis | None = None
+        self.rises: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # kind -> (version, rise)
+        self._next = 1
+
+    def refresh(self, table: MixTable, cols: Columns, slots: np.ndarray, stamps: np.ndarray,
+                host: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """Work out the basis of the slots whose row or host room changed; their versions."""
+        room = np.stack(host, axis=1) if host is not None else np.full((len(slots), 2), NO_HOST, np.int64)
+        stale = (self.stamp[slots] != stamps) | (self.host[slots] != room).any(axis=1)
+        if stale.any():
+            s = slots[stale]
+            rows, _, _, _ = rows_from_columns(cols, s, None if host is None else (host[0][stale], host[1][stale]))
+            basis = node_basis(table, rows)
+            if self.basis is None:
+                n = len(self.stamp)
+                self.basis = Basis(*(np.zeros((n, *a.shape[1:]), a.dtype) for a in (
+                    basis.cap, basis.fits, basis.total, basis.usable, basis.n_fit, basis.before)))
+            for f in fields(Basis):
+                getattr(self.basis, f.name)[s] = getattr(basis, f.name)
+            self.stamp[s], self.host[s] = stamps[stale], room[stale]
+            self.version[s] = self._next + np.arange(len(s))
+            self._next += len(s)
+        return self.version[slots]
+
+    def rise_of(self, kind: tuple) -> tuple[np.ndarray, np.ndarray]:
+        entry = self.rises.get(kind)
+        if entry is None:
+            entry = self.rises[kind] = (np.zeros(len(self.stamp), np.int64), np.zeros(len(self.stamp)))
+            while len(self.rises) > REMEMBERED_KINDS:
+                self.rises.popitem(last=False)
+        self.rises.move_to_end(kind)
+        return entry
+
+
+NO_HOST = np.iinfo(np.int64).min  # the host room remembered for a cluster that does not say
+REMEMBERED_KINDS = 32  # request kinds whose rises are kept (each: 16 bytes per index slot)
+
+
 class Fragmentation:
     """The engine's fragmentation scorer: the observed mix and the per-node answers built on it."""
 
@@ -371,26 +492,59 @@ class Fragmentation:
         frag = policy.scoring.fragmentation
         self.mix = WorkloadMix(frag.window, frag.maxKinds, frag.weighting, frag.hostCpu)
         self.tie = frag.packTieBreak
+        self._memo: _Remembered | None = None
+        self._memo_lock = threading.Lock()
 
     def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int) -> None:
         self.mix.observe(uid, req, cpu_millis, memory_bytes)
 
     def rises(self, req: SliceRequest, policy: Policy, cols: Columns, slots: np.ndarray,
               host: tuple[np.ndarray, np.ndarray] | None, cpu: int, memory: int) -> np.ndarray:
-        """Per slot (-1: no answer, NaN): the rise of F of the node's best placement (+inf: no fit)."""
+        """Per slot (-1: no answer, NaN): the rise of F of the node's best placement (+inf: no fit). Nodes
+        whose row and host room are as when last asked about this request keep their rise (_Remembered)."""
         out = np.full(len(slots), np.nan)
         have = slots >= 0
         if not have.any():
             return out
         table = self.mix.table(policy, list(cols.keys))
-        rows, need, whole, ok = rows_from_columns(cols, slots[have], None if host is None else
-                                                  (host[0][have], host[1][have]))
-        if need.shape[1] < req.count:
+        idx = slots[have]
+        room = None if host is None else (host[0][have], host[1][have])
+        if cols.need.shape[1] < req.count:
             out[have] = INFINITE
             return out
-        value, _ = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, cpu, memory)
-        out[have] = value + self.tie * _free_gpus(rows)
+        stamps = cols.table.stamps[idx]  # before the rows: a write after this leaves the stamps behind
+        if not cols.quiet():  # the columns' need and fit may be older than these stamps: nothing is kept
+            out[have] = self._worked_out(req, table, cols, idx, room, cpu, memory, None)
+            return out
+        with self._memo_lock:  # the HTTP server's threads share the memo
+            memo = self._memo_for(cols, table, policy)
+            version = memo.refresh(table, cols, idx, stamps, room)
+            known, rise = memo.rise_of((req, policy.version, cpu, memory))
+            stale = known[idx] != version
+            if stale.any():
+                s = idx[stale]
+                assert memo.basis is not None
+                sub = None if room is None else (room[0][stale], room[1][stale])
+                rise[s] = self._worked_out(req, table, cols, s, sub, cpu, memory, memo.basis.take(s))
+                known[s] = version[stale]
+            out[have] = rise[idx]
         return out
+
+    def _memo_for(self, cols: Columns, table: MixTable, policy: Policy) -> _Remembered:
+        key = (table.version, tuple(cols.keys), policy.version, cols.table.width, len(cols.table.stamps))
+        if self._memo is None or self._memo.key != key or self._memo.index() is not cols.index:
+            self._memo = _Remembered(cols.index, key, len(cols.table.stamps))
+        return self._memo
+
+    def _worked_out(self, req: SliceRequest, table: MixTable, cols: Columns, slots: np.ndarray,
+                    host: tuple[np.ndarray, np.ndarray] | None, cpu: int, memory: int,
+                    basis: Basis | None) -> np.ndarray:
+        """The rises of these slots' nodes, from their rows (and `basis`, node_basis of the same rows, if known)."""
+        rows, need, whole, ok = rows_from_columns(cols, slots, host)
+        if basis is None and not table.empty:
+            basis = node_basis(table, rows)
+        value, _ = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, cpu, memory, basis)
+        return value + self.tie * (_free_gpus(rows) if basis is None else basis.total)
 
     @staticmethod
     def packing(req: SliceRequest, cols: Columns, slots: np.ndarray) -> np.ndarray:
@@ -400,7 +554,7 @@ class Fragmentation:
         if not have.any():
             return out
         rows, need, whole, _ = rows_from_columns(cols, slots[have], None)
-        cap = _capacity(rows, rows.free, rows.empty)
+        cap = _capacity(rows.valid, rows.usable, rows.free, rows.empty)
         gpus = np.maximum(rows.valid.sum(axis=1), 1)
         ask = req.count * np.where(whole, 1.0, need / np.maximum(rows.usable, 1)).max(axis=1)
         out[have] = np.clip((gpus - cap.sum(axis=1) + ask) / gpus, 0.0, 1.0)

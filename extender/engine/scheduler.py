@@ -33,7 +33,7 @@ from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.cluster import BindError, Cluster, HostRoom, NodeView, PodView
 from extender.engine.dra_requests import ClaimNotSeen, ClaimSpecs, allocator_may_break_rules, dra_slice_request
-from extender.engine.fragmentation import Fragmentation, narrow, rise_score
+from extender.engine.fragmentation import Fragmentation, candidate_mask, narrow, rise_scores
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
@@ -492,19 +492,24 @@ class Engine:
     def _narrow(self, pod: PodView, req: SliceRequest | None, policy: Policy, result: FilterResult, key: str,
                 narrow_candidates: bool) -> None:
         """Record each passing node's rise; with `scoring.candidates`, fail the nodes that are not candidates."""
-        rises = self.rises(pod, req, policy, result.passed, key)
-        result.rises = {n: r for n, r in zip(result.passed, rises.tolist(), strict=True) if r == r}
+        names = result.passed
+        rises = self.rises(pod, req, policy, names, key)
+        known = ~np.isnan(rises)
+        result.rises = dict(zip(compress(names, known.tolist()), rises[known].tolist(), strict=True))
         cand = policy.scoring.candidates
         if not (cand.enabled and narrow_candidates):
             return
-        keep = narrow(result.rises, cand.tolerance, cand.minNodes)
+        drop = known & ~candidate_mask(rises, cand.tolerance, cand.minNodes)
+        if not drop.any():
+            return
         best = min(result.rises.values(), default=0.0)
-        dropped = [n for n in result.passed if n in result.rises and n not in keep]
-        result.passed = [n for n in result.passed if n not in result.rises or n in keep]
-        for n in dropped:
-            result.failed[n] = (f"gpuslice: placing here adds {result.rises[n] - best:.3f} GPUs of expected "
-                                f"fragmentation more than the best node (tolerance {cand.tolerance:g})")
-        self.stats.count(self.stats.filter_rejections, "fragmentation", len(dropped))
+        result.passed = list(compress(names, (~drop).tolist()))
+        # one message per distinct rise (thousands of nodes share a few hundred)
+        values, which = np.unique(rises[drop], return_inverse=True)
+        words = [f"gpuslice: placing here adds {v - best:.3f} GPUs of expected fragmentation more than the best "
+                 f"node (tolerance {cand.tolerance:g})" for v in values.tolist()]
+        result.failed.update(zip(compress(names, drop.tolist()), map(words.__getitem__, which.tolist()), strict=True))
+        self.stats.count(self.stats.filter_rejections, "fragmentation", int(drop.sum()))
 
     def _narrow_by_score(self, pod: PodView, req: SliceRequest, policy: Policy, result: FilterResult) -> None:
         """`scoring.candidates` without fragmentation scoring: pass only the nodes whose prioritize score
@@ -566,14 +571,16 @@ class Engine:
         key = fit_key(req, policy) if req is not None else ""
         if policy.scoring.fragmentation.enabled:
             names_ = list(candidates)
-            rises = self.rises(pod, req, policy, names_, key, reuse=True).tolist()
+            rises = self.rises(pod, req, policy, names_, key, reuse=True)
             if req is not None and policy.scoring.fragmentation.prioritize == "packing":
                 cols = self._columns(req, policy, "check|" + key)
                 full = self.fragmentation.packing(req, cols, cols.slots(names_).slots).tolist()
                 return [(n, 0 if r == float("inf") else round(10 * f) if f == f else NEUTRAL_SCORE)
-                        for n, r, f in zip(names_, rises, full, strict=True)]
-            return [(n, 0 if r == float("inf") else round(10 * rise_score(r)) if r == r else NEUTRAL_SCORE)
-                    for n, r in zip(names_, rises, strict=True)]
+                        for n, r, f in zip(names_, rises.tolist(), full, strict=True)]
+            # rint rounds half to even, as round() did
+            scores = np.where(np.isnan(rises), NEUTRAL_SCORE,
+                              np.where(np.isinf(rises), 0, np.rint(10 * rise_scores(rises)))).astype(np.int64)
+            return list(zip(names_, scores.tolist(), strict=True))
         last = self._last_scores
         if last is not None and nodes is None and last[0] == self._scores_key(pod, req, policy):
             known = last[1]  # filter narrowed by these very scores (_narrow_by_score)
