@@ -1,0 +1,140 @@
+"""Remembered rises (engine/fragmentation.py `_Remembered`) are the rises worked out again: after any
+sequence of binds, departures, host-room changes and observed pods, the engine's rises for a request over
+any subset of nodes equal, bit for bit, those worked out afresh from every node's row."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender.core.requests import SliceRequest
+from extender.engine.cluster import MemoryCluster, NodeView, PodView
+from extender.engine.fragmentation import INFINITE, _free_gpus, best_placements, rows_from_columns
+from extender.engine.placement import fit_key
+from extender.engine.policy_store import PolicyStore
+from extender.engine.scheduler import Engine
+from extender.engine.vectorised import Columns
+from tests.engine.test_fragmentation import _policy
+
+GIB = 2**30
+NODES = [f"n{i}" for i in range(6)]
+
+
+def engine_of() -> Engine:
+    cluster = MemoryCluster()
+    for i, name in enumerate(NODES):
+        gpus = 4 if i % 3 else 2
+        cluster.add_node(NodeView(name, allocatable={"amd.com/gpu": str(gpus), "cpu": "16", "memory": "64Gi"}))
+    engine = Engine(cluster, PolicyStore(_policy(candidates={"enabled": True})))
+    engine.sync()
+    return engine
+
+
+def pod_of(uid: str, millis: int, count: int, gib: int, cpu: int) -> PodView:
+    ann = {"gpuslice.io/compute": f"{millis}m", "gpuslice.io/memory": f"{gib}Gi"}
+    if count > 1:
+        ann["gpuslice.io/count"] = str(count)
+    return PodView(uid, "default", uid, annotations=ann, cpu_millis=cpu, memory_bytes=gib * GIB)
+
+
+def afresh(engine: Engine, pod: PodView, req: SliceRequest, names: list[str]) -> np.ndarray:
+    """The rises the long way: every named node worked out at once, nothing remembered."""
+    policy = engine.policies.current
+    cols = Columns(req, policy, engine.ledger.gpu_index)
+    slots = cols.slots(names).slots
+    cpu, mem = engine.cluster.host_free(names)  # type: ignore[attr-defined]
+    out = np.full(len(names), np.nan)
+    have = slots >= 0
+    table = engine.fragmentation.mix.table(policy, list(cols.keys))
+    rows, need, whole, ok = rows_from_columns(cols, slots[have], (cpu[have], mem[have]))
+    if need.shape[1] < req.count:
+        out[have] = INFINITE
+        return out
+    value, _ = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, pod.cpu_millis,
+                               pod.memory_bytes)
+    out[have] = value + engine.fragmentation.tie * _free_gpus(rows)
+    return out
+
+
+shapes = st.tuples(st.sampled_from([125, 250, 375, 500, 1000]), st.sampled_from([1, 1, 1, 2, 3]),
+                   st.sampled_from([1, 8, 40, 100]), st.sampled_from([0, 1000, 6000]))
+steps = st.lists(st.one_of(st.tuples(st.just("place"), shapes), st.tuples(st.just("leave"), st.integers(0, 30)),
+                           st.tuples(st.just("observe"), shapes), st.tuples(st.just("host"), st.sampled_from(NODES),
+                                                                             st.sampled_from([500, 4000])),
+                           st.tuples(st.just("ask"), shapes, st.lists(st.sampled_from(NODES), min_size=1,
+                                                                      max_size=6, unique=True))),
+                 min_size=1, max_size=14)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps)
+def test_remembered_rises_are_the_rises_worked_out_afresh(plan: list[tuple]) -> None:
+    engine = engine_of()
+    policy = engine.policies.current
+    cluster: MemoryCluster = engine.cluster  # type: ignore[assignment]
+    placed: list[str] = []
+    asked = 0
+    for i, (op, *args) in enumerate(plan):
+        if op == "place":
+            pod = pod_of(f"p{i}", *args[0])
+            cluster.add_pod(pod)
+            passed = engine.filter(pod, names=NODES).passed
+            if passed:
+                scores = dict(engine.prioritize(pod, names=passed))
+                if engine.bind("default", pod.name, pod.uid, max(passed, key=lambda n: scores[n])) == "":
+                    placed.append(pod.uid)
+        elif op == "leave" and placed:
+            uid = placed.pop(args[0] % len(placed))
+            cluster.remove_pod(uid)
+            engine.forget_pod(uid)
+        elif op == "observe":
+            pod = pod_of(f"o{i}", *args[0])
+            req = engine.request_of(pod, policy)[0]
+            assert req is not None
+            engine.observe_request(pod, req, policy)
+        elif op == "host":  # a pod without GPUs takes host room: no GPU row changes
+            cluster.add_pod(PodView(f"h{i}", "default", f"h{i}", node_name=args[0], phase="Running",
+                                    cpu_millis=args[1], memory_bytes=GIB))
+        elif op == "ask":
+            pod = pod_of(f"a{i}", *args[0])
+            req = engine.request_of(pod, policy)[0]
+            assert req is not None
+            names = args[1]
+            got = engine.rises(pod, req, policy, names, fit_key(req, policy))
+            want = afresh(engine, pod, req, names)
+            assert got.tobytes() == want.tobytes(), (names, got, want)
+            asked += 1
+        # every step also asks about all nodes for one request: what is remembered is asked again later
+        pod = pod_of(f"q{i}", 250, 1, 8, 1000)
+        req = engine.request_of(pod, policy)[0]
+        assert req is not None
+        got = engine.rises(pod, req, policy, NODES, fit_key(req, policy))
+        assert got.tobytes() == afresh(engine, pod, req, NODES).tobytes()
+
+
+def test_a_node_keeps_its_rise_until_its_row_changes() -> None:
+    """What is remembered is used: asking again about unchanged nodes works out none of them."""
+    engine = engine_of()
+    policy = engine.policies.current
+    pod = pod_of("a", 250, 1, 8, 1000)
+    req = engine.request_of(pod, policy)[0]
+    assert req is not None
+    engine.observe_request(pod, req, policy)
+    worked: list[int] = []
+    frag = engine.fragmentation
+    work = frag._worked_out
+
+    def counted(*args: object) -> np.ndarray:
+        worked.append(len(args[3]))  # type: ignore[arg-type]
+        return work(*args)  # type: ignore[arg-type]
+
+    frag._worked_out = counted  # type: ignore[method-assign]
+    first = engine.rises(pod, req, policy, NODES, fit_key(req, policy))
+    again = engine.rises(pod, req, policy, NODES, fit_key(req, policy))
+    assert worked == [len(NODES)] and again.tobytes() == first.tobytes()
+    other = pod_of("b", 250, 1, 8, 1000)
+    engine.cluster.add_pod(other)  # type: ignore[attr-defined]
+    assert engine.bind("default", "b", "b", "n1") == ""
+    engine.rises(pod, req, policy, NODES, fit_key(req, policy))
+    assert worked == [len(NODES), 1]  # only the node the bind changed
