@@ -232,8 +232,14 @@ def _room(table: MixTable, cap: np.ndarray, fits: np.ndarray, host: np.ndarray |
     usable = (cap[..., None] * fits).sum(axis=1)  # [node, kind]
     n_fit = fits.sum(axis=1)
     total = cap.sum(axis=1)
-    f = _weighted(table, total[:, None] - usable * ((n_fit >= table.count) & host)) + _stranded(table, total, cpu_left)
-    return f, total, usable, n_fit
+    return _frag(table, total, usable, n_fit, host, cpu_left), total, usable, n_fit
+
+
+def _frag(table: MixTable, total: np.ndarray, usable: np.ndarray, n_fit: np.ndarray, host: np.ndarray | bool,
+          cpu_left: np.ndarray | None) -> np.ndarray:
+    """[node]: F from its parts (_room)."""
+    return _weighted(table, total[:, None] - usable * ((n_fit >= table.count) & host)) + _stranded(table, total,
+                                                                                                   cpu_left)
 
 
 @dataclass(frozen=True)
@@ -265,16 +271,10 @@ def node_basis(table: MixTable, rows: Rows) -> Basis:
 def _first_equal(rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """[node, GPU]: the first GPU of the node whose row equals this one's (itself if none before it does).
     Equal GPUs of a node have equal rises (empty GPUs, most often), worked out once."""
-    fields = (rows.valid, rows.model, rows.total, rows.free, rows.usable, rows.empty, rows.mem_free, need, whole, ok)
-    nodes, width = ok.shape
-    src = np.tile(np.arange(width), (nodes, 1))
-    for j in range(1, width):
-        same = np.ones((nodes, j), np.bool_)
-        for f in fields:
-            same &= f[:, :j] == f[:, j:j + 1]
-        found = same.any(axis=1)
-        src[found, j] = same[found].argmax(axis=1)
-    return src
+    row = np.stack([rows.valid, rows.model, rows.total, rows.free, rows.usable, rows.empty, rows.mem_free, need,
+                    whole, ok], axis=2)  # [node, GPU, field]
+    same = (row[:, :, None, :] == row[:, None, :, :]).all(axis=3)  # [node, GPU i, GPU j]
+    return same.argmax(axis=1)  # the first i equal to j (j itself at the latest)
 
 
 def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray, gpu_memory: int,
@@ -304,12 +304,14 @@ def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok:
     return np.where(ok, np.take_along_axis(out, src, axis=1), INFINITE)
 
 
-def host_delta(table: MixTable, rows: Rows, cpu: int, memory: int) -> np.ndarray:
+def host_delta(table: MixTable, rows: Rows, cpu: int, memory: int, basis: Basis | None = None) -> np.ndarray:
     """[node]: the rise of F when a pod without GPUs takes `cpu` and `memory` of the node's host."""
     if table.empty or rows.cpu_free is None or rows.host_mem_free is None:
         return np.zeros(rows.free.shape[0])
-    none = np.zeros(rows.free.shape, np.bool_)
-    return joint_delta(table, rows, none, np.zeros_like(rows.free), none, 0, cpu, memory)
+    basis = node_basis(table, rows) if basis is None else basis
+    cpu_left = rows.cpu_free - cpu
+    host2 = _host_ok(table, cpu_left, rows.host_mem_free - memory)  # the GPUs stay as they are
+    return _frag(table, basis.total, basis.usable, basis.n_fit, host2, cpu_left) - basis.before
 
 
 def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarray, whole: np.ndarray,
@@ -530,6 +532,19 @@ class Fragmentation:
             out[have] = rise[idx]
         return out
 
+    def _bases(self, table: MixTable, policy: Policy, cols: Columns, slots: np.ndarray,
+               host: tuple[np.ndarray, np.ndarray] | None) -> tuple[Rows, Basis]:
+        """The rows of these slots and their basis, the remembered one where the nodes did not change."""
+        stamps = cols.table.stamps[slots]
+        rows, _, _, _ = rows_from_columns(cols, slots, host)
+        if not cols.quiet():
+            return rows, node_basis(table, rows)
+        with self._memo_lock:
+            memo = self._memo_for(cols, table, policy)
+            memo.refresh(table, cols, slots, stamps, host)
+            assert memo.basis is not None
+            return rows, memo.basis.take(slots)
+
     def _memo_for(self, cols: Columns, table: MixTable, policy: Policy) -> _Remembered:
         key = (table.version, tuple(cols.keys), policy.version, cols.table.width, len(cols.table.stamps))
         if self._memo is None or self._memo.key != key or self._memo.index() is not cols.index:
@@ -574,8 +589,8 @@ class Fragmentation:
         some = have.copy()
         some[have] = ((c["valid"][slots[have]] != 0) & (c["free"][slots[have]] > 0)).any(axis=1)
         if some.any():
-            rows, _, _, _ = rows_from_columns(cols, slots[some], (host[0][some], host[1][some]))
-            out[some] = host_delta(table, rows, cpu, memory) + self.tie * _free_gpus(rows)
+            rows, basis = self._bases(table, policy, cols, slots[some], (host[0][some], host[1][some]))
+            out[some] = host_delta(table, rows, cpu, memory, basis) + self.tie * basis.total
         return out
 
     def choose(self, req: SliceRequest, state: NodeState, policy: Policy, keys: list[tuple[str, int, int]],

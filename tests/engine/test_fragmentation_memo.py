@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from extender.core.requests import SliceRequest
 from extender.engine.cluster import MemoryCluster, NodeView, PodView
-from extender.engine.fragmentation import INFINITE, _free_gpus, best_placements, rows_from_columns
+from extender.engine.fragmentation import INFINITE, _free_gpus, best_placements, host_delta, rows_from_columns
 from extender.engine.placement import fit_key
 from extender.engine.policy_store import PolicyStore
-from extender.engine.scheduler import Engine
+from extender.engine.scheduler import PASS_THROUGH, Engine
 from extender.engine.vectorised import Columns
 from tests.engine.test_fragmentation import _policy
 
@@ -57,6 +57,22 @@ def afresh(engine: Engine, pod: PodView, req: SliceRequest, names: list[str]) ->
     return out
 
 
+def afresh_host(engine: Engine, pod: PodView, names: list[str]) -> np.ndarray:
+    """A pod without GPUs: the rise of its host share the long way (every node with free GPUs at once)."""
+    policy = engine.policies.current
+    cols = Columns(PASS_THROUGH, policy, engine.ledger.gpu_index)
+    slots = cols.slots(names).slots
+    cpu, mem = engine.cluster.host_free(names)  # type: ignore[attr-defined]
+    out = np.where(slots >= 0, 0.0, np.nan)
+    some = (slots >= 0) & ((cols.cols["valid"][slots] != 0) & (cols.cols["free"][slots] > 0)).any(axis=1)
+    table = engine.fragmentation.mix.table(policy, list(cols.keys))
+    if some.any():
+        rows, _, _, _ = rows_from_columns(cols, slots[some], (cpu[some], mem[some]))
+        tie = engine.fragmentation.tie * _free_gpus(rows)
+        out[some] = host_delta(table, rows, pod.cpu_millis, pod.memory_bytes) + tie
+    return out
+
+
 shapes = st.tuples(st.sampled_from([125, 250, 375, 500, 1000]), st.sampled_from([1, 1, 1, 2, 3]),
                    st.sampled_from([1, 8, 40, 100]), st.sampled_from([0, 1000, 6000]))
 steps = st.lists(st.one_of(st.tuples(st.just("place"), shapes), st.tuples(st.just("leave"), st.integers(0, 30)),
@@ -74,7 +90,6 @@ def test_remembered_rises_are_the_rises_worked_out_afresh(plan: list[tuple]) -> 
     policy = engine.policies.current
     cluster: MemoryCluster = engine.cluster  # type: ignore[assignment]
     placed: list[str] = []
-    asked = 0
     for i, (op, *args) in enumerate(plan):
         if op == "place":
             pod = pod_of(f"p{i}", *args[0])
@@ -104,7 +119,9 @@ def test_remembered_rises_are_the_rises_worked_out_afresh(plan: list[tuple]) -> 
             got = engine.rises(pod, req, policy, names, fit_key(req, policy))
             want = afresh(engine, pod, req, names)
             assert got.tobytes() == want.tobytes(), (names, got, want)
-            asked += 1
+            cpu_pod = PodView(f"c{i}", "default", f"c{i}", cpu_millis=args[0][3], memory_bytes=GIB)
+            got = engine.rises(cpu_pod, None, policy, names, "")
+            assert got.tobytes() == afresh_host(engine, cpu_pod, names).tobytes()
         # every step also asks about all nodes for one request: what is remembered is asked again later
         pod = pod_of(f"q{i}", 250, 1, 8, 1000)
         req = engine.request_of(pod, policy)[0]
