@@ -4,13 +4,25 @@ any subset of nodes equal, bit for bit, those worked out afresh from every node'
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.core.requests import SliceRequest
+from extender.engine import fragmentation
 from extender.engine.cluster import MemoryCluster, NodeView, PodView
-from extender.engine.fragmentation import INFINITE, _free_gpus, best_placements, host_delta, rows_from_columns
+from extender.engine.fragmentation import (
+    INFINITE,
+    MixTable,
+    Rows,
+    _free_gpus,
+    best_placements,
+    deltas,
+    host_delta,
+    rows_from_columns,
+)
 from extender.engine.placement import fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import PASS_THROUGH, Engine
@@ -155,3 +167,39 @@ def test_a_node_keeps_its_rise_until_its_row_changes() -> None:
     assert engine.bind("default", "b", "b", "n1") == ""
     engine.rises(pod, req, policy, NODES, fit_key(req, policy))
     assert worked == [len(NODES), 1]  # only the node the bind changed
+
+
+def _each_gpu(rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    return np.tile(np.arange(ok.shape[1]), (ok.shape[0], 1))
+
+
+gpu_rows = st.integers(1, 5).flatmap(lambda n: st.tuples(*(st.lists(st.lists(values, min_size=4, max_size=4),
+                                                                   min_size=n, max_size=n)
+                                                          for values in (st.sampled_from([0, 38, 152, 266]),
+                                                                         st.sampled_from([8, 100]),
+                                                                         st.booleans(),
+                                                                         st.sampled_from([38, 76, 304])))))
+
+
+@settings(max_examples=80, deadline=None)
+@given(gpu_rows, st.lists(st.tuples(st.sampled_from([38, 76, 152, 304]), st.sampled_from([4, 40, 120]),
+                                    st.sampled_from([1, 2])), min_size=1, max_size=5),
+       st.sampled_from([38, 76, 304]), st.sampled_from([4, 40]))
+def test_equal_gpus_worked_out_once_rise_as_each_worked_out(gpus: tuple, kinds: list[tuple[int, int, int]],
+                                                             need_cus: int, gib: int) -> None:
+    """deltas works out one GPU of each group of equal GPUs of a node: the rises are those of every GPU."""
+    free, mem, healthy, shared = (np.array(x) for x in gpus)
+    total = np.full(free.shape, 304)
+    rows = Rows(healthy, np.zeros(free.shape, np.int64), total, free, total - shared, free == 304, mem * GIB,
+                np.full(free.shape[0], 8000), np.full(free.shape[0], 64 * GIB))
+    k = len(kinds)
+    table = MixTable(1, np.array([[c for c, _, _ in kinds]]), np.array([g * GIB for _, g, _ in kinds]),
+                     np.array([n for _, _, n in kinds]), np.full(k, 1000), np.zeros(k, np.int64),
+                     np.full(k, 1 / k), 500.0)
+    need = np.full(free.shape, need_cus)
+    whole = need >= total
+    ok = healthy & np.where(whole, free == 304, free >= need) & (mem * GIB >= gib * GIB)
+    once = deltas(table, rows, need, whole, ok, gib * GIB, 1000, GIB)
+    with patch.object(fragmentation, "_first_equal", _each_gpu):
+        each = deltas(table, rows, need, whole, ok, gib * GIB, 1000, GIB)
+    assert once.tobytes() == each.tobytes()
