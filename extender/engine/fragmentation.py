@@ -269,31 +269,17 @@ def node_basis(table: MixTable, rows: Rows) -> Basis:
 
 
 def _first_equal(rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """[node, GPU]: the first GPU of the node whose row equals this one's (itself if none before it does).
-    Equal GPUs of a node have equal rises (empty GPUs, most often), worked out once."""
-    keys = _row_keys(rows, need, whole, ok)
+    """[node, GPU]: the GPU whose rise stands for this one's. A fitting empty GPU whose row equals that of the
+    node's first fitting empty GPU has its rise (the empty GPUs of a node are most of its equal GPUs: worked
+    out once); any other stands for itself."""
     nodes, width = ok.shape
-    src = np.tile(np.arange(width), (nodes, 1))
-    for j in range(1, width):
-        same = keys[0][:, :j] == keys[0][:, j:j + 1]
-        for k in keys[1:]:
-            same &= k[:, :j] == k[:, j:j + 1]
-        found = same.any(axis=1)
-        src[found, j] = same[found].argmax(axis=1)
-    return src
-
-
-def _row_keys(rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray) -> list[np.ndarray]:
-    """[node, GPU] columns that are equal exactly where the GPU rows `deltas` reads are: the fields packed
-    three to a column when they are small enough to pack without loss (CU counts and model ids), else as they are."""
-    small = 1 << 21
-    counts = (rows.free, rows.total, rows.usable, need)
-    if all(c.size == 0 or (c.min() >= 0 and c.max() < small) for c in counts) and \
-            (rows.model.size == 0 or (rows.model.min() >= 0 and rows.model.max() < 1 << 20)):
-        flags = rows.valid.astype(np.int64) + 2 * rows.empty + 4 * whole + 8 * ok
-        return [(rows.free * small + need) * 16 + flags, rows.mem_free, (rows.model * small + rows.total) * small
-                + rows.usable]
-    return [rows.valid, rows.model, rows.total, rows.free, rows.usable, rows.empty, rows.mem_free, need, whole, ok]
+    empty = ok & rows.empty
+    first = empty.argmax(axis=1)[:, None]  # 0 where none: then no GPU below is empty either
+    at = np.arange(nodes)[:, None]
+    same = empty & (np.arange(width) > first)
+    for field in (rows.valid, rows.model, rows.total, rows.free, rows.usable, rows.mem_free, need, whole):
+        same &= field == field[at, first]
+    return np.where(same, first, np.arange(width))
 
 
 def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok: np.ndarray, gpu_memory: int,
