@@ -502,9 +502,9 @@ class Engine:
         drop = known & ~candidate_mask(rises, cand.tolerance, cand.minNodes)
         if not drop.any():
             return
-        best = min(result.rises.values(), default=0.0)
+        best = float(rises[known].min())
         result.passed = list(compress(names, (~drop).tolist()))
-        # one message per distinct rise (thousands of nodes share a few hundred)
+        # worded once per distinct rise, not once per node
         values, which = np.unique(rises[drop], return_inverse=True)
         words = [f"gpuslice: placing here adds {v - best:.3f} GPUs of expected fragmentation more than the best "
                  f"node (tolerance {cand.tolerance:g})" for v in values.tolist()]
