@@ -35,6 +35,7 @@ from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.core.sizing import size_for_target
+from extender.engine.candidates import at_most
 from extender.engine.cluster import PodView
 from extender.engine.fragmentation import narrow
 from extender.engine.placement import NodeFit, evaluate, fit_key
@@ -282,7 +283,9 @@ class Replay:
         cand = self.policy.scoring.candidates
         if frag and cand.enabled and self.incremental:  # the engine's narrowing, over all nodes at once
             live = nodes[ok[nodes] & ~np.isnan(rise[nodes])]
-            keep = narrow(dict(zip(live.tolist(), rise[live].tolist(), strict=True)), cand.tolerance, cand.minNodes)
+            rises = dict(zip(live.tolist(), rise[live].tolist(), strict=True))
+            keep = at_most(rises, narrow(rises, cand.tolerance, cand.minNodes), cand.maxNodes, view.uid,
+                           self.names.__getitem__)
             out = ok[nodes].copy()
             out[np.isin(nodes, live) & ~np.isin(nodes, np.fromiter(keep, np.int64, len(keep)))] = False
             return out, score[nodes], self.last_reason.get(shape, "")
