@@ -264,8 +264,11 @@ class Replay:
             inverse = inverse.reshape(-1)
             reps = np.concatenate([busy, stale[idle][first]])
             names = [self.names[k] for k in reps]
-            # candidates are narrowed below, over every node, from the rises kept per node
-            result = self.engine.filter(view, names=names, narrow_candidates=not self.incremental)
+            # candidates are narrowed below, over every node, from the rises kept per node. Without
+            # fragmentation scoring the replay does not narrow (in either mode): its kube-scheduler picks
+            # among every node that fits by host and extender score, where the live filter passes the
+            # `candidates.maxNodes` best (README, "Candidates on by default")
+            result = self.engine.filter(view, names=names, narrow_candidates=frag and not self.incremental)
             passed = set(result.passed)
             scores = dict(self.engine.prioritize(view, names=result.passed)) if passed else {}
             got_ok = np.array([n in passed for n in names], dtype=bool)
