@@ -175,11 +175,12 @@ class Candidates(_Strict):
                              description="expected fragmentation, in GPUs, a node may add beyond the best "
                              "(without fragmentation scoring: the share of the 0..10 score, x10, a node may "
                              "fall below the best)")
-    minNodes: int = Field(default=DEFAULT_CANDIDATES, ge=1, description="at least this many nodes pass (the best ones)")
+    minNodes: int = Field(default=DEFAULT_CANDIDATES, ge=1,
+                          description="at least this many nodes pass (the best ones)")
     maxNodes: int | None = Field(default=DEFAULT_CANDIDATES, ge=1,
                                  description="at most this many nodes pass (null: no cap; unset: 16, or "
-                                 "minNodes if larger); of nodes tied at the cut, a stable hash of the pod's UID "
-                                 "and the node's name chooses (engine/candidates.py)")
+                                 "minNodes if larger); of nodes tied at the cut, a run in name order from where a "
+                                 "hash of the pod's UID points (engine/candidates.py)")
 
     @model_validator(mode="before")
     @classmethod
