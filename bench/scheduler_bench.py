@@ -61,7 +61,7 @@ SCENARIOS = ("plain-no-extender", "plain-with-extender", "gpu-no-extender", "gpu
 NARROWED = "gpu-narrowed-extender"
 NARROWED_PROFILE = "gpuslice-narrowed"
 NARROWED_POLICY = {"scoring": {"strategy": "binpack", "candidates": {"enabled": True, "tolerance": 0.0,
-                                                                    "minNodes": 16}}}
+                                                                    "minNodes": 16, "maxNodes": 16}}}
 # gpu-baseline-extender (with --baseline DIR): the same GPU pods through gpuslice served from another
 # source tree (e.g. an export of main), so a change is measured before/after within one run.
 BASELINE = "gpu-baseline-extender"

@@ -160,15 +160,41 @@ class Fragmentation(_Strict):
         "node's GPUs are after the placement (with candidates, the rise already chose the nodes)")
 
 
-class Candidates(_Strict):
-    """Filter passes only the nodes whose best placement is within `tolerance` of the best one."""
+DEFAULT_CANDIDATES = 16  # nodes filter passes by default (scoring.candidates): several, never one secret node
 
-    enabled: bool = Field(default=False)
+
+class Candidates(_Strict):
+    """Filter passes only the nodes whose best placement is within `tolerance` of the best one, at least
+    `minNodes` and at most `maxNodes` of them. On by default: on identical nodes nearly every node ties
+    for best, and passing all of them makes kube-scheduler encode, decode and score every node name
+    twice per pod (README, "Real kube-scheduler throughput"); the 16 best still leave kube-scheduler's
+    own scoring (affinity, spreading, image locality) a choice among several nodes."""
+
+    enabled: bool = Field(default=True, description="false: filter passes every node that fits")
     tolerance: float = Field(default=0.05, ge=0.0,
                              description="expected fragmentation, in GPUs, a node may add beyond the best "
                              "(without fragmentation scoring: the share of the 0..10 score, x10, a node may "
                              "fall below the best)")
-    minNodes: int = Field(default=1, ge=1, description="at least this many nodes pass (the best ones)")
+    minNodes: int = Field(default=DEFAULT_CANDIDATES, ge=1,
+                          description="at least this many nodes pass (the best ones)")
+    maxNodes: int | None = Field(default=DEFAULT_CANDIDATES, ge=1,
+                                 description="at most this many nodes pass (null: no cap; unset: 16, or "
+                                 "minNodes if larger); of nodes tied at the cut, a run in name order from where a "
+                                 "hash of the pod's UID points (engine/candidates.py)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_cap_follows_floor(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "maxNodes" not in data and isinstance(data.get("minNodes"), int) \
+                and data["minNodes"] > DEFAULT_CANDIDATES:
+            return {**data, "maxNodes": data["minNodes"]}
+        return data
+
+    @model_validator(mode="after")
+    def _cap_above_floor(self) -> Candidates:
+        if self.maxNodes is not None and self.maxNodes < self.minNodes:
+            raise _field_error(("maxNodes",), self.maxNodes, f"must be at least minNodes ({self.minNodes})")
+        return self
 
 
 class Scoring(_Strict):

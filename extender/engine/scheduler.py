@@ -31,9 +31,11 @@ from extender.core.inventory import (
 from extender.core.ledger import GpuState, Ledger, NodeState, PodRef, burst_region, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
+from extender.engine.candidates import candidate_mask
 from extender.engine.cluster import BindError, Cluster, HostRoom, NodeView, PodView
 from extender.engine.dra_requests import ClaimNotSeen, ClaimSpecs, allocator_may_break_rules, dra_slice_request
-from extender.engine.fragmentation import Fragmentation, candidate_mask, narrow, rise_scores
+from extender.engine.fragmentation import Fragmentation, rise_scores
+from extender.engine.fragmentation import candidate_mask as within_tolerance
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
@@ -499,16 +501,20 @@ class Engine:
         cand = policy.scoring.candidates
         if not (cand.enabled and narrow_candidates):
             return
-        drop = known & ~candidate_mask(rises, cand.tolerance, cand.minNodes)
+        within = within_tolerance(rises, cand.tolerance, cand.minNodes)
+        drop = known & ~candidate_mask(rises, names, cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid)
         if not drop.any():
             return
         best = float(rises[known].min())
         result.passed = list(compress(names, (~drop).tolist()))
+        capped = f"gpuslice: as good as the candidates, but filter passes at most {cand.maxNodes} nodes " \
+                 "(scoring.candidates.maxNodes)"
         # worded once per distinct rise, not once per node
         values, which = np.unique(rises[drop], return_inverse=True)
         words = [f"gpuslice: placing here adds {v - best:.3f} GPUs of expected fragmentation more than the best "
                  f"node (tolerance {cand.tolerance:g})" for v in values.tolist()]
-        result.failed.update(zip(compress(names, drop.tolist()), map(words.__getitem__, which.tolist()), strict=True))
+        reasons = [capped if w else words[i] for i, w in zip(which.tolist(), within[drop].tolist(), strict=True)]
+        result.failed.update(zip(compress(names, drop.tolist()), reasons, strict=True))
         self.stats.count(self.stats.filter_rejections, "fragmentation", int(drop.sum()))
 
     def _narrow_by_score(self, pod: PodView, req: SliceRequest, policy: Policy, result: FilterResult) -> None:
@@ -519,13 +525,16 @@ class Engine:
         cand = policy.scoring.candidates
         names = result.passed
         if self.scorer is rank and self.ledger.gpu_index.used > 0:  # the scores before rounding
-            scores: list[tuple[str, float]] = self._column_scores(pod, req, policy, names, fit_key(req, policy))
+            scores = self._column_score_array(pod, req, policy, names, fit_key(req, policy))
         else:
-            scores = list(self.prioritize(pod, names=names))  # type: ignore[arg-type]
-        self._last_scores = (self._scores_key(pod, req, policy), {n: round(v) for n, v in scores})
-        keep = narrow({n: 10.0 - v for n, v in scores}, 10 * cand.tolerance, cand.minNodes)
-        result.not_candidates = [n for n in names if n not in keep]
-        result.passed = [n for n in names if n in keep]
+            scores = np.array([v for _, v in self.prioritize(pod, names=names)], np.float64)
+        keep = candidate_mask(10.0 - scores, names, 10 * cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid)
+        flags = keep.tolist()
+        result.passed = list(compress(names, flags))
+        result.not_candidates = list(compress(names, (~keep).tolist()))
+        # prioritize is asked about the candidates only: their rounded scores are its answer
+        self._last_scores = (self._scores_key(pod, req, policy),
+                             dict(zip(result.passed, np.rint(scores[keep]).astype(int).tolist(), strict=True)))
         self.stats.count(self.stats.filter_rejections, "candidates", len(result.not_candidates))
 
     def _scores_key(self, pod: PodView, req: SliceRequest, policy: Policy) -> tuple:
@@ -606,6 +615,11 @@ class Engine:
     def _column_scores(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
                        key: str) -> list[tuple[str, float]]:
         """`rank`'s score of every node from the GPU index, 0..10 before prioritize rounds it."""
+        return list(zip(names, self._column_score_array(pod, req, policy, names, key).tolist(), strict=True))
+
+    def _column_score_array(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
+                            key: str) -> np.ndarray:
+        """`_column_scores` as an array in the order of `names`."""
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
         slots = cols.slots(names).slots
@@ -620,14 +634,12 @@ class Engine:
         best = node_scores(cols, scores)
         node_best = np.where(slots >= 0, np.take(best, slots, mode="clip"), np.nan)
         fine = np.where(np.isnan(node_best), 0.0, np.clip(np.nan_to_num(node_best) * 10, 0, 10))
-        out = list(zip(names, fine.tolist(), strict=True))
         mine = ledger.node_of(pod.uid)
         if mine is not None and mine in names:  # the pod holds a slice there: score it as if freed
-            i = names.index(mine)
             state = ledger.node(mine)
             if state is not None:
-                out[i] = (mine, self._score(req, state.without(pod.uid), policy, key))
-        return out
+                fine[names.index(mine)] = self._score(req, state.without(pod.uid), policy, key)
+        return fine
 
     def _score(self, req: SliceRequest, state: NodeState, policy: Policy, key: str) -> int:
         """The scorer's 0..10 score for this exact (immutable) node state, memoised on it."""

@@ -252,8 +252,8 @@ class ShadowClaims:
 
     def ensure(self, pod: PodView, existing: Mapping[str, Any] | None = None) -> bool:
         """Create or complete one pod's shadow claim; True when it wrote."""
-        a = pod_assignment(pod)
-        devices = self._devices.get(pod.node_name or "")
+        devices = self._devices.get(pod.node_name or "")  # first: no slice, no shadow, nothing to parse
+        a = pod_assignment(pod) if devices else None
         want = shadow_claim(pod, a, devices) if a is not None and devices else None
         if want is None:
             return False
@@ -323,8 +323,10 @@ class ShadowClaims:
         written = removed = failed = 0
         wanted = set()
         for pod in self.pods():
-            a = pod_assignment(pod)
-            if a is None or not self._devices.get(a.node):
+            if not self._devices.get(pod.node_name or ""):  # before parsing: most pods, on most clusters
+                continue
+            a = pod_assignment(pod)  # held on pod.node_name, or None
+            if a is None:
                 continue
             wanted.add(pod.uid)
             try:

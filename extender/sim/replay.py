@@ -35,6 +35,7 @@ from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
 from extender.core.sizing import size_for_target
+from extender.engine.candidates import at_most
 from extender.engine.cluster import PodView
 from extender.engine.fragmentation import narrow
 from extender.engine.placement import NodeFit, evaluate, fit_key
@@ -263,8 +264,11 @@ class Replay:
             inverse = inverse.reshape(-1)
             reps = np.concatenate([busy, stale[idle][first]])
             names = [self.names[k] for k in reps]
-            # candidates are narrowed below, over every node, from the rises kept per node
-            result = self.engine.filter(view, names=names, narrow_candidates=not self.incremental)
+            # candidates are narrowed below, over every node, from the rises kept per node. Without
+            # fragmentation scoring the replay does not narrow (in either mode): its kube-scheduler picks
+            # among every node that fits by host and extender score, where the live filter passes the
+            # `candidates.maxNodes` best (README, "Candidates on by default")
+            result = self.engine.filter(view, names=names, narrow_candidates=frag and not self.incremental)
             passed = set(result.passed)
             scores = dict(self.engine.prioritize(view, names=result.passed)) if passed else {}
             got_ok = np.array([n in passed for n in names], dtype=bool)
@@ -282,7 +286,9 @@ class Replay:
         cand = self.policy.scoring.candidates
         if frag and cand.enabled and self.incremental:  # the engine's narrowing, over all nodes at once
             live = nodes[ok[nodes] & ~np.isnan(rise[nodes])]
-            keep = narrow(dict(zip(live.tolist(), rise[live].tolist(), strict=True)), cand.tolerance, cand.minNodes)
+            rises = dict(zip(live.tolist(), rise[live].tolist(), strict=True))
+            keep = at_most(rises, narrow(rises, cand.tolerance, cand.minNodes), cand.maxNodes, view.uid,
+                           self.names.__getitem__)
             out = ok[nodes].copy()
             out[np.isin(nodes, live) & ~np.isin(nodes, np.fromiter(keep, np.int64, len(keep)))] = False
             return out, score[nodes], self.last_reason.get(shape, "")

@@ -179,7 +179,7 @@ def test_engine_fills_fragments_and_keeps_whole_gpus() -> None:
 
 
 def test_filter_narrows_to_candidates_and_says_why() -> None:
-    engine = _engine(_policy(candidates={"enabled": True, "tolerance": 0.0}))
+    engine = _engine(_policy(candidates={"enabled": True, "tolerance": 0.0, "minNodes": 1}))
     for i in range(40):
         engine.observe_request(_pod(f"seen{i}", 1000 if i % 4 else 500), _req(1000 if i % 4 else 500),
                                engine.policies.current)

@@ -287,3 +287,19 @@ def test_the_loop_waits_for_the_pod_cache_then_resyncs_and_writes_just_bound_pod
         assert fake.claims["ml", shadow_name(uid(2))]["status"]["allocation"]
     finally:
         shadows.stop()
+
+
+def test_pods_on_nodes_without_dra_are_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resync runs every 10 s over every pod the extender holds: a pod on a node that publishes no
+    slice can hold no shadow, so its assignment is not parsed (at 100,000 pods that was seconds of CPU)."""
+    import extender.kube.shadow_claims as shadow_claims  # noqa: PLC0415
+
+    pods = [pod(uid(1), [(0, 64, 60)])] + [pod(uid(10 + i), [(0, 32, 8)], node=f"plain-{i}") for i in range(20)]
+    shadows, fake = reconciler(pods)
+    parsed: list[str] = []
+    real = shadow_claims.parse_assignment
+    monkeypatch.setattr(shadow_claims, "parse_assignment", lambda text: parsed.append(text) or real(text))
+    assert shadows.sync() == (1, 0)
+    assert parsed and all('"node":"n0"' in text for text in parsed)  # the DRA node's pod alone
+    parsed.clear()
+    assert shadows.ensure(pods[5]) is False and parsed == []

@@ -29,7 +29,8 @@ NS = "default"
 NODES = ["frag-0", "frag-1", "frag-2", "frag-3"]
 POLICY = {"apiVersion": "gpuslice.io/v1", "rounding": {"mode": "exact", "minComputeUnits": 1},
           "burst": {"sharedFraction": 0.0}, "classes": {"maxMemoryBoundPerGpu": None},
-          "scoring": {"fragmentation": {"enabled": True}, "candidates": {"enabled": True, "tolerance": 0.0}}}
+          "scoring": {"fragmentation": {"enabled": True},
+                      "candidates": {"enabled": True, "tolerance": 0.0, "minNodes": 1}}}
 # the mix is snapshotted from the first pod on (after 1, 2, 4, 8, 16 pods), so every pod is placed by it
 SHAPES = ["250m", "500m", "1000m", "125m"] * 6
 
