@@ -22,10 +22,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from extender.core.errors import InputError
+from extender.core.fit import Rules
 from extender.core.policy import Policy
 from extender.core.rightsizing import Fleet, Ladder, Observation, decide, plan_fleet, sla_ladder, window_peak
 from extender.core.sizing import predict
 from extender.sim.demand import per_minute
+from extender.sim.gpu_floor import Followed, GpuFloor, Tenant
 from extender.sim.replay import Replay, RunSpec
 from extender.sim.scenario import PodGroup, Scenario, scenario_nodes, scenario_pods
 from extender.sim.workload import GpuAsk, SimPod
@@ -275,6 +278,29 @@ def _pack(scenario: Scenario, spec: RunSpec, svcs: list[Service], fleets: tuple[
     for i in range(len(pods)):
         replay.place(i)
     return replay.gpus_used()[0]
+
+
+def floor_of(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service], host_score: str = "least",
+             extender_weight: float = 5.0, seed: int = 1, pinned: bool = False) -> GpuFloor:
+    """The fewest-GPUs floor (`sim.gpu_floor`) of the followed services beside the pods without a curve,
+    whose slices (and, with `pinned`, GPUs) are those the engine gives them placed alone."""
+    pods = [p for p in scenario_pods(scenario) if p.service not in {s.name for s in svcs}]
+    replay = DayReplay(scenario_nodes(scenario), pods, spec, host_score, extender_weight, seed)
+    replay.attempts = 0
+    for i in range(len(pods)):
+        replay.place(i)
+    models = {policy.profiles[s.group.profile or ""].gpuModel for s in svcs}
+    rules = Rules.from_policy(policy)
+    gpus = [g for n in replay.engine.ledger.nodes() for g in n.gpus if g.info.model in models]
+    empty = next((g.room(policy.overcommit.memory, rules) for g in gpus if not g.slices), None)
+    if len(models) != 1 or empty is None:
+        raise InputError("scenario", scenario.name, "the floor needs one GPU model for every followed "
+                         "service, with an empty GPU of it beside the pods without a curve")
+    held = [tuple(Tenant(s.workload_class, len(s.cus), s.memory, s.memory_limit) for s in g.slices)
+            for g in gpus if g.slices]
+    followed = [Followed(s.name, s.cls, s.memory, s.group.profile or "", tuple(st.cus for st in s.ladder.steps))
+                for s in svcs]
+    return GpuFloor(policy, empty, [t for h in held for t in h], followed, len(gpus), held if pinned else None)
 
 
 def breakdown(policy: Policy, svcs: list[Service], plans: dict[str, dict[str, Timeline]],
