@@ -303,6 +303,19 @@ def floor_of(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Servi
     return GpuFloor(policy, empty, [t for h in held for t in h], followed, len(gpus), held if pinned else None)
 
 
+def floors(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service], host_score: str = "least",
+           extender_weight: float = 5.0, seed: int = 1) -> dict[str, float]:
+    """GPU-hours of the fewest GPUs that carry each minute's demand (`sim.gpu_floor`), exactly and with
+    the headroom: every pod packed afresh (`floor*`: no sizer and no placement does better), and the
+    pods without a curve kept on the GPUs the engine gives them (`floorPinned*`)."""
+    out = {}
+    for pinned, key in ((False, "floor"), (True, "floorPinned")):
+        f = floor_of(scenario, policy, spec, svcs, host_score, extender_weight, seed, pinned)
+        out[key + "Demand"] = f.day([s.day for s in svcs])
+        out[key + "WithHeadroom"] = f.day([[d * (1 + policy.rightsizing.headroom) for d in s.day] for s in svcs])
+    return out
+
+
 def breakdown(policy: Policy, svcs: list[Service], plans: dict[str, dict[str, Timeline]],
               runs: dict[str, dict[str, object]], fixed_alone: float,
               pack: Callable[[Callable[[Service, int], Fleet]], float] | None = None) -> dict[str, dict[str, float]]:
@@ -384,6 +397,7 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
     memo: dict[tuple[Fleet, ...], int] = {}
     split = breakdown(policy, svcs, plans, runs, float(alone["gpuHours"]),  # type: ignore[arg-type]
                       lambda f: packed_fresh(scenario, policy, spec, svcs, f, host_score, extender_weight, seed, memo))
+    split["rightsize"].update(floors(scenario, policy, spec, svcs, host_score, extender_weight, seed))
     base = runs["static-peak"]
     for r in runs.values():
         for key, out in (("gpuHours", "savingsVsStaticPeakPct"), ("sliceGpuHours", "sliceSavingsVsStaticPeakPct")):

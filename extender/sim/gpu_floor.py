@@ -2,21 +2,22 @@
 in `gpuslice simulate --demand`.
 
 At each minute, every followed service gets pods at sizes the SLA-sizing rule gives (its `Ladder`'s
-steps — sizes between them carry no more), the pods without a demand curve keep the slices the engine
-gave them, and all are packed onto GPUs of the profile's model afresh, with no regard to where anything
-was — under the per-GPU fit rule (`core.fit`: CUs in whole atoms, memory, class limits, bandwidth
-budget). Each followed pod serves its profile's req/s at its CUs less the interference of the
+steps: the slices a target-rps can ask the extender for), the pods without a demand curve keep the
+slices the engine gave them, and all are packed onto GPUs of the profile's model afresh, with no regard
+to where anything was — under the per-GPU fit rule (`core.fit`: CUs in whole atoms, memory, class
+limits, bandwidth budget). Optionally (`pinned`) the pods without a curve stay on the GPUs they were
+placed on. Each followed pod serves its profile's req/s at its CUs less the interference of the
 co-tenants its GPU actually has (`core.interference`, the model SLA-minutes are judged by), so the
 floor owes nothing to the sizing rule's worst-case budget. The floor is the least number of GPUs whose
-pods carry every service's demand that minute (times 1 + headroom for the headroom variant).
+pods carry every service's demand that minute.
 
 Solved exactly as an integer program over GPU *patterns* (every multiset of tenants one GPU can hold,
 enumerated through the fit rule itself, less those another pattern does at least as well as) with
-OR-Tools' MIP interface (SCIP; CP-SAT takes seconds per minute on this model, SCIP milliseconds): how
-many GPUs of each pattern, and which service each pattern's followed slots serve. Capacities are rounded up and demands down to 1/10000 req/s,
-which can only lower the optimum: the floor stays a floor. The fewest GPUs only grows with any
-service's demand, so a block of minutes whose per-service minima and maxima need as many GPUs is
-counted without solving each of its minutes.
+OR-Tools' MIP interface (SCIP; CP-SAT takes seconds a minute on this model, SCIP milliseconds): how
+many GPUs of each pattern, and which service each pattern's followed slots serve. Capacities are
+rounded up and demands down to 1/10000 req/s, which can only lower the optimum: the floor stays a
+floor. The fewest GPUs only grows with any service's demand, so a block of minutes whose per-service
+minima and maxima need as many GPUs is counted without solving each of its minutes.
 """
 
 from __future__ import annotations
@@ -39,13 +40,12 @@ BLOCK = 15  # minutes whose bounds are tried before each of its minutes is solve
 
 @dataclass(frozen=True, order=True)
 class Tenant:
-    """One tenant as the fit rule reads it; `service` is empty for a pod without a demand curve."""
+    """One tenant as the fit rule reads it: a pod without a demand curve, or a followed pod's slice."""
 
     workload_class: str
     cus: int
     memory: int
     memory_limit: int
-    service: str = ""  # the followed service this slot size is for ("" for a fixed pod)
 
     @property
     def demand(self) -> Demand:
