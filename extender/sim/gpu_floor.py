@@ -110,7 +110,9 @@ class GpuFloor:
         every = patterns(empty, [*self.fixed, *kinds], Rules.from_policy(policy))
         if self.pinned is not None:
             every = [p for p in every if self._fixed_of(p) in self.pinned or not self._fixed_of(p)]
-        self.patterns = [p for p in every if not any(self._dominates(q, p) for q in every if q != p)]
+        # of patterns that stand in for each other, the first in order stays
+        self.patterns = [p for p in every if not any(
+            self._dominates(q, p) and (q < p or not self._dominates(p, q)) for q in every if q != p)]
         self._memo: dict[tuple[int, ...], int | None] = {}
         self._model: tuple[pywraplp.Solver, list[pywraplp.Constraint]] | None = None
 

@@ -91,3 +91,18 @@ def test_the_engine_never_packs_the_rules_fleets_on_fewer_gpus(pinned: bool) -> 
                        for s, n in zip(svcs, need, strict=True))
         packed = _pack(scenario, spec, svcs, fleets, "least", 5.0, 1)
         assert floor.gpus(need) <= packed, minute
+
+
+def test_only_the_patterns_no_other_does_better_than_are_kept() -> None:
+    # alone, a 128-CU LLM pod serves as much as any larger slice and more than any smaller one: with no
+    # other tenant to fit beside, the one- and two-pod GPUs of 128 CUs are all a sizer ever needs
+    sizes = GpuFloor(POLICY, _empty(), [], [LLAMA], max_gpus=2)
+    assert [[t.cus for t in p] for p in sizes.patterns] == [[128], [128, 128]]
+    # beside a compute-bound pod the two LLM pods must leave it room: 96 + 128 (+ 32) of 272 CUs
+    beside = GpuFloor(POLICY, _empty(), [CB], [LLAMA], max_gpus=2)
+    with_cb = sorted([t.cus for t in p if t != CB] for p in beside.patterns if CB in p)
+    assert with_cb == [[], [], [96, 128], [128], [128]]  # one, two compute-bound pods; 1 + 2 LLM; 1 + 1; 2 + 1
+    # two services of one profile and memory share the slots of one kind
+    twins = GpuFloor(POLICY, _empty(), [], [Followed("a", "memory-bound", MEM, "llama-3.1-8b", (128,)),
+                                           Followed("b", "memory-bound", MEM, "llama-3.1-8b", (128,))], max_gpus=2)
+    assert twins.gpus([11.0, 11.0]) == 1 and twins.gpus([12.0, 12.0]) == 2
