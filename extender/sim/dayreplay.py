@@ -14,6 +14,8 @@ CUs of every tenant, in GPUs, per minute: what the slices hold), SLA-minutes mis
 which a service's modelled capacity — each pod's profile req/s at its CUs less the interference of the
 co-tenants it actually has — is below that minute's demand) and changes made. Rolling updates go one
 pod at a time (maxSurge 1, maxUnavailable 0): the policy right-sized workloads should run with.
+`breakdown` and `floors` say where the GPU-hours go, down to the fewest GPUs any sizer could carry each
+minute's demand on (`sim.gpu_floor`).
 """
 
 from __future__ import annotations
