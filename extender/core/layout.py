@@ -107,6 +107,14 @@ def choose_burst(region: frozenset[int], extra: int, xcds: int) -> frozenset[int
     return compact(frozenset(chosen))
 
 
+def is_full(left: int, min_slice: int) -> bool:
+    """A GPU left with fewer free CUs than the smallest slice takes no further guarantee: it is full.
+    Under binpack, filling a GPU so is packing, not fragmentation — its few CUs are no use to any slice
+    whichever GPU the newcomer takes, and the other stays empty — so neither the greedy score
+    (engine/placement) nor the bind's CP-SAT objective (core/solver) counts it as stranded there."""
+    return left < min_slice
+
+
 def fragmentation(free: frozenset[int], min_slice: int) -> float:
     """Share of free CUs stranded in runs shorter than the smallest useful slice (0 = none)."""
     if not free:

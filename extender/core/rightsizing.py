@@ -159,22 +159,31 @@ class Decision:
         return self.next != self.current
 
 
-def plan_fleet(ladder: Ladder, need: float, least: int, most: int) -> tuple[int, int]:
+def plan_fleet(ladder: Ladder, need: float, least: int, most: int, keep: int | None = None) -> tuple[int, int]:
     """(replicas, CUs per pod) carrying `need`: of the replica counts whose pods, each at the smallest
     slice carrying its part, carry it, the one with the least GPU share (then the fewest CUs, then the
     fewest pods) — two memory-bound 128-CU pods share one GPU (22.7 req/s) where one 256-CU pod fills
     it (13.5 req/s), and binpack places a memory-bound pod beside a used GPU's tenants before opening
     an empty one (`engine.placement.empty_complementarity`). Past what `most` pods of the best slice
-    carry: `most` of them."""
+    carry: `most` of them.
+
+    `keep`: the fleet's current slice. Among the fleets with the least GPU share, one whose pods keep it
+    wins: a slice change re-creates every pod (a rolling update, which leaves the old pods' co-tenants
+    where they were), a replica change only adds or removes pods — and the same share fills as many
+    GPUs (under a class's per-GPU limit, the pod count bounds the GPUs, not the CUs)."""
     top = max(most, least)
-    best: tuple[tuple[float, int, int], int, int] | None = None
+    best: tuple[tuple[float, int, int, int], int, int] | None = None
     for replicas in range(least, top + 1):
         step = ladder.fit(need / replicas)
         if replicas * step.rps + 1e-9 < need:
             continue
-        key = (round(replicas * step.share, 9), replicas * step.cus, replicas)
-        if best is None or key < best[0]:
-            best = (key, replicas, step.cus)
+        options = [step.cus]
+        if keep is not None and keep > step.cus and replicas * ladder.at(keep).rps + 1e-9 >= need:
+            options.append(keep)
+        for cus in options:
+            key = (round(replicas * ladder.at(cus).share, 9), int(cus != keep), replicas * cus, replicas)
+            if best is None or key < best[0]:
+                best = (key, replicas, cus)
     return (best[1], best[2]) if best is not None else (top, ladder.best.cus)
 
 
@@ -208,14 +217,14 @@ def decide(rs: RightSizing, ladder: Ladder, current: Fleet, obs: Observation, no
         if want_mem > current.memory or want_mem * (1 + rs.hysteresis) < current.memory:
             memory = want_mem
     if capacity + 1e-9 < need:
-        replicas, cus = plan_fleet(ladder, need, least, rs.maxReplicas)
+        replicas, cus = plan_fleet(ladder, need, least, rs.maxReplicas, keep=current.cus)
         why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s < need {need:.2f}"
     else:
         replicas, cus = current.replicas, current.cus
         why = f"{current.replicas} x {current.cus} CUs carry {capacity:.2f} req/s >= need {need:.2f}"
         if obs.down_peak_rps is not None:
             down_need = max(need, obs.down_peak_rps * (1 + head)) * (1 + rs.hysteresis)
-            smaller = plan_fleet(ladder, down_need, least, rs.maxReplicas)
+            smaller = plan_fleet(ladder, down_need, least, rs.maxReplicas, keep=current.cus)
             if _smaller(smaller, current):
                 replicas, cus = smaller
                 why += f" and {smaller[0]} x {smaller[1]} CUs carry the longer window's need x {1 + rs.hysteresis:g}"

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # OR-Tools is imported by the first CP-SAT model a solve buil
     from ortools.sat.python import cp_model
 
 from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, NO_WHOLE, Demand, Room, Rules, fits
+from extender.core.layout import is_full
 from extender.core.ledger import NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
@@ -322,7 +323,7 @@ def objective(problem: Problem, placement: Placement) -> int:
         cb = bn.compute_bound + load.compute_bound
         total += w.complementarity * (PAIR_REWARD * min(mb, cb) - _double_penalty(w) * max(0, mb - 1))
         left = bn.free_cus - load.cus
-        if 0 < left < bn.min_slice:
+        if w.spread and 0 < left and is_full(left, bn.min_slice):  # binpack: full, not stranded
             total -= w.fragmentation * UNIT
     for item, where in zip(problem.items, placement, strict=True):
         if where is None:
@@ -509,7 +510,9 @@ class _Model:
             self.obj.append((-w.complementarity * DOUBLE_PENALTY, doubled))
 
     def _fragmentation(self, b: int, bn: Bin, on: list[tuple[Item, cp_model.IntVar]]) -> None:
-        if self.p.weights.fragmentation == 0 or bn.min_slice <= 1:
+        # Counts only: a leftover under a slice is all the model sees of stranding, and under binpack a
+        # GPU left so is full, not stranded (core/layout.is_full): the term is spread's alone.
+        if self.p.weights.fragmentation == 0 or bn.min_slice <= 1 or not self.p.weights.spread:
             return
         # Leftovers stay congruent to free_cus modulo the slices' common divisor g: when that is 0 and
         # g >= min_slice, nothing can be stranded here and the three booleans are not needed.

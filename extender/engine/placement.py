@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from extender.core.assignment import Assignment, GpuAssignment, now_rfc3339
 from extender.core.fit import BANDWIDTH_SCALE, COMPUTE_BOUND, Demand, Rules, Verdict, fits, verdict, whole_gpu
 from extender.core.fit import MEMORY_BOUND as MEMORY_BOUND  # re-exported for the engine's other modules
-from extender.core.layout import best_fit_run, choose_burst, choose_cus, fragmentation, fragmentation_after_cut
+from extender.core.layout import (
+    best_fit_run,
+    choose_burst,
+    choose_cus,
+    fragmentation,
+    fragmentation_after_cut,
+    is_full,
+)
 from extender.core.ledger import GpuState, NodeState
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
@@ -149,6 +156,8 @@ def _score(req: SliceRequest, gpu: GpuState, n: int, policy: Policy, frag: float
     total_w = w.packing + w.complementarity + w.fragmentation
     if total_w == 0:
         return 0.5
+    if frag and policy.scoring.strategy == "binpack" and is_full(len(gpu.free_cus) - n, _min_slice(gpu, policy)):
+        frag = 0.0  # binpack: a GPU left with less than a slice is full, not fragmented
     return (w.packing * pack + w.complementarity * comp + w.fragmentation * (1.0 - frag)) / total_w
 
 

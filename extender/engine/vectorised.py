@@ -206,7 +206,7 @@ class Columns:
             same_weight = 0.6 if req.workload_class == COMPUTE_BOUND else 0.0
             comp = np.where(slices > 0, ((slices - same) * 1.0 + same * same_weight) / slices,
                             empty_complementarity(policy.scoring.strategy))
-            frag, exact = self._fragmentation(lengths, free, model, nruns, need, whole)
+            frag, exact = self._fragmentation(lengths, free, model, nruns, need, whole, binpack)
             w = policy.scoring.weights
             total_w = w.packing + w.complementarity + w.fragmentation
             if total_w == 0:
@@ -220,9 +220,10 @@ class Columns:
         return scores.reshape(shape), slow.reshape(shape)
 
     def _fragmentation(self, lengths: np.ndarray, free: np.ndarray, model: np.ndarray, nruns: np.ndarray,
-                       need: np.ndarray, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       need: np.ndarray, whole: np.ndarray, binpack: bool) -> tuple[np.ndarray, np.ndarray]:
         """`fragmentation_after_cut` of the best-fit run for GPUs with these free run `lengths` [run, GPU]
-        and `free` CUs (spread layout), and which of them the kept runs cannot answer for."""
+        and `free` CUs (spread layout), and which of them the kept runs cannot answer for; 0 under binpack
+        where less than a slice is left (core/layout.is_full: a full GPU is not fragmented)."""
         mins = np.array([_min_slice_for(m, self.policy) for m, *_ in self.keys] or [1], np.int64)
         min_slice = np.take(mins, model, mode="clip")
         # best_fit_run cuts the shortest run that holds the slice. Which of equally short runs it picks
@@ -238,7 +239,8 @@ class Columns:
         stranded = (np.where((lengths > 0) & (lengths < min_slice), lengths, 0).sum(axis=0)
                     - stranded_part(best) + stranded_part(left))
         total = free - need  # the runs hold every free CU when there are no more than RUNS of them
-        frag = np.where(whole | (total <= 0), 0.0, stranded / np.where(total > 0, total, 1))
+        frag = np.where(whole | (total <= 0) | (binpack & (total < min_slice)), 0.0,
+                        stranded / np.where(total > 0, total, 1))
         exact = ~whole & ((nruns > RUNS) | ~holds)
         return frag, exact
 

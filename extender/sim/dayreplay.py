@@ -14,6 +14,8 @@ CUs of every tenant, in GPUs, per minute: what the slices hold), SLA-minutes mis
 which a service's modelled capacity — each pod's profile req/s at its CUs less the interference of the
 co-tenants it actually has — is below that minute's demand) and changes made. Rolling updates go one
 pod at a time (maxSurge 1, maxUnavailable 0): the policy right-sized workloads should run with.
+`breakdown` and `floors` say where the GPU-hours go, down to the fewest GPUs any sizer could carry each
+minute's demand on (`sim.gpu_floor`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from extender.core.errors import InputError
+from extender.core.fit import Rules
 from extender.core.policy import Policy
 from extender.core.rightsizing import Fleet, Ladder, Observation, decide, plan_fleet, sla_ladder, window_peak
 from extender.core.sizing import predict
 from extender.sim.demand import per_minute
+from extender.sim.gpu_floor import Followed, GpuFloor, Tenant
 from extender.sim.replay import Replay, RunSpec
 from extender.sim.scenario import PodGroup, Scenario, scenario_nodes, scenario_pods
 from extender.sim.workload import GpuAsk, SimPod
@@ -277,6 +282,42 @@ def _pack(scenario: Scenario, spec: RunSpec, svcs: list[Service], fleets: tuple[
     return replay.gpus_used()[0]
 
 
+def floor_of(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service], host_score: str = "least",
+             extender_weight: float = 5.0, seed: int = 1, pinned: bool = False) -> GpuFloor:
+    """The fewest-GPUs floor (`sim.gpu_floor`) of the followed services beside the pods without a curve,
+    whose slices (and, with `pinned`, GPUs) are those the engine gives them placed alone."""
+    pods = [p for p in scenario_pods(scenario) if p.service not in {s.name for s in svcs}]
+    replay = DayReplay(scenario_nodes(scenario), pods, spec, host_score, extender_weight, seed)
+    replay.attempts = 0
+    for i in range(len(pods)):
+        replay.place(i)
+    models = {policy.profiles[s.group.profile or ""].gpuModel for s in svcs}
+    rules = Rules.from_policy(policy)
+    gpus = [g for n in replay.engine.ledger.nodes() for g in n.gpus if g.info.model in models]
+    empty = next((g.room(policy.overcommit.memory, rules) for g in gpus if not g.slices), None)
+    if len(models) != 1 or empty is None:
+        raise InputError("scenario", scenario.name, "the floor needs one GPU model for every followed "
+                         "service, with an empty GPU of it beside the pods without a curve")
+    held = [tuple(Tenant(s.workload_class, len(s.cus), s.memory, s.memory_limit) for s in g.slices)
+            for g in gpus if g.slices]
+    followed = [Followed(s.name, s.cls, s.memory, s.group.profile or "", tuple(st.cus for st in s.ladder.steps))
+                for s in svcs]
+    return GpuFloor(policy, empty, [t for h in held for t in h], followed, len(gpus), held if pinned else None)
+
+
+def floors(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service], host_score: str = "least",
+           extender_weight: float = 5.0, seed: int = 1) -> dict[str, float]:
+    """GPU-hours of the fewest GPUs that carry each minute's demand (`sim.gpu_floor`), exactly and with
+    the headroom: every pod packed afresh (`floor*`: no sizer and no placement does better), and the
+    pods without a curve kept on the GPUs the engine gives them (`floorPinned*`)."""
+    out = {}
+    for pinned, key in ((False, "floor"), (True, "floorPinned")):
+        f = floor_of(scenario, policy, spec, svcs, host_score, extender_weight, seed, pinned)
+        out[key + "Demand"] = f.day([s.day for s in svcs])
+        out[key + "WithHeadroom"] = f.day([[d * (1 + policy.rightsizing.headroom) for d in s.day] for s in svcs])
+    return out
+
+
 def breakdown(policy: Policy, svcs: list[Service], plans: dict[str, dict[str, Timeline]],
               runs: dict[str, dict[str, object]], fixed_alone: float,
               pack: Callable[[Callable[[Service, int], Fleet]], float] | None = None) -> dict[str, dict[str, float]]:
@@ -358,6 +399,7 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
     memo: dict[tuple[Fleet, ...], int] = {}
     split = breakdown(policy, svcs, plans, runs, float(alone["gpuHours"]),  # type: ignore[arg-type]
                       lambda f: packed_fresh(scenario, policy, spec, svcs, f, host_score, extender_weight, seed, memo))
+    split["rightsize"].update(floors(scenario, policy, spec, svcs, host_score, extender_weight, seed))
     base = runs["static-peak"]
     for r in runs.values():
         for key, out in (("gpuHours", "savingsVsStaticPeakPct"), ("sliceGpuHours", "sliceSavingsVsStaticPeakPct")):

@@ -30,14 +30,24 @@ SPLIT = (("followed services' GPU share: demand followed each minute", "demandFo
          ("the same fleets packed fresh every 15 min: demand followed", "packedDemandFollowed"),
          ("  + headroom", "packedWithHeadroom"), ("  + sliding window's peak", "packedWithWindow"),
          ("  + controller bounds = the fleets run", "packedFleet"),
-         ("  + the day's placement history = placed", "history"))
+         ("  + the day's placement history = placed", "history"),
+         ("floor: fewest GPUs carrying the demand, all repacked", "floorDemand"),
+         ("  with the headroom", "floorWithHeadroom"),
+         ("floor, pods without a curve where placed: demand", "floorPinnedDemand"),
+         ("  with the headroom", "floorPinnedWithHeadroom"))
+
+
+# rows shown with their saving against static peak (its own figure, or its GPUs with a tenant)
+PCT = ("fleet", "addedByServices", "placed", "packedDemandFollowed", "packedWithHeadroom", "packedWithWindow",
+       "packedFleet", "floorDemand", "floorWithHeadroom", "floorPinnedDemand", "floorPinnedWithHeadroom")
 
 
 def breakdown_table(out: dict) -> Table:
     """Where the GPU-hours go (sim.dayreplay.breakdown), with each strategy's savings against static peak
     on the followed services' share and on the GPUs they add."""
     split = out["gpuHoursBreakdown"]
-    table = Table(title="where the GPU-hours go (GPU share: the least GPUs the slices fill under the per-GPU rules)")
+    table = Table(title="where the GPU-hours go (GPU share: the least GPUs the slices fill under the per-GPU rules; "
+                  "floor: sim.gpu_floor)")
     table.add_column("GPU-hours over the day")
     for strategy in split:
         table.add_column(strategy, justify="right")
@@ -46,8 +56,8 @@ def breakdown_table(out: dict) -> Table:
         cells = []
         for r in split.values():
             v = r.get(key)
-            pct = "" if v is None or r is base or key not in ("fleet", "addedByServices", "placed", "packedFleet") \
-                or not base[key] else f" ({100 * (1 - v / base[key]):.1f}% fewer)"
+            ref = base.get(key, base["placed"] if key.startswith(("packed", "floor")) else None)
+            pct = "" if v is None or r is base or not ref or key not in PCT else f" ({100 * (1 - v / ref):.1f}% fewer)"
             cells.append("" if v is None else f"{v:.1f}{pct}")
         table.add_row(label, *cells)
     return table

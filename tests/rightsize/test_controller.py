@@ -82,7 +82,8 @@ def test_dry_run_recommends_and_patches_nothing(prom: PromStub) -> None:
     rs = sizer(prom, fake, apply=False)
     [out] = rs.run_once()
     assert out.decision is not None and out.decision.action == "down" and not out.applied
-    assert out.decision.next.cus == 32 and "dry run" in out.note
+    # one pod fewer at the slice it has (one pod of 32 CUs would be the same GPU share: no rollout for it)
+    assert (out.decision.next.replicas, out.decision.next.cus) == (1, 64) and "dry run" in out.note
     assert fake.patches == [] and fake.events == []
     assert 'namespace="ml",pod=~"chat-[a-z0-9]+-[a-z0-9]+"' in prom.queries[0]
     assert rs.metrics.changes.labels("ml", "chat", "down", "recommended")._value.get() == 1

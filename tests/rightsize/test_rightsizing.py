@@ -71,18 +71,18 @@ def test_grows_as_soon_as_the_fleet_falls_short() -> None:
 
 
 def test_shrinks_only_past_the_hysteresis_band() -> None:
-    # 2 x 64 CUs carry 2 x S64; 2 x 32 carry 2 x S32. Shrinking needs peak x DOWN <= 2 x S32
-    edge = 2 * S32.rps / DOWN
-    assert edge * UP < 2 * S32.rps  # inside the band: 2 x 32 would carry the need, and still it holds
-    assert run(Fleet(2, 64, MIN_MEM), peak=edge + 0.1, least=2).action == "hold"
-    d = run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, least=2)
-    assert d.action == "down" and d.next == Fleet(2, 32, MIN_MEM)
+    # 2 x 64 CUs (two pods: one GPU's share) shrink to one 128-CU pod (half a GPU's) once one carries
+    # peak x DOWN; as many pods at smaller slices would be the same share: the slice is kept
+    edge = LADDER.at(128).rps / DOWN
+    assert edge * UP < LADDER.at(128).rps  # inside the band: one pod would carry the need, and still it holds
+    assert run(Fleet(2, 64, MIN_MEM), peak=edge + 0.1).action == "hold"
+    d = run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1)
+    assert d.action == "down" and d.next == Fleet(1, 128, MIN_MEM)
     # the longer window remembers a higher peak: no shrinking yet; nor before it is fully observed
-    assert run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, least=2, down_peak=edge + 0.1).action == "hold"
-    assert "not fully observed" in run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, least=2, down_peak=None).reason
-    # one pod of 128 CUs carries need x (1 + hysteresis): fewer pods, no more CUs in all
-    one = LADDER.at(128).rps / DOWN
-    assert run(Fleet(2, 64, MIN_MEM), peak=one - 0.1).next == Fleet(1, 128, MIN_MEM)
+    assert run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, down_peak=edge + 0.1).action == "hold"
+    assert "not fully observed" in run(Fleet(2, 64, MIN_MEM), peak=edge - 0.1, down_peak=None).reason
+    # a smaller slice of the same share (2 x 32 at two pods) is no reason for a rollout
+    assert run(Fleet(2, 64, MIN_MEM), peak=2 * S32.rps / DOWN - 0.1, least=2).action == "hold"
 
 
 def test_waits_the_minimum_interval_and_says_so() -> None:
@@ -111,8 +111,8 @@ def test_no_fleet_that_carries_the_need_has_less_gpu_share(need: float, least: i
 
 
 def test_replicas_grow_one_step_at_a_time() -> None:
-    d = run(Fleet(1, 128, MIN_MEM), peak=30.0)  # need 36: four 96-CU pods (two GPUs' share)
-    assert d.wanted == Fleet(4, 96, MIN_MEM) and d.next.replicas == 2  # one replica per step
+    d = run(Fleet(1, 128, MIN_MEM), peak=30.0)  # need 36: four pods (two GPUs' share) at the slice it has
+    assert d.wanted == Fleet(4, 128, MIN_MEM) and d.next == Fleet(2, 128, MIN_MEM)  # one replica per step
     assert "bounded by the maximum step" in d.reason
     # a third pod of smaller slices: taken at once, not through a larger slice the next pass would shrink
     top = Fleet(2, LADDER.best.cus, MIN_MEM)
@@ -120,8 +120,10 @@ def test_replicas_grow_one_step_at_a_time() -> None:
     d = run(top, peak=peak)
     assert d.action == "up" and d.next == Fleet(3, LADDER.fit(peak * UP / 3).cus, MIN_MEM)
     assert d.next.cus < top.cus - RS.maxStepComputeUnits
-    back = run(Fleet(3, 128, MIN_MEM), peak=4.0)  # demand gone: back to one pod
-    assert back.next.replicas == 2 and back.next.cus == 64  # 64 CUs at most per step
+    back = run(Fleet(3, 128, MIN_MEM), peak=4.0)  # demand gone: back to one pod, one at a time
+    assert back.wanted == Fleet(1, 128, MIN_MEM) and back.next == Fleet(2, 128, MIN_MEM)
+    alone = run(Fleet(1, 256, MIN_MEM), peak=4.0)  # a whole GPU's share down to half of one
+    assert alone.wanted.cus < 128 and alone.next.cus == 224  # 64 CUs at most per step
 
 
 def test_memory_follows_the_vram_peak_within_the_profile_minimum_and_the_gpu() -> None:
@@ -208,3 +210,20 @@ def test_the_record_round_trips_and_explains_each_change() -> None:
     assert explain_lines({}) == []
     with pytest.raises(Exception, match="unreadable right-sizing record"):
         read_record({"gpuslice.io/rightsize": "{"}, "gpuslice.io")
+
+
+def test_a_fleet_keeps_its_slice_when_another_is_no_less_gpu_share() -> None:
+    # need 35: four 64-CU pods (35.6 req/s) or four 128-CU pods, the same GPU share (two memory-bound
+    # tenants to a GPU); three 128-CU pods carry 34.0. Growing to four 128-CU pods adds one pod; four
+    # 64-CU pods would re-create all three (a rolling update) for no GPU saved.
+    assert plan_fleet(LADDER, 35.0, 1, 16) == (4, 64)
+    assert plan_fleet(LADDER, 35.0, 1, 16, keep=128) == (4, 128)
+    d = run(Fleet(3, 128, MIN_MEM), peak=35.0 / UP)
+    assert d.action == "up" and d.next == Fleet(4, 128, MIN_MEM)
+    # shrinking: one pod fewer at the same slice, not a rollout to smaller slices of the same share
+    peak = 3 * S64.rps / DOWN - 0.1  # three 64-CU pods carry it with the band; two pods do not
+    assert plan_fleet(LADDER, peak * DOWN, 1, 16) == (3, 64)
+    d = run(Fleet(4, 128, MIN_MEM), peak=peak)
+    assert d.action == "down" and d.next == Fleet(3, 128, MIN_MEM)
+    # a smaller slice of less GPU share still wins: 128 CUs is half of what 256 CUs is
+    assert plan_fleet(LADDER, 10.0, 1, 16, keep=LADDER.best.cus) == (1, 128)

@@ -92,6 +92,11 @@ def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> 
     assert r["history"] == round(r["placed"] - r["packedFleet"], 1)
     # a static fleet is placed once, in the order a fresh packing uses: it has no history
     assert split["static-peak"]["packedFleet"] == peak["gpuHours"] and split["static-peak"]["history"] == 0.0
+    # the floor: no sizer carries the demand on fewer GPUs; the headroom and keeping the pods without a
+    # curve where they are only add; the engine's fresh packing of the rule's fleets is no better
+    assert 0 < r["floorDemand"] <= r["floorWithHeadroom"] <= r["packedWithHeadroom"]
+    assert r["floorDemand"] <= r["floorPinnedDemand"] <= r["floorPinnedWithHeadroom"] <= r["packedWithHeadroom"]
+    assert r["floorWithHeadroom"] <= r["floorPinnedWithHeadroom"]
 
 
 def test_gpu_share_is_the_largest_per_gpu_limit_a_pod_uses() -> None:
