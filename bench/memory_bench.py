@@ -6,8 +6,9 @@ Two steps, so the figure is a fresh process's, as a restarted extender's would b
 `build` places the pods with the engine's own placement (realistic tenant mix of
 bench/extender_bench.py) and writes the pods as JSON lines; `measure` (run in a child process)
 reads them into the cluster cache, syncs the engine from it, and reports RSS (VmRSS, /proc) with
-tracemalloc's live bytes per file (`--tracemalloc`; it slows the run and adds its own memory, so
-the RSS rows come from a run without it). The child first imports what `gpuslice serve` imports, so
+tracemalloc's live bytes per file and per line (`--tracemalloc`; with churn, also what grew over it by
+line, the synced snapshot against the last; it slows the run and adds its own memory, so the RSS
+rows come from a run without it). The child first imports what `gpuslice serve` imports, so
 the first row is the server's own baseline. The churn then deletes a random bound pod and schedules
 a new one per step: filter over a random sample of `--sample` nodes, prioritize, bind. The default
 10,800 steps are one hour at 3 pods/s created and 3 deleted (a 100,000-pod cluster turning over
@@ -124,11 +125,22 @@ def load(nodes: int, path: Path) -> MemoryCluster:
     return cluster
 
 
-def top_files(snapshot: tracemalloc.Snapshot, limit: int = 12) -> list[dict[str, Any]]:
-    root = str(BENCH.parent)
-    stats = snapshot.statistics("filename")[:limit]
-    return [{"file": s.traceback[0].filename.removeprefix(root + "/"), "mib": round(s.size / MIB, 1),
-             "blocks": s.count} for s in stats]
+def _where(stat: tracemalloc.Statistic | tracemalloc.StatisticDiff, lines: bool) -> str:
+    frame = stat.traceback[0]
+    name = frame.filename.removeprefix(str(BENCH.parent) + "/")
+    return f"{name}:{frame.lineno}" if lines else name
+
+
+def top_files(snapshot: tracemalloc.Snapshot, limit: int = 12, lines: bool = False) -> list[dict[str, Any]]:
+    """Live bytes by file (or by file:line), largest first."""
+    stats = snapshot.statistics("lineno" if lines else "filename")[:limit]
+    return [{"file": _where(s, lines), "mib": round(s.size / MIB, 1), "blocks": s.count} for s in stats]
+
+
+def top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, limit: int = 12) -> list[dict[str, Any]]:
+    """What grew between two snapshots, by file:line, largest growth first."""
+    diff = sorted(after.compare_to(before, "lineno"), key=lambda d: d.size_diff, reverse=True)[:limit]
+    return [{"file": _where(d, True), "kib": round(d.size_diff / 1024, 1), "blocks": d.count_diff} for d in diff]
 
 
 def levers(engine: Engine) -> dict[str, Any]:
@@ -218,10 +230,16 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         snap = tracemalloc.take_snapshot()
         out["tracedMiB"] = round(sum(s.size for s in snap.statistics("filename")) / MIB, 1)
         out["topFiles"] = top_files(snap)
-        tracemalloc.stop()
+        out["topLines"] = top_files(snap, 20, lines=True)
+        if not args.churn:
+            tracemalloc.stop()
     console.log(f"synced {out['pods']} pods in {out['syncSeconds']}s: RSS {out['rssMiB']}")
     if args.churn:
         samples = churn(engine, cluster, args.nodes, args.churn, args.every, args.sample, args.seed, console)
+        if args.tracemalloc:  # what the churn left behind, against the synced snapshot
+            gc.collect()
+            out["churnGrowth"] = top_growth(snap, tracemalloc.take_snapshot())
+            tracemalloc.stop()
         first = samples[0]["rssMiB"]
         out["churn"] = {"steps": args.churn, "sample": args.sample, "samples": samples,
                         "driftPct": round(100 * (samples[-1]["rssMiB"] - first) / first, 2),
@@ -261,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(label, f"{out['rssMiB'][key]:.0f}")
     for f in out.get("topFiles", []):
         table.add_row(f"  traced: {f['file']}", f"{f['mib']:.1f}")
+    for f in out.get("topLines", []):
+        table.add_row(f"  traced: {f['file']}", f"{f['mib']:.1f}")
+    for f in out.get("churnGrowth", []):
+        table.add_row(f"  churn grew: {f['file']} (KiB, {f['blocks']:+d} blocks)", f"{f['kib']:+.0f}")
     if "levers" in out:
         lv = out["levers"]
         table.add_row(f"CU sets in the ledger ({lv['sets']} objects, {lv['distinct']} distinct): as frozensets",
