@@ -15,7 +15,7 @@ from itertools import compress
 
 import numpy as np
 
-from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, assignment_in
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, ParsedAnnotations, assignment_in
 from extender.core.bounds import is_refusal, refusal_key
 from extender.core.errors import AssignmentError, InputError, InventoryError, LedgerConflict, SliceRequestError
 from extender.core.fit import Rules
@@ -293,6 +293,8 @@ class Engine:
             self._committed.pop(pod.uid, None)
         entry = self.ledger.entry(pod.uid)
         if entry is not None and not entry.reserved:
+            if isinstance(pod.annotations, ParsedAnnotations):  # the watch's copy of a slice this bind recorded
+                pod.annotations.share(entry.assignment)
             return
         try:
             a = assignment_in(pod.annotations)
