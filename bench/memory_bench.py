@@ -10,7 +10,8 @@ tracemalloc's live bytes per file and per line (`--tracemalloc`; with churn, als
 line, the synced snapshot against the last; it slows the run and adds its own memory, so the RSS
 rows come from a run without it). The child first imports what `gpuslice serve` imports, so
 the first row is the server's own baseline. The churn then deletes a random bound pod and schedules
-a new one per step: filter over a random sample of `--sample` nodes, prioritize, bind. The default
+a new one per step: filter over a random sample of `--sample` nodes, prioritize, bind, and the watch's
+echo of the bound pod (its API JSON through pod_view into the cache, then observed). The default
 10,800 steps are one hour at 3 pods/s created and 3 deleted (a 100,000-pod cluster turning over
 11% an hour). RSS is sampled every `--every` steps; drift is the last sample against the first,
 and the spread is the largest deviation from the first, both in %.
@@ -106,6 +107,17 @@ def build(nodes: int, pods: int, seed: int, out: Path, console: Console) -> None
     console.log(f"built {placed} pods on {nodes} nodes in {time.perf_counter() - t0:.0f}s ({misses} misses)")
 
 
+def watched(uid: str, name: str, rv: int, node: str, annotations: dict[str, str],
+            labels: dict[str, str]) -> PodView:
+    """A bound pod as the API server sends it (the fields pod_view reads), decoded as the watch decodes
+    it: every string its own object, as it comes off the wire."""
+    wire = orjson.dumps({"metadata": {"uid": uid, "namespace": "bench", "name": name, "resourceVersion": str(rv),
+                                      "annotations": annotations, "labels": labels},
+                         "spec": {"nodeName": node, "schedulerName": "gpuslice"},
+                         "status": {"phase": "Running"}})
+    return pod_view(orjson.loads(wire))
+
+
 def load(nodes: int, path: Path) -> MemoryCluster:
     """The cluster cache as the watch would fill it: node views, then bound pod views."""
     cluster = MemoryCluster()
@@ -114,14 +126,8 @@ def load(nodes: int, path: Path) -> MemoryCluster:
     with path.open() as f:
         for i, line in enumerate(f):
             p = orjson.loads(line)
-            # The pod as the API server sends it (the fields pod_view reads), decoded as the watch
-            # decodes it: every string its own object, as it comes off the wire.
-            wire = orjson.dumps({"metadata": {"uid": p["uid"], "namespace": "bench", "name": p["name"],
-                                              "resourceVersion": str(1000 + i), "annotations": p["annotations"],
-                                              "labels": {"app": p["name"][:3]}},
-                                 "spec": {"nodeName": p["node"], "schedulerName": "gpuslice"},
-                                 "status": {"phase": "Running"}})
-            cluster.add_pod(pod_view(orjson.loads(wire)))
+            cluster.add_pod(watched(p["uid"], p["name"], 1000 + i, p["node"], p["annotations"],
+                                    {"app": p["name"][:3]}))
     return cluster
 
 
@@ -175,6 +181,7 @@ def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every:
     """Delete a random bound pod and schedule a new one, `steps` times; RSS every `every` steps."""
     rng = random.Random(seed + 1)
     uids = [p.uid for p in cluster.list_pods()]
+    rv = 1000 + len(uids)  # resourceVersions after the listing's
     names = [node_name(i) for i in range(nodes)]
     samples = [{"step": 0, "rssMiB": round(rss_mib(), 1), "pods": len(uids)}]
     bound = unschedulable = 0
@@ -192,7 +199,12 @@ def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every:
             error = engine.bind(pod.namespace, pod.name, pod.uid, best)
             if error:
                 raise RuntimeError(f"bind failed: {error}")
-            engine.observe_pod(cluster._pods[uid])  # the watch's echo of the bind (by UID: get_pod scans)
+            # The watch's echo of the bind: the bound pod as the API server sends it replaces the cache's
+            # copy (as kube/watch.py does), and the engine observes it. By UID: get_pod scans.
+            done = cluster._pods[uid]
+            echo = watched(uid, done.name, rv + step, best, dict(done.annotations), dict(done.labels))
+            cluster.add_pod(echo)
+            engine.observe_pod(echo)
             uids.append(uid)
             bound += 1
         else:
