@@ -250,7 +250,9 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         samples = churn(engine, cluster, args.nodes, args.churn, args.every, args.sample, args.seed, console)
         if args.tracemalloc:  # what the churn left behind, against the synced snapshot
             gc.collect()
-            out["churnGrowth"] = top_growth(snap, tracemalloc.take_snapshot())
+            end = tracemalloc.take_snapshot()
+            out["churnGrowth"] = top_growth(snap, end)
+            out["churnTracedKiB"] = round(sum(d.size_diff for d in end.compare_to(snap, "filename")) / 1024, 1)
             tracemalloc.stop()
         first = samples[0]["rssMiB"]
         out["churn"] = {"steps": args.churn, "sample": args.sample, "samples": samples,
@@ -295,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f"  traced: {f['file']}", f"{f['mib']:.1f}")
     for f in out.get("churnGrowth", []):
         table.add_row(f"  churn grew: {f['file']} (KiB, {f['blocks']:+d} blocks)", f"{f['kib']:+.0f}")
+    if "churnTracedKiB" in out:
+        table.add_row("  churn: traced bytes, last against synced (KiB, all lines)", f"{out['churnTracedKiB']:+.0f}")
     if "levers" in out:
         lv = out["levers"]
         table.add_row(f"CU sets in the ledger ({lv['sets']} objects, {lv['distinct']} distinct): as frozensets",
