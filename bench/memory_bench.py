@@ -46,11 +46,12 @@ from extender.core.assignment import ASSIGNMENT_ANNOTATION  # noqa: E402
 from extender.core.ledger import Ledger, PodRef  # noqa: E402
 from extender.core.policy import parse_policy  # noqa: E402
 from extender.core.requests import parse_slice_request  # noqa: E402
-from extender.engine.cluster import MemoryCluster, PodView  # noqa: E402
+from extender.engine.cluster import PodView  # noqa: E402
 from extender.engine.demo import gpu_node, mi300x_inventory  # noqa: E402
 from extender.engine.placement import build_assignment, evaluate  # noqa: E402
 from extender.engine.policy_store import PolicyStore  # noqa: E402
 from extender.engine.scheduler import Engine  # noqa: E402
+from extender.kube.cluster import KubeCluster  # noqa: E402
 from extender.kube.views import pod_view  # noqa: E402
 
 MIB = 2**20
@@ -118,16 +119,26 @@ def watched(uid: str, name: str, rv: int, node: str, annotations: dict[str, str]
     return pod_view(orjson.loads(wire))
 
 
-def load(nodes: int, path: Path) -> MemoryCluster:
-    """The cluster cache as the watch would fill it: node views, then bound pod views."""
-    cluster = MemoryCluster()
-    for i in range(nodes):
-        cluster.add_node(gpu_node(node_name(i)))
+class WatchCache(KubeCluster):
+    """The extender's own cluster cache (kube/cluster.KubeCluster, with its indexes), filled as
+    kube/watch.py fills it. No API server: a Binding is taken as written, and what it wrote is kept in
+    `written` for the churn's watch echo."""
+
+    def __init__(self) -> None:
+        super().__init__(api=None)  # type: ignore[arg-type]
+        self.written: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def _bind_pod(self, pod: PodView, node: str, annotations: Any) -> None:
+        self.written[pod.uid] = (node, dict(annotations))
+
+
+def load(nodes: int, path: Path) -> WatchCache:
+    """The cluster cache as the watch's listings fill it: node views, then bound pod views."""
+    cluster = WatchCache()
+    cluster.replace_nodes([gpu_node(node_name(i)) for i in range(nodes)])
     with path.open() as f:
-        for i, line in enumerate(f):
-            p = orjson.loads(line)
-            cluster.add_pod(watched(p["uid"], p["name"], 1000 + i, p["node"], p["annotations"],
-                                    {"app": p["name"][:3]}))
+        cluster.replace_pods([watched(p["uid"], p["name"], 1000 + i, p["node"], p["annotations"],
+                                      {"app": p["name"][:3]}) for i, p in enumerate(map(orjson.loads, f))])
     return cluster
 
 
@@ -176,7 +187,7 @@ def levers(engine: Engine) -> dict[str, Any]:
             "internedMiB": round(sum(sizes.values()) / MIB, 1), "cusetMiB": round(masks / MIB, 1)}
 
 
-def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every: int, sample: int,
+def churn(engine: Engine, cluster: WatchCache, nodes: int, steps: int, every: int, sample: int,
           seed: int, console: Console) -> list[dict[str, float]]:
     """Delete a random bound pod and schedule a new one, `steps` times; RSS every `every` steps."""
     rng = random.Random(seed + 1)
@@ -188,11 +199,11 @@ def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every:
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         victim = uids.pop(rng.randrange(len(uids)))
-        cluster.remove_pod(victim)
+        cluster.drop_pod(cluster._pods[victim])  # the watch's delete
         engine.forget_pod(victim)
         uid = str(uuid.UUID(int=rng.getrandbits(128)))
         pod = PodView(uid, "bench", f"c-{uid[:8]}", annotations=draw(rng).annotations(rng))
-        cluster.add_pod(pod)
+        cluster.put_pod(pod)  # the watch's add
         passed = engine.filter(pod, names=rng.sample(names, sample)).passed
         if passed:
             best = max(engine.prioritize(pod, names=passed), key=lambda s: s[1])[0]
@@ -200,15 +211,15 @@ def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every:
             if error:
                 raise RuntimeError(f"bind failed: {error}")
             # The watch's echo of the bind: the bound pod as the API server sends it replaces the cache's
-            # copy (as kube/watch.py does), and the engine observes it. By UID: get_pod scans.
-            done = cluster._pods[uid]
-            echo = watched(uid, done.name, rv + step, best, dict(done.annotations), dict(done.labels))
-            cluster.add_pod(echo)
+            # copy, and the engine observes it (kube/watch.py).
+            node, written = cluster.written.pop(uid)
+            echo = watched(uid, pod.name, rv + step, node, {**pod.annotations, **written}, dict(pod.labels))
+            cluster.put_pod(echo)
             engine.observe_pod(echo)
             uids.append(uid)
             bound += 1
         else:
-            cluster.remove_pod(uid)
+            cluster.drop_pod(pod)
             unschedulable += 1
         if step % every == 0:
             samples.append({"step": step, "rssMiB": round(rss_mib(), 1), "pods": len(uids)})
