@@ -6,10 +6,12 @@ Two steps, so the figure is a fresh process's, as a restarted extender's would b
 `build` places the pods with the engine's own placement (realistic tenant mix of
 bench/extender_bench.py) and writes the pods as JSON lines; `measure` (run in a child process)
 reads them into the cluster cache, syncs the engine from it, and reports RSS (VmRSS, /proc) with
-tracemalloc's live bytes per file (`--tracemalloc`; it slows the run and adds its own memory, so
-the RSS rows come from a run without it). The child first imports what `gpuslice serve` imports, so
+tracemalloc's live bytes per file and per line (`--tracemalloc`; with churn, also what grew over it by
+line, the synced snapshot against the last; it slows the run and adds its own memory, so the RSS
+rows come from a run without it). The child first imports what `gpuslice serve` imports, so
 the first row is the server's own baseline. The churn then deletes a random bound pod and schedules
-a new one per step: filter over a random sample of `--sample` nodes, prioritize, bind. The default
+a new one per step: filter over a random sample of `--sample` nodes, prioritize, bind, and the watch's
+echo of the bound pod (its API JSON through pod_view into the cache, then observed). The default
 10,800 steps are one hour at 3 pods/s created and 3 deleted (a 100,000-pod cluster turning over
 11% an hour). RSS is sampled every `--every` steps; drift is the last sample against the first,
 and the spread is the largest deviation from the first, both in %.
@@ -44,11 +46,12 @@ from extender.core.assignment import ASSIGNMENT_ANNOTATION  # noqa: E402
 from extender.core.ledger import Ledger, PodRef  # noqa: E402
 from extender.core.policy import parse_policy  # noqa: E402
 from extender.core.requests import parse_slice_request  # noqa: E402
-from extender.engine.cluster import MemoryCluster, PodView  # noqa: E402
+from extender.engine.cluster import PodView  # noqa: E402
 from extender.engine.demo import gpu_node, mi300x_inventory  # noqa: E402
 from extender.engine.placement import build_assignment, evaluate  # noqa: E402
 from extender.engine.policy_store import PolicyStore  # noqa: E402
 from extender.engine.scheduler import Engine  # noqa: E402
+from extender.kube.cluster import KubeCluster  # noqa: E402
 from extender.kube.views import pod_view  # noqa: E402
 
 MIB = 2**20
@@ -105,30 +108,56 @@ def build(nodes: int, pods: int, seed: int, out: Path, console: Console) -> None
     console.log(f"built {placed} pods on {nodes} nodes in {time.perf_counter() - t0:.0f}s ({misses} misses)")
 
 
-def load(nodes: int, path: Path) -> MemoryCluster:
-    """The cluster cache as the watch would fill it: node views, then bound pod views."""
-    cluster = MemoryCluster()
-    for i in range(nodes):
-        cluster.add_node(gpu_node(node_name(i)))
+def watched(uid: str, name: str, rv: int, node: str, annotations: dict[str, str],
+            labels: dict[str, str]) -> PodView:
+    """A bound pod as the API server sends it (the fields pod_view reads), decoded as the watch decodes
+    it: every string its own object, as it comes off the wire."""
+    wire = orjson.dumps({"metadata": {"uid": uid, "namespace": "bench", "name": name, "resourceVersion": str(rv),
+                                      "annotations": annotations, "labels": labels},
+                         "spec": {"nodeName": node, "schedulerName": "gpuslice"},
+                         "status": {"phase": "Running"}})
+    return pod_view(orjson.loads(wire))
+
+
+class WatchCache(KubeCluster):
+    """The extender's own cluster cache (kube/cluster.KubeCluster, with its indexes), filled as
+    kube/watch.py fills it. No API server: a Binding is taken as written, and what it wrote is kept in
+    `written` for the churn's watch echo."""
+
+    def __init__(self) -> None:
+        super().__init__(api=None)  # type: ignore[arg-type]
+        self.written: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def _bind_pod(self, pod: PodView, node: str, annotations: Any) -> None:
+        self.written[pod.uid] = (node, dict(annotations))
+
+
+def load(nodes: int, path: Path) -> WatchCache:
+    """The cluster cache as the watch's listings fill it: node views, then bound pod views."""
+    cluster = WatchCache()
+    cluster.replace_nodes([gpu_node(node_name(i)) for i in range(nodes)])
     with path.open() as f:
-        for i, line in enumerate(f):
-            p = orjson.loads(line)
-            # The pod as the API server sends it (the fields pod_view reads), decoded as the watch
-            # decodes it: every string its own object, as it comes off the wire.
-            wire = orjson.dumps({"metadata": {"uid": p["uid"], "namespace": "bench", "name": p["name"],
-                                              "resourceVersion": str(1000 + i), "annotations": p["annotations"],
-                                              "labels": {"app": p["name"][:3]}},
-                                 "spec": {"nodeName": p["node"], "schedulerName": "gpuslice"},
-                                 "status": {"phase": "Running"}})
-            cluster.add_pod(pod_view(orjson.loads(wire)))
+        cluster.replace_pods([watched(p["uid"], p["name"], 1000 + i, p["node"], p["annotations"],
+                                      {"app": p["name"][:3]}) for i, p in enumerate(map(orjson.loads, f))])
     return cluster
 
 
-def top_files(snapshot: tracemalloc.Snapshot, limit: int = 12) -> list[dict[str, Any]]:
-    root = str(BENCH.parent)
-    stats = snapshot.statistics("filename")[:limit]
-    return [{"file": s.traceback[0].filename.removeprefix(root + "/"), "mib": round(s.size / MIB, 1),
-             "blocks": s.count} for s in stats]
+def _where(stat: tracemalloc.Statistic | tracemalloc.StatisticDiff, lines: bool) -> str:
+    frame = stat.traceback[0]
+    name = frame.filename.removeprefix(str(BENCH.parent) + "/")
+    return f"{name}:{frame.lineno}" if lines else name
+
+
+def top_files(snapshot: tracemalloc.Snapshot, limit: int = 12, lines: bool = False) -> list[dict[str, Any]]:
+    """Live bytes by file (or by file:line), largest first."""
+    stats = snapshot.statistics("lineno" if lines else "filename")[:limit]
+    return [{"file": _where(s, lines), "mib": round(s.size / MIB, 1), "blocks": s.count} for s in stats]
+
+
+def top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, limit: int = 12) -> list[dict[str, Any]]:
+    """What grew between two snapshots, by file:line, largest growth first."""
+    diff = sorted(after.compare_to(before, "lineno"), key=lambda d: d.size_diff, reverse=True)[:limit]
+    return [{"file": _where(d, True), "kib": round(d.size_diff / 1024, 1), "blocks": d.count_diff} for d in diff]
 
 
 def levers(engine: Engine) -> dict[str, Any]:
@@ -158,33 +187,39 @@ def levers(engine: Engine) -> dict[str, Any]:
             "internedMiB": round(sum(sizes.values()) / MIB, 1), "cusetMiB": round(masks / MIB, 1)}
 
 
-def churn(engine: Engine, cluster: MemoryCluster, nodes: int, steps: int, every: int, sample: int,
+def churn(engine: Engine, cluster: WatchCache, nodes: int, steps: int, every: int, sample: int,
           seed: int, console: Console) -> list[dict[str, float]]:
     """Delete a random bound pod and schedule a new one, `steps` times; RSS every `every` steps."""
     rng = random.Random(seed + 1)
     uids = [p.uid for p in cluster.list_pods()]
+    rv = 1000 + len(uids)  # resourceVersions after the listing's
     names = [node_name(i) for i in range(nodes)]
     samples = [{"step": 0, "rssMiB": round(rss_mib(), 1), "pods": len(uids)}]
     bound = unschedulable = 0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         victim = uids.pop(rng.randrange(len(uids)))
-        cluster.remove_pod(victim)
+        cluster.drop_pod(cluster._pods[victim])  # the watch's delete
         engine.forget_pod(victim)
         uid = str(uuid.UUID(int=rng.getrandbits(128)))
         pod = PodView(uid, "bench", f"c-{uid[:8]}", annotations=draw(rng).annotations(rng))
-        cluster.add_pod(pod)
+        cluster.put_pod(pod)  # the watch's add
         passed = engine.filter(pod, names=rng.sample(names, sample)).passed
         if passed:
             best = max(engine.prioritize(pod, names=passed), key=lambda s: s[1])[0]
             error = engine.bind(pod.namespace, pod.name, pod.uid, best)
             if error:
                 raise RuntimeError(f"bind failed: {error}")
-            engine.observe_pod(cluster._pods[uid])  # the watch's echo of the bind (by UID: get_pod scans)
+            # The watch's echo of the bind: the bound pod as the API server sends it replaces the cache's
+            # copy, and the engine observes it (kube/watch.py).
+            node, written = cluster.written.pop(uid)
+            echo = watched(uid, pod.name, rv + step, node, {**pod.annotations, **written}, dict(pod.labels))
+            cluster.put_pod(echo)
+            engine.observe_pod(echo)
             uids.append(uid)
             bound += 1
         else:
-            cluster.remove_pod(uid)
+            cluster.drop_pod(pod)
             unschedulable += 1
         if step % every == 0:
             samples.append({"step": step, "rssMiB": round(rss_mib(), 1), "pods": len(uids)})
@@ -218,10 +253,18 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         snap = tracemalloc.take_snapshot()
         out["tracedMiB"] = round(sum(s.size for s in snap.statistics("filename")) / MIB, 1)
         out["topFiles"] = top_files(snap)
-        tracemalloc.stop()
+        out["topLines"] = top_files(snap, 20, lines=True)
+        if not args.churn:
+            tracemalloc.stop()
     console.log(f"synced {out['pods']} pods in {out['syncSeconds']}s: RSS {out['rssMiB']}")
     if args.churn:
         samples = churn(engine, cluster, args.nodes, args.churn, args.every, args.sample, args.seed, console)
+        if args.tracemalloc:  # what the churn left behind, against the synced snapshot
+            gc.collect()
+            end = tracemalloc.take_snapshot()
+            out["churnGrowth"] = top_growth(snap, end)
+            out["churnTracedKiB"] = round(sum(d.size_diff for d in end.compare_to(snap, "filename")) / 1024, 1)
+            tracemalloc.stop()
         first = samples[0]["rssMiB"]
         out["churn"] = {"steps": args.churn, "sample": args.sample, "samples": samples,
                         "driftPct": round(100 * (samples[-1]["rssMiB"] - first) / first, 2),
@@ -261,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(label, f"{out['rssMiB'][key]:.0f}")
     for f in out.get("topFiles", []):
         table.add_row(f"  traced: {f['file']}", f"{f['mib']:.1f}")
+    for f in out.get("topLines", []):
+        table.add_row(f"  traced: {f['file']}", f"{f['mib']:.1f}")
+    for f in out.get("churnGrowth", []):
+        table.add_row(f"  churn grew: {f['file']} (KiB, {f['blocks']:+d} blocks)", f"{f['kib']:+.0f}")
+    if "churnTracedKiB" in out:
+        table.add_row("  churn: traced bytes, last against synced (KiB, all lines)", f"{out['churnTracedKiB']:+.0f}")
     if "levers" in out:
         lv = out["levers"]
         table.add_row(f"CU sets in the ledger ({lv['sets']} objects, {lv['distinct']} distinct): as frozensets",

@@ -19,6 +19,7 @@ from extender.core.bounds import (
 )
 from extender.core.cuset import compact
 from extender.core.errors import AssignmentError
+from extender.core.interning import shared_int, shared_str
 from extender.core.rangelist import format_ranges, parse_ranges
 
 ASSIGNMENT_ANNOTATION = "gpuslice.io/assignment"
@@ -62,7 +63,8 @@ class Assignment:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Kept in every assignment the ledger holds: the pods of one second share one string.
+    return shared_str(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def _int(obj: dict, key: str, where: str, minimum: int = 0, maximum: int = MAX_BYTES) -> int:
@@ -124,7 +126,7 @@ def parse_assignment(text: str, cu_limit: int = MAX_CUS) -> Assignment:
             raise AssignmentError(f"{w}.memoryLimitBytes", limit, "less than memoryBytes")
         gpus.append(GpuAssignment(index=_int(g, "index", w, maximum=MAX_GPU_INDEX), id=sys.intern(gid),
                                   cus=cus, burstCus=burst,
-                                  memoryBytes=_shared_int(mem), memoryLimitBytes=_shared_int(limit)))
+                                  memoryBytes=shared_int(mem), memoryLimitBytes=shared_int(limit)))
     if len({g.index for g in gpus}) != len(gpus):
         raise AssignmentError(f"{where}.gpus", [g.index for g in gpus], "a GPU index repeats")
     policy = data.get("policy", "")
@@ -134,20 +136,6 @@ def parse_assignment(text: str, cu_limit: int = MAX_CUS) -> Assignment:
     # Names, ids and times repeat across the pods of a node (the ledger keeps 100,000s): one string each.
     return Assignment(node=sys.intern(node), gpus=tuple(gpus), workload_class=sys.intern(cls),
                       policy=sys.intern(policy), assignedAt=sys.intern(assigned))
-
-
-_INTS: dict[int, int] = {}
-_INTS_LIMIT = 4096  # distinct memory sizes kept; past it values are simply not shared (never cleared)
-
-
-def _shared_int(value: int) -> int:
-    """One int object per memory size: the ledger keeps two per slice, and sizes repeat across pods."""
-    shared = _INTS.get(value)
-    if shared is None:
-        if len(_INTS) >= _INTS_LIMIT:
-            return value
-        shared = _INTS.setdefault(value, value)
-    return shared
 
 
 class ParsedAnnotations(Mapping[str, str]):
@@ -178,6 +166,12 @@ class ParsedAnnotations(Mapping[str, str]):
                 others = {k: v for k, v in annotations.items() if k != ASSIGNMENT_ANNOTATION}
                 return cls(share(others) if share else others, assignment)
         return share(annotations) if share and isinstance(annotations, dict) else annotations
+
+    def share(self, assignment: Assignment) -> None:
+        """Hold `assignment` instead of the equal one parsed: the ledger's own, recorded by the bind
+        before the watch showed the pod bound, so that the slice is held once, not twice."""
+        if assignment is not self.assignment and assignment == self.assignment:
+            self.assignment = assignment
 
     def __getitem__(self, key: str) -> str:
         if key == ASSIGNMENT_ANNOTATION:

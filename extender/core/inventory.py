@@ -17,6 +17,7 @@ from extender.core.bounds import (
     OutOfBounds,
 )
 from extender.core.errors import InventoryError
+from extender.core.interning import shared_int, shared_str
 from extender.core.policy import Policy
 from extender.core.quantity import parse_bytes, parse_quantity
 
@@ -27,7 +28,7 @@ LABEL_PRODUCT = "amd.com/gpu.product-name"
 RESOURCE_AMD_GPU = "amd.com/gpu"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 40,000 at 5,000 nodes: no __dict__ each
 class GpuInfo:
     index: int
     id: str
@@ -82,6 +83,11 @@ def _gpu_from_dict(obj: object, where: str) -> GpuInfo:
             raise _refuse(f"{where}.{name}", value, f"more than {_MAXIMA.get(name, MAX_BYTES)}")
         if typ is str and len(value) > MAX_NAME_CHARS:  # type: ignore[arg-type]
             raise _refuse(f"{where}.{name}", value, f"longer than {MAX_NAME_CHARS} characters")
+        # Kept for every GPU; models, hives, partitions and sizes repeat across GPUs (ids do not): one object each.
+        if typ is str and name != "id":
+            value = shared_str(value)  # type: ignore[arg-type]
+        elif typ is int:
+            value = shared_int(value)  # type: ignore[arg-type]
         fields[name] = value
     for name in ("computeUnits", "xcds", "shaderEngines", "memoryBytes"):
         if fields[name] <= 0:  # type: ignore[operator]

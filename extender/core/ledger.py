@@ -23,6 +23,7 @@ from extender.core.cuset import CuSet, mask
 from extender.core.errors import LedgerConflict
 from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Demand, Room, Rules, verdict
 from extender.core.gpuindex import GpuIndex
+from extender.core.interning import shared_int
 from extender.core.inventory import GpuInfo
 from extender.core.layout import free_atoms
 from extender.core.policy import region_size
@@ -140,12 +141,13 @@ class GpuState:
         put(self, "guaranteed", CuSet.shared(guaranteed))
         put(self, "bursting", CuSet.shared(bursting))
         put(self, "free_cus", free)
-        put(self, "free_atom_cus", free_atoms(free, self.info.xcds) * max(1, self.info.xcds))
+        # The figures repeat across GPU states (CU counts, sums of a few memory sizes): one int object each.
+        put(self, "free_atom_cus", shared_int(free_atoms(free, self.info.xcds) * max(1, self.info.xcds)))
         put(self, "free_runs", free.run_tuple())  # == layout.runs(free_cus), without a sort; shared
-        put(self, "used_cus", (guaranteed & ~shared).bit_count())
+        put(self, "used_cus", shared_int((guaranteed & ~shared).bit_count()))
         put(self, "burst_cus", CuSet.shared(shared & ~guaranteed))
-        put(self, "memory_used", memory)
-        put(self, "memory_limit_used", limit)
+        put(self, "memory_used", shared_int(memory))
+        put(self, "memory_limit_used", shared_int(limit))
         put(self, "class_counts", _shared_counts(counts))
         put(self, "_shape", None)
 

@@ -15,7 +15,7 @@ from itertools import compress
 
 import numpy as np
 
-from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, assignment_in
+from extender.core.assignment import ASSIGNMENT_ANNOTATION, Assignment, ParsedAnnotations, assignment_in
 from extender.core.bounds import is_refusal, refusal_key
 from extender.core.errors import AssignmentError, InputError, InventoryError, LedgerConflict, SliceRequestError
 from extender.core.fit import Rules
@@ -57,7 +57,6 @@ DEFAULT_SCHEDULER = "default-scheduler"  # what the API server writes when a pod
 # A bind answers inside kube-scheduler's 5 s httpTimeout: at most this long for each of the ledger's two
 # locks, the rest for the API (kube/cluster.py LOOKUP_BUDGET and BIND_BUDGET).
 LOCK_WAIT = 0.5
-GONE_MEMORY = 100_000  # UIDs of deleted pods remembered, so that a late bind commit cannot revive one
 MEMO_LIMIT = 128  # results per node state (filter and place results of recent request shapes)
 
 
@@ -158,7 +157,10 @@ class Engine:
         # listing may predate. Sequence numbers, not times: see listing_started().
         self._seq = 0
         self._committed: dict[str, tuple[int, str]] = {}  # uid -> (sequence, node)
-        self._gone: OrderedDict[str, None] = OrderedDict()  # UIDs of deleted pods (a late commit must not revive them)
+        # UIDs of pods deleted while a bind of them was in flight (guarded by _pending_lock): that bind's
+        # commit must not revive them. Kept only until the bind ends: a bind begun after the delete cannot
+        # commit, its Binding carries the pod's UID as a precondition that the API server then refuses.
+        self._gone: set[str] = set()
         self._quota_locks: dict[str, threading.Lock] = {}  # namespace -> its quota's check-and-reserve lock
         # Test hook: called with the name of each bind step ("reserved", "recorded") to inject crashes.
         self.fault: Callable[[str], None] | None = None
@@ -293,6 +295,8 @@ class Engine:
             self._committed.pop(pod.uid, None)
         entry = self.ledger.entry(pod.uid)
         if entry is not None and not entry.reserved:
+            if isinstance(pod.annotations, ParsedAnnotations):  # the watch's copy of a slice this bind recorded
+                pod.annotations.share(entry.assignment)
             return
         try:
             a = assignment_in(pod.annotations)
@@ -313,9 +317,8 @@ class Engine:
     def forget_pod(self, uid: str) -> None:
         with self._swap.shared():
             with self._pending_lock:
-                self._gone[uid] = None
-                while len(self._gone) > GONE_MEMORY:
-                    self._gone.popitem(last=False)
+                if uid in self._binding:
+                    self._gone.add(uid)
                 self._committed.pop(uid, None)
                 self._drop_pending(uid)
             self.ledger.release(uid)
@@ -683,6 +686,11 @@ class Engine:
         finally:
             with self._pending_lock:
                 self._binding.discard(uid)
+                deleted = uid in self._gone
+                self._gone.discard(uid)
+            if deleted:  # a reservation made after the delete (one left for a lost answer too) is nobody's
+                with self._swap.shared():
+                    self.ledger.release(uid)
 
     def _bind_once(self, namespace: str, name: str, uid: str, node: str) -> None:
         policy = self.policies.current

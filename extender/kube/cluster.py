@@ -58,7 +58,9 @@ class KubeCluster(ClusterStore):
         # tells kube-scheduler so (see nudge.py).
         self.on_failed = on_failed
         self.on_bound: Callable[[PodView], None] | None = None  # the pod as just bound (shadow_claims.py)
-        self._uids: dict[str, str] = {}  # namespace/name -> uid
+        # namespace -> name -> uid, from the views' own strings: a "namespace/name" key per pod was ~70
+        # bytes more each at 100,000 pods (issue 14 point 3).
+        self._uids: dict[str, dict[str, str]] = {}
         self._waiting: set[str] = set()  # uids of live, unbound pods that ask for a slice
         self._claims: dict[str, PodView] = {}  # DRA tenants by claim uid (kube/claims.py)
         # Test hook: called with each bind step ("binding" before a write, "bound" after) to inject crashes.
@@ -72,7 +74,9 @@ class KubeCluster(ClusterStore):
     def replace_pods(self, views: list[PodView]) -> None:
         with self._lock:
             self._store_pods(views)
-            self._uids = {v.key: v.uid for v in views}
+            self._uids = {}
+            for v in views:
+                self._uids.setdefault(v.namespace, {})[v.name] = v.uid
             self._waiting = {v.uid for v in views if self._waits(v)}
 
     def put_node(self, view: NodeView) -> NodeView | None:
@@ -86,7 +90,7 @@ class KubeCluster(ClusterStore):
     def put_pod(self, view: PodView) -> PodView | None:
         with self._lock:
             old = self._store_pod(view)
-            self._uids[view.key] = view.uid
+            self._uids.setdefault(view.namespace, {})[view.name] = view.uid
             if self._waits(view):
                 self._waiting.add(view.uid)
             else:
@@ -95,8 +99,11 @@ class KubeCluster(ClusterStore):
 
     def drop_pod(self, view: PodView) -> PodView | None:
         with self._lock:
-            if self._uids.get(view.key) == view.uid:
-                del self._uids[view.key]
+            names = self._uids.get(view.namespace)
+            if names is not None and names.get(view.name) == view.uid:
+                del names[view.name]
+                if not names:
+                    del self._uids[view.namespace]
             self._waiting.discard(view.uid)
             return self._drop_pod(view.uid)
 
@@ -135,7 +142,7 @@ class KubeCluster(ClusterStore):
 
     # --- Cluster protocol ----------------------------------------------------------------------
     def get_pod(self, namespace: str, name: str) -> PodView | None:
-        uid = self._uids.get(f"{namespace}/{name}")
+        uid = self._uids.get(namespace, {}).get(name)
         view = self._pods.get(uid) if uid else None
         return view if view is not None else self._read(namespace, name, time.monotonic() + LOOKUP_BUDGET)
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -302,7 +302,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def gpu_health_changes(self, node: str, data: st.DataObject) -> None:
         gpus = self.inventories[node]
         i = data.draw(st.integers(0, len(gpus) - 1))
-        gpus[i] = GpuInfo(**{**gpus[i].__dict__, "healthy": not gpus[i].healthy})
+        gpus[i] = replace(gpus[i], healthy=not gpus[i].healthy)
         before = [g.slices for g in self.ledger.node(node).gpus]
         self.ledger.set_node(node, gpus)
         assert [g.slices for g in self.ledger.node(node).gpus] == before

@@ -71,3 +71,17 @@ def test_watched_pods_with_the_same_labels_and_keys_share_one_map_each() -> None
     assert one.annotations.assignment.node == "node-a" and two.annotations.assignment.node == "node-b"
     other = pod_view({**wire("u3", "node-a"), "metadata": {"uid": "u3", "labels": {"app": "other"}}})
     assert other.labels == {"app": "other"} and other.annotations == {}
+
+
+def test_a_bound_pods_watched_view_holds_the_ledgers_assignment_object() -> None:
+    """The bind records its slice before the watch shows the pod bound: the view the watch then caches
+    holds the ledger's object, not an equal second copy (there was a second one per pod bound since the
+    extender started, which grew RSS under churn)."""
+    api, engine, watch, _ = setup()
+    bound_pod(api, engine, watch, "p")
+    cached = engine.cluster.get_pod("default", "p")
+    assert cached is not None and isinstance(cached.annotations, ParsedAnnotations)
+    entry = engine.ledger.entry(cached.uid)
+    assert entry is not None and not entry.reserved
+    assert cached.annotations.assignment is entry.assignment
+    assert cached.annotations[ASSIGNMENT_ANNOTATION] == entry.assignment.to_json()
