@@ -153,6 +153,9 @@ class Fragmentation(_Strict):
     packTieBreak: float = Field(default=0.001, ge=0.0, description="added to a node's rise per free GPU on it, "
                                 "so that of nodes the mix rates alike the fullest is chosen (0: kube-scheduler's "
                                 "scoring breaks the tie)")
+    horizon: int = Field(default=1, ge=1, le=1000, description="arriving pods a GPU's free remainder may wait for one "
+                         "that fits it: the remainder counts as fragmentation by the chance that none of that many "
+                         "pods of the mix can use it (1: FGD, the next pod alone)")
     weighting: Literal["pods", "gpus"] = Field(
         default="pods", description="weigh each kind by how many pods arrive (FGD) or by the GPUs they ask")
     prioritize: Literal["fragmentation", "packing"] = Field(

@@ -22,6 +22,7 @@ from extender.engine.fragmentation import (
     best_placements,
     deltas,
     host_delta,
+    joint_delta,
     kept_kinds,
     narrow,
     rows_from_columns,
@@ -35,10 +36,11 @@ GIB = 2**30
 
 
 def table(need: list[int], weight: list[float], cpu: list[int] | None = None, count: list[int] | None = None,
-          cpu_per_gpu: float = 0.0) -> MixTable:
+          cpu_per_gpu: float = 0.0, horizon: int = 1) -> MixTable:
     k = len(need)
     return MixTable(1, np.array([need]), np.zeros(k, np.int64), np.array(count or [1] * k),
-                    np.array(cpu or [0] * k), np.zeros(k, np.int64), np.array(weight), cpu_per_gpu)
+                    np.array(cpu or [0] * k), np.zeros(k, np.int64), np.array(weight), cpu_per_gpu,
+                    horizon=horizon)
 
 
 def rows(free: list[list[int]], cpu: list[int] | None = None, total: int = 100) -> Rows:
@@ -60,6 +62,45 @@ def test_fgd_measure_on_a_hand_worked_node() -> None:
     assert d[0].tolist() == pytest.approx([0.25, -0.25])
     rise, chosen = best_placements(t, r, need, whole, ok, 1, 0, 0, 0)
     assert rise.tolist() == pytest.approx([-0.25, 0.25]) and chosen[0].tolist() == [False, True]
+
+
+def test_a_horizon_keeps_a_remainder_common_pods_fit_for_them() -> None:
+    # kinds: half a GPU (w .45), 0.3 of a GPU (w .1), a whole GPU (w .45). The node holds one half-GPU pod
+    # (GPU 0 half free) and an empty GPU 1; a 0.3 pod arrives.
+    need, weight = [50, 30, 100], [0.45, 0.1, 0.45]
+    r = rows([[50, 100]])
+    args = (np.full((1, 2), 30), np.zeros((1, 2), np.bool_), np.ones((1, 2), np.bool_), 0, 0, 0)
+    # FGD (horizon 1): on GPU 0 it leaves 0.2 no kind fits (F .225 -> .2); on GPU 1 the whole kind loses
+    # its GPU (F .225 -> .54). FGD fills GPU 0 and strands 0.2 of it for good.
+    assert deltas(table(need, weight), r, *args)[0].tolist() == pytest.approx([-0.025, 0.315])
+    # horizon 10: GPU 0's half is lost only if none of 10 pods is a half or a 0.3 (.45^10), GPU 1's 0.7 left
+    # the same; the 0.2 nothing fits is lost whatever comes. The pod takes the empty GPU.
+    miss = 0.45**10
+    before = 0.225 + 0.5 * (miss - 0.45)
+    d = deltas(table(need, weight, horizon=10), r, *args)[0]
+    assert d.tolist() == pytest.approx([0.2 - before, 0.54 + 0.5 * (miss - 0.45) + 0.7 * (miss - 0.45) - before])
+    rise, chosen = best_placements(table(need, weight, horizon=10), r, *args[:3], 1, 0, 0, 0)
+    assert chosen[0].tolist() == [False, True] and rise[0] == pytest.approx(d[1])
+
+
+@given(st.lists(st.integers(0, 100), min_size=4, max_size=4), st.integers(1, 60), st.integers(0, 4),
+       st.integers(1, 20))
+@settings(max_examples=60, deadline=None)
+def test_one_gpu_rise_is_the_same_by_either_path(free: list[int], need: int, cpu: int, horizon: int) -> None:
+    # deltas (one GPU at a time) and joint_delta (the GPUs taken together) are one measure, horizon and
+    # host included: bind takes the GPUs whose rise filter and prioritize scored
+    t = table([100, 40, 25, 10], [0.4, 0.3, 0.2, 0.1], cpu=[2, 1, 3, 0], count=[1, 2, 1, 1], horizon=horizon)
+    r = rows([free[:2], free[2:]], cpu=[3, 6])
+    n = np.full((2, 2), need)
+    ok = r.free >= need
+    d = deltas(t, r, n, np.zeros((2, 2), np.bool_), ok, 0, cpu, 0)
+    for j in range(2):
+        chosen = np.zeros((2, 2), np.bool_)
+        chosen[:, j] = True
+        joint = joint_delta(t, r, chosen, n, np.zeros((2, 2), np.bool_), 0, cpu, 0)
+        for i in range(2):
+            if ok[i, j]:
+                assert joint[i] == pytest.approx(d[i, j])
 
 
 def test_a_gpu_that_does_not_fit_is_never_chosen() -> None:
