@@ -22,6 +22,7 @@ from extender.engine.fragmentation import (
     best_placements,
     deltas,
     host_delta,
+    joint_delta,
     kept_kinds,
     narrow,
     rows_from_columns,
@@ -60,6 +61,25 @@ def test_fgd_measure_on_a_hand_worked_node() -> None:
     assert d[0].tolist() == pytest.approx([0.25, -0.25])
     rise, chosen = best_placements(t, r, need, whole, ok, 1, 0, 0, 0)
     assert rise.tolist() == pytest.approx([-0.25, 0.25]) and chosen[0].tolist() == [False, True]
+
+
+@given(st.lists(st.integers(0, 100), min_size=4, max_size=4), st.integers(1, 60), st.integers(0, 4))
+@settings(max_examples=60, deadline=None)
+def test_one_gpu_rise_is_the_same_by_either_path(free: list[int], need: int, cpu: int) -> None:
+    # deltas (one GPU at a time) and joint_delta (the GPUs taken together) are one measure, host included:
+    # bind takes the GPUs whose rise filter and prioritize scored
+    t = table([100, 40, 25, 10], [0.4, 0.3, 0.2, 0.1], cpu=[2, 1, 3, 0], count=[1, 2, 1, 1])
+    r = rows([free[:2], free[2:]], cpu=[3, 6])
+    n = np.full((2, 2), need)
+    ok = r.free >= need
+    d = deltas(t, r, n, np.zeros((2, 2), np.bool_), ok, 0, cpu, 0)
+    for j in range(2):
+        chosen = np.zeros((2, 2), np.bool_)
+        chosen[:, j] = True
+        joint = joint_delta(t, r, chosen, n, np.zeros((2, 2), np.bool_), 0, cpu, 0)
+        for i in range(2):
+            if ok[i, j]:
+                assert joint[i] == pytest.approx(d[i, j])
 
 
 def test_a_gpu_that_does_not_fit_is_never_chosen() -> None:
