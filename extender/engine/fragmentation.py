@@ -325,13 +325,15 @@ def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarra
     if table.empty:
         return np.zeros(chosen.shape[0])
     basis = node_basis(table, rows) if basis is None else basis
-    k_need = table.need[np.maximum(rows.model, 0)]
     free2 = np.where(chosen, np.where(whole, 0, rows.free - need), rows.free)
     empty2 = rows.empty & ~chosen
-    mem2 = np.where(chosen, rows.mem_free - gpu_memory, rows.mem_free)
     cpu_left = None if rows.cpu_free is None else rows.cpu_free - cpu
     host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else rows.host_mem_free - memory)
-    fits2 = _fits(table, rows.valid, rows.total, k_need, free2, empty2, mem2)
+    # the GPUs not chosen fit what they fit before (basis.fits): worked out again only for the chosen ones
+    n, j = np.nonzero(chosen)
+    fits2 = basis.fits.copy()
+    fits2[n, j] = _fits(table, rows.valid[n, j], rows.total[n, j], table.need[np.maximum(rows.model[n, j], 0)],
+                        free2[n, j], False, rows.mem_free[n, j] - gpu_memory)
     after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left)
     return after - basis.before
 

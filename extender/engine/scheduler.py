@@ -407,6 +407,7 @@ class Engine:
         # Columns need GPU rows (none before the first sync or in a cluster without GPU nodes).
         columns = nodes is None and self.checker is check and self.ledger.gpu_index.used > 0
         late = False  # some node passed out of request order
+        room = None  # host room of the nodes passed by the columns, from that of every candidate
         if columns:
             # Columns answer for every node; only the nodes they cannot pass go the per-node way below.
             ledger = self.ledger
@@ -422,6 +423,10 @@ class Engine:
             fast_fail = ~fits & ~slow_mask
             fast_pass = fits & ~slow_mask
             passed.extend(compress(names, fast_pass.tolist()))
+            if policy.scoring.fragmentation.enabled and isinstance(self.cluster, HostRoom):
+                # asked about the same list for every pod (cluster.host_free remembers it), unlike the nodes passed
+                cpu_all, mem_all = self.cluster.host_free(names)
+                room = (cpu_all[fast_pass], mem_all[fast_pass])
             # Failing nodes are worded from their rows: per distinct message, not per node, and no
             # per-node memo (reading thousands of memos cost more than wording from the rows).
             failing = list(compress(names, fast_fail.tolist()))
@@ -468,7 +473,9 @@ class Engine:
         if dra and passed:
             self._allocator_guard(req, policy, candidates, result, rejected)
         if policy.scoring.fragmentation.enabled and result.passed:  # rises() keys on fit_key, as prioritize does
-            self._narrow(pod, req, policy, result, key.removeprefix("check|"), narrow_candidates)
+            same = room is not None and not dra and len(passed) == len(room[0])  # passed: the columns' nodes only
+            self._narrow(pod, req, policy, result, key.removeprefix("check|"), narrow_candidates,
+                         room if same else None)
         elif policy.scoring.candidates.enabled and narrow_candidates and len(result.passed) > 1:
             self._narrow_by_score(pod, req, policy, result)
         self.stats.merge(self.stats.filter_rejections, rejected)
@@ -495,10 +502,11 @@ class Engine:
             self.fragmentation.observe(pod.uid, req, pod.cpu_millis, pod.memory_bytes)
 
     def _narrow(self, pod: PodView, req: SliceRequest | None, policy: Policy, result: FilterResult, key: str,
-                narrow_candidates: bool) -> None:
-        """Record each passing node's rise; with `scoring.candidates`, fail the nodes that are not candidates."""
+                narrow_candidates: bool, host: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Record each passing node's rise; with `scoring.candidates`, fail the nodes that are not candidates.
+        `host`: the passing nodes' host room, if known."""
         names = result.passed
-        rises = self.rises(pod, req, policy, names, key)
+        rises = self.rises(pod, req, policy, names, key, host=host)
         known = ~np.isnan(rises)
         result.rises = dict(zip(compress(names, known.tolist()), rises[known].tolist(), strict=True))
         cand = policy.scoring.candidates
@@ -545,7 +553,7 @@ class Engine:
         return (pod.uid, fit_key(req, policy), self.ledger.gpu_index.writes)
 
     def rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str,
-              reuse: bool = False) -> np.ndarray:
+              reuse: bool = False, host: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Per node: how much its best placement raises the expected fragmentation (+inf: no fit, NaN:
         not in the GPU index). A pod without GPUs raises it only by the host CPU and memory it takes."""
         # prioritize (`reuse`) asks right after filter about the nodes that passed: filter's answers are
@@ -556,12 +564,14 @@ class Engine:
             known = last[1]
             if all(n in known for n in names):
                 return np.array([known[n] for n in names], np.float64)
-        out = self._rises(pod, req, policy, names, key)
+        out = self._rises(pod, req, policy, names, key, host)
         self._last_rises = (memo_key, dict(zip(names, out.tolist(), strict=True)))
         return out
 
-    def _rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str) -> np.ndarray:
-        host = self.cluster.host_free(names) if isinstance(self.cluster, HostRoom) else None
+    def _rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str,
+               host: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        if host is None and isinstance(self.cluster, HostRoom):
+            host = self.cluster.host_free(names)
         if req is None:
             cols = self._columns(PASS_THROUGH, policy, "host")
             return self.fragmentation.host_rises(policy, cols, cols.slots(names).slots, host, pod.cpu_millis,

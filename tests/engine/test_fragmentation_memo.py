@@ -21,6 +21,8 @@ from extender.engine.fragmentation import (
     best_placements,
     deltas,
     host_delta,
+    joint_delta,
+    node_basis,
     rows_from_columns,
 )
 from extender.engine.placement import fit_key
@@ -203,3 +205,32 @@ def test_equal_gpus_worked_out_once_rise_as_each_worked_out(gpus: tuple, kinds: 
     with patch.object(fragmentation, "_first_equal", _each_gpu):
         each = deltas(table, rows, need, whole, ok, gib * GIB, 1000, GIB)
     assert once.tobytes() == each.tobytes()
+
+
+@settings(max_examples=80, deadline=None)
+@given(gpu_rows, st.lists(st.tuples(st.sampled_from([38, 76, 152, 304]), st.sampled_from([4, 40, 120]),
+                                    st.sampled_from([1, 2])), min_size=1, max_size=5),
+       st.sampled_from([38, 76, 304]), st.sampled_from([4, 40]), st.data())
+def test_joint_rise_is_f_after_less_f_before(gpus: tuple, kinds: list[tuple[int, int, int]], need_cus: int,
+                                             gib: int, data: st.DataObject) -> None:
+    """joint_delta works out again only the chosen GPUs' fits: its rise is F of the node as it is after the
+    slice (node_basis of the rows after) less F before, bit for bit."""
+    free, mem, healthy, shared = (np.array(x) for x in gpus)
+    total = np.full(free.shape, 304)
+    rows = Rows(healthy, np.zeros(free.shape, np.int64), total, free, total - shared, free == 304, mem * GIB,
+                np.full(free.shape[0], 8000), np.full(free.shape[0], 64 * GIB))
+    k = len(kinds)
+    table = MixTable(1, np.array([[c for c, _, _ in kinds]]), np.array([g * GIB for _, g, _ in kinds]),
+                     np.array([n for _, _, n in kinds]), np.full(k, 1000), np.zeros(k, np.int64),
+                     np.full(k, 1 / k), 500.0)
+    need = np.full(free.shape, need_cus)
+    whole = need >= total
+    chosen = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=free.shape[0],
+                                         max_size=free.shape[0])))
+    got = joint_delta(table, rows, chosen, need, whole, gib * GIB, 1000, GIB)
+    free2 = np.where(chosen, np.where(whole, 0, free - need), free)
+    after = Rows(healthy, rows.model, total, free2, rows.usable, rows.empty & ~chosen,
+                 np.where(chosen, rows.mem_free - gib * GIB, rows.mem_free), rows.cpu_free - 1000,
+                 rows.host_mem_free - GIB)
+    want = node_basis(table, after).before - node_basis(table, rows).before
+    assert got.tobytes() == want.tobytes()

@@ -11,13 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.core.quantity import parse_bytes, parse_millis
-from extender.engine.cluster import ClusterStore, MemoryCluster, NodeView, PodView
+from extender.engine.cluster import REMEMBER_ASKED, ClusterStore, MemoryCluster, NodeView, PodView
 from extender.kube.cluster import KubeCluster
 from tests.kube.fake_api import FakeApi
 
 NODES = ("n0", "n1", "n2")
 ASKED = [*NODES, "unknown"]  # a name no view has: no room, less what pods bound there ask
 UNLIMITED = 2**62
+# As long as filter's lists (REMEMBER_ASKED or more: remembered, then brought up to date name by name), with
+# names repeated; asked about between steps, with a second list now and then (the remembered one is replaced).
+LONG = ASKED * (REMEMBER_ASKED // len(ASKED) + 1)
+OTHER = LONG[::-1]
 
 
 def scanned(store: ClusterStore, names: list[str]) -> tuple[list[int], list[int]]:
@@ -59,10 +63,14 @@ ops = st.lists(st.one_of(st.tuples(st.just("node"), nodes), st.tuples(st.just("d
                          st.tuples(st.just("relist-nodes"), st.lists(nodes, max_size=3))), max_size=25)
 
 
-def _same(store: ClusterStore) -> None:
-    cpu, mem = store.host_free(ASKED)
-    assert (cpu.tolist(), mem.tolist()) == scanned(store, ASKED)
-    assert cpu.dtype == mem.dtype == np.int64
+def _same(store: ClusterStore, op: str = "") -> None:
+    for names in (ASKED, LONG, *([OTHER] if op.startswith("relist") else [])):
+        cpu, mem = store.host_free(names)
+        assert (cpu.tolist(), mem.tolist()) == scanned(store, names)
+        assert cpu.dtype == mem.dtype == np.int64
+    cpu[:] = -1  # the caller's copy: what is remembered does not change with it
+    assert store.host_free(OTHER if op.startswith("relist") else LONG)[0].tolist() == \
+        scanned(store, OTHER if op.startswith("relist") else LONG)[0]
 
 
 @settings(max_examples=150, deadline=None)
@@ -89,7 +97,7 @@ def test_memory_cluster_host_room_matches_its_views(steps: list[tuple]) -> None:
         else:
             for node in args[0]:
                 cluster.add_node(node)
-        _same(cluster)
+        _same(cluster, op)
 
 
 @settings(max_examples=150, deadline=None)
@@ -111,4 +119,4 @@ def test_watch_cache_host_room_matches_its_views(steps: list[tuple]) -> None:
             cluster.replace_pods(args[0])
         else:
             cluster.replace_nodes(args[0])
-        _same(cluster)
+        _same(cluster, op)
