@@ -500,7 +500,6 @@ class Fragmentation:
     def __init__(self, policy: Policy) -> None:
         frag = policy.scoring.fragmentation
         self.mix = WorkloadMix(frag.window, frag.maxKinds, frag.weighting, frag.hostCpu)
-        self.tie = frag.packTieBreak
         self._memo: _Remembered | None = None
         self._memo_lock = threading.Lock()
 
@@ -523,7 +522,7 @@ class Fragmentation:
             return out
         stamps = cols.table.stamps[idx]  # before the rows: a write after this leaves the stamps behind
         if not cols.quiet():  # the columns' need and fit may be older than these stamps: nothing is kept
-            out[have] = self._worked_out(req, table, cols, idx, room, cpu, memory, None)
+            out[have] = self._worked_out(req, policy, table, cols, idx, room, cpu, memory, None)
             return out
         with self._memo_lock:  # the HTTP server's threads share the memo
             memo = self._memo_for(cols, table, policy)
@@ -534,7 +533,7 @@ class Fragmentation:
                 s = idx[stale]
                 assert memo.basis is not None
                 sub = None if room is None else (room[0][stale], room[1][stale])
-                rise[s] = self._worked_out(req, table, cols, s, sub, cpu, memory, memo.basis.take(s))
+                rise[s] = self._worked_out(req, policy, table, cols, s, sub, cpu, memory, memo.basis.take(s))
                 known[s] = version[stale]
             out[have] = rise[idx]
         return out
@@ -558,7 +557,7 @@ class Fragmentation:
             self._memo = _Remembered(cols.index, key, len(cols.table.stamps))
         return self._memo
 
-    def _worked_out(self, req: SliceRequest, table: MixTable, cols: Columns, slots: np.ndarray,
+    def _worked_out(self, req: SliceRequest, policy: Policy, table: MixTable, cols: Columns, slots: np.ndarray,
                     host: tuple[np.ndarray, np.ndarray] | None, cpu: int, memory: int,
                     basis: Basis | None) -> np.ndarray:
         """The rises of these slots' nodes, from their rows (and `basis`, node_basis of the same rows, if known)."""
@@ -566,7 +565,9 @@ class Fragmentation:
         if basis is None and not table.empty:
             basis = node_basis(table, rows)
         value, _ = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, cpu, memory, basis)
-        return value + self.tie * (_free_gpus(rows) if basis is None else basis.total)
+        # the policy in force, not the one the engine started with: a reload changes it
+        tie = policy.scoring.fragmentation.packTieBreak
+        return value + tie * (_free_gpus(rows) if basis is None else basis.total)
 
     @staticmethod
     def packing(req: SliceRequest, cols: Columns, slots: np.ndarray) -> np.ndarray:
@@ -597,7 +598,8 @@ class Fragmentation:
         some[have] = ((c["valid"][slots[have]] != 0) & (c["free"][slots[have]] > 0)).any(axis=1)
         if some.any():
             rows, basis = self._bases(table, policy, cols, slots[some], (host[0][some], host[1][some]))
-            out[some] = host_delta(table, rows, cpu, memory, basis) + self.tie * basis.total
+            out[some] = (host_delta(table, rows, cpu, memory, basis)
+                         + policy.scoring.fragmentation.packTieBreak * basis.total)
         return out
 
     def choose(self, req: SliceRequest, state: NodeState, policy: Policy, keys: list[tuple[str, int, int]],

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -267,3 +268,22 @@ def test_prioritize_reuses_the_rises_filter_worked_out(monkeypatch: pytest.Monke
     passed = engine.filter(pod, names=["n0", "n1", "n2"]).passed
     scores = engine.prioritize(pod, names=passed)
     assert len(calls) == 1 and sorted(n for n, _ in scores) == sorted(passed)
+
+
+def test_a_reloaded_pack_tie_break_applies_to_the_next_answer() -> None:
+    # packTieBreak adds its value per free GPU to every node's rise; a policy reload that changes it must
+    # change the next filter's rises (the remembered rises are keyed by the policy's version)
+    doc = {"rounding": {"mode": "exact", "minComputeUnits": 1}, "burst": {"sharedFraction": 0.0},
+           "classes": {"maxMemoryBoundPerGpu": None},
+           "scoring": {"fragmentation": {"enabled": True, "packTieBreak": 0.0}}}
+    engine = _engine(parse_policy(doc, "test"))
+    for i in range(40):
+        engine.observe_request(_pod(f"seen{i}", 500), _req(500), engine.policies.current)
+    pod = _pod("a", 500)
+    before = engine.filter(pod, names=["n0", "n1"], narrow_candidates=False).rises
+    doc["scoring"]["fragmentation"]["packTieBreak"] = 0.25  # type: ignore[index]
+    assert engine.policies.update_text(yaml.safe_dump(doc))
+    after = engine.filter(pod, names=["n0", "n1"], narrow_candidates=False).rises
+    assert after.keys() == before.keys() == {"n0", "n1"}
+    for name in after:  # both nodes hold 2 free GPUs
+        assert after[name] == pytest.approx(before[name] + 0.25 * 2)

@@ -67,7 +67,7 @@ def afresh(engine: Engine, pod: PodView, req: SliceRequest, names: list[str]) ->
         return out
     value, _ = best_placements(table, rows, need, whole, ok, req.count, req.memory_bytes, pod.cpu_millis,
                                pod.memory_bytes)
-    out[have] = value + engine.fragmentation.tie * _free_gpus(rows)
+    out[have] = value + policy.scoring.fragmentation.packTieBreak * _free_gpus(rows)
     return out
 
 
@@ -82,7 +82,7 @@ def afresh_host(engine: Engine, pod: PodView, names: list[str]) -> np.ndarray:
     table = engine.fragmentation.mix.table(policy, list(cols.keys))
     if some.any():
         rows, _, _, _ = rows_from_columns(cols, slots[some], (cpu[some], mem[some]))
-        tie = engine.fragmentation.tie * _free_gpus(rows)
+        tie = policy.scoring.fragmentation.packTieBreak * _free_gpus(rows)
         out[some] = host_delta(table, rows, pod.cpu_millis, pod.memory_bytes) + tie
     return out
 
@@ -157,7 +157,7 @@ def test_a_node_keeps_its_rise_until_its_row_changes() -> None:
     work = frag._worked_out
 
     def counted(*args: object) -> np.ndarray:
-        worked.append(len(args[3]))  # type: ignore[arg-type]
+        worked.append(len(args[4]))  # type: ignore[arg-type]
         return work(*args)  # type: ignore[arg-type]
 
     frag._worked_out = counted  # type: ignore[method-assign]
