@@ -53,7 +53,12 @@ def candidate_mask(values: np.ndarray, names: Sequence[str], tolerance: float, m
                    max_nodes: int | None, pod_uid: str) -> np.ndarray:
     """Per node of `names`: is it a candidate, i.e. in `at_most(values, narrow(values, tolerance,
     min_nodes), max_nodes, pod_uid)` — in numpy but for the names of the nodes tied at the cap."""
-    keep = within_tolerance(values, tolerance, min_nodes)
+    return at_most_mask(values, within_tolerance(values, tolerance, min_nodes), names, max_nodes, pod_uid)
+
+
+def at_most_mask(values: np.ndarray, keep: np.ndarray, names: Sequence[str], max_nodes: int | None,
+                 pod_uid: str) -> np.ndarray:
+    """`at_most` on masks: of the nodes `keep` marks, the `max_nodes` with the lowest `values`."""
     if max_nodes is None or int(keep.sum()) <= max_nodes:
         return keep
     kept = np.flatnonzero(keep)

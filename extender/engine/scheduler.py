@@ -31,7 +31,7 @@ from extender.core.inventory import (
 from extender.core.ledger import GpuState, Ledger, NodeState, PodRef, burst_region, rebuild
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest, parse_slice_request
-from extender.engine.candidates import candidate_mask
+from extender.engine.candidates import at_most_mask, candidate_mask
 from extender.engine.cluster import BindError, Cluster, HostRoom, NodeView, PodView
 from extender.engine.dra_requests import ClaimNotSeen, ClaimSpecs, allocator_may_break_rules, dra_slice_request
 from extender.engine.fragmentation import Fragmentation, rise_scores
@@ -513,7 +513,7 @@ class Engine:
         if not (cand.enabled and narrow_candidates):
             return
         within = within_tolerance(rises, cand.tolerance, cand.minNodes)
-        drop = known & ~candidate_mask(rises, names, cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid)
+        drop = known & ~at_most_mask(rises, within, names, cand.maxNodes, pod.uid)
         if not drop.any():
             return
         best = float(rises[known].min())
@@ -536,7 +536,7 @@ class Engine:
         cand = policy.scoring.candidates
         names = result.passed
         if self.scorer is rank and self.ledger.gpu_index.used > 0:  # the scores before rounding
-            scores = self._column_score_array(pod, req, policy, names, fit_key(req, policy))
+            scores = self._column_scores(pod, req, policy, names, fit_key(req, policy))
         else:
             scores = np.array([v for _, v in self.prioritize(pod, names=names)], np.float64)
         keep = candidate_mask(10.0 - scores, names, 10 * cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid)
@@ -623,16 +623,13 @@ class Engine:
     def _prioritize_columns(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
                             key: str) -> list[tuple[str, int]]:
         """prioritize from the GPU index: `rank`'s score for every node at once."""
-        return [(n, round(v)) for n, v in self._column_scores(pod, req, policy, names, key)]
+        scores = self._column_scores(pod, req, policy, names, key).tolist()
+        return [(n, round(v)) for n, v in zip(names, scores, strict=True)]
 
     def _column_scores(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
-                       key: str) -> list[tuple[str, float]]:
-        """`rank`'s score of every node from the GPU index, 0..10 before prioritize rounds it."""
-        return list(zip(names, self._column_score_array(pod, req, policy, names, key).tolist(), strict=True))
-
-    def _column_score_array(self, pod: PodView, req: SliceRequest, policy: Policy, names: list[str],
-                            key: str) -> np.ndarray:
-        """`_column_scores` as an array in the order of `names`."""
+                       key: str) -> np.ndarray:
+        """`rank`'s score of every node from the GPU index, 0..10 before prioritize rounds it, in the order
+        of `names`."""
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
         slots = cols.slots(names).slots
