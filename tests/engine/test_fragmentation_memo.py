@@ -183,13 +183,10 @@ gpu_rows = st.integers(1, 5).flatmap(lambda n: st.tuples(*(st.lists(st.lists(val
                                                                          st.sampled_from([38, 76, 304])))))
 
 
-@settings(max_examples=80, deadline=None)
-@given(gpu_rows, st.lists(st.tuples(st.sampled_from([38, 76, 152, 304]), st.sampled_from([4, 40, 120]),
-                                    st.sampled_from([1, 2])), min_size=1, max_size=5),
-       st.sampled_from([38, 76, 304]), st.sampled_from([4, 40]))
-def test_equal_gpus_worked_out_once_rise_as_each_worked_out(gpus: tuple, kinds: list[tuple[int, int, int]],
-                                                             need_cus: int, gib: int) -> None:
-    """deltas works out one GPU of each group of equal GPUs of a node: the rises are those of every GPU."""
+def _rows_and_mix(gpus: tuple, kinds: list[tuple[int, int, int]], need_cus: int
+                  ) -> tuple[Rows, MixTable, np.ndarray, np.ndarray]:
+    """MI300X rows from drawn (free CUs, free GiB, healthy, shared CUs) per GPU, a mix of equally weighted
+    (CUs, GiB, GPUs) kinds, and the request's per-GPU need and whole-GPU take."""
     free, mem, healthy, shared = (np.array(x) for x in gpus)
     total = np.full(free.shape, 304)
     rows = Rows(healthy, np.zeros(free.shape, np.int64), total, free, total - shared, free == 304, mem * GIB,
@@ -199,8 +196,19 @@ def test_equal_gpus_worked_out_once_rise_as_each_worked_out(gpus: tuple, kinds: 
                      np.array([n for _, _, n in kinds]), np.full(k, 1000), np.zeros(k, np.int64),
                      np.full(k, 1 / k), 500.0)
     need = np.full(free.shape, need_cus)
-    whole = need >= total
-    ok = healthy & np.where(whole, free == 304, free >= need) & (mem * GIB >= gib * GIB)
+    return rows, table, need, need >= total
+
+
+@settings(max_examples=80, deadline=None)
+@given(gpu_rows, st.lists(st.tuples(st.sampled_from([38, 76, 152, 304]), st.sampled_from([4, 40, 120]),
+                                    st.sampled_from([1, 2])), min_size=1, max_size=5),
+       st.sampled_from([38, 76, 304]), st.sampled_from([4, 40]))
+def test_equal_gpus_worked_out_once_rise_as_each_worked_out(gpus: tuple, kinds: list[tuple[int, int, int]],
+                                                             need_cus: int, gib: int) -> None:
+    """deltas works out one GPU of each group of equal GPUs of a node: the rises are those of every GPU."""
+    rows, table, need, whole = _rows_and_mix(gpus, kinds, need_cus)
+    free = rows.free
+    ok = rows.valid & np.where(whole, free == 304, free >= need) & (rows.mem_free >= gib * GIB)
     once = deltas(table, rows, need, whole, ok, gib * GIB, 1000, GIB)
     with patch.object(fragmentation, "_first_equal", _each_gpu):
         each = deltas(table, rows, need, whole, ok, gib * GIB, 1000, GIB)
@@ -215,16 +223,8 @@ def test_joint_rise_is_f_after_less_f_before(gpus: tuple, kinds: list[tuple[int,
                                              gib: int, data: st.DataObject) -> None:
     """joint_delta works out again only the chosen GPUs' fits: its rise is F of the node as it is after the
     slice (node_basis of the rows after) less F before, bit for bit."""
-    free, mem, healthy, shared = (np.array(x) for x in gpus)
-    total = np.full(free.shape, 304)
-    rows = Rows(healthy, np.zeros(free.shape, np.int64), total, free, total - shared, free == 304, mem * GIB,
-                np.full(free.shape[0], 8000), np.full(free.shape[0], 64 * GIB))
-    k = len(kinds)
-    table = MixTable(1, np.array([[c for c, _, _ in kinds]]), np.array([g * GIB for _, g, _ in kinds]),
-                     np.array([n for _, _, n in kinds]), np.full(k, 1000), np.zeros(k, np.int64),
-                     np.full(k, 1 / k), 500.0)
-    need = np.full(free.shape, need_cus)
-    whole = need >= total
+    rows, table, need, whole = _rows_and_mix(gpus, kinds, need_cus)
+    free, healthy, total = rows.free, rows.valid, rows.total
     chosen = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=free.shape[0],
                                          max_size=free.shape[0])))
     got = joint_delta(table, rows, chosen, need, whole, gib * GIB, 1000, GIB)
