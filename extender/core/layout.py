@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 from extender.core.atoms import xcd_counts
 from extender.core.cuset import CuSet, compact
 
@@ -107,11 +109,12 @@ def choose_burst(region: frozenset[int], extra: int, xcds: int) -> frozenset[int
     return compact(frozenset(chosen))
 
 
-def is_full(left: int, min_slice: int) -> bool:
+def is_full(left: int | np.ndarray, min_slice: int | np.ndarray) -> bool | np.ndarray:
     """A GPU left with fewer free CUs than the smallest slice takes no further guarantee: it is full.
     Under binpack, filling a GPU so is packing, not fragmentation — its few CUs are no use to any slice
     whichever GPU the newcomer takes, and the other stays empty — so neither the greedy score
-    (engine/placement) nor the bind's CP-SAT objective (core/solver) counts it as stranded there."""
+    (engine/placement) nor the bind's CP-SAT objective (core/solver) counts it as stranded there. Ints,
+    or numpy arrays elementwise (the vectorised score, engine/vectorised)."""
     return left < min_slice
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from extender.core.fit import COMPUTE_BOUND, MEMORY_BOUND, Verdict
 from extender.core.gpuindex import FIELDS, RUN_LENGTHS, RUNS, GpuIndex, Slots, Table
+from extender.core.layout import is_full
 from extender.core.policy import Policy
 from extender.core.requests import SliceRequest
 from extender.engine.placement import (
@@ -239,7 +240,7 @@ class Columns:
         stranded = (np.where((lengths > 0) & (lengths < min_slice), lengths, 0).sum(axis=0)
                     - stranded_part(best) + stranded_part(left))
         total = free - need  # the runs hold every free CU when there are no more than RUNS of them
-        frag = np.where(whole | (total <= 0) | (binpack & (total < min_slice)), 0.0,
+        frag = np.where(whole | (total <= 0) | (binpack & is_full(total, min_slice)), 0.0,
                         stranded / np.where(total > 0, total, 1))
         exact = ~whole & ((nruns > RUNS) | ~holds)
         return frag, exact
