@@ -109,6 +109,23 @@ def rightsize_timeline(policy: Policy, svc: Service) -> Timeline:
     return tl
 
 
+def reactive_timeline(policy: Policy, svc: Service) -> Timeline:
+    """The rule with no anti-flapping at all: each minute, the fleet `plan_fleet` gives (keeping the slice
+    it has when that is no more GPU share) for the previous minute's demand x (1 + headroom) — no window,
+    no hysteresis, no minimum interval, no maximum step. No reactive controller on this rule follows closer;
+    what it costs placed, with the day's rollouts, says what following closer would buy."""
+    rs = policy.rightsizing
+    tl, prev = Timeline(), None
+    for m in range(DAY):
+        replicas, cus = plan_fleet(svc.ladder, svc.demand[DAY + m - 1] * (1 + rs.headroom), rs.minReplicas,
+                                   rs.maxReplicas, keep=None if prev is None else prev.cus)
+        fleet = Fleet(replicas, cus, svc.memory)
+        if fleet != prev:
+            tl.steps.append((m, fleet, float(svc.ladder.target_text(cus))))
+            prev = fleet
+    return tl
+
+
 PLACE, READY, REMOVE = 0, 1, 2  # at one minute: new pods are placed, then serve, then old ones go
 
 
@@ -400,6 +417,14 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
     split = breakdown(policy, svcs, plans, runs, float(alone["gpuHours"]),  # type: ignore[arg-type]
                       lambda f: packed_fresh(scenario, policy, spec, svcs, f, host_score, extender_weight, seed, memo))
     split["rightsize"].update(floors(scenario, policy, spec, svcs, host_score, extender_weight, seed))
+    reactive = {s.name: reactive_timeline(policy, s) for s in svcs}
+    bare = replay_day(scenario, policy, spec, svcs, reactive, rollout, host_score, extender_weight, seed)
+    split["rightsize"].update({
+        "reactivePlaced": float(bare["gpuHours"]),  # type: ignore[arg-type]
+        "reactivePacked": packed_fresh(scenario, policy, spec, svcs, _running(reactive), host_score,
+                                       extender_weight, seed, memo),
+        "reactiveSlaMinutesMissed": float(bare["slaMinutesMissed"]),  # type: ignore[arg-type]
+        "reactiveChanges": float(bare["changes"])})  # type: ignore[arg-type]
     base = runs["static-peak"]
     for r in runs.values():
         for key, out in (("gpuHours", "savingsVsStaticPeakPct"), ("sliceGpuHours", "sliceSavingsVsStaticPeakPct")):

@@ -34,12 +34,16 @@ SPLIT = (("followed services' GPU share: demand followed each minute", "demandFo
          ("floor: fewest GPUs carrying the demand, all repacked", "floorDemand"),
          ("  with the headroom", "floorWithHeadroom"),
          ("floor, pods without a curve where placed: demand", "floorPinnedDemand"),
-         ("  with the headroom", "floorPinnedWithHeadroom"))
+         ("  with the headroom", "floorPinnedWithHeadroom"),
+         ("the rule with no anti-flapping (the last minute's demand), placed", "reactivePlaced"),
+         ("  its fleets packed fresh every 15 min", "reactivePacked"),
+         ("  its SLA-minutes missed", "reactiveSlaMinutesMissed"), ("  its changes", "reactiveChanges"))
 
 
 # rows shown with their saving against static peak (its own figure, or its GPUs with a tenant)
 PCT = ("fleet", "addedByServices", "placed", "packedDemandFollowed", "packedWithHeadroom", "packedWithWindow",
-       "packedFleet", "floorDemand", "floorWithHeadroom", "floorPinnedDemand", "floorPinnedWithHeadroom")
+       "packedFleet", "floorDemand", "floorWithHeadroom", "floorPinnedDemand", "floorPinnedWithHeadroom",
+       "reactivePlaced", "reactivePacked")
 
 
 def breakdown_table(out: dict) -> Table:
@@ -56,7 +60,7 @@ def breakdown_table(out: dict) -> Table:
         cells = []
         for r in split.values():
             v = r.get(key)
-            ref = base.get(key, base["placed"] if key.startswith(("packed", "floor")) else None)
+            ref = base.get(key, base["placed"] if key.startswith(("packed", "floor", "reactive")) else None)
             pct = "" if v is None or r is base or not ref or key not in PCT else f" ({100 * (1 - v / ref):.1f}% fewer)"
             cells.append("" if v is None else f"{v:.1f}{pct}")
         table.add_row(label, *cells)

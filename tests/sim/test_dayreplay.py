@@ -97,6 +97,10 @@ def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> 
     assert 0 < r["floorDemand"] <= r["floorWithHeadroom"] <= r["packedWithHeadroom"]
     assert r["floorDemand"] <= r["floorPinnedDemand"] <= r["floorPinnedWithHeadroom"] <= r["packedWithHeadroom"]
     assert r["floorWithHeadroom"] <= r["floorPinnedWithHeadroom"]
+    # the rule with no anti-flapping (each minute on the last minute's demand) changes far more often
+    # than the controller; what its fleets cost placed and packed fresh is reported beside them
+    assert r["reactiveChanges"] > 2 * right["changes"]
+    assert r["reactivePlaced"] > 0 and r["reactivePacked"] > 0 and r["reactiveSlaMinutesMissed"] >= 0
 
 
 def test_gpu_share_is_the_largest_per_gpu_limit_a_pod_uses() -> None:
