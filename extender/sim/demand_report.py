@@ -35,7 +35,7 @@ SPLIT = (("followed services' GPU share: demand followed each minute", "demandFo
          ("  with the headroom", "floorWithHeadroom"),
          ("floor, pods without a curve where placed: demand", "floorPinnedDemand"),
          ("  with the headroom", "floorPinnedWithHeadroom"),
-         ("the rule with no anti-flapping (the last minute's demand), placed", "reactivePlaced"),
+         ("no anti-flapping (the last minute's demand): placed", "reactivePlaced"),
          ("  its fleets packed fresh every 15 min", "reactivePacked"),
          ("  its SLA-minutes missed", "reactiveSlaMinutesMissed"), ("  its changes", "reactiveChanges"))
 
