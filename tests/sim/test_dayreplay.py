@@ -101,6 +101,9 @@ def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> 
     # than the controller; what its fleets cost placed and packed fresh is reported beside them
     assert r["reactiveChanges"] > 2 * right["changes"]
     assert r["reactivePlaced"] > 0 and r["reactivePacked"] > 0 and r["reactiveSlaMinutesMissed"] >= 0
+    # the what-if that re-places lone pods: never more GPUs than the day as placed, and no minute missed
+    assert r["consolidatedPlaced"] <= r["placed"] and r["consolidatedSlaMinutesMissed"] == 0
+    assert r["consolidationMoves"] >= 0
 
 
 def test_gpu_share_is_the_largest_per_gpu_limit_a_pod_uses() -> None:
