@@ -183,14 +183,14 @@ class DayReplay(Replay):
         pods left alone by scale-downs and rollouts. Returns how many moved beside other tenants."""
         moved = 0
         for i in pods:
-            if self._co_tenants(i) == 0:
+            if self.co_tenants(i) == 0:
                 self.remove(i)
                 if not self.place(i):
                     raise InputError("pod", self.outcomes[i].pod.name, "its own GPU no longer takes it")
-                moved += self._co_tenants(i) > 0
+                moved += self.co_tenants(i) > 0
         return moved
 
-    def _co_tenants(self, i: int) -> int:
+    def co_tenants(self, i: int) -> int:
         """Other tenants on the GPUs of placed pod `i` (-1 when it is not placed)."""
         o = self.outcomes[i]
         entry = self.engine.ledger.entry(o.uid) if o.node else None

@@ -31,7 +31,7 @@ SPLIT = (("followed services' GPU share: demand followed each minute", "demandFo
          ("  + headroom", "packedWithHeadroom"), ("  + sliding window's peak", "packedWithWindow"),
          ("  + controller bounds = the fleets run", "packedFleet"),
          ("  + the day's placement history = placed", "history"),
-         ("placed, lone followed pods re-placed every 15 min (what-if)", "consolidatedPlaced"),
+         ("what-if: lone followed pods re-placed every 15 min", "consolidatedPlaced"),
          ("  pods moved beside other tenants", "consolidationMoves"),
          ("  its SLA-minutes missed", "consolidatedSlaMinutesMissed"),
          ("floor: fewest GPUs carrying the demand, all repacked", "floorDemand"),
