@@ -170,18 +170,24 @@ def plan_fleet(ladder: Ladder, need: float, least: int, most: int, keep: int | N
     `keep`: the fleet's current slice. Among the fleets with the least GPU share, one whose pods keep it
     wins: a slice change re-creates every pod (a rolling update, which leaves the old pods' co-tenants
     where they were), a replica change only adds or removes pods — and the same share fills as many
-    GPUs (under a class's per-GPU limit, the pod count bounds the GPUs, not the CUs)."""
+    GPUs (under a class's per-GPU limit, the pod count bounds the GPUs, not the CUs). When the slice must
+    change, the pods re-created take the largest slice of the least share (then the one carrying the
+    most): it takes nothing more from other tenants, and the next growth inside that share needs no
+    rollout (2 x 64 CUs outgrown: 2 x 128, not 2 x 96 and another rollout to 2 x 128 an hour later)."""
     top = max(most, least)
-    best: tuple[tuple[float, int, int, int], int, int] | None = None
+    best: tuple[tuple[float, int, float, int], int, int] | None = None
     for replicas in range(least, top + 1):
         step = ladder.fit(need / replicas)
         if replicas * step.rps + 1e-9 < need:
             continue
         options = [step.cus]
-        if keep is not None and keep > step.cus and replicas * ladder.at(keep).rps + 1e-9 >= need:
-            options.append(keep)
+        if keep is not None:  # a running fleet: the larger slices of the same share, and its own if it carries
+            options += [s.cus for s in ladder.steps if s.cus > step.cus and s.share <= step.share + 1e-9]
+            if keep > step.cus and replicas * ladder.at(keep).rps + 1e-9 >= need:
+                options.append(keep)
         for cus in options:
-            key = (round(replicas * ladder.at(cus).share, 9), int(cus != keep), replicas * cus, replicas)
+            size = -replicas * ladder.at(cus).rps if keep is not None else replicas * cus
+            key = (round(replicas * ladder.at(cus).share, 9), int(cus != keep), size, replicas)
             if best is None or key < best[0]:
                 best = (key, replicas, cus)
     return (best[1], best[2]) if best is not None else (top, ladder.best.cus)

@@ -109,6 +109,23 @@ def rightsize_timeline(policy: Policy, svc: Service) -> Timeline:
     return tl
 
 
+def reactive_timeline(policy: Policy, svc: Service) -> Timeline:
+    """The rule with no anti-flapping at all: each minute, the fleet `plan_fleet` gives (keeping the slice
+    it has when that is no more GPU share) for the previous minute's demand x (1 + headroom) — no window,
+    no hysteresis, no minimum interval, no maximum step. No reactive controller on this rule follows closer;
+    what it costs placed, with the day's rollouts, says what following closer would buy."""
+    rs = policy.rightsizing
+    tl, prev = Timeline(), None
+    for m in range(DAY):
+        replicas, cus = plan_fleet(svc.ladder, svc.demand[DAY + m - 1] * (1 + rs.headroom), rs.minReplicas,
+                                   rs.maxReplicas, keep=None if prev is None else prev.cus)
+        fleet = Fleet(replicas, cus, svc.memory)
+        if fleet != prev:
+            tl.steps.append((m, fleet, float(svc.ladder.target_text(cus))))
+            prev = fleet
+    return tl
+
+
 PLACE, READY, REMOVE = 0, 1, 2  # at one minute: new pods are placed, then serve, then old ones go
 
 
@@ -160,6 +177,28 @@ class DayReplay(Replay):
     def remove(self, i: int) -> None:
         self._depart(self.outcomes[i])
 
+    def consolidate(self, pods: list[int]) -> int:
+        """Re-place each of `pods` that is alone on its GPU(s) (as deleting it would, the scheduler placing
+        its replacement): a what-if no controller here does — how much of the day's placement history is
+        pods left alone by scale-downs and rollouts. Returns how many moved beside other tenants."""
+        moved = 0
+        for i in pods:
+            if self.co_tenants(i) == 0:
+                self.remove(i)
+                if not self.place(i):
+                    raise InputError("pod", self.outcomes[i].pod.name, "its own GPU no longer takes it")
+                moved += self.co_tenants(i) > 0
+        return moved
+
+    def co_tenants(self, i: int) -> int:
+        """Other tenants on the GPUs of placed pod `i` (-1 when it is not placed)."""
+        o = self.outcomes[i]
+        entry = self.engine.ledger.entry(o.uid) if o.node else None
+        state = self.engine.ledger.node(o.node or "")
+        if entry is None or state is None:
+            return -1
+        return sum(len(g.slices) - 1 for ga in entry.assignment.gpus if (g := state.gpu(ga.index)) is not None)
+
     def gpus_used(self) -> tuple[int, float]:
         """(GPUs with a tenant, GPUs' worth of guaranteed CUs)."""
         gpus = [g for n in self.engine.ledger.nodes() for g in n.gpus if g.slices]
@@ -182,8 +221,10 @@ class DayReplay(Replay):
 
 def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service],
                timelines: dict[str, Timeline], rollout: int, host_score: str = "least",
-               extender_weight: float = 5.0, seed: int = 1, without: frozenset[str] = frozenset()) -> dict[str, object]:
-    """One strategy's day; the services named in `without` are left out altogether."""
+               extender_weight: float = 5.0, seed: int = 1, without: frozenset[str] = frozenset(),
+               consolidate_every: int = 0) -> dict[str, object]:
+    """One strategy's day; the services named in `without` are left out altogether. `consolidate_every`
+    minutes (0: never) the followed pods alone on a GPU are re-placed (`DayReplay.consolidate`)."""
     static = [p for p in scenario_pods(scenario) if p.service not in timelines and p.service not in without]
     pods: list[SimPod] = list(static)
     actions: dict[int, list[tuple[int, int, str]]] = defaultdict(list)  # minute -> (kind, pod, service)
@@ -206,6 +247,7 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
         replay.place(i)
     serving: dict[str, set[int]] = {svc.name: set() for svc in svcs}
     pending: list[int] = []
+    moves = 0
     gpu_minutes, slice_minutes, series = 0, 0.0, []
     missed = {svc.name: 0 for svc in svcs}
     for minute in range(DAY + max([m for m in actions] + [0])):
@@ -225,6 +267,9 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
                     replay.remove(i)
         if pending:
             pending = [i for i in pending if not replay.attempt(i)]
+        if consolidate_every and minute % consolidate_every == 0:
+            moves += replay.consolidate([i for i in range(len(static), len(pods))
+                                         if replay.outcomes[i].node and i not in pending])
         if minute >= DAY:
             continue
         gpu_minutes += used
@@ -238,7 +283,7 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
             "slaMinutesMissed": sum(missed.values()),
             "slaMinutesMissedByService": missed, "changes": changes, "podsCreated": len(pods) - len(static),
             "gpusMin": min(series), "gpusMax": max(series), "gpusEvery15Min": series,
-            "podsNeverPlaced": len(pending)}
+            "podsNeverPlaced": len(pending), "consolidationMoves": moves}
 
 
 def fleet_at(tl: Timeline, minute: int) -> Fleet:
@@ -400,6 +445,19 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
     split = breakdown(policy, svcs, plans, runs, float(alone["gpuHours"]),  # type: ignore[arg-type]
                       lambda f: packed_fresh(scenario, policy, spec, svcs, f, host_score, extender_weight, seed, memo))
     split["rightsize"].update(floors(scenario, policy, spec, svcs, host_score, extender_weight, seed))
+    reactive = {s.name: reactive_timeline(policy, s) for s in svcs}
+    bare = replay_day(scenario, policy, spec, svcs, reactive, rollout, host_score, extender_weight, seed)
+    split["rightsize"].update({
+        "reactivePlaced": float(bare["gpuHours"]),  # type: ignore[arg-type]
+        "reactivePacked": packed_fresh(scenario, policy, spec, svcs, _running(reactive), host_score,
+                                       extender_weight, seed, memo),
+        "reactiveSlaMinutesMissed": float(bare["slaMinutesMissed"]),  # type: ignore[arg-type]
+        "reactiveChanges": float(bare["changes"])})  # type: ignore[arg-type]
+    moved = replay_day(scenario, policy, spec, svcs, plans["rightsize"], rollout, host_score, extender_weight, seed,
+                       consolidate_every=FRESH_EVERY)
+    split["rightsize"].update({"consolidatedPlaced": float(moved["gpuHours"]),  # type: ignore[arg-type]
+                               "consolidationMoves": float(moved["consolidationMoves"]),  # type: ignore[arg-type]
+                               "consolidatedSlaMinutesMissed": float(moved["slaMinutesMissed"])})  # type: ignore[arg-type]
     base = runs["static-peak"]
     for r in runs.values():
         for key, out in (("gpuHours", "savingsVsStaticPeakPct"), ("sliceGpuHours", "sliceSavingsVsStaticPeakPct")):

@@ -31,15 +31,24 @@ SPLIT = (("followed services' GPU share: demand followed each minute", "demandFo
          ("  + headroom", "packedWithHeadroom"), ("  + sliding window's peak", "packedWithWindow"),
          ("  + controller bounds = the fleets run", "packedFleet"),
          ("  + the day's placement history = placed", "history"),
+         ("what-if: lone followed pods re-placed every 15 min", "consolidatedPlaced"),
+         ("  pods moved beside other tenants", "consolidationMoves"),
+         ("  its SLA-minutes missed", "consolidatedSlaMinutesMissed"),
          ("floor: fewest GPUs carrying the demand, all repacked", "floorDemand"),
          ("  with the headroom", "floorWithHeadroom"),
          ("floor, pods without a curve where placed: demand", "floorPinnedDemand"),
-         ("  with the headroom", "floorPinnedWithHeadroom"))
+         ("  with the headroom", "floorPinnedWithHeadroom"),
+         ("no anti-flapping (the last minute's demand): placed", "reactivePlaced"),
+         ("  its fleets packed fresh every 15 min", "reactivePacked"),
+         ("  its SLA-minutes missed", "reactiveSlaMinutesMissed"), ("  its changes", "reactiveChanges"))
 
+
+PLACED_REF = ("packed", "floor", "reactive", "consolidated")  # rows compared with static peak's GPUs placed
 
 # rows shown with their saving against static peak (its own figure, or its GPUs with a tenant)
 PCT = ("fleet", "addedByServices", "placed", "packedDemandFollowed", "packedWithHeadroom", "packedWithWindow",
-       "packedFleet", "floorDemand", "floorWithHeadroom", "floorPinnedDemand", "floorPinnedWithHeadroom")
+       "packedFleet", "floorDemand", "floorWithHeadroom", "floorPinnedDemand", "floorPinnedWithHeadroom",
+       "reactivePlaced", "reactivePacked", "consolidatedPlaced")
 
 
 def breakdown_table(out: dict) -> Table:
@@ -56,7 +65,7 @@ def breakdown_table(out: dict) -> Table:
         cells = []
         for r in split.values():
             v = r.get(key)
-            ref = base.get(key, base["placed"] if key.startswith(("packed", "floor")) else None)
+            ref = base.get(key, base["placed"] if key.startswith(PLACED_REF) else None)
             pct = "" if v is None or r is base or not ref or key not in PCT else f" ({100 * (1 - v / ref):.1f}% fewer)"
             cells.append("" if v is None else f"{v:.1f}{pct}")
         table.add_row(label, *cells)

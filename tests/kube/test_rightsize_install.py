@@ -18,7 +18,7 @@ from extender.rightsize.metrics import RightsizeMetrics
 from extender.rightsize.prometheus import Prometheus
 from extender.rightsize.workloads import Workloads
 from tests.kube.conftest import ROOT, Env
-from tests.kube.test_rightsize_real import AT_32, AT_64, NOW, POLICY, RATE, deployment
+from tests.kube.test_rightsize_real import AT_32, AT_96, NOW, POLICY, RATE, deployment
 from tests.rightsize.prom_stub import prometheus
 
 DEPLOY = ROOT / "deploy"
@@ -87,6 +87,6 @@ def test_the_controller_resizes_a_deployment_with_its_own_token(kube_env: Env, i
         [out] = sizer.run_once()
     assert out.applied, out.note
     d = apps.read_namespaced_deployment(name, NS)
-    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_64
+    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_96  # 128 CUs wanted, 64 a step
     events = [e for e in client.CoreV1Api(admin).list_namespaced_event(NS).items if e.involved_object.name == name]
     assert [e.reason for e in events] == ["RightSized"]

@@ -30,7 +30,7 @@ NS = "rightsize-test"
 NOW = 1_767_225_600.0
 RATE = "vllm:request_success_total"
 LADDER = sla_ladder(POLICY, "llama-3.1-8b", POLICY.profiles["llama-3.1-8b"].minMemory)
-AT_32, AT_64 = LADDER.target_text(32), LADDER.target_text(64)  # the target-rps the extender sizes 32 / 64 CUs for
+AT_32, AT_64, AT_96 = (LADDER.target_text(c) for c in (32, 64, 96))  # the target-rps the extender sizes them for
 UP = 1 + POLICY.rightsizing.headroom
 # 13 req/s: 2 x 32 CUs fall short of the need (13 x UP), 2 x 64 carry it
 assert 2 * LADDER.at(32).rps < 13.0 * UP <= 2 * LADDER.at(64).rps
@@ -102,10 +102,10 @@ def test_apply_patches_the_deployment_and_dry_run_patches_nothing(apis: client.A
     [out] = sizer(apis, prom, True, [NOW]).run_once()
     assert out.applied, out.note
     d = apps.read_namespaced_deployment(name, NS)
-    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_64  # the extender gives 64 CUs
+    assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_96  # the extender gives 96 CUs
     assert d.spec.replicas == 2 and d.metadata.generation == before.metadata.generation + 1
     [line] = explain_lines(d.metadata.annotations)
-    assert "rightsize up: 2 x 32 CUs" in line and "-> 2 x 64 CUs" in line
+    assert "rightsize up: 2 x 32 CUs" in line and "-> 2 x 96 CUs" in line
     [event] = events_for(apis, name)
     assert event.reason == "RightSized" and event.involved_object.kind == "Deployment"
 

@@ -21,7 +21,7 @@ POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "mi300x-
 NOW = 1_767_225_600.0
 GIB = 2**30
 LADDER = sla_ladder(POLICY, "llama-3.1-8b", POLICY.profiles["llama-3.1-8b"].minMemory)
-AT_32, AT_64 = LADDER.target_text(32), LADDER.target_text(64)  # the target-rps the extender sizes 32 / 64 CUs for
+AT_32, AT_64, AT_96 = (LADDER.target_text(c) for c in (32, 64, 96))  # the target-rps the extender sizes them for
 UP = 1 + POLICY.rightsizing.headroom
 # 13 req/s: 2 x 32 CUs fall short of the need (13 x UP), 2 x 64 carry it
 assert 2 * LADDER.at(32).rps < 13.0 * UP <= 2 * LADDER.at(64).rps
@@ -99,9 +99,10 @@ def test_apply_patches_the_template_records_the_change_and_emits_an_event(prom: 
     assert out.applied and out.decision is not None and out.decision.action == "up"
     [(name, replicas, template, annotations)] = fake.patches
     assert (name, replicas) == ("chat", 2)
-    assert template == {"annotations": {"gpuslice.io/target-rps": AT_64, "gpuslice.io/memory": "88Gi"}}
+    # the largest slice of the same GPU share (128 CUs), 64 CUs at most per step
+    assert template == {"annotations": {"gpuslice.io/target-rps": AT_96, "gpuslice.io/memory": "88Gi"}}
     [line] = explain_lines(annotations)
-    assert "rightsize up: 2 x 32 CUs/55.8794Gi -> 2 x 64 CUs/88Gi (window peak 13.00 req/s, need 15.60)" in line
+    assert "rightsize up: 2 x 32 CUs/55.8794Gi -> 2 x 96 CUs/88Gi (window peak 13.00 req/s, need 15.60)" in line
     assert fake.events[0][:2] == ("chat", "RightSized")
     assert rs.metrics.changes.labels("ml", "chat", "up", "applied")._value.get() == 1
 

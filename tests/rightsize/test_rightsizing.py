@@ -65,9 +65,10 @@ def test_grows_as_soon_as_the_fleet_falls_short() -> None:
     edge = 2 * S32.rps / UP  # the peak 2 x 32 CUs carry with the headroom
     d = run(Fleet(2, 32, MIN_MEM), peak=edge - 0.1, least=2)
     assert d.action == "hold"
-    d = run(Fleet(2, 32, MIN_MEM), peak=edge + 0.1, least=2)  # just short: the next slice, at once
-    assert d.action == "up" and d.next == Fleet(2, 64, MIN_MEM)
-    assert sla_size(POLICY, "llama-3.1-8b", float(d.target_text)).cus == 64
+    d = run(Fleet(2, 32, MIN_MEM), peak=edge + 0.1, least=2)  # just short: a larger slice, at once —
+    # the largest of the same share (128 CUs), as far as the maximum step allows
+    assert d.action == "up" and d.wanted == Fleet(2, 128, MIN_MEM) and d.next == Fleet(2, 96, MIN_MEM)
+    assert sla_size(POLICY, "llama-3.1-8b", float(d.target_text)).cus == 96
 
 
 def test_shrinks_only_past_the_hysteresis_band() -> None:
@@ -87,7 +88,7 @@ def test_shrinks_only_past_the_hysteresis_band() -> None:
 
 def test_waits_the_minimum_interval_and_says_so() -> None:
     d = run(Fleet(2, 32, MIN_MEM), peak=13.0, last=10_000.0 - 60)
-    assert d.action == "hold" and d.wanted == Fleet(2, 64, MIN_MEM) and not d.changed
+    assert d.action == "hold" and d.wanted == Fleet(2, 128, MIN_MEM) and not d.changed
     assert "last change was 60s ago" in d.reason
 
 
@@ -118,12 +119,13 @@ def test_replicas_grow_one_step_at_a_time() -> None:
     top = Fleet(2, LADDER.best.cus, MIN_MEM)
     peak = 2 * LADDER.best.rps / UP + 0.1
     d = run(top, peak=peak)
-    assert d.action == "up" and d.next == Fleet(3, LADDER.fit(peak * UP / 3).cus, MIN_MEM)
+    assert LADDER.fit(peak * UP / 3).share == LADDER.at(128).share  # three pods: the largest slice of that share
+    assert d.action == "up" and d.next == Fleet(3, 128, MIN_MEM)
     assert d.next.cus < top.cus - RS.maxStepComputeUnits
     back = run(Fleet(3, 128, MIN_MEM), peak=4.0)  # demand gone: back to one pod, one at a time
     assert back.wanted == Fleet(1, 128, MIN_MEM) and back.next == Fleet(2, 128, MIN_MEM)
     alone = run(Fleet(1, 256, MIN_MEM), peak=4.0)  # a whole GPU's share down to half of one
-    assert alone.wanted.cus < 128 and alone.next.cus == 224  # 64 CUs at most per step
+    assert alone.wanted == Fleet(1, 128, MIN_MEM) and alone.next.cus == 224  # 64 CUs at most per step
 
 
 def test_memory_follows_the_vram_peak_within_the_profile_minimum_and_the_gpu() -> None:
@@ -227,3 +229,18 @@ def test_a_fleet_keeps_its_slice_when_another_is_no_less_gpu_share() -> None:
     assert d.action == "down" and d.next == Fleet(3, 128, MIN_MEM)
     # a smaller slice of less GPU share still wins: 128 CUs is half of what 256 CUs is
     assert plan_fleet(LADDER, 10.0, 1, 16, keep=LADDER.best.cus) == (1, 128)
+
+
+def test_a_rollout_takes_the_largest_slice_of_the_same_gpu_share() -> None:
+    # A fleet whose slice changes re-creates every pod (a rolling update); among the slices of the least
+    # GPU share it takes the one that carries the most, so that the next growth within the same share is
+    # no rollout at all. Every slice up to 128 CUs is half a GPU (two memory-bound tenants to a GPU).
+    assert {LADDER.at(c).share for c in (32, 64, 96, 128)} == {0.5}
+    # one 224-CU pod outgrown: two 128-CU pods (22.7 req/s), not two 32-CU pods (12.1) of the same share
+    # that the next rise would roll again — nor one 256-CU pod (13.5), which takes as much
+    assert plan_fleet(LADDER, 12.0, 1, 16, keep=224) == (2, 128)
+    # two 64-CU pods outgrown: to 128 CUs as far as the maximum step allows (64 CUs), not to 96
+    d = run(Fleet(2, 64, MIN_MEM), peak=2 * S64.rps / UP + 0.1, least=2)
+    assert d.action == "up" and d.wanted == Fleet(2, 128, MIN_MEM) and d.next == Fleet(2, 128, MIN_MEM)
+    # a new fleet (no slice to keep: static sizing) still takes the fewest CUs of the least share
+    assert plan_fleet(LADDER, 12.0, 1, 16) == (2, 32)

@@ -9,15 +9,16 @@ import pytest
 import yaml
 
 from extender.core.policy import load_policy
-from extender.core.rightsizing import Fleet
+from extender.core.rightsizing import Fleet, sla_ladder
 from extender.core.sizing import gpu_share
-from extender.sim.dayreplay import PLACE, READY, REMOVE, Timeline, compare, schedule, services
+from extender.sim.dayreplay import PLACE, READY, REMOVE, DayReplay, Timeline, compare, schedule, services
 from extender.sim.demand import DemandCurve, per_minute, rate
 from extender.sim.runs import policy_spec
-from extender.sim.scenario import ScenarioError, load_scenario
+from extender.sim.scenario import ScenarioError, load_scenario, scenario_nodes, scenario_pods
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_policy(ROOT / "policies" / "mi300x-inference.yaml")
+LADDER = sla_ladder(POLICY, "llama-3.1-8b", POLICY.profiles["llama-3.1-8b"].minMemory)
 
 
 def test_the_diurnal_curve_swings_between_peak_and_trough() -> None:
@@ -97,6 +98,13 @@ def test_right_sizing_follows_demand_without_missing_the_sla(tmp_path: Path) -> 
     assert 0 < r["floorDemand"] <= r["floorWithHeadroom"] <= r["packedWithHeadroom"]
     assert r["floorDemand"] <= r["floorPinnedDemand"] <= r["floorPinnedWithHeadroom"] <= r["packedWithHeadroom"]
     assert r["floorWithHeadroom"] <= r["floorPinnedWithHeadroom"]
+    # the rule with no anti-flapping (each minute on the last minute's demand) changes far more often
+    # than the controller; what its fleets cost placed and packed fresh is reported beside them
+    assert r["reactiveChanges"] > 2 * right["changes"]
+    assert r["reactivePlaced"] > 0 and r["reactivePacked"] > 0 and r["reactiveSlaMinutesMissed"] >= 0
+    # the what-if that re-places lone pods: never more GPUs than the day as placed, and no minute missed
+    assert r["consolidatedPlaced"] <= r["placed"] and r["consolidatedSlaMinutesMissed"] == 0
+    assert r["consolidationMoves"] >= 0
 
 
 def test_gpu_share_is_the_largest_per_gpu_limit_a_pod_uses() -> None:
@@ -108,3 +116,25 @@ def test_gpu_share_is_the_largest_per_gpu_limit_a_pod_uses() -> None:
     assert gpu_share(POLICY, model, "memory-bound", 256, mem) == 1.0  # leaves no room for the smallest slice
     assert gpu_share(POLICY, model, "memory-bound", 32, model.memory) == 1.0  # all the memory
     assert gpu_share(POLICY, model, "compute-bound", 32, 8 * 2**30) == 0.5  # maxComputeBoundPerGpu: 2
+
+
+def test_consolidate_moves_a_lone_pod_beside_other_tenants(tmp_path: Path) -> None:
+    # three 64-CU LLM pods: two share a GPU, the third opens another; once one of the pair goes, two GPUs
+    # hold a pod each. Re-placing the lone pods puts one beside the other: one GPU.
+    scenario = tmp_path / "three.yaml"
+    target = float(LADDER.target_text(64))
+    scenario.write_text(yaml.safe_dump({
+        "name": "three", "nodes": [{"name": "n", "count": 1, "gpus": 8}],
+        "pods": [{"name": "chat", "replicas": 3, "profile": "llama-3.1-8b", "targetRps": target}]}))
+    sc, _ = load_scenario(scenario)
+    replay = DayReplay(scenario_nodes(sc), scenario_pods(sc), policy_spec("g", POLICY, bind="greedy"))
+    replay.attempts = 0
+    assert all(replay.place(i) for i in range(3))
+    assert replay.gpus_used()[0] == 2
+    pair = [i for i in range(3) if replay.co_tenants(i) == 1]
+    replay.remove(pair[0])
+    assert replay.gpus_used()[0] == 2
+    lone = [i for i in range(3) if i != pair[0]]
+    assert replay.consolidate(lone) == 1
+    assert replay.gpus_used()[0] == 1 and all(replay.co_tenants(i) == 1 for i in lone)
+    assert replay.consolidate(lone) == 0  # nobody alone: nothing moves
