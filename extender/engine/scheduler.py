@@ -535,11 +535,14 @@ class Engine:
         kube-scheduler then scores, and asks prioritize about, only those; prioritize reuses these scores."""
         cand = policy.scoring.candidates
         names = result.passed
+        ranks = None
         if self.scorer is rank and self.ledger.gpu_index.used > 0:  # the scores before rounding
             scores = self._column_scores(pod, req, policy, names, fit_key(req, policy))
+            ranks = self._name_ranks(names)
         else:
             scores = np.array([v for _, v in self.prioritize(pod, names=names)], np.float64)
-        keep = candidate_mask(10.0 - scores, names, 10 * cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid)
+        keep = candidate_mask(10.0 - scores, names, 10 * cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid,
+                              ranks)
         flags = keep.tolist()
         result.passed = list(compress(names, flags))
         result.not_candidates = list(compress(names, (~keep).tolist()))
@@ -547,6 +550,16 @@ class Engine:
         self._last_scores = (self._scores_key(pod, req, policy),
                              dict(zip(result.passed, np.rint(scores[keep]).astype(int).tolist(), strict=True)))
         self.stats.count(self.stats.filter_rejections, "candidates", len(result.not_candidates))
+
+    def _name_ranks(self, names: list[str]) -> np.ndarray | None:
+        """Each node's rank in name order, from the GPU index (None if one is not in it, or its layout
+        changed meanwhile): the candidate cap orders tied nodes by it instead of by their names."""
+        index = self.ledger.gpu_index
+        found = index.slots_of(names)  # remembered: filter looked these names up just before
+        ranks = index.name_ranks(found.layout)
+        if ranks is None or not len(found.slots) or found.slots.min() < 0 or found.slots.max() >= len(ranks):
+            return None
+        return ranks[found.slots]
 
     def _scores_key(self, pod: PodView, req: SliceRequest, policy: Policy) -> tuple:
         """What prioritize's scores depend on: the pod, its request under this policy, the ledger's state."""
