@@ -39,6 +39,7 @@ from extender.engine.fragmentation import candidate_mask as within_tolerance
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
+from extender.engine.score_memo import ScoreMemo
 from extender.engine.swaplock import LockTimeout, SwapLock
 from extender.engine.vectorised import CATEGORIES, Columns, exact_gpu_score, node_scores
 
@@ -172,6 +173,7 @@ class Engine:
         self.fragmentation = Fragmentation(p)
         self._last_rises: tuple[tuple, dict[str, float]] | None = None  # see rises()
         self._last_scores: tuple[tuple, dict[str, int]] | None = None  # see _narrow_by_score()
+        self.score_memo = ScoreMemo()  # rank's GPU scores, kept per request kind until a node's row changes
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
@@ -646,7 +648,7 @@ class Engine:
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
         slots = cols.slots(names).slots
-        scores, exact = cols.gpu_scores(slots)
+        scores, exact = self.score_memo.gpu_scores(cols, key, slots)
         slow = np.nonzero(exact)
         names_of = {slot: name for name, slot in list(cols.table.slots.items())} if len(slow[0]) else {}
         for slot, pos in zip(*slow, strict=True):  # rare: scored the slow way
