@@ -80,6 +80,7 @@ class GpuIndex:
         self._slot_lists: OrderedDict[tuple[str, ...], tuple[int, np.ndarray]] = OrderedDict()
         self._slot_list_bytes = 0
         self._slot_lists_lock = threading.Lock()
+        self._name_ranks: tuple[int, np.ndarray] | None = None  # (layout, per slot: rank of its name)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -134,6 +135,23 @@ class GpuIndex:
     def remember_slots(self, names: Sequence[str], slots: np.ndarray, layout: int) -> None:
         """Remember `slots` as the slots of `names`, looked up (via slots_of) when the layout was `layout`."""
         self._keep(tuple(names), np.array(slots, np.int64), layout)
+
+    def name_ranks(self, layout: int) -> np.ndarray | None:
+        """Per slot, the rank of its node's name among all names in the index (-1: no node), for the
+        layout `layout` (None when the layout has changed since): ordering nodes by it orders them by
+        name without comparing strings. Worked out once per layout."""
+        with self._slot_lists_lock:
+            known = self._name_ranks
+            if known is not None and known[0] == layout == self.layout:
+                return known[1]
+            items = sorted(self.table.slots.items())  # read after the layout, as slots_of reads
+            if layout != self.layout:
+                return None
+            ranks = np.full(max((slot for _, slot in items), default=-1) + 1, -1, np.int64)
+            ranks[[slot for _, slot in items]] = np.arange(len(items))
+            ranks.flags.writeable = False
+            self._name_ranks = (layout, ranks)
+            return ranks
 
     def _keep(self, key: tuple[str, ...], slots: np.ndarray, layout: int) -> None:
         slots.flags.writeable = False

@@ -39,6 +39,7 @@ from extender.engine.fragmentation import candidate_mask as within_tolerance
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
 from extender.engine.preemption import Victims, preempt
+from extender.engine.score_memo import ScoreMemo
 from extender.engine.swaplock import LockTimeout, SwapLock
 from extender.engine.vectorised import CATEGORIES, Columns, exact_gpu_score, node_scores
 
@@ -172,6 +173,7 @@ class Engine:
         self.fragmentation = Fragmentation(p)
         self._last_rises: tuple[tuple, dict[str, float]] | None = None  # see rises()
         self._last_scores: tuple[tuple, dict[str, int]] | None = None  # see _narrow_by_score()
+        self.score_memo = ScoreMemo()  # rank's GPU scores, kept per request kind until a node's row changes
         policies.on_change(self._policy_changed)
 
     # --- state from the cluster ----------------------------------------------------------------
@@ -535,11 +537,14 @@ class Engine:
         kube-scheduler then scores, and asks prioritize about, only those; prioritize reuses these scores."""
         cand = policy.scoring.candidates
         names = result.passed
+        ranks = None
         if self.scorer is rank and self.ledger.gpu_index.used > 0:  # the scores before rounding
             scores = self._column_scores(pod, req, policy, names, fit_key(req, policy))
+            ranks = self._name_ranks(names)
         else:
             scores = np.array([v for _, v in self.prioritize(pod, names=names)], np.float64)
-        keep = candidate_mask(10.0 - scores, names, 10 * cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid)
+        keep = candidate_mask(10.0 - scores, names, 10 * cand.tolerance, cand.minNodes, cand.maxNodes, pod.uid,
+                              ranks)
         flags = keep.tolist()
         result.passed = list(compress(names, flags))
         result.not_candidates = list(compress(names, (~keep).tolist()))
@@ -547,6 +552,16 @@ class Engine:
         self._last_scores = (self._scores_key(pod, req, policy),
                              dict(zip(result.passed, np.rint(scores[keep]).astype(int).tolist(), strict=True)))
         self.stats.count(self.stats.filter_rejections, "candidates", len(result.not_candidates))
+
+    def _name_ranks(self, names: list[str]) -> np.ndarray | None:
+        """Each node's rank in name order, from the GPU index (None if one is not in it, or its layout
+        changed meanwhile): the candidate cap orders tied nodes by it instead of by their names."""
+        index = self.ledger.gpu_index
+        found = index.slots_of(names)  # remembered: filter looked these names up just before
+        ranks = index.name_ranks(found.layout)
+        if ranks is None or not len(found.slots) or found.slots.min() < 0 or found.slots.max() >= len(ranks):
+            return None
+        return ranks[found.slots]
 
     def _scores_key(self, pod: PodView, req: SliceRequest, policy: Policy) -> tuple:
         """What prioritize's scores depend on: the pod, its request under this policy, the ledger's state."""
@@ -633,7 +648,7 @@ class Engine:
         ledger = self.ledger
         cols = self._columns(req, policy, "check|" + key)
         slots = cols.slots(names).slots
-        scores, exact = cols.gpu_scores(slots)
+        scores, exact = self.score_memo.gpu_scores(cols, key, slots)
         slow = np.nonzero(exact)
         names_of = {slot: name for name, slot in list(cols.table.slots.items())} if len(slow[0]) else {}
         for slot, pos in zip(*slow, strict=True):  # rare: scored the slow way

@@ -181,7 +181,6 @@ class Columns:
         """Per GPU: `rank`'s score for the slice on it (NaN where it does not fit), and a mask of fitting
         GPUs whose score needs the exact path (free CUs in more runs than kept, or in no run big enough).
         Worked out on the fitting GPUs only, and only those of these `slots` when given (-1s are skipped)."""
-        req, policy = self.req, self.policy
         shape = self.need.shape
         ok = self.ok
         if slots is not None:
@@ -189,6 +188,29 @@ class Columns:
             asked[slots[slots >= 0]] = True
             ok = ok & asked[:, None]
         rows = np.flatnonzero(ok.ravel())
+        score, exact = self._scores_of(rows)
+        scores = np.full(self.need.size, np.nan)
+        scores[rows] = score
+        slow = np.zeros(self.need.size, np.bool_)
+        slow[rows] = exact
+        return scores.reshape(shape), slow.reshape(shape)
+
+    def slot_scores(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`gpu_scores` of these slots' GPUs only (slots in the index), each slot's row of it: [slot, GPU]."""
+        width = self.need.shape[1]
+        gpus = (slots[:, None] * width + np.arange(width)).ravel()
+        fits = self.ok.ravel()[gpus]
+        score, exact = self._scores_of(gpus[fits])
+        scores = np.full(len(gpus), np.nan)
+        scores[fits] = score
+        slow = np.zeros(len(gpus), np.bool_)
+        slow[fits] = exact
+        return scores.reshape(len(slots), width), slow.reshape(len(slots), width)
+
+    def _scores_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The score and the exact-path flag of these GPUs (flat indices into [slot, GPU], fitting ones):
+        each GPU's from its own row alone."""
+        req, policy = self.req, self.policy
         flat = self.data.reshape(self.data.shape[0], -1)
         same_field = "mem_bound" if req.workload_class == MEMORY_BOUND else "compute_bound"
         # Only the fields the score reads, each gathered on its own (faster than one 2-D gather).
@@ -214,11 +236,7 @@ class Columns:
                 score = np.full(len(rows), 0.5)
             else:
                 score = (w.packing * pack + w.complementarity * comp + w.fragmentation * (1.0 - frag)) / total_w
-        scores = np.full(self.need.size, np.nan)
-        scores[rows] = score
-        slow = np.zeros(self.need.size, np.bool_)
-        slow[rows] = exact
-        return scores.reshape(shape), slow.reshape(shape)
+        return score, exact
 
     def _fragmentation(self, lengths: np.ndarray, free: np.ndarray, model: np.ndarray, nruns: np.ndarray,
                        need: np.ndarray, whole: np.ndarray, binpack: bool) -> tuple[np.ndarray, np.ndarray]:

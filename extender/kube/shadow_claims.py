@@ -185,7 +185,13 @@ class ShadowClaims:
 
     # --- triggers --------------------------------------------------------------------------------
     def bound(self, pod: PodView) -> None:
-        """A pod was just bound (the view carries its node and assignment): write its shadow soon."""
+        """A pod was just bound (the view carries its node and assignment): write its shadow soon.
+        Nothing to do when a listing of the last SLICES_FRESH seconds has no slice for its node (what the
+        thread would find; on a cluster without DRA nodes, every bind): a slice published since is the
+        resync's, as it would be had the thread run now."""
+        listed_at = self._listed_at  # before the devices: refresh_slices sets them first, so these are as new
+        if time.monotonic() - listed_at <= SLICES_FRESH and pod.node_name not in self._devices:
+            return
         with self._lock:
             self._bound[pod.uid] = pod
         self._wake.set()

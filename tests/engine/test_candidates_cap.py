@@ -55,6 +55,11 @@ def test_the_numpy_mask_is_narrow_then_at_most(values: list[float], tolerance: f
     want = at_most(rule, narrow(rule, tolerance, min_nodes), max_nodes, uid)
     got = candidate_mask(np.array(values, np.float64), names, tolerance, min_nodes, max_nodes, uid)
     assert {n for n, keep in zip(names, got.tolist(), strict=True) if keep} == want
+    # given each name's rank in name order ("n10" before "n2"), the same mask without the names
+    rank_of = {n: i for i, n in enumerate(sorted(names))}
+    ranks = np.array([rank_of[n] for n in names], np.int64)
+    ranked = candidate_mask(np.array(values, np.float64), names, tolerance, min_nodes, max_nodes, uid, ranks)
+    assert ranked.tolist() == got.tolist()
 
 
 def test_at_most_keeps_the_best_then_a_run_of_the_tied_in_name_order() -> None:
@@ -75,6 +80,18 @@ def test_the_tied_pick_does_not_depend_on_the_order_nodes_come_in() -> None:
     picked = {names[i] for i in tied_pick("pod-x", names, 5)}
     shuffled = names[7:] + names[:7]
     assert {shuffled[i] for i in tied_pick("pod-x", shuffled, 5)} == picked
+
+
+def test_the_index_ranks_nodes_in_name_order() -> None:
+    names = [f"node-{i}" for i in (5, 12, 1, 30, 2)]  # "node-12" sorts before "node-2"
+    engine = _engine(parse_policy({}, "test"), names)
+    ranks = engine._name_ranks(names)
+    assert ranks is not None and [names[i] for i in np.argsort(ranks)] == sorted(names)
+    assert engine._name_ranks([*names, "node-unknown"]) is None  # not in the index: the cap sorts names
+    engine.cluster.add_node(NodeView("node-0", allocatable={"amd.com/gpu": "8"}))  # type: ignore[attr-defined]
+    engine.sync()
+    ranks = engine._name_ranks([*names, "node-0"])  # a new layout, ranked again
+    assert ranks is not None and [[*names, "node-0"][i] for i in np.argsort(ranks)] == sorted([*names, "node-0"])
 
 
 def test_on_by_default_with_several_nodes() -> None:

@@ -20,6 +20,7 @@ from extender.engine.cluster import PodView
 from extender.kube.shadow_claims import (
     FINALIZER,
     SHADOW_OF,
+    SLICES_FRESH,
     ShadowClaims,
     ShadowSyncError,
     allocation_key,
@@ -303,3 +304,17 @@ def test_pods_on_nodes_without_dra_are_not_parsed(monkeypatch: pytest.MonkeyPatc
     assert parsed and all('"node":"n0"' in text for text in parsed)  # the DRA node's pod alone
     parsed.clear()
     assert shadows.ensure(pods[5]) is False and parsed == []
+
+
+def test_a_bind_to_a_node_without_a_slice_in_a_fresh_listing_wakes_nothing() -> None:
+    """On a cluster without DRA nodes every bind is such a bind: the thread would find nothing to write."""
+    dra, plain = pod(uid(1), [(0, 64, 60)]), pod(uid(2), [(0, 32, 8)], node="plain-0")
+    shadows, _ = reconciler([dra, plain])
+    shadows.refresh_slices()
+    shadows.bound(plain)
+    assert not shadows._wake.is_set() and not shadows._bound
+    shadows.bound(dra)
+    assert shadows._wake.is_set() and set(shadows._bound) == {uid(1)}
+    shadows._listed_at -= SLICES_FRESH + 1  # the listing grew old: the thread lists again for this node
+    shadows.bound(plain)
+    assert set(shadows._bound) == {uid(1), uid(2)}
