@@ -44,6 +44,7 @@ from extender.engine.vectorised import Columns
 
 INFINITE = np.inf
 SEEN_UIDS = 50_000  # pods remembered so that a retried pod is counted once
+DENSE_CODES = 1 << 20  # _distinct's largest dense table
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,51 @@ def _fits(table: MixTable, valid: np.ndarray, total: np.ndarray, need: np.ndarra
     return valid[..., None] & cus & (table.gpu_memory <= mem_free[..., None])
 
 
+def _fits_of(table: MixTable, valid: np.ndarray, model: np.ndarray, total: np.ndarray, free: np.ndarray,
+             empty: np.ndarray | bool, mem_free: np.ndarray) -> np.ndarray:
+    """_fits of GPUs given by their columns ([...]), worked out once per distinct GPU: what a kind's fit reads of
+    a GPU — valid, model, CUs, free CUs, empty, and how many of the mix's memory sizes its free memory holds —
+    takes few values (CUs go in slices), so thousands of GPUs are a few dozen distinct ones."""
+    level = np.searchsorted(np.unique(table.gpu_memory), mem_free, side="right")
+    first, inverse = _distinct(valid, np.maximum(model, 0), total, free, np.broadcast_to(empty, free.shape), level)
+    flat = [np.ravel(a)[first] for a in (valid, np.maximum(model, 0), total, free,
+                                         np.broadcast_to(empty, free.shape), mem_free)]
+    once = _fits(table, flat[0], flat[2], table.need[flat[1]], flat[3], flat[4], flat[5])
+    return np.take(once, inverse, axis=0).reshape(*free.shape, once.shape[-1])
+
+
+def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of rows given by integer columns of a small range (all one shape): the index of one row of each distinct
+    row, and each row's number among them (dense tables, no sort: the ranges are small)."""
+    code = np.zeros(columns[0].size, np.int64)
+    for col in columns:
+        c = np.ravel(col).astype(np.int64)
+        low = int(c.min(initial=0))
+        code = code * (int(c.max(initial=0)) - low + 1) + (c - low)
+        top = int(code.max(initial=0))
+        if top > DENSE_CODES:  # wide values: sorted instead
+            code = np.unique(code, return_inverse=True)[1].reshape(-1)
+            continue
+        seen = np.zeros(top + 1, np.bool_)
+        seen[code] = True
+        code = (np.cumsum(seen) - 1)[code]  # renumbered 0..distinct-1: the next column's product stays small
+    first = np.empty(int(code.max(initial=-1)) + 1, np.intp)
+    first[code] = np.arange(code.size)
+    return first, code
+
+
+def _over_gpus(cap: np.ndarray, fits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[node, kind]: the free capacity of the GPUs each kind fits, added GPU by GPU in index order (an order fixed
+    here, not numpy's, which pairs terms for some shapes: a subset of kinds adds up as all of them), and how many
+    GPUs each kind fits."""
+    usable = np.where(fits[:, 0], cap[:, 0, None], 0.0)
+    n_fit = fits[:, 0].astype(np.int16)
+    for j in range(1, fits.shape[1]):
+        usable = usable + np.where(fits[:, j], cap[:, j, None], 0.0)
+        n_fit += fits[:, j]
+    return usable, n_fit
+
+
 def _host_ok(table: MixTable, cpu: np.ndarray | None, mem: np.ndarray | None) -> np.ndarray | bool:
     if cpu is None or mem is None:
         return True
@@ -229,8 +275,7 @@ def _room(table: MixTable, cap: np.ndarray, fits: np.ndarray, host: np.ndarray |
           cpu_left: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """F of nodes whose GPUs have free capacity `cap` [node, GPU] and fit the kinds `fits` [node, GPU, kind],
     and its parts: the free capacity, and per kind the capacity on GPUs it fits and how many GPUs it fits."""
-    usable = (cap[..., None] * fits).sum(axis=1)  # [node, kind]
-    n_fit = fits.sum(axis=1)
+    usable, n_fit = _over_gpus(cap, fits)  # [node, kind]
     total = cap.sum(axis=1)
     return _frag(table, total, usable, n_fit, host, cpu_left), total, usable, n_fit
 
@@ -260,8 +305,7 @@ class Basis:
 
 
 def node_basis(table: MixTable, rows: Rows) -> Basis:
-    k_need = table.need[np.maximum(rows.model, 0)]  # [node, GPU, kind]
-    fits = _fits(table, rows.valid, rows.total, k_need, rows.free, rows.empty, rows.mem_free)
+    fits = _fits_of(table, rows.valid, rows.model, rows.total, rows.free, rows.empty, rows.mem_free)
     cap = _capacity(rows.valid, rows.usable, rows.free, rows.empty)
     before, total, usable, n_fit = _room(table, cap, fits, _host_ok(table, rows.cpu_free, rows.host_mem_free),
                                          rows.cpu_free)
@@ -297,12 +341,14 @@ def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok:
     free2 = np.where(whole[n, j], 0, free - need[n, j])
     cap2 = _capacity(valid, usable_cus, free2, False)
     fits = basis.fits[n, j]
-    fits2 = _fits(table, valid, rows.total[n, j], table.need[np.maximum(rows.model[n, j], 0)], free2, False,
-                  rows.mem_free[n, j] - gpu_memory)
-    usable2 = basis.usable[n] - cap[:, None] * fits + cap2[:, None] * fits2  # [GPU, kind]
+    fits2 = _fits_of(table, valid, rows.model[n, j], rows.total[n, j], free2, False, rows.mem_free[n, j] - gpu_memory)
+    usable2 = basis.usable[n]  # [GPU, kind], a copy: less cap * fits, plus cap2 * fits2 (np.where: no casts)
+    usable2 -= np.where(fits, cap[:, None], 0.0)
+    usable2 += np.where(fits2, cap2[:, None], 0.0)
     n_fit2 = basis.n_fit[n] - fits + fits2
-    cpu_left = None if rows.cpu_free is None else (rows.cpu_free - cpu)[n]
-    host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else (rows.host_mem_free - memory)[n])
+    cpu_left = None if rows.cpu_free is None else rows.cpu_free - cpu
+    host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else rows.host_mem_free - memory)
+    host2, cpu_left = (h if h is None or isinstance(h, bool) else h[n] for h in (host2, cpu_left))  # per node first
     s2 = basis.total[n] - cap + cap2
     after = _weighted(table, s2[:, None] - usable2 * ((n_fit2 >= table.count) & host2))
     out[n, j] = after + _stranded(table, s2, cpu_left) - basis.before[n]
@@ -332,8 +378,8 @@ def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarra
     # the GPUs not chosen fit what they fit before (basis.fits): worked out again only for the chosen ones
     n, j = np.nonzero(chosen)
     fits2 = basis.fits.copy()
-    fits2[n, j] = _fits(table, rows.valid[n, j], rows.total[n, j], table.need[np.maximum(rows.model[n, j], 0)],
-                        free2[n, j], False, rows.mem_free[n, j] - gpu_memory)
+    fits2[n, j] = _fits_of(table, rows.valid[n, j], rows.model[n, j], rows.total[n, j], free2[n, j], False,
+                           rows.mem_free[n, j] - gpu_memory)
     after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left)
     return after - basis.before
 
