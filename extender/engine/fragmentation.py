@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import compress
 
 import numpy as np
@@ -73,6 +73,15 @@ class MixTable:
     @property
     def empty(self) -> bool:
         return self.weight.size == 0
+
+    def kinds(self, idx: np.ndarray) -> MixTable:
+        """The table of these kinds only (their weights as they are)."""
+        return replace(self, need=self.need[:, idx], gpu_memory=self.gpu_memory[idx], count=self.count[idx],
+                       cpu=self.cpu[idx], memory=self.memory[idx], weight=self.weight[idx])
+
+    def kind_ids(self) -> list[tuple[bytes, int]]:
+        """Per kind, what its weight-free basis columns (fits, usable, n_fit) read of it: CUs per model, memory."""
+        return [(self.need[:, k].tobytes(), int(self.gpu_memory[k])) for k in range(self.weight.size)]
 
 
 class WorkloadMix:
@@ -300,8 +309,15 @@ class Basis:
     before: np.ndarray  # [node]: F
 
     def take(self, idx: np.ndarray) -> Basis:
+        if _every(idx, len(self.before)):
+            return self
         return Basis(self.cap[idx], self.fits[idx], self.total[idx], self.usable[idx], self.n_fit[idx],
                      self.before[idx])
+
+
+def _every(idx: np.ndarray, n: int) -> bool:
+    """Whether idx is 0..n-1 in order (taking it is a copy of the whole)."""
+    return len(idx) == n and (n == 0 or (idx[0] == 0 and idx[-1] == n - 1 and bool((np.diff(idx) == 1).all())))
 
 
 def node_basis(table: MixTable, rows: Rows) -> Basis:
@@ -408,7 +424,7 @@ def best_placements(table: MixTable, rows: Rows, need: np.ndarray, whole: np.nda
     value = np.full(d.shape[0], INFINITE)
     some = np.flatnonzero(enough)
     if some.size:  # worked out only for the nodes that have the GPUs (each node's from its own row)
-        sub = _take_rows(rows, some)
+        sub = rows if _every(some, len(value)) else _take_rows(rows, some)
         value[some] = joint_delta(table, sub, chosen[some], need[some], whole[some], gpu_memory, cpu, memory,
                                   None if basis is None else basis.take(some))
     return value, chosen
@@ -496,9 +512,10 @@ class _Remembered:
     again gives: each node's values come from its own row alone (_weighted), whichever nodes are worked out
     with it (tests/engine/test_fragmentation_memo.py)."""
 
-    def __init__(self, index: GpuIndex, key: tuple, slots: int) -> None:
+    def __init__(self, index: GpuIndex, key: tuple, slots: int, table: MixTable) -> None:
         self.index = weakref.ref(index)  # a new ledger's index starts its stamps afresh
         self.key = key  # (mix version, model keys, policy version, index width and slots): a change starts afresh
+        self.table = table
         self.stamp = np.full(slots, -1, np.int64)
         self.host = np.zeros((slots, 2), np.int64)
         self.version = np.zeros(slots, np.int64)  # bumped when the slot's basis is worked out again
@@ -525,6 +542,44 @@ class _Remembered:
             self.version[s] = self._next + np.arange(len(s))
             self._next += len(s)
         return self.version[slots]
+
+    def carry(self, old: _Remembered, cols: Columns) -> None:
+        """Start from the previous mix snapshot's memo: the nodes whose rows are as it saw them keep their free
+        capacity and, for the kinds both snapshots have, the kind's weight-free columns (fits, usable, n_fit); only
+        the new kinds' columns and F (the weights changed) are worked out. Each column comes from its own kind and
+        row alone (_fits_of, _over_gpus), so this is node_basis of the rows, bit for bit."""
+        slots = np.flatnonzero((old.stamp >= 0) & (old.stamp == cols.table.stamps))
+        if old.basis is None or not slots.size:
+            return
+        table, was = self.table, old.basis
+        ids = {kind: k for k, kind in enumerate(old.table.kind_ids())}
+        src = np.array([ids.get(kind, -1) for kind in table.kind_ids()], np.intp)
+        new = np.flatnonzero(src < 0)
+        if was.usable.shape[1]:  # the new kinds' columns are overwritten below
+            at = np.maximum(src, 0)
+            fits, usable, n_fit = was.fits[:, :, at], was.usable[:, at], was.n_fit[:, at]
+        else:
+            fits = np.zeros((*was.fits.shape[:2], len(src)), np.bool_)
+            usable, n_fit = np.zeros((len(was.total), len(src))), np.zeros((len(was.total), len(src)), np.int16)
+        if new.size:
+            rows, _, _, _ = rows_from_columns(cols, slots, None)
+            sub = table.kinds(new)
+            f = _fits_of(sub, rows.valid, rows.model, rows.total, rows.free, rows.empty, rows.mem_free)
+            fits[np.ix_(slots, np.arange(fits.shape[1]), new)] = f
+            u, c = _over_gpus(was.cap[slots], f)
+            usable[np.ix_(slots, new)], n_fit[np.ix_(slots, new)] = u, c
+        before = np.zeros(len(was.before))
+        room = old.host[slots]
+        said = room[:, 0] != NO_HOST
+        for part, host in ((slots[said], (room[said, 0], room[said, 1])), (slots[~said], None)):
+            if part.size:
+                cpu = None if host is None else host[0]
+                before[part] = _frag(table, was.total[part], usable[part], n_fit[part],
+                                     _host_ok(table, cpu, None if host is None else host[1]), cpu)
+        self.basis = Basis(was.cap, fits, was.total, usable, n_fit, before)
+        self.stamp[slots], self.host[slots] = old.stamp[slots], room
+        self.version[slots] = self._next + np.arange(len(slots))
+        self._next += len(slots)
 
     def rise_of(self, kind: tuple) -> tuple[np.ndarray, np.ndarray]:
         entry = self.rises.get(kind)
@@ -599,8 +654,11 @@ class Fragmentation:
 
     def _memo_for(self, cols: Columns, table: MixTable, policy: Policy) -> _Remembered:
         key = (table.version, tuple(cols.keys), policy.version, cols.table.width, len(cols.table.stamps))
-        if self._memo is None or self._memo.key != key or self._memo.index() is not cols.index:
-            self._memo = _Remembered(cols.index, key, len(cols.table.stamps))
+        old = self._memo
+        if old is None or old.key != key or old.index() is not cols.index:
+            self._memo = _Remembered(cols.index, key, len(cols.table.stamps), table)
+            if old is not None and old.key[1:] == key[1:] and old.index() is cols.index:
+                self._memo.carry(old, cols)  # the mix's next snapshot: what does not depend on its weights
         return self._memo
 
     def _worked_out(self, req: SliceRequest, policy: Policy, table: MixTable, cols: Columns, slots: np.ndarray,
