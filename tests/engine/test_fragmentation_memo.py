@@ -274,8 +274,9 @@ def test_a_carried_basis_is_the_basis_worked_out_afresh(pods: list[tuple[tuple, 
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 40), st.lists(st.tuples(st.sampled_from([0, 38, 76, 152, 304, 400]), st.sampled_from([4, 40, 120]),
-                                             st.sampled_from([1, 2])), min_size=1, max_size=6), st.data())
+@given(st.integers(1, 40), st.lists(st.tuples(st.sampled_from([0, 38, 76, 152, 304, 400]),
+                                             st.sampled_from([4, 40, 120]), st.sampled_from([1, 2])),
+                                   min_size=1, max_size=6), st.data())
 def test_fits_worked_out_once_per_distinct_gpu_are_the_fits_of_each(gpus: int, kinds: list[tuple[int, int, int]],
                                                                     data: st.DataObject) -> None:
     """_fits_of (each distinct GPU once, then gathered) is _fits GPU by GPU, whatever the columns."""
