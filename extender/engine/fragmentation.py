@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import compress
 
@@ -230,21 +231,29 @@ def _fits_of(table: MixTable, valid: np.ndarray, model: np.ndarray, total: np.nd
 def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Of rows given by integer columns of a small range (all one shape): the index of one row of each distinct
     row, and each row's number among them (dense tables, no sort: the ranges are small)."""
-    code = np.zeros(columns[0].size, np.int64)
+    code, span = np.zeros(columns[0].size, np.int64), 1
     for col in columns:
         c = np.ravel(col).astype(np.int64)
         low = int(c.min(initial=0))
-        code = code * (int(c.max(initial=0)) - low + 1) + (c - low)
-        top = int(code.max(initial=0))
-        if top > DENSE_CODES:  # wide values: sorted instead
-            code = np.unique(code, return_inverse=True)[1].reshape(-1)
-            continue
-        seen = np.zeros(top + 1, np.bool_)
-        seen[code] = True
-        code = (np.cumsum(seen) - 1)[code]  # renumbered 0..distinct-1: the next column's product stays small
-    first = np.empty(int(code.max(initial=-1)) + 1, np.intp)
+        width = int(c.max(initial=0)) - low + 1
+        if span * width > DENSE_CODES:  # renumbered first, so that the product stays small
+            code, span = _renumbered(code, span)
+        code, span = code * width + (c - low), span * width
+    code, span = _renumbered(code, span)
+    first = np.empty(span, np.intp)
     first[code] = np.arange(code.size)
     return first, code
+
+
+def _renumbered(code: np.ndarray, span: int) -> tuple[np.ndarray, int]:
+    """Codes below `span` renumbered 0..distinct-1 in order, and how many are distinct."""
+    if span > DENSE_CODES:  # wide values: sorted instead
+        _, code = np.unique(code, return_inverse=True)
+        return code.reshape(-1), int(code.max(initial=-1)) + 1
+    seen = np.zeros(span, np.bool_)
+    seen[code] = True
+    number = np.cumsum(seen) - 1
+    return number[code], int(number[-1]) + 1 if span else 0
 
 
 def _over_gpus(cap: np.ndarray, fits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -461,6 +470,31 @@ def candidate_mask(rises: np.ndarray, tolerance: float, min_nodes: int) -> np.nd
     else:
         cut = float(finite.max()) + 1e-9
     return rises <= cut
+
+
+class NamedRises(Mapping[str, float]):
+    """Rises by node name (NaN: no answer, left out unless `unknown`), as a dict built only when read: filter answers
+    for thousands of nodes and the extender's reply reads none of them (prioritize asks about the candidates, the
+    simulator reads them all)."""
+
+    def __init__(self, names: Sequence[str], rises: np.ndarray, unknown: bool = False) -> None:
+        self._names, self._rises, self._unknown = names, rises, unknown
+        self._map: dict[str, float] | None = None
+
+    def _built(self) -> dict[str, float]:
+        if self._map is None:
+            known = ~np.isnan(self._rises) | self._unknown
+            self._map = dict(zip(compress(self._names, known.tolist()), self._rises[known].tolist(), strict=True))
+        return self._map
+
+    def __getitem__(self, name: str) -> float:
+        return self._built()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
 
 
 def narrow(rises: dict[str, float], tolerance: float, min_nodes: int) -> set[str]:
