@@ -232,11 +232,12 @@ def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Of rows given by integer columns of a small range (all one shape): the index of one row of each distinct
     row, and each row's number among them (dense tables, no sort: the ranges are small)."""
     code, span = np.zeros(columns[0].size, np.int64), 1
+    small = 4 * code.size + 1024  # a dense table about the size of the rows: renumbering is cheap
     for col in columns:
         c = np.ravel(col).astype(np.int64)
         low = int(c.min(initial=0))
         width = int(c.max(initial=0)) - low + 1
-        if span * width > DENSE_CODES:  # renumbered first, so that the product stays small
+        if span > 1 and span * width > small:  # renumbered first, so that the product stays small
             code, span = _renumbered(code, span)
         code, span = code * width + (c - low), span * width
     code, span = _renumbered(code, span)
