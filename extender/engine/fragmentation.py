@@ -371,12 +371,15 @@ def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok:
     usable2 = basis.usable[n]  # [GPU, kind], a copy: less cap * fits, plus cap2 * fits2 (np.where: no casts)
     usable2 -= np.where(fits, cap[:, None], 0.0)
     usable2 += np.where(fits2, cap2[:, None], 0.0)
-    n_fit2 = basis.n_fit[n] - fits + fits2
     cpu_left = None if rows.cpu_free is None else rows.cpu_free - cpu
     host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else rows.host_mem_free - memory)
-    host2, cpu_left = (h if h is None or isinstance(h, bool) else h[n] for h in (host2, cpu_left))  # per node first
+    # kind k can run on the node after (n_fit - fits + fits2 >= count, and the host left holds it) exactly when
+    # fits2 - fits reaches what the node's host and count leave wanting, worked out per node (small integers)
+    wanting = np.where(host2, table.count - basis.n_fit, np.iinfo(np.int16).max).astype(np.int16)
+    runs = (fits2.view(np.int8) - fits.view(np.int8)) >= wanting[n]
+    cpu_left = None if cpu_left is None else cpu_left[n]
     s2 = basis.total[n] - cap + cap2
-    after = _weighted(table, s2[:, None] - usable2 * ((n_fit2 >= table.count) & host2))
+    after = _weighted(table, s2[:, None] - np.where(runs, usable2, 0.0))  # usable2 >= 0: usable2 * runs, no cast
     out[n, j] = after + _stranded(table, s2, cpu_left) - basis.before[n]
     return np.where(ok, np.take_along_axis(out, src, axis=1), INFINITE)
 
