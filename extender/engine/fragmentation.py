@@ -599,11 +599,8 @@ class _Remembered:
         for part, host in ((slots[said], (room[said, 0], room[said, 1])), (slots[~said], None)):
             if part.size:
                 cpu = None if host is None else host[0]
-                host_ok = _host_ok(table, cpu, None if host is None else host[1])
-                if _every(part, len(before)):  # all of it: no copies
-                    before = _frag(table, was.total, usable, n_fit, host_ok, cpu)
-                else:
-                    before[part] = _frag(table, was.total[part], usable[part], n_fit[part], host_ok, cpu)
+                before[part] = _frag(table, was.total[part], usable[part], n_fit[part],
+                                     _host_ok(table, cpu, None if host is None else host[1]), cpu)
         self.basis = Basis(was.cap, fits, was.total, usable, n_fit, before)
         self.stamp[slots], self.host[slots] = old.stamp[slots], room
         self.version[slots] = self._next + np.arange(len(slots))
