@@ -259,7 +259,7 @@ def _over_gpus(cap: np.ndarray, fits: np.ndarray) -> tuple[np.ndarray, np.ndarra
     usable = np.where(fits[:, 0], cap[:, 0, None], 0.0)
     n_fit = fits[:, 0].astype(np.int16)
     for j in range(1, fits.shape[1]):
-        usable = usable + np.where(fits[:, j], cap[:, j, None], 0.0)
+        usable += np.where(fits[:, j], cap[:, j, None], 0.0)  # cap * fits, without the cast
         n_fit += fits[:, j]
     return usable, n_fit
 
@@ -316,8 +316,8 @@ class Basis:
     def take(self, idx: np.ndarray) -> Basis:
         if _every(idx, len(self.before)):
             return self
-        return Basis(self.cap[idx], self.fits[idx], self.total[idx], self.usable[idx], self.n_fit[idx],
-                     self.before[idx])
+        return Basis(*(np.take(a, idx, axis=0) for a in (self.cap, self.fits, self.total, self.usable, self.n_fit,
+                                                         self.before)))
 
 
 def _every(idx: np.ndarray, n: int) -> bool:
@@ -361,20 +361,23 @@ def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok:
     valid, usable_cus, free, cap = rows.valid[n, j], rows.usable[n, j], rows.free[n, j], basis.cap[n, j]
     free2 = np.where(whole[n, j], 0, free - need[n, j])
     cap2 = _capacity(valid, usable_cus, free2, False)
-    fits = basis.fits[n, j]
+    width, kinds = basis.fits.shape[1:]
+    fits = np.take(basis.fits.reshape(-1, kinds), n * width + j, axis=0)  # basis.fits[n, j], faster
     fits2 = _fits_of(table, valid, rows.model[n, j], rows.total[n, j], free2, False, rows.mem_free[n, j] - gpu_memory)
-    usable2 = basis.usable[n]  # [GPU, kind], a copy: less cap * fits, plus cap2 * fits2 (np.where: no casts)
-    usable2 -= np.where(fits, cap[:, None], 0.0)
-    usable2 += np.where(fits2, cap2[:, None], 0.0)
+    # [GPU, kind], a copy: less cap * fits, plus cap2 * fits2, in place where they fit (all >= 0: the same values)
+    usable2 = np.take(basis.usable, n, axis=0)
+    np.subtract(usable2, cap[:, None], out=usable2, where=fits)
+    np.add(usable2, cap2[:, None], out=usable2, where=fits2)
     cpu_left = None if rows.cpu_free is None else rows.cpu_free - cpu
     host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else rows.host_mem_free - memory)
     # kind k can run on the node after (n_fit - fits + fits2 >= count, and the host left holds it) exactly when
     # fits2 - fits reaches what the node's host and count leave wanting, worked out per node (small integers)
     wanting = np.where(host2, table.count - basis.n_fit, np.iinfo(np.int16).max).astype(np.int16)
-    runs = (fits2.view(np.int8) - fits.view(np.int8)) >= wanting[n]
+    runs = (fits2.view(np.int8) - fits.view(np.int8)) >= np.take(wanting, n, axis=0)
     cpu_left = None if cpu_left is None else cpu_left[n]
     s2 = basis.total[n] - cap + cap2
-    after = _weighted(table, s2[:, None] - np.where(runs, usable2, 0.0))  # usable2 >= 0: usable2 * runs, no cast
+    np.multiply(usable2, runs, out=usable2)  # in place from here: s2 - usable2 * runs
+    after = _weighted(table, np.subtract(s2[:, None], usable2, out=usable2))
     out[n, j] = after + _stranded(table, s2, cpu_left) - basis.before[n]
     return np.where(ok, np.take_along_axis(out, src, axis=1), INFINITE)
 
@@ -439,9 +442,9 @@ def best_placements(table: MixTable, rows: Rows, need: np.ndarray, whole: np.nda
 
 
 def _take_rows(rows: Rows, idx: np.ndarray) -> Rows:
-    return Rows(rows.valid[idx], rows.model[idx], rows.total[idx], rows.free[idx], rows.usable[idx], rows.empty[idx],
-                rows.mem_free[idx], None if rows.cpu_free is None else rows.cpu_free[idx],
-                None if rows.host_mem_free is None else rows.host_mem_free[idx])
+    return Rows(*(None if a is None else np.take(a, idx, axis=0) for a in (
+        rows.valid, rows.model, rows.total, rows.free, rows.usable, rows.empty, rows.mem_free, rows.cpu_free,
+        rows.host_mem_free)))
 
 
 def _free_gpus(rows: Rows) -> np.ndarray:
@@ -508,12 +511,15 @@ def rows_from_columns(cols: Columns, slots: np.ndarray,
                       host: tuple[np.ndarray, np.ndarray] | None) -> tuple[Rows, np.ndarray, np.ndarray, np.ndarray]:
     """Rows of these index slots (all >= 0) and the request's per-GPU need, whole-GPU take and fit."""
     c = cols.cols
-    pick = slots
-    valid = (c["valid"][pick] != 0) & (c["healthy"][pick] != 0)
-    total = c["total"][pick]
-    rows = Rows(valid, c["model"][pick], total, c["free"][pick], total - c["shared"][pick], c["slices"][pick] == 0,
-                c["mem_free"][pick], None if host is None else host[0], None if host is None else host[1])
-    return rows, cols.need[pick], cols.whole[pick], cols.ok[pick]
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        return np.take(a, slots, axis=0)  # a copy of these rows, about twice as fast as a[slots]
+
+    valid = (pick(c["valid"]) != 0) & (pick(c["healthy"]) != 0)
+    total = pick(c["total"])
+    rows = Rows(valid, pick(c["model"]), total, pick(c["free"]), total - pick(c["shared"]), pick(c["slices"]) == 0,
+                pick(c["mem_free"]), None if host is None else host[0], None if host is None else host[1])
+    return rows, pick(cols.need), pick(cols.whole), pick(cols.ok)
 
 
 def rows_from_states(req: SliceRequest, states: list[NodeState], policy: Policy,
