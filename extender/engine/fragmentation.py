@@ -46,6 +46,7 @@ from extender.engine.vectorised import Columns
 INFINITE = np.inf
 SEEN_UIDS = 50_000  # pods remembered so that a retried pod is counted once
 DENSE_CODES = 1 << 20  # _distinct's largest dense table
+FEW_GPUS = 64  # _fits_of works out fewer GPUs than this one by one
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,8 @@ def _fits_of(table: MixTable, valid: np.ndarray, model: np.ndarray, total: np.nd
     """_fits of GPUs given by their columns ([...]), worked out once per distinct GPU: what a kind's fit reads of
     a GPU — valid, model, CUs, free CUs, empty, and how many of the mix's memory sizes its free memory holds —
     takes few values (CUs go in slices), so thousands of GPUs are a few dozen distinct ones."""
+    if free.size <= FEW_GPUS:  # a node or two (bind, a changed node): gathering costs more than it saves
+        return _fits(table, valid, total, table.need[np.maximum(model, 0)], free, empty, mem_free)
     level = np.searchsorted(np.unique(table.gpu_memory), mem_free, side="right")
     first, inverse = _distinct(valid, np.maximum(model, 0), total, free, np.broadcast_to(empty, free.shape), level)
     flat = [np.ravel(a)[first] for a in (valid, np.maximum(model, 0), total, free,
