@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import compress
 
@@ -44,6 +45,8 @@ from extender.engine.vectorised import Columns
 
 INFINITE = np.inf
 SEEN_UIDS = 50_000  # pods remembered so that a retried pod is counted once
+DENSE_CODES = 1 << 20  # _distinct's largest dense table
+FEW_GPUS = 64  # _fits_of works out fewer GPUs than this one by one
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class MixTable:
     @property
     def empty(self) -> bool:
         return self.weight.size == 0
+
+    def kind_ids(self) -> list[tuple[bytes, int]]:
+        """Per kind, what its weight-free basis columns (fits, usable, n_fit) read of it: CUs per model, memory."""
+        return [(self.need[:, k].tobytes(), int(self.gpu_memory[k])) for k in range(self.weight.size)]
 
 
 class WorkloadMix:
@@ -204,6 +211,62 @@ def _fits(table: MixTable, valid: np.ndarray, total: np.ndarray, need: np.ndarra
     return valid[..., None] & cus & (table.gpu_memory <= mem_free[..., None])
 
 
+def _fits_of(table: MixTable, valid: np.ndarray, model: np.ndarray, total: np.ndarray, free: np.ndarray,
+             empty: np.ndarray | bool, mem_free: np.ndarray) -> np.ndarray:
+    """_fits of GPUs given by their columns ([...]), worked out once per distinct GPU: what a kind's fit reads of
+    a GPU — valid, model, CUs, free CUs, empty, and how many of the mix's memory sizes its free memory holds —
+    takes few values (CUs go in slices), so thousands of GPUs are a few dozen distinct ones."""
+    if free.size <= FEW_GPUS:  # a node or two (bind, a changed node): gathering costs more than it saves
+        return _fits(table, valid, total, table.need[np.maximum(model, 0)], free, empty, mem_free)
+    level = np.searchsorted(np.unique(table.gpu_memory), mem_free, side="right")
+    first, inverse = _distinct(valid, np.maximum(model, 0), total, free, np.broadcast_to(empty, free.shape), level)
+    flat = [np.ravel(a)[first] for a in (valid, np.maximum(model, 0), total, free,
+                                         np.broadcast_to(empty, free.shape), mem_free)]
+    once = _fits(table, flat[0], flat[2], table.need[flat[1]], flat[3], flat[4], flat[5])
+    return np.take(once, inverse, axis=0).reshape(*free.shape, once.shape[-1])
+
+
+def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of rows given by integer columns of a small range (all one shape): the index of one row of each distinct
+    row, and each row's number among them (dense tables, no sort: the ranges are small)."""
+    code, span = np.zeros(columns[0].size, np.int64), 1
+    small = 4 * code.size + 1024  # a dense table about the size of the rows: renumbering is cheap
+    for col in columns:
+        c = np.ravel(col).astype(np.int64)
+        low = int(c.min(initial=0))
+        width = int(c.max(initial=0)) - low + 1
+        if span > 1 and span * width > small:  # renumbered first, so that the product stays small
+            code, span = _renumbered(code, span)
+        code, span = code * width + (c - low), span * width
+    code, span = _renumbered(code, span)
+    first = np.empty(span, np.intp)
+    first[code] = np.arange(code.size)
+    return first, code
+
+
+def _renumbered(code: np.ndarray, span: int) -> tuple[np.ndarray, int]:
+    """Codes below `span` renumbered 0..distinct-1 in order, and how many are distinct."""
+    if span > DENSE_CODES:  # wide values: sorted instead
+        _, code = np.unique(code, return_inverse=True)
+        return code.reshape(-1), int(code.max(initial=-1)) + 1
+    seen = np.zeros(span, np.bool_)
+    seen[code] = True
+    number = np.cumsum(seen) - 1
+    return number[code], int(number[-1]) + 1 if span else 0
+
+
+def _over_gpus(cap: np.ndarray, fits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[node, kind]: the free capacity of the GPUs each kind fits, added GPU by GPU in index order (an order fixed
+    here, not numpy's, which pairs terms for some shapes: a subset of kinds adds up as all of them), and how many
+    GPUs each kind fits."""
+    usable = np.where(fits[:, 0], cap[:, 0, None], 0.0)
+    n_fit = fits[:, 0].astype(np.int16)
+    for j in range(1, fits.shape[1]):
+        usable += np.where(fits[:, j], cap[:, j, None], 0.0)  # cap * fits, without the cast
+        n_fit += fits[:, j]
+    return usable, n_fit
+
+
 def _host_ok(table: MixTable, cpu: np.ndarray | None, mem: np.ndarray | None) -> np.ndarray | bool:
     if cpu is None or mem is None:
         return True
@@ -222,15 +285,14 @@ def _weighted(table: MixTable, x: np.ndarray) -> np.ndarray:
     """sum_k w_k x[..., k]. Each value is worked out from its own row alone, whatever the other rows (a BLAS
     product's rounding depends on how many rows it is given), so that a node's rise is a function of the node:
     remembered rises (Fragmentation) are the rises worked out again."""
-    return np.einsum("...k,k->...", x, table.weight)
+    return np.einsum("...k,k->...", np.ascontiguousarray(x), table.weight)  # one layout, one order of adding
 
 
 def _room(table: MixTable, cap: np.ndarray, fits: np.ndarray, host: np.ndarray | bool,
           cpu_left: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """F of nodes whose GPUs have free capacity `cap` [node, GPU] and fit the kinds `fits` [node, GPU, kind],
     and its parts: the free capacity, and per kind the capacity on GPUs it fits and how many GPUs it fits."""
-    usable = (cap[..., None] * fits).sum(axis=1)  # [node, kind]
-    n_fit = fits.sum(axis=1)
+    usable, n_fit = _over_gpus(cap, fits)  # [node, kind]
     total = cap.sum(axis=1)
     return _frag(table, total, usable, n_fit, host, cpu_left), total, usable, n_fit
 
@@ -255,13 +317,19 @@ class Basis:
     before: np.ndarray  # [node]: F
 
     def take(self, idx: np.ndarray) -> Basis:
-        return Basis(self.cap[idx], self.fits[idx], self.total[idx], self.usable[idx], self.n_fit[idx],
-                     self.before[idx])
+        if _every(idx, len(self.before)):
+            return self
+        return Basis(*(np.take(a, idx, axis=0) for a in (self.cap, self.fits, self.total, self.usable, self.n_fit,
+                                                         self.before)))
+
+
+def _every(idx: np.ndarray, n: int) -> bool:
+    """Whether idx is 0..n-1 in order (taking it is a copy of the whole)."""
+    return len(idx) == n and (n == 0 or (idx[0] == 0 and idx[-1] == n - 1 and bool((np.diff(idx) == 1).all())))
 
 
 def node_basis(table: MixTable, rows: Rows) -> Basis:
-    k_need = table.need[np.maximum(rows.model, 0)]  # [node, GPU, kind]
-    fits = _fits(table, rows.valid, rows.total, k_need, rows.free, rows.empty, rows.mem_free)
+    fits = _fits_of(table, rows.valid, rows.model, rows.total, rows.free, rows.empty, rows.mem_free)
     cap = _capacity(rows.valid, rows.usable, rows.free, rows.empty)
     before, total, usable, n_fit = _room(table, cap, fits, _host_ok(table, rows.cpu_free, rows.host_mem_free),
                                          rows.cpu_free)
@@ -296,15 +364,23 @@ def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok:
     valid, usable_cus, free, cap = rows.valid[n, j], rows.usable[n, j], rows.free[n, j], basis.cap[n, j]
     free2 = np.where(whole[n, j], 0, free - need[n, j])
     cap2 = _capacity(valid, usable_cus, free2, False)
-    fits = basis.fits[n, j]
-    fits2 = _fits(table, valid, rows.total[n, j], table.need[np.maximum(rows.model[n, j], 0)], free2, False,
-                  rows.mem_free[n, j] - gpu_memory)
-    usable2 = basis.usable[n] - cap[:, None] * fits + cap2[:, None] * fits2  # [GPU, kind]
-    n_fit2 = basis.n_fit[n] - fits + fits2
-    cpu_left = None if rows.cpu_free is None else (rows.cpu_free - cpu)[n]
-    host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else (rows.host_mem_free - memory)[n])
+    width, kinds = basis.fits.shape[1:]
+    fits = np.take(basis.fits.reshape(-1, kinds), n * width + j, axis=0)  # basis.fits[n, j], faster
+    fits2 = _fits_of(table, valid, rows.model[n, j], rows.total[n, j], free2, False, rows.mem_free[n, j] - gpu_memory)
+    # [GPU, kind], a copy: less cap * fits, plus cap2 * fits2, in place where they fit (all >= 0: the same values)
+    usable2 = np.take(basis.usable, n, axis=0)
+    np.subtract(usable2, cap[:, None], out=usable2, where=fits)
+    np.add(usable2, cap2[:, None], out=usable2, where=fits2)
+    cpu_left = None if rows.cpu_free is None else rows.cpu_free - cpu
+    host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else rows.host_mem_free - memory)
+    # kind k can run on the node after (n_fit - fits + fits2 >= count, and the host left holds it) exactly when
+    # fits2 - fits reaches what the node's host and count leave wanting, worked out per node (small integers)
+    wanting = np.where(host2, table.count - basis.n_fit, np.iinfo(np.int16).max).astype(np.int16)
+    runs = (fits2.view(np.int8) - fits.view(np.int8)) >= np.take(wanting, n, axis=0)
+    cpu_left = None if cpu_left is None else cpu_left[n]
     s2 = basis.total[n] - cap + cap2
-    after = _weighted(table, s2[:, None] - usable2 * ((n_fit2 >= table.count) & host2))
+    np.multiply(usable2, runs, out=usable2)  # in place from here: s2 - usable2 * runs
+    after = _weighted(table, np.subtract(s2[:, None], usable2, out=usable2))
     out[n, j] = after + _stranded(table, s2, cpu_left) - basis.before[n]
     return np.where(ok, np.take_along_axis(out, src, axis=1), INFINITE)
 
@@ -332,8 +408,8 @@ def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarra
     # the GPUs not chosen fit what they fit before (basis.fits): worked out again only for the chosen ones
     n, j = np.nonzero(chosen)
     fits2 = basis.fits.copy()
-    fits2[n, j] = _fits(table, rows.valid[n, j], rows.total[n, j], table.need[np.maximum(rows.model[n, j], 0)],
-                        free2[n, j], False, rows.mem_free[n, j] - gpu_memory)
+    fits2[n, j] = _fits_of(table, rows.valid[n, j], rows.model[n, j], rows.total[n, j], free2[n, j], False,
+                           rows.mem_free[n, j] - gpu_memory)
     after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left)
     return after - basis.before
 
@@ -362,16 +438,16 @@ def best_placements(table: MixTable, rows: Rows, need: np.ndarray, whole: np.nda
     value = np.full(d.shape[0], INFINITE)
     some = np.flatnonzero(enough)
     if some.size:  # worked out only for the nodes that have the GPUs (each node's from its own row)
-        sub = _take_rows(rows, some)
+        sub = rows if _every(some, len(value)) else _take_rows(rows, some)
         value[some] = joint_delta(table, sub, chosen[some], need[some], whole[some], gpu_memory, cpu, memory,
                                   None if basis is None else basis.take(some))
     return value, chosen
 
 
 def _take_rows(rows: Rows, idx: np.ndarray) -> Rows:
-    return Rows(rows.valid[idx], rows.model[idx], rows.total[idx], rows.free[idx], rows.usable[idx], rows.empty[idx],
-                rows.mem_free[idx], None if rows.cpu_free is None else rows.cpu_free[idx],
-                None if rows.host_mem_free is None else rows.host_mem_free[idx])
+    return Rows(*(None if a is None else np.take(a, idx, axis=0) for a in (
+        rows.valid, rows.model, rows.total, rows.free, rows.usable, rows.empty, rows.mem_free, rows.cpu_free,
+        rows.host_mem_free)))
 
 
 def _free_gpus(rows: Rows) -> np.ndarray:
@@ -401,6 +477,31 @@ def candidate_mask(rises: np.ndarray, tolerance: float, min_nodes: int) -> np.nd
     return rises <= cut
 
 
+class NamedRises(Mapping[str, float]):
+    """Rises by node name (NaN: no answer, left out unless `unknown`), as a dict built only when read: filter answers
+    for thousands of nodes and the extender's reply reads none of them (prioritize asks about the candidates, the
+    simulator reads them all)."""
+
+    def __init__(self, names: Sequence[str], rises: np.ndarray, unknown: bool = False) -> None:
+        self._names, self._rises, self._unknown = names, rises, unknown
+        self._map: dict[str, float] | None = None
+
+    def _built(self) -> dict[str, float]:
+        if self._map is None:
+            known = ~np.isnan(self._rises) | self._unknown
+            self._map = dict(zip(compress(self._names, known.tolist()), self._rises[known].tolist(), strict=True))
+        return self._map
+
+    def __getitem__(self, name: str) -> float:
+        return self._built()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+
 def narrow(rises: dict[str, float], tolerance: float, min_nodes: int) -> set[str]:
     """The candidates (candidate_mask) among named nodes."""
     names = list(rises)
@@ -413,12 +514,15 @@ def rows_from_columns(cols: Columns, slots: np.ndarray,
                       host: tuple[np.ndarray, np.ndarray] | None) -> tuple[Rows, np.ndarray, np.ndarray, np.ndarray]:
     """Rows of these index slots (all >= 0) and the request's per-GPU need, whole-GPU take and fit."""
     c = cols.cols
-    pick = slots
-    valid = (c["valid"][pick] != 0) & (c["healthy"][pick] != 0)
-    total = c["total"][pick]
-    rows = Rows(valid, c["model"][pick], total, c["free"][pick], total - c["shared"][pick], c["slices"][pick] == 0,
-                c["mem_free"][pick], None if host is None else host[0], None if host is None else host[1])
-    return rows, cols.need[pick], cols.whole[pick], cols.ok[pick]
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        return np.take(a, slots, axis=0)  # a copy of these rows, about twice as fast as a[slots]
+
+    valid = (pick(c["valid"]) != 0) & (pick(c["healthy"]) != 0)
+    total = pick(c["total"])
+    rows = Rows(valid, pick(c["model"]), total, pick(c["free"]), total - pick(c["shared"]), pick(c["slices"]) == 0,
+                pick(c["mem_free"]), None if host is None else host[0], None if host is None else host[1])
+    return rows, pick(cols.need), pick(cols.whole), pick(cols.ok)
 
 
 def rows_from_states(req: SliceRequest, states: list[NodeState], policy: Policy,
@@ -450,9 +554,10 @@ class _Remembered:
     again gives: each node's values come from its own row alone (_weighted), whichever nodes are worked out
     with it (tests/engine/test_fragmentation_memo.py)."""
 
-    def __init__(self, index: GpuIndex, key: tuple, slots: int) -> None:
+    def __init__(self, index: GpuIndex, key: tuple, slots: int, table: MixTable) -> None:
         self.index = weakref.ref(index)  # a new ledger's index starts its stamps afresh
         self.key = key  # (mix version, model keys, policy version, index width and slots): a change starts afresh
+        self.table = table
         self.stamp = np.full(slots, -1, np.int64)
         self.host = np.zeros((slots, 2), np.int64)
         self.version = np.zeros(slots, np.int64)  # bumped when the slot's basis is worked out again
@@ -479,6 +584,36 @@ class _Remembered:
             self.version[s] = self._next + np.arange(len(s))
             self._next += len(s)
         return self.version[slots]
+
+    def carry(self, old: _Remembered, cols: Columns) -> None:
+        """Start from the previous mix snapshot's memo when the new snapshot has no kind the old one lacks: the
+        nodes whose rows are as it saw them keep their free capacity and each kind's weight-free columns (fits,
+        usable, n_fit); only F is worked out again (the weights changed). Each column comes from its own kind and row
+        alone (_fits_of, _over_gpus), so this is node_basis of the rows, bit for bit. With a new kind nothing is
+        kept: its columns need every GPU's fit worked out, and node_basis of the rows then costs less than
+        working out the new columns and merging them in (measured at 5,000 nodes)."""
+        slots = np.flatnonzero((old.stamp >= 0) & (old.stamp == cols.table.stamps))
+        if old.basis is None or not slots.size:
+            return
+        ids = {kind: k for k, kind in enumerate(old.table.kind_ids())}
+        src = np.array([ids.get(kind, -1) for kind in self.table.kind_ids()], np.intp)
+        if (src < 0).any():
+            return
+        table, was = self.table, old.basis
+        # np.take: row-major copies (a[:, src] is column-major, slow to read by row)
+        fits, usable, n_fit = (np.take(a, src, axis=-1) for a in (was.fits, was.usable, was.n_fit))
+        room = old.host[slots]
+        before = np.zeros(len(was.before))
+        said = room[:, 0] != NO_HOST
+        for part, host in ((slots[said], (room[said, 0], room[said, 1])), (slots[~said], None)):
+            if part.size:
+                cpu = None if host is None else host[0]
+                before[part] = _frag(table, was.total[part], usable[part], n_fit[part],
+                                     _host_ok(table, cpu, None if host is None else host[1]), cpu)
+        self.basis = Basis(was.cap, fits, was.total, usable, n_fit, before)
+        self.stamp[slots], self.host[slots] = old.stamp[slots], room
+        self.version[slots] = self._next + np.arange(len(slots))
+        self._next += len(slots)
 
     def rise_of(self, kind: tuple) -> tuple[np.ndarray, np.ndarray]:
         entry = self.rises.get(kind)
@@ -553,8 +688,11 @@ class Fragmentation:
 
     def _memo_for(self, cols: Columns, table: MixTable, policy: Policy) -> _Remembered:
         key = (table.version, tuple(cols.keys), policy.version, cols.table.width, len(cols.table.stamps))
-        if self._memo is None or self._memo.key != key or self._memo.index() is not cols.index:
-            self._memo = _Remembered(cols.index, key, len(cols.table.stamps))
+        old = self._memo
+        if old is None or old.key != key or old.index() is not cols.index:
+            self._memo = _Remembered(cols.index, key, len(cols.table.stamps), table)
+            if old is not None and old.key[1:] == key[1:] and old.index() is cols.index:
+                self._memo.carry(old, cols)  # the mix's next snapshot: what does not depend on its weights
         return self._memo
 
     def _worked_out(self, req: SliceRequest, policy: Policy, table: MixTable, cols: Columns, slots: np.ndarray,

@@ -34,7 +34,7 @@ from extender.core.requests import SliceRequest, parse_slice_request
 from extender.engine.candidates import at_most_mask, candidate_mask
 from extender.engine.cluster import BindError, Cluster, HostRoom, NodeView, PodView
 from extender.engine.dra_requests import ClaimNotSeen, ClaimSpecs, allocator_may_break_rules, dra_slice_request
-from extender.engine.fragmentation import Fragmentation, rise_scores
+from extender.engine.fragmentation import Fragmentation, NamedRises, rise_scores
 from extender.engine.fragmentation import candidate_mask as within_tolerance
 from extender.engine.placement import NodeFit, build_assignment, check, evaluate, fit_key, rank, to_score
 from extender.engine.policy_store import PolicyStore
@@ -69,7 +69,7 @@ class FilterResult:
     error: str = ""
     # With fragmentation scoring: per passing node, how much its best placement raises the expected
     # fragmentation (GPUs); filter's candidates and prioritize's scores come from it.
-    rises: dict[str, float] = field(default_factory=dict)
+    rises: Mapping[str, float] = field(default_factory=dict)
     # Nodes that fit but scored below the candidates (_narrow_by_score). Left out of the reply: a node
     # kube-scheduler does not get back is not feasible, and a reason per node would be decoded for nothing.
     not_candidates: list[str] = field(default_factory=list)
@@ -171,7 +171,7 @@ class Engine:
         self.synced = False
         self._last_columns: tuple[str, Columns] | None = None  # see _columns()
         self.fragmentation = Fragmentation(p)
-        self._last_rises: tuple[tuple, dict[str, float]] | None = None  # see rises()
+        self._last_rises: tuple[tuple, Mapping[str, float]] | None = None  # see rises()
         self._last_scores: tuple[tuple, dict[str, int]] | None = None  # see _narrow_by_score()
         self.score_memo = ScoreMemo()  # rank's GPU scores, kept per request kind until a node's row changes
         policies.on_change(self._policy_changed)
@@ -510,7 +510,7 @@ class Engine:
         names = result.passed
         rises = self.rises(pod, req, policy, names, key, host=host)
         known = ~np.isnan(rises)
-        result.rises = dict(zip(compress(names, known.tolist()), rises[known].tolist(), strict=True))
+        result.rises = NamedRises(names, rises)
         cand = policy.scoring.candidates
         if not (cand.enabled and narrow_candidates):
             return
@@ -520,6 +520,9 @@ class Engine:
             return
         best = float(rises[known].min())
         result.passed = list(compress(names, (~drop).tolist()))
+        last = self._last_rises  # set by rises() above; prioritize asks about the candidates: theirs are reused
+        if last is not None and last[0][:2] == (pod.uid, key):
+            self._last_rises = (last[0], NamedRises(result.passed, rises[~drop], unknown=True))
         capped = f"gpuslice: as good as the candidates, but filter passes at most {cand.maxNodes} nodes " \
                  "(scoring.candidates.maxNodes)"
         # worded once per distinct rise, not once per node
@@ -580,7 +583,7 @@ class Engine:
             if all(n in known for n in names):
                 return np.array([known[n] for n in names], np.float64)
         out = self._rises(pod, req, policy, names, key, host)
-        self._last_rises = (memo_key, dict(zip(names, out.tolist(), strict=True)))
+        self._last_rises = (memo_key, NamedRises(names, out, unknown=True))
         return out
 
     def _rises(self, pod: PodView, req: SliceRequest | None, policy: Policy, names: list[str], key: str,

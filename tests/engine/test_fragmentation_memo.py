@@ -234,3 +234,79 @@ def test_joint_rise_is_f_after_less_f_before(gpus: tuple, kinds: list[tuple[int,
                  rows.host_mem_free - GIB)
     want = node_basis(table, after).before - node_basis(table, rows).before
     assert got.tobytes() == want.tobytes()
+
+
+def _carried_basis_checked(engine: Engine, pods: list[tuple[tuple, bool]]) -> list[bool]:
+    """Filter (and bind, where asked) each pod; after each, the memo's basis of the nodes it holds is node_basis of
+    their rows, bit for bit. Per carry (a mix snapshot): whether it kept the previous basis."""
+    policy = engine.policies.current
+    frag = engine.fragmentation
+    kept: list[bool] = []
+    carry = fragmentation._Remembered.carry
+
+    def counted(self: fragmentation._Remembered, old: fragmentation._Remembered, cols: Columns) -> None:
+        carry(self, old, cols)
+        kept.append(self.basis is not None)
+
+    with patch.object(fragmentation._Remembered, "carry", counted):
+        for i, (shape, place) in enumerate(pods):
+            pod = pod_of(f"p{i}", *shape)
+            engine.cluster.add_pod(pod)  # type: ignore[attr-defined]
+            passed = engine.filter(pod, names=NODES).passed  # the mix snapshots after 1, 2, 4, 8 pods
+            if place and passed:
+                assert engine.bind("default", pod.name, pod.uid, passed[0]) == ""
+            memo = frag._memo
+            if memo is None or memo.basis is None:
+                continue
+            req = engine.request_of(pod, policy)[0]
+            assert req is not None
+            cols = Columns(req, policy, engine.ledger.gpu_index)
+            slots = np.flatnonzero((memo.stamp >= 0) & (memo.stamp == cols.table.stamps))
+            room = memo.host[slots]
+            rows, _, _, _ = rows_from_columns(cols, slots, (room[:, 0], room[:, 1]))
+            want, got = node_basis(memo.table, rows), memo.basis.take(slots)
+            for name in ("cap", "fits", "total", "usable", "n_fit", "before"):
+                assert getattr(got, name).tobytes() == getattr(want, name).tobytes(), name
+    return kept
+
+
+few_shapes = st.sampled_from([(250, 1, 8, 1000), (125, 1, 40, 0), (500, 2, 100, 6000)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(few_shapes, st.booleans()), min_size=2, max_size=10))
+def test_a_carried_basis_is_the_basis_worked_out_afresh(pods: list[tuple[tuple, bool]]) -> None:
+    """At a mix snapshot with no new kind the memo keeps, for the nodes that did not change, the kinds' weight-free
+    columns and works out only F (_Remembered.carry): what it holds is node_basis of the rows, bit for bit."""
+    _carried_basis_checked(engine_of(), pods)
+
+
+def test_a_snapshot_without_new_kinds_keeps_the_basis_and_one_with_a_new_kind_does_not() -> None:
+    one, other = (250, 1, 8, 1000), (500, 2, 100, 6000)
+    kept = _carried_basis_checked(engine_of(), [(one, True), (one, False), (one, True), (one, False)])
+    assert kept == [True, True]  # snapshots after 2 and 4 pods: the same kind
+    kept = _carried_basis_checked(engine_of(), [(one, True), (other, False)])
+    assert kept == [False]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.lists(st.tuples(st.sampled_from([0, 38, 76, 152, 304, 400]),
+                                             st.sampled_from([4, 40, 120]), st.sampled_from([1, 2])),
+                                   min_size=1, max_size=6), st.data())
+def test_fits_worked_out_once_per_distinct_gpu_are_the_fits_of_each(gpus: int, kinds: list[tuple[int, int, int]],
+                                                                    data: st.DataObject) -> None:
+    """_fits_of (each distinct GPU once, then gathered) is _fits GPU by GPU, whatever the columns."""
+    def column(values: st.SearchStrategy) -> np.ndarray:
+        return np.array(data.draw(st.lists(values, min_size=gpus, max_size=gpus)))
+
+    k = len(kinds)
+    table = MixTable(1, np.array([[c for c, _, _ in kinds], [c // 2 for c, _, _ in kinds]]),
+                     np.array([g * GIB for _, g, _ in kinds]), np.array([n for _, _, n in kinds]),
+                     np.full(k, 1000), np.zeros(k, np.int64), np.full(k, 1 / k))
+    valid, model = column(st.booleans()), column(st.sampled_from([-1, 0, 1]))
+    total, free = column(st.sampled_from([152, 304])), column(st.integers(-40, 304))
+    empty, mem = column(st.booleans()), column(st.sampled_from([-GIB, 0, 4 * GIB, 40 * GIB, 200 * GIB]))
+    want = fragmentation._fits(table, valid, total, table.need[np.maximum(model, 0)], free, empty, mem)
+    with patch.object(fragmentation, "FEW_GPUS", 0):  # the gathered way even for a few GPUs
+        got = fragmentation._fits_of(table, valid, model, total, free, empty, mem)
+    assert got.tobytes() == want.tobytes()
