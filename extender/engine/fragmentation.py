@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import compress
 
 import numpy as np
@@ -68,6 +68,8 @@ class MixTable:
     weight: np.ndarray  # sums to 1
     cpu_per_gpu: float = 0.0  # host CPU (millis) the mix asks per GPU it asks: 0 when unknown
     stranding: float = 1.0  # weight of the GPUs the host CPU cannot feed
+    waste: np.ndarray | None = None  # [model, CUs + 1]: final_waste of a remainder; None: FGD's count
+    model_cus: np.ndarray | None = None  # [model]: CUs of each model (waste's row length less one)
 
     @property
     def empty(self) -> bool:
@@ -142,6 +144,9 @@ class WorkloadMix:
                          np.array([k.cpu_millis for k in kinds], np.int64),
                          np.array([k.memory_bytes for k in kinds], np.int64),
                          np.array([w for _, w in snap], np.float64), rho, stranding)
+        if policy.scoring.fragmentation.remainders == "waste" and kinds:
+            cus = np.array([c for _, c, _ in model_keys] or [1], np.int64)
+            table = replace(table, waste=final_waste(table, cus), model_cus=cus)
         with self._lock:
             if self.version == version:
                 self._tables[key] = table
@@ -218,6 +223,61 @@ def _stranded(table: MixTable, capacity: np.ndarray, cpu: np.ndarray | None) -> 
     return table.stranding * np.maximum(0.0, capacity - cpu / table.cpu_per_gpu)
 
 
+def final_waste(table: MixTable, cus: np.ndarray) -> np.ndarray:
+    """[model, i]: the GPU capacity expected to stay unused in the end on a GPU of that model with i free
+    CUs (i < all of them), under the mix. Why not FGD's count (the free capacity times the share of arriving
+    kinds that cannot use it): whole-GPU pods, most of a GPU trace, never use a remainder, so FGD charges
+    every remainder for them and pushes each part-GPU pod into the largest remainder it fits, even when that
+    leaves a sliver only rare pods fit (a 470m pod beside a lone 320m pod leaves 0.21, for the 160m pods) and
+    a better partner (a 650m pod) is common. Whole-GPU pods take empty GPUs; what is lost once the cluster is
+    full is what no part-GPU pod fills. A remainder of r is filled by part-GPU kind k, if k fits, at
+    rho_k = w_k / C_k(r): k's weight over that of the remainders competing for it, those a lone part-GPU pod
+    j leaves (1 - s_j, arriving as often as j) that k fits and that are no larger than r (k goes to the
+    tightest; none competing: rho_k = 1). With c = min(1, sum rho_k) the chance it is filled and k drawn by
+    rho_k, W(r) = (1 - c) r + c * sum_k (rho_k / sum rho) W(r - s_k): worked out upwards from r = 0. Derived
+    from the mix alone; no constant."""
+    need, w = table.need, table.weight
+    out = np.zeros((need.shape[0], int(cus.max()) + 1))
+    for m, total in enumerate(cus.tolist()):
+        nk = need[m]
+        part = (table.count == 1) & (nk > 0) & (nk < total)
+        if not part.any():
+            out[m, :total] = np.arange(total) / total
+            continue
+        supply = np.zeros(total + 1)  # by CUs left: the weight of lone part-GPU pods leaving that many
+        np.add.at(supply, total - nk[part], w[part])
+        below = np.concatenate([[0.0], np.cumsum(supply)])  # below[v]: supply of remainders < v CUs
+        for i in range(total):
+            fit = part & (nk <= i)
+            if not fit.any():
+                out[m, i] = i / total
+                continue
+            competing = below[i + 1] - below[np.minimum(nk, i + 1)]
+            rho = np.where(fit, np.minimum(1.0, np.where(competing > 0, w / np.where(competing > 0, competing, 1.0),
+                                                            1.0)), 0.0)
+            c = min(1.0, float(rho.sum()))
+            out[m, i] = (1.0 - c) * i / total + c * float(rho @ out[m, np.maximum(i - nk, 0)]) / float(rho.sum())
+    return out
+
+
+def _remainders(table: MixTable, cap: np.ndarray, model: np.ndarray, fits: np.ndarray,
+                host: np.ndarray | bool) -> np.ndarray | float:
+    """[node]: what the `waste` count changes in F. FGD counts a GPU's free capacity `cap` [node, GPU] for
+    the one-GPU kinds that cannot use it (their weight W1 less that of those that fit it, host included);
+    the `waste` count puts W1 times the remainder's final_waste in its place (an empty GPU: 0). Multi-GPU
+    kinds, pods without GPUs and host CPU keep FGD's terms. FGD (table.waste None): 0."""
+    if table.waste is None or table.model_cus is None:
+        return 0.0
+    one = np.where(table.count == 1, table.weight, 0.0)
+    w1 = float(one.sum())
+    ok = fits & (host[..., None, :] if isinstance(host, np.ndarray) else host)
+    p = np.einsum("...k,k->...", ok, one)
+    m = np.maximum(np.broadcast_to(model, cap.shape), 0)
+    cus = table.model_cus[m]
+    lost = np.where(cap < 1.0, table.waste[m, np.clip(np.rint(cap * cus).astype(np.int64), 0, cus)], 0.0)
+    return (w1 * lost - cap * (w1 - p)).sum(axis=-1)
+
+
 def _weighted(table: MixTable, x: np.ndarray) -> np.ndarray:
     """sum_k w_k x[..., k]. Each value is worked out from its own row alone, whatever the other rows (a BLAS
     product's rounding depends on how many rows it is given), so that a node's rise is a function of the node:
@@ -226,13 +286,14 @@ def _weighted(table: MixTable, x: np.ndarray) -> np.ndarray:
 
 
 def _room(table: MixTable, cap: np.ndarray, fits: np.ndarray, host: np.ndarray | bool,
-          cpu_left: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+          cpu_left: np.ndarray | None, model: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """F of nodes whose GPUs have free capacity `cap` [node, GPU] and fit the kinds `fits` [node, GPU, kind],
     and its parts: the free capacity, and per kind the capacity on GPUs it fits and how many GPUs it fits."""
     usable = (cap[..., None] * fits).sum(axis=1)  # [node, kind]
     n_fit = fits.sum(axis=1)
     total = cap.sum(axis=1)
-    return _frag(table, total, usable, n_fit, host, cpu_left), total, usable, n_fit
+    f = _frag(table, total, usable, n_fit, host, cpu_left) + _remainders(table, cap, model, fits, host)
+    return f, total, usable, n_fit
 
 
 def _frag(table: MixTable, total: np.ndarray, usable: np.ndarray, n_fit: np.ndarray, host: np.ndarray | bool,
@@ -264,7 +325,7 @@ def node_basis(table: MixTable, rows: Rows) -> Basis:
     fits = _fits(table, rows.valid, rows.total, k_need, rows.free, rows.empty, rows.mem_free)
     cap = _capacity(rows.valid, rows.usable, rows.free, rows.empty)
     before, total, usable, n_fit = _room(table, cap, fits, _host_ok(table, rows.cpu_free, rows.host_mem_free),
-                                         rows.cpu_free)
+                                         rows.cpu_free, rows.model)
     return Basis(cap, fits, total, usable, n_fit, before)
 
 
@@ -305,6 +366,11 @@ def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok:
     host2 = _host_ok(table, cpu_left, None if rows.host_mem_free is None else (rows.host_mem_free - memory)[n])
     s2 = basis.total[n] - cap + cap2
     after = _weighted(table, s2[:, None] - usable2 * ((n_fit2 >= table.count) & host2))
+    if table.waste is not None:  # the node's GPUs with the host room left after, the chosen one as it is after
+        mj = rows.model[n, j][:, None]
+        after = after + (_remainders(table, basis.cap[n], rows.model[n], basis.fits[n], host2)
+                         - _remainders(table, cap[:, None], mj, fits[:, None, :], host2)
+                         + _remainders(table, cap2[:, None], mj, fits2[:, None, :], host2))
     out[n, j] = after + _stranded(table, s2, cpu_left) - basis.before[n]
     return np.where(ok, np.take_along_axis(out, src, axis=1), INFINITE)
 
@@ -316,7 +382,8 @@ def host_delta(table: MixTable, rows: Rows, cpu: int, memory: int, basis: Basis 
     basis = node_basis(table, rows) if basis is None else basis
     cpu_left = rows.cpu_free - cpu
     host2 = _host_ok(table, cpu_left, rows.host_mem_free - memory)  # the GPUs stay as they are
-    return _frag(table, basis.total, basis.usable, basis.n_fit, host2, cpu_left) - basis.before
+    return (_frag(table, basis.total, basis.usable, basis.n_fit, host2, cpu_left)
+            + _remainders(table, basis.cap, rows.model, basis.fits, host2) - basis.before)
 
 
 def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarray, whole: np.ndarray,
@@ -334,7 +401,8 @@ def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarra
     fits2 = basis.fits.copy()
     fits2[n, j] = _fits(table, rows.valid[n, j], rows.total[n, j], table.need[np.maximum(rows.model[n, j], 0)],
                         free2[n, j], False, rows.mem_free[n, j] - gpu_memory)
-    after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left)
+    after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left,
+                           rows.model)
     return after - basis.before
 
 
