@@ -231,11 +231,12 @@ def final_waste(table: MixTable, cus: np.ndarray) -> np.ndarray:
     leaves a sliver only rare pods fit (a 470m pod beside a lone 320m pod leaves 0.21, for the 160m pods) and
     a better partner (a 650m pod) is common. Whole-GPU pods take empty GPUs; what is lost once the cluster is
     full is what no part-GPU pod fills. A remainder of r is filled by part-GPU kind k, if k fits, at
-    rho_k = w_k / C_k(r): k's weight over that of the remainders competing for it, those a lone part-GPU pod
-    j leaves (1 - s_j, arriving as often as j) that k fits and that are no larger than r (k goes to the
-    tightest; none competing: rho_k = 1). With c = min(1, sum rho_k) the chance it is filled and k drawn by
-    rho_k, W(r) = (1 - c) r + c * sum_k (rho_k / sum rho) W(r - s_k): worked out upwards from r = 0. Derived
-    from the mix alone; no constant."""
+    rho_k = w_k / C_k(r): k's weight over that of the remainders competing for it, those k fits that are no
+    larger than r (k goes to the tightest; none: rho_k = 1). The remainders arise as the mix fills GPUs: a
+    lone part-GPU pod j leaves 1 - s_j as often as j arrives, and a remainder u filled by k leaves u - s_k
+    (_remainder_supply). With c = min(1, sum rho_k) the chance it is filled and k drawn by rho_k,
+    W(r) = (1 - c) r + c * sum_k (rho_k / sum rho) W(r - s_k), worked out upwards from r = 0. Derived from
+    the mix alone; no constant."""
     need, w = table.need, table.weight
     out = np.zeros((need.shape[0], int(cus.max()) + 1))
     for m, total in enumerate(cus.tolist()):
@@ -244,20 +245,48 @@ def final_waste(table: MixTable, cus: np.ndarray) -> np.ndarray:
         if not part.any():
             out[m, :total] = np.arange(total) / total
             continue
-        supply = np.zeros(total + 1)  # by CUs left: the weight of lone part-GPU pods leaving that many
-        np.add.at(supply, total - nk[part], w[part])
-        below = np.concatenate([[0.0], np.cumsum(supply)])  # below[v]: supply of remainders < v CUs
+        rho = _fill_rates(w, nk, part, _remainder_supply(w, nk, part, total), total)
         for i in range(total):
-            fit = part & (nk <= i)
-            if not fit.any():
+            r = rho[i]
+            if not r.any():
                 out[m, i] = i / total
                 continue
-            competing = below[i + 1] - below[np.minimum(nk, i + 1)]
-            rho = np.where(fit, np.minimum(1.0, np.where(competing > 0, w / np.where(competing > 0, competing, 1.0),
-                                                            1.0)), 0.0)
-            c = min(1.0, float(rho.sum()))
-            out[m, i] = (1.0 - c) * i / total + c * float(rho @ out[m, np.maximum(i - nk, 0)]) / float(rho.sum())
+            c = min(1.0, float(r.sum()))
+            out[m, i] = (1.0 - c) * i / total + c * float(r @ out[m, np.maximum(i - nk, 0)]) / float(r.sum())
     return out
+
+
+def _fill_rates(w: np.ndarray, nk: np.ndarray, part: np.ndarray, supply: np.ndarray, total: int) -> np.ndarray:
+    """[i, kind]: rho_k of a remainder of i CUs (final_waste), given how often each remainder arises."""
+    below = np.concatenate([[0.0], np.cumsum(supply)])  # below[v]: remainders of fewer than v CUs
+    at = np.arange(total)[:, None]
+    fit = part & (nk <= at)
+    competing = below[at + 1] - below[np.minimum(nk, at + 1)]
+    rate = np.divide(w, competing, out=np.ones_like(competing), where=competing > 0)
+    return np.where(fit, np.minimum(1.0, rate), 0.0)
+
+
+def _remainder_supply(w: np.ndarray, nk: np.ndarray, part: np.ndarray, total: int) -> np.ndarray:
+    """[v]: how often a remainder of v CUs arises as the mix fills GPUs: lone part-GPU pods leave total - s_j,
+    and a remainder u that kind k fills (at the rates those remainders give, _fill_rates) leaves u - s_k. The
+    rates depend on the remainders: worked out again until they settle (the remainders only shrink, so each
+    round adds the next generation)."""
+    lone = np.zeros(total + 1)
+    np.add.at(lone, total - nk[part], w[part])
+    supply = lone
+    for _ in range(total):
+        rho = _fill_rates(w, nk, part, supply, total)
+        new = lone.copy()
+        for u in range(total - 1, 0, -1):
+            r = rho[u]
+            if new[u] <= 0 or not r.any():
+                continue
+            flow = new[u] * min(1.0, float(r.sum())) * r / float(r.sum())
+            np.add.at(new, np.maximum(u - nk, 0)[r > 0], flow[r > 0])
+        if np.allclose(new, supply, rtol=1e-6, atol=1e-9):
+            return new
+        supply = new
+    return supply
 
 
 def _remainders(table: MixTable, cap: np.ndarray, model: np.ndarray, fits: np.ndarray,

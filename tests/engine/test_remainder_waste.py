@@ -36,15 +36,22 @@ def wasteful(t: MixTable, cus: int = 100) -> MixTable:
 
 def test_final_waste_on_a_hand_worked_mix() -> None:
     # kinds on a 100-CU GPU: 30 CUs (w .25), 70 CUs (w .25), a whole GPU (w .5). Lone part-GPU pods leave 70
-    # (the 30s) and 30 (the 70s), each as often as its pod arrives.
+    # (the 30s) and 30 (the 70s), each as often as its pod arrives; a 70 filled by a 30 leaves 40, x as often:
+    # the 30s fill a 70 at rho .25 / (.25 + x + .25), the 70s at 1, so x = .25 rho / (1 + rho), that is
+    # x^2 + .75 x - .0625 = 0.
     w = final_waste(table([30, 70, 100], [0.25, 0.25, 0.5]), np.array([100]))[0]
+    x = (-0.75 + np.sqrt(0.75**2 + 4 * 0.0625)) / 2
     assert w[10] == pytest.approx(0.10)  # nothing fits 10 CUs: all of it stays unused
-    # 30..69 free: only the 30s fit; the remainders competing for them (30..i CUs) are the 70s' 30, which
-    # arrive as often as the 30s: rho 1, filled for sure, by a 30
-    assert w[30] == pytest.approx(0.0) and w[45] == pytest.approx(w[15]) == pytest.approx(0.15)
-    # 70 free: the 30s compete with the 30s' and the 70s' remainders (rho .25/.5), the 70s with the 30s' 70
-    # (rho 1): filled for sure, by a 70 two times in three
-    assert w[70] == pytest.approx((0.5 * w[40] + 1.0 * w[0]) / 1.5) == pytest.approx(0.1 / 3)
+    # 30..39 free: only the 30s fit, and the only remainders competing for them are the 70s' 30s, which
+    # arrive as often as the 30s: rho 1, filled for sure
+    assert w[30] == pytest.approx(0.0) and w[35] == pytest.approx(0.05)
+    # 40..69: the 40s compete too: the 30s fill one at rho .25 / (.25 + x)
+    rho = 0.25 / (0.25 + x)
+    assert w[45] == pytest.approx((1 - rho) * 0.45 + rho * w[15])
+    assert w[40] == pytest.approx((1 - rho) * 0.40 + rho * 0.10)
+    # 70: a 30 (rho .25 / (.5 + x)) or a 70 (rho 1) fills it for sure
+    rho30 = 0.25 / (0.5 + x)
+    assert w[70] == pytest.approx((rho30 * w[40] + 1.0 * w[0]) / (1 + rho30))
     assert w[100] == 0.0  # an empty GPU is taken whole, or by a part the mix fills
 
 
