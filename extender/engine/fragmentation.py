@@ -293,18 +293,21 @@ def _remainders(table: MixTable, cap: np.ndarray, model: np.ndarray, fits: np.nd
                 host: np.ndarray | bool) -> np.ndarray | float:
     """[node]: what the `waste` count changes in F. FGD counts a GPU's free capacity `cap` [node, GPU] for
     the one-GPU kinds that cannot use it (their weight W1 less that of those that fit it, host included);
-    the `waste` count puts W1 times the remainder's final_waste in its place (an empty GPU: 0). Multi-GPU
-    kinds, pods without GPUs and host CPU keep FGD's terms. FGD (table.waste None): 0."""
+    the `waste` count puts, for the kinds whose host requests the node meets, their weight times the
+    remainder's final_waste in its place (an empty GPU: 0), and for the others all of `cap`, as FGD does.
+    Multi-GPU kinds, pods without GPUs and host CPU stranding keep FGD's terms. FGD (table.waste None): 0."""
     if table.waste is None or table.model_cus is None:
         return 0.0
     one = np.where(table.count == 1, table.weight, 0.0)
     w1 = float(one.sum())
+    hosted = np.einsum("...k,k->...", host, one)[..., None] if isinstance(host, np.ndarray) else w1
     ok = fits & (host[..., None, :] if isinstance(host, np.ndarray) else host)
     p = np.einsum("...k,k->...", ok, one)
     m = np.maximum(np.broadcast_to(model, cap.shape), 0)
     cus = table.model_cus[m]
     lost = np.where(cap < 1.0, table.waste[m, np.clip(np.rint(cap * cus).astype(np.int64), 0, cus)], 0.0)
-    return (w1 * lost - cap * (w1 - p)).sum(axis=-1)
+    # the kinds the node's host can take: the remainder's final waste; those it cannot: all of it, as in FGD
+    return (hosted * lost + cap * (w1 - hosted) - cap * (w1 - p)).sum(axis=-1)
 
 
 def _weighted(table: MixTable, x: np.ndarray) -> np.ndarray:
