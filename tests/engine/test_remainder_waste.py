@@ -78,6 +78,15 @@ def test_a_whole_node_still_costs_what_fgd_says() -> None:
     assert rise[0] > rise[1]
 
 
+def test_kinds_the_host_cannot_take_lose_the_gpu_as_in_fgd() -> None:
+    # Both kinds ask 4 cores. Node 1 has 2 left: its empty GPU is lost to every kind (FGD: F = 1), whatever
+    # a remainder's final waste would be; node 0 hosts them, and its empty GPU loses nothing.
+    t = table([50, 100], [0.5, 0.5], cpu=[4, 4])
+    r = rows([[100], [100]], cpu=[10, 2])
+    assert node_basis(wasteful(t), r).before.tolist() == pytest.approx([0.0, 1.0])
+    assert node_basis(t, r).before.tolist() == pytest.approx([0.0, 1.0])
+
+
 kinds = st.lists(st.tuples(st.sampled_from([38, 76, 152, 304]), st.sampled_from([4, 40, 120]),
                            st.sampled_from([1, 2])), min_size=1, max_size=5)
 
