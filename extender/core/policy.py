@@ -155,6 +155,10 @@ class Fragmentation(_Strict):
                                 "scoring breaks the tie)")
     weighting: Literal["pods", "gpus"] = Field(
         default="pods", description="weigh each kind by how many pods arrive (FGD) or by the GPUs they ask")
+    remainders: Literal["fgd", "waste"] = Field(
+        default="fgd", description="a part-used GPU's free capacity counts for the one-GPU kinds by the share of "
+        "them that cannot use it (fgd), or as the capacity expected to stay unused in the end under the mix "
+        "(waste: engine/fragmentation.py final_waste)")
     prioritize: Literal["fragmentation", "packing"] = Field(
         default="fragmentation", description="prioritize's 0..10: the rise of fragmentation, or how full the "
         "node's GPUs are after the placement (with candidates, the rise already chose the nodes)")

@@ -22,7 +22,7 @@ import threading
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import compress
 
 import numpy as np
@@ -71,6 +71,8 @@ class MixTable:
     weight: np.ndarray  # sums to 1
     cpu_per_gpu: float = 0.0  # host CPU (millis) the mix asks per GPU it asks: 0 when unknown
     stranding: float = 1.0  # weight of the GPUs the host CPU cannot feed
+    waste: np.ndarray | None = None  # [model, CUs + 1]: final_waste of a remainder; None: FGD's count
+    model_cus: np.ndarray | None = None  # [model]: CUs of each model (waste's row length less one)
 
     @property
     def empty(self) -> bool:
@@ -149,6 +151,9 @@ class WorkloadMix:
                          np.array([k.cpu_millis for k in kinds], np.int64),
                          np.array([k.memory_bytes for k in kinds], np.int64),
                          np.array([w for _, w in snap], np.float64), rho, stranding)
+        if policy.scoring.fragmentation.remainders == "waste" and kinds:
+            cus = np.array([c for _, c, _ in model_keys] or [1], np.int64)
+            table = replace(table, waste=final_waste(table, cus), model_cus=cus)
         with self._lock:
             if self.version == version:
                 self._tables[key] = table
@@ -281,6 +286,93 @@ def _stranded(table: MixTable, capacity: np.ndarray, cpu: np.ndarray | None) -> 
     return table.stranding * np.maximum(0.0, capacity - cpu / table.cpu_per_gpu)
 
 
+def final_waste(table: MixTable, cus: np.ndarray) -> np.ndarray:
+    """[model, i]: the GPU capacity expected to stay unused in the end on a GPU of that model with i free
+    CUs (i < all of them), under the mix. Why not FGD's count (the free capacity times the share of arriving
+    kinds that cannot use it): whole-GPU pods, most of a GPU trace, never use a remainder, so FGD charges
+    every remainder for them and pushes each part-GPU pod into the largest remainder it fits, even when that
+    leaves a sliver only rare pods fit (a 470m pod beside a lone 320m pod leaves 0.21, for the 160m pods) and
+    a better partner (a 650m pod) is common. Whole-GPU pods take empty GPUs; what is lost once the cluster is
+    full is what no part-GPU pod fills. A remainder of r is filled by part-GPU kind k, if k fits, at
+    rho_k = w_k / C_k(r): k's weight over that of the remainders competing for it, those k fits that are no
+    larger than r (k goes to the tightest; none: rho_k = 1). The remainders arise as the mix fills GPUs: a
+    lone part-GPU pod j leaves 1 - s_j as often as j arrives, and a remainder u filled by k leaves u - s_k
+    (_remainder_supply). With c = min(1, sum rho_k) the chance it is filled and k drawn by rho_k,
+    W(r) = (1 - c) r + c * sum_k (rho_k / sum rho) W(r - s_k), worked out upwards from r = 0. Derived from
+    the mix alone; no constant."""
+    need, w = table.need, table.weight
+    out = np.zeros((need.shape[0], int(cus.max()) + 1))
+    for m, total in enumerate(cus.tolist()):
+        nk = need[m]
+        part = (table.count == 1) & (nk > 0) & (nk < total)
+        if not part.any():
+            out[m, :total] = np.arange(total) / total
+            continue
+        rho = _fill_rates(w, nk, part, _remainder_supply(w, nk, part, total), total)
+        for i in range(total):
+            r = rho[i]
+            if not r.any():
+                out[m, i] = i / total
+                continue
+            c = min(1.0, float(r.sum()))
+            out[m, i] = (1.0 - c) * i / total + c * float(r @ out[m, np.maximum(i - nk, 0)]) / float(r.sum())
+    return out
+
+
+def _fill_rates(w: np.ndarray, nk: np.ndarray, part: np.ndarray, supply: np.ndarray, total: int) -> np.ndarray:
+    """[i, kind]: rho_k of a remainder of i CUs (final_waste), given how often each remainder arises."""
+    below = np.concatenate([[0.0], np.cumsum(supply)])  # below[v]: remainders of fewer than v CUs
+    at = np.arange(total)[:, None]
+    fit = part & (nk <= at)
+    competing = below[at + 1] - below[np.minimum(nk, at + 1)]
+    rate = np.divide(w, competing, out=np.ones_like(competing), where=competing > 0)
+    return np.where(fit, np.minimum(1.0, rate), 0.0)
+
+
+def _remainder_supply(w: np.ndarray, nk: np.ndarray, part: np.ndarray, total: int) -> np.ndarray:
+    """[v]: how often a remainder of v CUs arises as the mix fills GPUs: lone part-GPU pods leave total - s_j,
+    and a remainder u that kind k fills (at the rates those remainders give, _fill_rates) leaves u - s_k. The
+    rates depend on the remainders: worked out again until they settle (the remainders only shrink, so each
+    round adds the next generation)."""
+    lone = np.zeros(total + 1)
+    np.add.at(lone, total - nk[part], w[part])
+    supply = lone
+    for _ in range(total):
+        rho = _fill_rates(w, nk, part, supply, total)
+        new = lone.copy()
+        for u in range(total - 1, 0, -1):
+            r = rho[u]
+            if new[u] <= 0 or not r.any():
+                continue
+            flow = new[u] * min(1.0, float(r.sum())) * r / float(r.sum())
+            np.add.at(new, np.maximum(u - nk, 0)[r > 0], flow[r > 0])
+        if np.allclose(new, supply, rtol=1e-6, atol=1e-9):
+            return new
+        supply = new
+    return supply
+
+
+def _remainders(table: MixTable, cap: np.ndarray, model: np.ndarray, fits: np.ndarray,
+                host: np.ndarray | bool) -> np.ndarray | float:
+    """[node]: what the `waste` count changes in F. FGD counts a GPU's free capacity `cap` [node, GPU] for
+    the one-GPU kinds that cannot use it (their weight W1 less that of those that fit it, host included);
+    the `waste` count puts, for the kinds whose host requests the node meets, their weight times the
+    remainder's final_waste in its place (an empty GPU: 0), and for the others all of `cap`, as FGD does.
+    Multi-GPU kinds, pods without GPUs and host CPU stranding keep FGD's terms. FGD (table.waste None): 0."""
+    if table.waste is None or table.model_cus is None:
+        return 0.0
+    one = np.where(table.count == 1, table.weight, 0.0)
+    w1 = float(one.sum())
+    hosted = np.einsum("...k,k->...", host, one)[..., None] if isinstance(host, np.ndarray) else w1
+    ok = fits & (host[..., None, :] if isinstance(host, np.ndarray) else host)
+    p = np.einsum("...k,k->...", ok, one)
+    m = np.maximum(np.broadcast_to(model, cap.shape), 0)
+    cus = table.model_cus[m]
+    lost = np.where(cap < 1.0, table.waste[m, np.clip(np.rint(cap * cus).astype(np.int64), 0, cus)], 0.0)
+    # the kinds the node's host can take: the remainder's final waste; those it cannot: all of it, as in FGD
+    return (hosted * lost + cap * (w1 - hosted) - cap * (w1 - p)).sum(axis=-1)
+
+
 def _weighted(table: MixTable, x: np.ndarray) -> np.ndarray:
     """sum_k w_k x[..., k]. Each value is worked out from its own row alone, whatever the other rows (a BLAS
     product's rounding depends on how many rows it is given), so that a node's rise is a function of the node:
@@ -289,12 +381,13 @@ def _weighted(table: MixTable, x: np.ndarray) -> np.ndarray:
 
 
 def _room(table: MixTable, cap: np.ndarray, fits: np.ndarray, host: np.ndarray | bool,
-          cpu_left: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+          cpu_left: np.ndarray | None, model: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """F of nodes whose GPUs have free capacity `cap` [node, GPU] and fit the kinds `fits` [node, GPU, kind],
     and its parts: the free capacity, and per kind the capacity on GPUs it fits and how many GPUs it fits."""
     usable, n_fit = _over_gpus(cap, fits)  # [node, kind]
     total = cap.sum(axis=1)
-    return _frag(table, total, usable, n_fit, host, cpu_left), total, usable, n_fit
+    f = _frag(table, total, usable, n_fit, host, cpu_left) + _remainders(table, cap, model, fits, host)
+    return f, total, usable, n_fit
 
 
 def _frag(table: MixTable, total: np.ndarray, usable: np.ndarray, n_fit: np.ndarray, host: np.ndarray | bool,
@@ -332,7 +425,7 @@ def node_basis(table: MixTable, rows: Rows) -> Basis:
     fits = _fits_of(table, rows.valid, rows.model, rows.total, rows.free, rows.empty, rows.mem_free)
     cap = _capacity(rows.valid, rows.usable, rows.free, rows.empty)
     before, total, usable, n_fit = _room(table, cap, fits, _host_ok(table, rows.cpu_free, rows.host_mem_free),
-                                         rows.cpu_free)
+                                         rows.cpu_free, rows.model)
     return Basis(cap, fits, total, usable, n_fit, before)
 
 
@@ -381,6 +474,11 @@ def deltas(table: MixTable, rows: Rows, need: np.ndarray, whole: np.ndarray, ok:
     s2 = basis.total[n] - cap + cap2
     np.multiply(usable2, runs, out=usable2)  # in place from here: s2 - usable2 * runs
     after = _weighted(table, np.subtract(s2[:, None], usable2, out=usable2))
+    if table.waste is not None:  # the node's GPUs with the host room left after, the chosen one as it is after
+        mj, h = rows.model[n, j][:, None], np.take(host2, n, axis=0) if isinstance(host2, np.ndarray) else host2
+        after = after + (_remainders(table, basis.cap[n], rows.model[n], basis.fits[n], h)
+                         - _remainders(table, cap[:, None], mj, fits[:, None, :], h)
+                         + _remainders(table, cap2[:, None], mj, fits2[:, None, :], h))
     out[n, j] = after + _stranded(table, s2, cpu_left) - basis.before[n]
     return np.where(ok, np.take_along_axis(out, src, axis=1), INFINITE)
 
@@ -392,7 +490,8 @@ def host_delta(table: MixTable, rows: Rows, cpu: int, memory: int, basis: Basis 
     basis = node_basis(table, rows) if basis is None else basis
     cpu_left = rows.cpu_free - cpu
     host2 = _host_ok(table, cpu_left, rows.host_mem_free - memory)  # the GPUs stay as they are
-    return _frag(table, basis.total, basis.usable, basis.n_fit, host2, cpu_left) - basis.before
+    return (_frag(table, basis.total, basis.usable, basis.n_fit, host2, cpu_left)
+            + _remainders(table, basis.cap, rows.model, basis.fits, host2) - basis.before)
 
 
 def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarray, whole: np.ndarray,
@@ -410,7 +509,8 @@ def joint_delta(table: MixTable, rows: Rows, chosen: np.ndarray, need: np.ndarra
     fits2 = basis.fits.copy()
     fits2[n, j] = _fits_of(table, rows.valid[n, j], rows.model[n, j], rows.total[n, j], free2[n, j], False,
                            rows.mem_free[n, j] - gpu_memory)
-    after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left)
+    after, _, _, _ = _room(table, _capacity(rows.valid, rows.usable, free2, empty2), fits2, host2, cpu_left,
+                           rows.model)
     return after - basis.before
 
 
@@ -588,10 +688,10 @@ class _Remembered:
     def carry(self, old: _Remembered, cols: Columns) -> None:
         """Start from the previous mix snapshot's memo when the new snapshot has no kind the old one lacks: the
         nodes whose rows are as it saw them keep their free capacity and each kind's weight-free columns (fits,
-        usable, n_fit); only F is worked out again (the weights changed). Each column comes from its own kind and row
-        alone (_fits_of, _over_gpus), so this is node_basis of the rows, bit for bit. With a new kind nothing is
-        kept: its columns need every GPU's fit worked out, and node_basis of the rows then costs less than
-        working out the new columns and merging them in (measured at 5,000 nodes)."""
+        usable, n_fit); only F is worked out again (the weights changed), with _room's terms. Each column comes
+        from its own kind and row alone (_fits_of, _over_gpus), so this is node_basis of the rows, bit for bit.
+        With a new kind nothing is kept: its columns need every GPU's fit worked out, and node_basis of the rows
+        then costs less than working out the new columns and merging them in (measured at 5,000 nodes)."""
         slots = np.flatnonzero((old.stamp >= 0) & (old.stamp == cols.table.stamps))
         if old.basis is None or not slots.size:
             return
@@ -608,8 +708,9 @@ class _Remembered:
         for part, host in ((slots[said], (room[said, 0], room[said, 1])), (slots[~said], None)):
             if part.size:
                 cpu = None if host is None else host[0]
-                before[part] = _frag(table, was.total[part], usable[part], n_fit[part],
-                                     _host_ok(table, cpu, None if host is None else host[1]), cpu)
+                ok = _host_ok(table, cpu, None if host is None else host[1])
+                before[part] = _frag(table, was.total[part], usable[part], n_fit[part], ok, cpu) + _remainders(
+                    table, was.cap[part], np.take(cols.cols["model"], part, axis=0), fits[part], ok)
         self.basis = Basis(was.cap, fits, was.total, usable, n_fit, before)
         self.stamp[slots], self.host[slots] = old.stamp[slots], room
         self.version[slots] = self._next + np.arange(len(slots))

@@ -35,12 +35,13 @@ GIB = 2**30
 NODES = [f"n{i}" for i in range(6)]
 
 
-def engine_of() -> Engine:
+def engine_of(remainders: str = "fgd") -> Engine:
     cluster = MemoryCluster()
     for i, name in enumerate(NODES):
         gpus = 4 if i % 3 else 2
         cluster.add_node(NodeView(name, allocatable={"amd.com/gpu": str(gpus), "cpu": "16", "memory": "64Gi"}))
-    engine = Engine(cluster, PolicyStore(_policy(candidates={"enabled": True})))
+    engine = Engine(cluster, PolicyStore(_policy(candidates={"enabled": True},
+                                                 fragmentation={"enabled": True, "remainders": remainders})))
     engine.sync()
     return engine
 
@@ -279,6 +280,13 @@ def test_a_carried_basis_is_the_basis_worked_out_afresh(pods: list[tuple[tuple, 
     """At a mix snapshot with no new kind the memo keeps, for the nodes that did not change, the kinds' weight-free
     columns and works out only F (_Remembered.carry): what it holds is node_basis of the rows, bit for bit."""
     _carried_basis_checked(engine_of(), pods)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(few_shapes, st.booleans()), min_size=2, max_size=10))
+def test_a_carried_basis_under_the_waste_count_is_the_basis_worked_out_afresh(pods: list[tuple[tuple, bool]]) -> None:
+    """The same with `remainders: waste`, whose F has a term per part-used GPU (_remainders) that carry must add."""
+    _carried_basis_checked(engine_of("waste"), pods)
 
 
 def test_a_snapshot_without_new_kinds_keeps_the_basis_and_one_with_a_new_kind_does_not() -> None:
