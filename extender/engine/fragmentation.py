@@ -106,6 +106,16 @@ class WorkloadMix:
         self._snapshot: list[tuple[Kind, float]] = []
         self._lock = threading.Lock()
 
+    def configure(self, window: int, max_kinds: int, weighting: str, host_cpu: float) -> None:
+        """Take a reloaded policy's settings; a change re-takes the snapshot, whose kinds and weights they set."""
+        with self._lock:
+            if (window, max_kinds, weighting, host_cpu) == (self.window, self.max_kinds, self.weighting,
+                                                            self.host_cpu):
+                return
+            self.window, self.max_kinds, self.weighting, self.host_cpu = window, max_kinds, weighting, host_cpu
+            if self.observed:
+                self._take_snapshot()
+
     def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int) -> None:
         with self._lock:
             if uid in self._seen:
@@ -739,7 +749,10 @@ class Fragmentation:
         self._memo: _Remembered | None = None
         self._memo_lock = threading.Lock()
 
-    def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int) -> None:
+    def observe(self, uid: str, req: SliceRequest, cpu_millis: int, memory_bytes: int, policy: Policy) -> None:
+        """Count the pod in the mix, under the mix settings of the policy in force (a reload changes them)."""
+        frag = policy.scoring.fragmentation
+        self.mix.configure(frag.window, frag.maxKinds, frag.weighting, frag.hostCpu)
         self.mix.observe(uid, req, cpu_millis, memory_bytes)
 
     def rises(self, req: SliceRequest, policy: Policy, cols: Columns, slots: np.ndarray,

@@ -501,7 +501,7 @@ class Engine:
     def observe_request(self, pod: PodView, req: SliceRequest, policy: Policy) -> None:
         """Count the pod (once) in the workload mix fragmentation scoring learns from."""
         if policy.scoring.fragmentation.enabled:
-            self.fragmentation.observe(pod.uid, req, pod.cpu_millis, pod.memory_bytes)
+            self.fragmentation.observe(pod.uid, req, pod.cpu_millis, pod.memory_bytes, policy)
 
     def _narrow(self, pod: PodView, req: SliceRequest | None, policy: Policy, result: FilterResult, key: str,
                 narrow_candidates: bool, host: tuple[np.ndarray, np.ndarray] | None = None) -> None:

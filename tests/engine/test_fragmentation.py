@@ -287,3 +287,40 @@ def test_a_reloaded_pack_tie_break_applies_to_the_next_answer() -> None:
     assert after.keys() == before.keys() == {"n0", "n1"}
     for name in after:  # both nodes hold 2 free GPUs
         assert after[name] == pytest.approx(before[name] + 0.25 * 2)
+
+
+@pytest.mark.parametrize("setting, value", [("hostCpu", 0.0), ("maxKinds", 1), ("weighting", "gpus"),
+                                            ("window", 100)])
+def test_a_reloaded_mix_setting_applies_to_the_next_answer(setting: str, value: object) -> None:
+    # the mix's own settings (which kinds it keeps, how it weighs them, host stranding, its window) come from
+    # the policy in force, as packTieBreak does: an engine that kept its start-up values ignored a reload
+    doc = {"rounding": {"mode": "exact", "minComputeUnits": 1}, "burst": {"sharedFraction": 0.0},
+           "classes": {"maxMemoryBoundPerGpu": None},
+           "scoring": {"fragmentation": {"enabled": True}}}
+    fresh_doc = {**doc, "scoring": {"fragmentation": {"enabled": True, setting: value}}}
+    engine, fresh = _engine(parse_policy(doc, "test")), _engine(parse_policy(fresh_doc, "test"))
+    assert engine.policies.update_text(yaml.safe_dump(fresh_doc))
+    for e in (engine, fresh):
+        for i in range(40):
+            millis, cpu = (250, 1000) if i % 3 else (750, 64000)  # two kinds: maxKinds and weighting tell
+            p = PodView(f"seen{i}", "default", f"seen{i}", annotations={"gpuslice.io/compute": f"{millis}m",
+                                                                      "gpuslice.io/memory": "1Gi"}, cpu_millis=cpu)
+            e.observe_request(p, _req(millis), e.policies.current)
+    mix, want = engine.fragmentation.mix, fresh.fragmentation.mix
+    assert (mix.window, mix.max_kinds, mix.weighting, mix.host_cpu) == (
+        want.window, want.max_kinds, want.weighting, want.host_cpu)
+    pod = _pod("a", 500)
+    got = engine.filter(pod, names=["n0", "n1"], narrow_candidates=False).rises
+    assert dict(got.items()) == dict(fresh.filter(pod, names=["n0", "n1"], narrow_candidates=False).rises.items())
+
+
+def test_a_mix_reconfigured_after_pods_were_seen_takes_a_new_snapshot_at_once() -> None:
+    mix = WorkloadMix(window=1600)
+    for i in range(8):
+        mix.observe(f"p{i}", _req(250 if i % 2 else 750), 1000, GIB)
+    version = mix.version
+    assert len(mix._snapshot) == 2
+    mix.configure(1600, 1, "pods", 1.0)  # keep one kind: the snapshot is taken again now, not at the next step
+    assert mix.version == version + 1 and len(mix._snapshot) == 1
+    mix.configure(1600, 1, "pods", 1.0)  # the same settings again: nothing changes
+    assert mix.version == version + 1
