@@ -35,12 +35,15 @@ POLICY = {"apiVersion": "gpuslice.io/v1", "rounding": {"mode": "exact", "minComp
 SHAPES = ["250m", "500m", "1000m", "125m"] * 6
 
 
-@pytest.fixture(scope="module")
-def frag_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Path]]:
+# FGD's remainder count (the default) and the `waste` count the openb policy ships with
+@pytest.fixture(scope="module", params=["fgd", "waste"])
+def frag_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Path]]:
     cp = start_control_plane()
     workdir = tmp_path_factory.mktemp("frag-extender")
     policy = workdir / "policy.yaml"
-    policy.write_text(yaml.safe_dump(POLICY))
+    doc = {**POLICY, "scoring": {**POLICY["scoring"],
+                                 "fragmentation": {"enabled": True, "remainders": request.param}}}
+    policy.write_text(yaml.safe_dump(doc))
     extender = Extender(cp.kubeconfig, free_port(), workdir, ("--policy", str(policy)))
     try:
         extender.start(timeout=120)  # a loaded machine starts it slowly
