@@ -29,6 +29,7 @@ from extender.engine.placement import fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import PASS_THROUGH, Engine
 from extender.engine.vectorised import Columns
+from tests.engine.churn import leave, place
 from tests.engine.test_fragmentation import _policy
 
 GIB = 2**30
@@ -107,17 +108,9 @@ def test_remembered_rises_are_the_rises_worked_out_afresh(plan: list[tuple]) -> 
     placed: list[str] = []
     for i, (op, *args) in enumerate(plan):
         if op == "place":
-            pod = pod_of(f"p{i}", *args[0])
-            cluster.add_pod(pod)
-            passed = engine.filter(pod, names=NODES).passed
-            if passed:
-                scores = dict(engine.prioritize(pod, names=passed))
-                if engine.bind("default", pod.name, pod.uid, max(passed, key=lambda n: scores[n])) == "":
-                    placed.append(pod.uid)
-        elif op == "leave" and placed:
-            uid = placed.pop(args[0] % len(placed))
-            cluster.remove_pod(uid)
-            engine.forget_pod(uid)
+            place(engine, pod_of(f"p{i}", *args[0]), NODES, placed)
+        elif op == "leave":
+            leave(engine, placed, args[0])
         elif op == "observe":
             pod = pod_of(f"o{i}", *args[0])
             req = engine.request_of(pod, policy)[0]

@@ -15,6 +15,7 @@ from extender.engine.placement import fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.engine.vectorised import Columns
+from tests.engine.churn import leave, place
 
 NODES = [f"n{i}" for i in range(6)]
 
@@ -67,17 +68,9 @@ def test_remembered_scores_are_the_scores_worked_out_afresh(plan: list[tuple]) -
     placed: list[str] = []
     for i, (op, *args) in enumerate(plan):
         if op == "place":
-            pod = pod_of(f"p{i}", *args[0])
-            cluster.add_pod(pod)
-            passed = engine.filter(pod, names=NODES).passed
-            if passed:
-                scores = dict(engine.prioritize(pod, names=passed))
-                if engine.bind("default", pod.name, pod.uid, max(passed, key=lambda n: scores[n])) == "":
-                    placed.append(pod.uid)
-        elif op == "leave" and placed:
-            uid = placed.pop(args[0] % len(placed))
-            cluster.remove_pod(uid)
-            engine.forget_pod(uid)
+            place(engine, pod_of(f"p{i}", *args[0]), NODES, placed)
+        elif op == "leave":
+            leave(engine, placed, args[0])
         elif op == "node":  # a node's GPUs change (or go): its row changes, or its slot empties
             view = NodeView(args[0], allocatable={"amd.com/gpu": str(args[1]), "cpu": "16", "memory": "64Gi"})
             cluster.add_node(view)

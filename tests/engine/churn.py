@@ -1,0 +1,25 @@
+"""Steps the memo property tests share: a pod placed through filter, prioritize and bind, or one leaving."""
+
+from __future__ import annotations
+
+from extender.engine.cluster import MemoryCluster, PodView
+from extender.engine.scheduler import Engine
+
+
+def place(engine: Engine, pod: PodView, names: list[str], placed: list[str]) -> None:
+    """Filter, prioritize and bind on the best-scored node, as kube-scheduler would; `placed` gets the UID."""
+    cluster: MemoryCluster = engine.cluster  # type: ignore[assignment]
+    cluster.add_pod(pod)
+    passed = engine.filter(pod, names=names).passed
+    if passed:
+        scores = dict(engine.prioritize(pod, names=passed))
+        if engine.bind("default", pod.name, pod.uid, max(passed, key=lambda n: scores[n])) == "":
+            placed.append(pod.uid)
+
+
+def leave(engine: Engine, placed: list[str], k: int) -> None:
+    """The k-th placed pod (modulo) is deleted and forgotten."""
+    if placed:
+        uid = placed.pop(k % len(placed))
+        engine.cluster.remove_pod(uid)  # type: ignore[attr-defined]
+        engine.forget_pod(uid)
