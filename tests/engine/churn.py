@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import strategies as st
+
 from extender.engine.cluster import MemoryCluster, PodView
 from extender.engine.scheduler import Engine
 
@@ -23,3 +25,10 @@ def leave(engine: Engine, placed: list[str], k: int) -> None:
         uid = placed.pop(k % len(placed))
         engine.cluster.remove_pod(uid)  # type: ignore[attr-defined]
         engine.forget_pod(uid)
+
+
+def steps_of(shapes: st.SearchStrategy, nodes: list[str], *own: st.SearchStrategy) -> st.SearchStrategy:
+    """Plans of up to 14 steps: pods placed and leaving, requests asked about some nodes, and the test's own."""
+    ask = st.tuples(st.just("ask"), shapes, st.lists(st.sampled_from(nodes), min_size=1, max_size=6, unique=True))
+    return st.lists(st.one_of(st.tuples(st.just("place"), shapes), st.tuples(st.just("leave"), st.integers(0, 30)),
+                              *own, ask), min_size=1, max_size=14)

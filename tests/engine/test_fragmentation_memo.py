@@ -29,7 +29,7 @@ from extender.engine.placement import fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import PASS_THROUGH, Engine
 from extender.engine.vectorised import Columns
-from tests.engine.churn import leave, place
+from tests.engine.churn import leave, place, steps_of
 from tests.engine.test_fragmentation import _policy
 
 GIB = 2**30
@@ -91,12 +91,8 @@ def afresh_host(engine: Engine, pod: PodView, names: list[str]) -> np.ndarray:
 
 shapes = st.tuples(st.sampled_from([125, 250, 375, 500, 1000]), st.sampled_from([1, 1, 1, 2, 3]),
                    st.sampled_from([1, 8, 40, 100]), st.sampled_from([0, 1000, 6000]))
-steps = st.lists(st.one_of(st.tuples(st.just("place"), shapes), st.tuples(st.just("leave"), st.integers(0, 30)),
-                           st.tuples(st.just("observe"), shapes), st.tuples(st.just("host"), st.sampled_from(NODES),
-                                                                             st.sampled_from([500, 4000])),
-                           st.tuples(st.just("ask"), shapes, st.lists(st.sampled_from(NODES), min_size=1,
-                                                                      max_size=6, unique=True))),
-                 min_size=1, max_size=14)
+steps = steps_of(shapes, NODES, st.tuples(st.just("observe"), shapes),
+                 st.tuples(st.just("host"), st.sampled_from(NODES), st.sampled_from([500, 4000])))
 
 
 @settings(max_examples=60, deadline=None)
