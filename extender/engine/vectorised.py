@@ -182,18 +182,12 @@ class Columns:
         GPUs whose score needs the exact path (free CUs in more runs than kept, or in no run big enough).
         Worked out on the fitting GPUs only, and only those of these `slots` when given (-1s are skipped)."""
         shape = self.need.shape
-        ok = self.ok
-        if slots is not None:
-            asked = np.zeros(shape[0], np.bool_)
-            asked[slots[slots >= 0]] = True
-            ok = ok & asked[:, None]
-        rows = np.flatnonzero(ok.ravel())
-        score, exact = self._scores_of(rows)
-        scores = np.full(self.need.size, np.nan)
-        scores[rows] = score
-        slow = np.zeros(self.need.size, np.bool_)
-        slow[rows] = exact
-        return scores.reshape(shape), slow.reshape(shape)
+        if slots is None:
+            return self.slot_scores(np.arange(shape[0]))
+        asked = np.unique(slots[slots >= 0])
+        scores, slow = np.full(shape, np.nan), np.zeros(shape, np.bool_)
+        scores[asked], slow[asked] = self.slot_scores(asked)
+        return scores, slow
 
     def slot_scores(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`gpu_scores` of these slots' GPUs only (slots in the index), each slot's row of it: [slot, GPU]."""
