@@ -14,21 +14,16 @@ from hypothesis import strategies as st
 
 from extender.core.policy import DEFAULT_CANDIDATES, Policy, PolicyError, parse_policy
 from extender.engine.candidates import at_most, candidate_mask, tied_pick
-from extender.engine.cluster import MemoryCluster, NodeView, PodView
+from extender.engine.cluster import NodeView, PodView
 from extender.engine.fragmentation import narrow
-from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
+from tests.engine.nodes import engine_on
 
 NAMES = [f"node-{i:03d}" for i in range(40)]
 
 
 def _engine(policy: Policy, names: list[str] = NAMES) -> Engine:
-    cluster = MemoryCluster()
-    for n in names:
-        cluster.add_node(NodeView(n, allocatable={"amd.com/gpu": "8", "cpu": "64", "memory": "256Gi"}))
-    engine = Engine(cluster, PolicyStore(policy))
-    engine.sync()
-    return engine
+    return engine_on(policy, names, 8)
 
 
 def _pod(uid: str, millis: int = 100) -> PodView:

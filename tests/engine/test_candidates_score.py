@@ -6,9 +6,9 @@ reply at all (kube-scheduler treats a node it does not get back as not feasible)
 from __future__ import annotations
 
 from extender.core.policy import Policy, parse_policy
-from extender.engine.cluster import MemoryCluster, NodeView, PodView
-from extender.engine.policy_store import PolicyStore
+from extender.engine.cluster import PodView
 from extender.engine.scheduler import Engine
+from tests.engine.nodes import engine_on
 
 NAMES = [f"n{i}" for i in range(6)]
 
@@ -18,12 +18,7 @@ def _policy(**candidates: object) -> Policy:
 
 
 def _engine(policy: Policy) -> Engine:
-    cluster = MemoryCluster()
-    for n in NAMES:
-        cluster.add_node(NodeView(n, allocatable={"amd.com/gpu": "2", "cpu": "64", "memory": "256Gi"}))
-    engine = Engine(cluster, PolicyStore(policy))
-    engine.sync()
-    return engine
+    return engine_on(policy, NAMES, 2)
 
 
 def _pod(uid: str, millis: int = 250) -> PodView:

@@ -29,9 +29,9 @@ from extender.engine.fragmentation import (
     rows_from_columns,
     rows_from_states,
 )
-from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.engine.vectorised import Columns
+from tests.engine.nodes import engine_on
 
 GIB = 2**30
 
@@ -162,12 +162,7 @@ def _policy(**scoring: object) -> Policy:
 
 
 def _engine(policy: Policy, nodes: int = 2, gpus: int = 2) -> Engine:
-    cluster = MemoryCluster()
-    for i in range(nodes):
-        cluster.add_node(NodeView(f"n{i}", allocatable={"amd.com/gpu": str(gpus), "cpu": "64", "memory": "256Gi"}))
-    engine = Engine(cluster, PolicyStore(policy))
-    engine.sync()
-    return engine
+    return engine_on(policy, [f"n{i}" for i in range(nodes)], gpus)
 
 
 def _pod(uid: str, millis: int) -> PodView:
