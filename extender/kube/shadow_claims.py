@@ -197,7 +197,14 @@ class ShadowClaims:
         self._wake.set()
 
     def freed(self, node: str) -> None:
-        """A pod's share was freed on `node`: resync now, so its shadow is deallocated promptly."""
+        """A pod's share was freed on `node`: resync now, so its shadow is deallocated promptly.
+        Nothing to do when a listing of the last SLICES_FRESH seconds has no slice for the node: a shadow
+        is only written for a pod on a node with a slice. (A slice withdrawn since leaves its shadows to
+        the periodic resync, as `bound` leaves a slice published since.) Deleting a burst of pods on nodes
+        without DRA so costs one resync per SLICES_FRESH, not one per pod."""
+        listed_at = self._listed_at  # before the devices, as in `bound`
+        if time.monotonic() - listed_at <= SLICES_FRESH and node not in self._devices:
+            return
         with self._lock:
             self._full = True
         self._wake.set()
