@@ -1,5 +1,6 @@
 """A reference extender for bench/scheduler_bench.py that does no GPU work at all: filter passes every
 node, prioritize scores every node 0, bind posts the pod's Binding (one API write, as gpuslice does).
+Like gpuslice, it exports each verb's answer time and answering-thread CPU on /metrics.
 
 It is served the way `gpuslice serve` serves (Flask on waitress, 16 threads, the same kubernetes client),
 so the gap between kube-scheduler alone and kube-scheduler + this extender is what the extender
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 from flask import Flask, Response, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from waitress import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +32,32 @@ from extender.kube.client import api_client, core_api  # noqa: E402
 def create_app(kubeconfig: str) -> Flask:
     api = core_api(api_client(kubeconfig))
     app = Flask("null-extender")
+    # The same two per-verb families gpuslice exports (and the same cost of keeping them), so the bench
+    # can set each verb's CPU beside gpuslice's.
+    registry = CollectorRegistry(auto_describe=False)
+    duration = Histogram("gpuslice_extender_request_duration_seconds", "time to answer", ["verb"], registry=registry)
+    cpu = Counter("gpuslice_extender_request_cpu_seconds", "answering thread CPU", ["verb"], registry=registry)
+    for verb in ("filter", "prioritize", "bind"):  # exported from the start, as gpuslice does
+        duration.labels(verb)
+        cpu.labels(verb)
+
+    @app.before_request
+    def started() -> None:
+        request.environ["null.start"] = (time.perf_counter(), time.thread_time())
+
+    @app.after_request
+    def finished(resp: Response) -> Response:
+        verb = request.path.rsplit("/", 1)[-1]
+        if request.method == "POST":
+            start, start_cpu = request.environ["null.start"]
+            used = time.thread_time() - start_cpu
+            duration.labels(verb).observe(time.perf_counter() - start)
+            cpu.labels(verb).inc(used)
+        return resp
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     def reply(out: Any) -> Response:
         return Response(orjson.dumps(out), mimetype="application/json")

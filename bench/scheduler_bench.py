@@ -81,8 +81,9 @@ def cpu_snapshot(procs: dict[str, int]) -> dict[str, float]:
     return snap
 
 
-def verb_seconds(port: int) -> dict[str, tuple[float, float]]:
-    """The extender's own answer time per verb so far: (sum of seconds, count), from its /metrics."""
+def verb_seconds(port: int) -> dict[str, tuple[float, float, float]]:
+    """The extender's own answer time per verb so far: (sum of seconds, count, CPU seconds of the answering
+    threads), from its /metrics (the null extender exports the same two families)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
             text = resp.read().decode()
@@ -90,15 +91,15 @@ def verb_seconds(port: int) -> dict[str, tuple[float, float]]:
         return {}
     out: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "gpuslice_extender_request_duration_seconds":
-            continue
         for sample in family.samples:
             verb = sample.labels.get("verb", "")
-            if sample.name.endswith("_sum"):
-                out.setdefault(verb, [0.0, 0.0])[0] = sample.value
-            elif sample.name.endswith("_count"):
-                out.setdefault(verb, [0.0, 0.0])[1] = sample.value
-    return {verb: (v[0], v[1]) for verb, v in out.items()}
+            if family.name == "gpuslice_extender_request_duration_seconds" and sample.name.endswith("_sum"):
+                out.setdefault(verb, [0.0, 0.0, 0.0])[0] = sample.value
+            elif family.name == "gpuslice_extender_request_duration_seconds" and sample.name.endswith("_count"):
+                out.setdefault(verb, [0.0, 0.0, 0.0])[1] = sample.value
+            elif family.name == "gpuslice_extender_request_cpu_seconds" and sample.name.endswith("_total"):
+                out.setdefault(verb, [0.0, 0.0, 0.0])[2] = sample.value
+    return {verb: (v[0], v[1], v[2]) for verb, v in out.items()}
 
 
 def node_body(name: str) -> dict:
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                     server = servers.get(scenario)
                     cfg = scheduler_config(cp.kubeconfig, profile, server[0] if server else None,
                                            all_nodes=scenario != "gpu-dra")
-                    before = verb_seconds(server[0]) if uses_extender and server else {}
+                    before = verb_seconds(server[0]) if server else {}
                     r = bench.measure("bench", args.pods, cfg, sched, args.timeout, procs={
                         "etcd": cp.procs["etcd"].pid, "kube-apiserver": cp.procs["kube-apiserver"].pid,
                         **({"extender": server[1].pid} if server else {})})
@@ -385,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
                         after = verb_seconds(server[0])  # type: ignore[index]
                         r["extenderMeanMs"] = {
                             verb: round(1000 * (after[verb][0] - t0) / (after[verb][1] - c0), 2)
-                            for verb, (t0, c0) in before.items() if verb in after and after[verb][1] > c0}
+                            for verb, (t0, c0, _) in before.items() if verb in after and after[verb][1] > c0}
+                        # the answering thread's CPU per call: the rest of the mean is waiting
+                        r["extenderCpuMs"] = {
+                            verb: round(1000 * (after[verb][2] - u0) / (after[verb][1] - c0), 2)
+                            for verb, (_, c0, u0) in before.items() if verb in after and after[verb][1] > c0}
                     results.append(r)
                     print(json.dumps(r), file=sys.stderr, flush=True)
                     bench.delete_pods("bench")
@@ -397,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"kube-scheduler throughput ({args.pods} pods per run, median of {args.repeat}, "
                         f"{os.cpu_count()} CPUs, control plane + extender on one machine)")
     for col in ("nodes", "scenario", "pods/s (median)", "runs (pods/s)", "all bound",
-                "CPU ms/pod: scheduler, apiserver+etcd, extender", "extender ms: filter, prioritize, bind"):
+                "CPU ms/pod: scheduler, apiserver+etcd, extender", "extender ms: filter, prioritize, bind",
+                "extender CPU ms: filter, prioritize, bind"):
         table.add_column(col, justify="right" if col != "scenario" else "left")
     medians: dict[str, dict[str, float]] = {}
     for n in args.nodes:
@@ -409,12 +415,15 @@ def main(argv: list[str] | None = None) -> int:
             mid = sorted(runs, key=lambda r: r["podsPerSecond"])[len(runs) // 2]  # the median run's details
             cpu = mid.get("cpuMsPerPod") or {}
             verbs = mid.get("extenderMeanMs") or {}
+            verbs_cpu = mid.get("extenderCpuMs") or {}
             table.add_row(str(n), scenario, f"{med:.1f}", ", ".join(f"{x:.0f}" for x in rates),
                           "yes" if all(r["bound"] == r["pods"] for r in runs) else "NO",
                           f"{cpu.get('kube-scheduler', 0):.1f}, "
                           f"{cpu.get('kube-apiserver', 0) + cpu.get('etcd', 0):.1f}, "
                           + (f"{cpu['extender']:.1f}" if "extender" in cpu else "-"),
-                          ", ".join(f"{verbs[v]:.1f}" if v in verbs else "-" for v in ("filter", "prioritize", "bind")))
+                          ", ".join(f"{verbs[v]:.1f}" if v in verbs else "-" for v in ("filter", "prioritize", "bind")),
+                          ", ".join(f"{verbs_cpu[v]:.2f}" if v in verbs_cpu else "-"
+                                    for v in ("filter", "prioritize", "bind")))
     Console().print(table)
     summary: dict = {"cpus": os.cpu_count(), "podsPerRun": args.pods, "repeat": args.repeat,
                      "medianPodsPerSecond": medians, "results": results}

@@ -71,7 +71,7 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
     def serve_verb(name: str, parse: Callable[[object], Any], act: Callable[[Any], Any],
                    on_error: Callable[[Any, str], Any]) -> None:
         def view() -> Response | tuple[Response, int]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             try:
                 try:
                     parsed = parse(_json_body())
@@ -99,7 +99,9 @@ def create_app(engine: Engine, *, url_prefix: str = DEFAULT_URL_PREFIX,
                     out = on_error(parsed, f"gpuslice: internal error in {name}: {type(exc).__name__}: {exc}")
                 return _json(out)
             finally:
+                cpu = time.thread_time() - start_cpu  # read inside the wall-clock span, so never above it
                 metrics.request_duration.labels(name).observe(time.perf_counter() - start)
+                metrics.request_cpu.labels(name).inc(cpu)
 
         for prefix in prefixes:
             app.add_url_rule(f"{prefix}/{name}", f"{name}{prefix}", view, methods=["POST"])
