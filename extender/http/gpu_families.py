@@ -101,11 +101,14 @@ def _template(k: int) -> str:
     return "".join(lines)
 
 
-# Values repeat (CU counts, a few memory sizes): format each once.
+# Values repeat (CU counts, a few memory sizes): format each once. They are ints (samples), so the cache's
+# key equality cannot confuse two values the library writes differently (as 0.0 and -0.0 would be).
 _value = lru_cache(maxsize=4096)(floatToGoString)
 
 
 class _Fixed(Collector):
+    """A collector of one family, made beforehand."""
+
     def __init__(self, family: GaugeMetricFamily) -> None:
         self.family = family
 

@@ -103,7 +103,8 @@ def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> Counter
 
 
 class ExtenderMetrics:
-    """One app's metrics: its registry, the ledger collector and the request-duration histogram."""
+    """One app's metrics: its registry (the ledger collector and the request-duration histogram), and
+    the per-GPU families, written at render."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
