@@ -118,9 +118,13 @@ def is_full(left: int | np.ndarray, min_slice: int | np.ndarray) -> bool | np.nd
     return left < min_slice
 
 
+def stranded(rs: Iterable[tuple[int, int]], min_slice: int) -> int:
+    """Free CUs in runs (start, length) shorter than the smallest useful slice."""
+    return sum(length for _, length in rs if length < min_slice)
+
+
 def fragmentation(free: frozenset[int], min_slice: int) -> float:
     """Share of free CUs stranded in runs shorter than the smallest useful slice (0 = none)."""
     if not free:
         return 0.0
-    stranded = sum(length for _, length in runs(free) if length < min_slice)
-    return stranded / len(free)
+    return stranded(runs(free), min_slice) / len(free)

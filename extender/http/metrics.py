@@ -1,6 +1,8 @@
 """Prometheus metrics. Ledger gauges and counters are computed at scrape time from the engine's own
 state (ledger, stats, policy store) by a custom collector, so they can never drift from it; only the
-request-duration histogram is observed by the app as requests happen.
+request-duration histogram is observed by the app as requests happen. The per-GPU families, nearly
+every line, are written by gpu_families.render (the text generate_latest writes for them, at a fraction
+of its cost); the registry holds the rest.
 
 Each app gets its own CollectorRegistry, so many apps (tests, benchmarks) can live in one process.
 """
@@ -14,12 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from extender.core.layout import fragmentation
+from extender.core.layout import stranded
 from extender.core.policy import Policy
-from extender.engine.placement import COMPUTE_BOUND, MEMORY_BOUND
 from extender.engine.scheduler import Engine
+from extender.http import gpu_families
 
-CLASSES = (MEMORY_BOUND, COMPUTE_BOUND)
 VERBS = ("filter", "prioritize", "preempt", "bind")
 # Extender calls are milliseconds normally; kube-scheduler gives up at 5 s.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -34,7 +35,7 @@ def min_slice_cus(policy: Policy, model_name: str) -> int:
 
 
 class LedgerCollector(Collector):
-    """Reads the engine at scrape time."""
+    """Reads the engine at scrape time: every family but the per-GPU ones (gpu_families.py)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -42,34 +43,19 @@ class LedgerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         engine = self.engine
         policy = engine.policies.current
-        cus = GaugeMetricFamily("gpuslice_gpu_compute_units", "CUs per GPU by state: guaranteed to tenants, "
-                                "in the shared burst region, free to guarantee", labels=["node", "gpu", "state"])
-        mem = GaugeMetricFamily("gpuslice_gpu_memory_bytes", "GPU memory: guaranteed, sum of limits, free",
-                                labels=["node", "gpu", "state"])
-        tenants = GaugeMetricFamily("gpuslice_gpu_tenants", "tenants per GPU by workload class",
-                                    labels=["node", "gpu", "class"])
-        free_total = stranded = 0
+        free_total = stranded_total = 0
+        min_slices: dict[str, int] = {}  # per model
         for state in engine.ledger.nodes():
             for g in state.gpus:
-                labels = [state.name, str(g.info.index)]
-                free = g.free_cus
-                cus.add_metric([*labels, "guaranteed"], len(g.guaranteed))
-                cus.add_metric([*labels, "burst"], len(g.burst_cus))
-                cus.add_metric([*labels, "free"], len(free))
-                mem.add_metric([*labels, "guaranteed"], g.memory_used)
-                mem.add_metric([*labels, "limit"], g.memory_limit_used)
-                mem.add_metric([*labels, "free"], g.memory_free)
-                for cls in CLASSES:
-                    tenants.add_metric([*labels, cls], g.count(cls))
-                if free and g.info.healthy:
-                    free_total += len(free)
-                    stranded += round(fragmentation(free, min_slice_cus(policy, g.info.model)) * len(free))
-        yield cus
-        yield mem
-        yield tenants
+                if g.free_runs and g.info.healthy:
+                    model = g.info.model
+                    if model not in min_slices:
+                        min_slices[model] = min_slice_cus(policy, model)
+                    free_total += len(g.free_cus)
+                    stranded_total += stranded(g.free_runs, min_slices[model])
         yield GaugeMetricFamily("gpuslice_fragmentation_ratio", "share of free CUs (cluster-wide) stranded in "
                                 "runs shorter than the smallest slice the policy hands out",
-                                value=stranded / free_total if free_total else 0.0)
+                                value=stranded_total / free_total if free_total else 0.0)
         yield _counter("gpuslice_filter_rejections", "nodes rejected by filter, by reason", "reason",
                        engine.stats.filter_rejections)
         yield _counter("gpuslice_bind", "bind requests by result", "result", engine.stats.binds)
@@ -117,9 +103,11 @@ def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> Counter
 
 
 class ExtenderMetrics:
-    """One app's metrics: its registry, the ledger collector and the request-duration histogram."""
+    """One app's metrics: its registry (the ledger collector and the request-duration histogram), and
+    the per-GPU families, written at render."""
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LedgerCollector(engine))
         self.request_duration = Histogram("gpuslice_extender_request_duration_seconds",
@@ -134,4 +122,6 @@ class ExtenderMetrics:
             self.request_cpu.labels(verb)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The scrape: the per-GPU families (written by gpu_families.render, the text generate_latest
+        writes for them), then the registry's."""
+        return gpu_families.render(self.engine.ledger.nodes()).encode() + generate_latest(self.registry)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.core.atoms import is_xcc_complete, xcd_counts
-from extender.core.layout import choose_burst, choose_cus, fragmentation, free_atoms, runs
+from extender.core.layout import choose_burst, choose_cus, fragmentation, free_atoms, runs, stranded
 
 ALL = frozenset(range(304))
 
@@ -77,6 +77,8 @@ def test_fragmentation() -> None:
     assert fragmentation(frozenset(range(64)), 32) == 0.0
     assert fragmentation(frozenset(range(8)) | frozenset(range(100, 132)), 32) == pytest.approx(8 / 40)
     assert fragmentation(frozenset({1, 3, 5}), 2) == 1.0
+    assert stranded(runs(frozenset(range(8)) | frozenset(range(100, 132))), 32) == 8
+    assert stranded([(0, 31), (40, 32), (80, 1)], 32) == 32
 
 
 free_sets = st.frozensets(st.integers(min_value=0, max_value=303), max_size=304)
