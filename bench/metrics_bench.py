@@ -67,6 +67,7 @@ def measure(nodes: int, repeats: int, console: Console) -> dict[str, object]:
     before = CollectorRegistry(auto_describe=False)
     before.register(EveryFamily(engine))
     before.register(metrics.request_duration)
+    before.register(metrics.request_cpu)
 
     def today() -> bytes:
         return generate_latest(before)

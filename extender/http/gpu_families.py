@@ -16,7 +16,6 @@ from itertools import chain
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -75,9 +74,17 @@ def render(nodes: Iterable[NodeState]) -> str:
     return "".join(chain.from_iterable(parts))
 
 
+@lru_cache(maxsize=65536)
 def _label_value(text: str) -> str:
-    """A label value escaped as generate_latest escapes it (the library's own helper, called as it calls it)."""
-    return openmetrics._escape(text, openmetrics.ALLOWUTF8, False)
+    """A label value escaped as generate_latest escapes it: read off generate_latest's own line for a
+    one-label sample (its escaping is not public API, and it changed between the versions we support).
+    Node names repeat every scrape, so each is written this way once."""
+    family = GaugeMetricFamily("x", "x", labels=["v"])
+    family.add_metric([text], 0)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(family))
+    line = generate_latest(registry).decode().splitlines()[-1]  # x{v="..."} 0.0
+    return line[len('x{v="'):line.rindex('"}')]
 
 
 @lru_cache(maxsize=len(FAMILIES))

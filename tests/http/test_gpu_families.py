@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from extender.core.inventory import GpuInfo
 from extender.core.ledger import GpuState, NodeState, PodRef, Slice
@@ -72,5 +73,6 @@ def test_escaped_name_and_go_floats() -> None:
     """The cases the property must cover, spelled out: an escaped node label and Go's exponent form."""
     info = GpuInfo(3, "0x3", "MI300X", CUS, 2, 4, 192 * 2**30, True)
     text = gpu_families.render([NodeState('a"b\\c\nd', (GpuState(info, frozenset()),))])
-    assert 'gpuslice_gpu_memory_bytes{gpu="3",node="a\\"b\\\\c\\nd",state="free"} 2.06158430208e+11\n' in text
+    big = floatToGoString(192 * 2**30)  # 2.06158430208e+11 (0.20 writes the exponent as e+011)
+    assert f'gpuslice_gpu_memory_bytes{{gpu="3",node="a\\"b\\\\c\\nd",state="free"}} {big}\n' in text
     assert 'gpuslice_gpu_tenants{class="memory-bound",gpu="3",node="a\\"b\\\\c\\nd"} 0.0\n' in text

@@ -34,7 +34,7 @@ def test_scrape_is_the_one_registry_of_before(engine: Engine) -> None:
     metrics = ExtenderMetrics(engine)
     metrics.request_duration.labels("bind").observe(0.02)
     before = latest(lambda: gpu_families.families(engine.ledger.nodes()), LedgerCollector(engine).collect,
-                    lambda: metrics.request_duration.collect())
+                    lambda: metrics.request_duration.collect(), lambda: metrics.request_cpu.collect())
 
     def timeless(text: str) -> list[str]:
         return [line for line in text.splitlines() if not line.startswith("gpuslice_ledger_sync_age_seconds ")]
