@@ -1,8 +1,8 @@
 """Prometheus metrics. Ledger gauges and counters are computed at scrape time from the engine's own
 state (ledger, stats, policy store) by a custom collector, so they can never drift from it; only the
-request-duration histogram is observed by the app as requests happen. The per-GPU families, nearly
-every line, are written by gpu_families.render (the text generate_latest writes for them, at a fraction
-of its cost); the registry holds the rest.
+request-duration histogram and the request-CPU counter are observed by the app as requests happen.
+The per-GPU families, nearly every line, are written by gpu_families.render (the text generate_latest
+writes for them, at a fraction of its cost); the registry holds the rest.
 
 Each app gets its own CollectorRegistry, so many apps (tests, benchmarks) can live in one process.
 """
@@ -103,8 +103,8 @@ def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> Counter
 
 
 class ExtenderMetrics:
-    """One app's metrics: its registry (the ledger collector and the request-duration histogram), and
-    the per-GPU families, written at render."""
+    """One app's metrics: its registry (the ledger collector, the request-duration histogram and the
+    request-CPU counter), and the per-GPU families, written at render."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

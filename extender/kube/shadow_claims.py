@@ -199,9 +199,10 @@ class ShadowClaims:
     def freed(self, node: str) -> None:
         """A pod's share was freed on `node`: resync now, so its shadow is deallocated promptly.
         Nothing to do when a listing of the last SLICES_FRESH seconds has no slice for the node: a shadow
-        is only written for a pod on a node with a slice. (A slice withdrawn since leaves its shadows to
-        the periodic resync, as `bound` leaves a slice published since.) Deleting a burst of pods on nodes
-        without DRA so costs one resync per SLICES_FRESH, not one per pod."""
+        is only written for a pod on a node with a slice. (Shadows left on a node whose slice was
+        withdrawn go at the next resync, every `resync` seconds, as `bound` leaves a slice published since
+        to it.) Deleting a burst of pods on nodes without DRA so costs one resync per SLICES_FRESH, not
+        one per pod."""
         listed_at = self._listed_at  # before the devices, as in `bound`
         if time.monotonic() - listed_at <= SLICES_FRESH and node not in self._devices:
             return
