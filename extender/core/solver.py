@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from types import ModuleType
@@ -704,9 +704,16 @@ def _enumerated(problem: Problem, hint: Placement | None, limit: int) -> Placeme
     fits = [b for b in range(len(problem.bins)) if _fits(problem, b, item, empty)]
     if len(fits) < item.count or math.comb(len(fits), item.count) > limit:
         return None
+    sets: Iterable[tuple[int, ...]] = itertools.combinations(fits, item.count)
+    if item.count == 1:
+        # One GPU: two GPUs alike but for their name give the same room and the same objective, and ties
+        # keep the earlier, so only the first of each kind is tried (a node's empty GPUs are one kind).
+        kinds: dict[tuple[Bin, int], int] = {}
+        for b in fits:
+            kinds.setdefault((_nameless(problem.bins[b]), item.cus[b]), b)
+        sets = ((b,) for b in kinds.values())
     # The hint first: among equal objectives the greedy answer (what filter and prioritize saw) stays.
-    options = itertools.chain([hint] if hint is not None else [],
-                              ((where,) for where in itertools.combinations(fits, item.count)))
+    options = itertools.chain([hint] if hint is not None else [], ((where,) for where in sets))
     best, best_value = None, None
     for placement in options:
         if violations(problem, placement):
@@ -715,6 +722,11 @@ def _enumerated(problem: Problem, hint: Placement | None, limit: int) -> Placeme
         if best_value is None or value > best_value:
             best, best_value = placement, value
     return best
+
+
+def _nameless(b: Bin) -> Bin:
+    """The GPU without what names it (node, index, group): what a one-GPU item's room and score read."""
+    return replace(b, node="", index=0, group=None)
 
 
 def _finish(problem: Problem, placement: Placement, outcome: str, bound: float | None, start: float,

@@ -5,11 +5,24 @@ small enough to enumerate every placement, the solver's objective is the optimum
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from extender.core.solver import Bin, Item, Placement, Problem, Rules, Weights, objective, solve
+from extender.core.solver import (
+    ENUMERATE_LIMIT,
+    Bin,
+    Item,
+    Placement,
+    Problem,
+    Rules,
+    Weights,
+    _enumerated,
+    objective,
+    solve,
+    violations,
+)
 
 CLASSES = ("memory-bound", "compute-bound")
 
@@ -171,3 +184,51 @@ def test_the_cp_sat_model_itself_obeys_the_rules(p: Problem) -> None:
     solver.parameters.num_workers = 1
     if solver.solve(model.m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         assert independent_check(p, model.read(solver)) == []
+
+
+def _exhausted(p: Problem, hint: Placement | None) -> Placement | None:
+    """A one-item problem solved by trying the hint and then every GPU set in order, keeping the first
+    best: what `solve` answered before alike GPUs were tried once."""
+    item = p.items[0]
+    options = [hint] if hint is not None else []
+    options += [(c,) for c in itertools.combinations(range(len(p.bins)), item.count)]
+    best, value = None, None
+    for placement in options:
+        if violations(p, placement):
+            continue
+        v = objective(p, placement)
+        if value is None or v > value:
+            best, value = placement, v
+    return best
+
+
+@st.composite
+def alike_gpus(draw: st.DrawFn) -> tuple[Problem, Placement | None]:
+    """One item on a node whose GPUs are copies of a few (a bind: a node's empty GPUs look alike), in any order."""
+    base = draw(problems(max_bins=3, max_items=1))
+    item = base.items[0]
+    copies = draw(st.lists(st.integers(0, len(base.bins) - 1), min_size=1, max_size=8))
+    bins = []
+    for i, k in enumerate(copies):  # some copies differ from their original in one field: not alike
+        b = replace(base.bins[k], node="n", index=i, group=draw(st.sampled_from([None, "g0", "g1"])))
+        field = draw(st.sampled_from([None, None, "free_cus", "free_memory", "limit_room", "memory_bound",
+                                      "compute_bound", "bandwidth_units", "healthy", "min_slice"]))
+        if field == "healthy":
+            b = replace(b, healthy=not b.healthy)
+        elif field is not None:
+            b = replace(b, **{field: max(0, getattr(b, field) + draw(st.sampled_from([-8, -1, 1, 8])))})
+        bins.append(b)
+    cus = tuple(item.cus[k] for k in copies)
+    p = replace(base, bins=tuple(bins), items=(replace(item, cus=cus, optional=False),))
+    count = min(item.count, len(bins))
+    hint = draw(st.none() | st.sampled_from([tuple(c) for c in itertools.combinations(range(len(bins)), count)]))
+    return replace(p, items=(replace(p.items[0], count=count),)), None if hint is None else (hint,)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(alike_gpus())
+def test_alike_gpus_tried_once_give_the_placement_of_trying_every_gpu(case: tuple[Problem, Placement | None]) -> None:
+    """A bind tries each kind of GPU once (the first of its kind): a GPU whose room and share equal an
+    earlier one's scores the same, and ties keep the earlier one, so the placement is the same."""
+    p, hint = case
+    assert _enumerated(p, hint, ENUMERATE_LIMIT) == _exhausted(p, hint)
