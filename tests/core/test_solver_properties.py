@@ -192,14 +192,9 @@ def _exhausted(p: Problem, hint: Placement | None) -> Placement | None:
     item = p.items[0]
     options = [hint] if hint is not None else []
     options += [(c,) for c in itertools.combinations(range(len(p.bins)), item.count)]
-    best, value = None, None
-    for placement in options:
-        if violations(p, placement):
-            continue
-        v = objective(p, placement)
-        if value is None or v > value:
-            best, value = placement, v
-    return best
+    feasible = [placement for placement in options if not violations(p, placement)]
+    values = [objective(p, placement) for placement in feasible]
+    return feasible[values.index(max(values))] if feasible else None  # index: the first of the best
 
 
 @st.composite
