@@ -29,7 +29,7 @@ from extender.engine.placement import fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import PASS_THROUGH, Engine
 from extender.engine.vectorised import Columns
-from tests.engine.churn import leave, place, steps_of
+from tests.engine.churn import play, steps_of
 from tests.engine.test_fragmentation import _policy
 
 GIB = 2**30
@@ -101,13 +101,9 @@ def test_remembered_rises_are_the_rises_worked_out_afresh(plan: list[tuple]) -> 
     engine = engine_of()
     policy = engine.policies.current
     cluster: MemoryCluster = engine.cluster  # type: ignore[assignment]
-    placed: list[str] = []
-    for i, (op, *args) in enumerate(plan):
-        if op == "place":
-            place(engine, pod_of(f"p{i}", *args[0]), NODES, placed)
-        elif op == "leave":
-            leave(engine, placed, args[0])
-        elif op == "observe":
+
+    def own(i: int, op: str, args: tuple) -> None:
+        if op == "observe":
             pod = pod_of(f"o{i}", *args[0])
             req = engine.request_of(pod, policy)[0]
             assert req is not None
@@ -132,6 +128,8 @@ def test_remembered_rises_are_the_rises_worked_out_afresh(plan: list[tuple]) -> 
         assert req is not None
         got = engine.rises(pod, req, policy, NODES, fit_key(req, policy))
         assert got.tobytes() == afresh(engine, pod, req, NODES).tobytes()
+
+    play(engine, plan, pod_of, NODES, own)
 
 
 def test_a_node_keeps_its_rise_until_its_row_changes() -> None:

@@ -15,7 +15,7 @@ from extender.engine.placement import fit_key
 from extender.engine.policy_store import PolicyStore
 from extender.engine.scheduler import Engine
 from extender.engine.vectorised import Columns
-from tests.engine.churn import leave, place, steps_of
+from tests.engine.churn import play, steps_of
 
 NODES = [f"n{i}" for i in range(6)]
 
@@ -60,13 +60,9 @@ steps = steps_of(shapes, NODES, st.tuples(st.just("node"), st.sampled_from(NODES
 def test_remembered_scores_are_the_scores_worked_out_afresh(plan: list[tuple]) -> None:
     engine = engine_of()
     cluster: MemoryCluster = engine.cluster  # type: ignore[assignment]
-    placed: list[str] = []
-    for i, (op, *args) in enumerate(plan):
-        if op == "place":
-            place(engine, pod_of(f"p{i}", *args[0]), NODES, placed)
-        elif op == "leave":
-            leave(engine, placed, args[0])
-        elif op == "node":  # a node's GPUs change (or go): its row changes, or its slot empties
+
+    def own(i: int, op: str, args: tuple) -> None:
+        if op == "node":  # a node's GPUs change (or go): its row changes, or its slot empties
             view = NodeView(args[0], allocatable={"amd.com/gpu": str(args[1]), "cpu": "16", "memory": "64Gi"})
             cluster.add_node(view)
             engine.observe_node(view)
@@ -78,6 +74,8 @@ def test_remembered_scores_are_the_scores_worked_out_afresh(plan: list[tuple]) -
             check(engine, pod_of(f"a{i}", *args[0]), args[1])
         # every step also asks about all nodes for one request: what is remembered is asked again later
         check(engine, pod_of(f"q{i}", 250, 1, 8, "compute-bound"), NODES)
+
+    play(engine, plan, pod_of, NODES, own)
 
 
 def test_a_node_keeps_its_scores_until_its_row_changes() -> None:
