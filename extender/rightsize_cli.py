@@ -12,7 +12,8 @@ from kubernetes.config import ConfigException
 from prometheus_client import start_http_server
 
 from extender.core.policy import Policy, PolicyError, load_policy
-from extender.kube.client import api_client
+from extender.kube.client import api_client, core_api
+from extender.kube.snapshot import list_views
 from extender.rightsize.controller import Outcome, RightSizer
 from extender.rightsize.metrics import RightsizeMetrics
 from extender.rightsize.prometheus import Prometheus
@@ -31,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "extender's own SLA rule. With --apply it patches the pod template (target-rps, memory) and the "
         "replicas, records the change on the owner (read by `gpuslice explain`) and writes an Event; it waits "
         "for rollouts and PodDisruptionBudgets and is bounded by the policy's hysteresis, minimum interval and "
-        "maximum step.")
+        "maximum step. Between resizes it repacks (rightsizing.repack): it evicts a pod alone on its GPU when "
+        "the extender would place its replacement beside other tenants and the rest of the fleet carries the "
+        "need, which frees the GPU; one pod per pass.")
     p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--kubeconfig", metavar="FILE")
@@ -76,7 +79,7 @@ def rightsize_cmd(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=metrics.registry)
     sizer = RightSizer(policy, Workloads(api), Prometheus(args.prometheus), metrics, apply=args.apply,
-                       namespace=args.namespace)
+                       namespace=args.namespace, cluster=lambda: list_views(core_api(api), api))
     stop = threading.Event()
     while not stop.is_set():
         for outcome in sizer.run_once():

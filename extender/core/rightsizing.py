@@ -201,6 +201,29 @@ def _smaller(fleet: tuple[int, int], current: Fleet) -> bool:
     return replicas == current.replicas and cus < current.cus
 
 
+def repack_hold(rs: RightSizing, ladder: Ladder, current: Fleet, need: float, now: float,
+                record: Record) -> str | None:
+    """Why no pod of this fleet may be deleted now to move it beside other tenants, or None when one
+    may. A memory-bound pod alone on its GPU holds the whole GPU for half a GPU's share; scale-downs and
+    rollouts leave such pods behind as demand falls (the day replay's "placement history"). Deleting one
+    lets its ReplicaSet re-create it and the extender's binpack place the replacement beside other
+    tenants, which frees the GPU. The fleet is short one pod until the replacement serves, so only when
+    the other pods carry the need on their own (the need the resize rule sizes for), and at most once per
+    `minIntervalSeconds` after the last resize or move. Whether a pod is alone, and whether its
+    replacement would land beside tenants, is the placement's question (`engine.repack`)."""
+    if not rs.repack:
+        return "rightsizing.repack is off"
+    if current.replicas < 2:
+        return "a lone replica: deleting it would stop the service"
+    rest = (current.replicas - 1) * ladder.at(current.cus).rps
+    if rest + 1e-9 < need:
+        return f"the other {current.replicas - 1} pods carry {rest:.2f} req/s < need {need:.2f}"
+    last = max((t for t in (record.last_change, record.last_repack) if t is not None), default=None)
+    if last is not None and now - last < rs.minIntervalSeconds:
+        return f"the last change was {now - last:.0f}s ago (next in {rs.minIntervalSeconds - (now - last):.0f}s)"
+    return None
+
+
 def memory_for(vram_peak: int, headroom: float, floor: int, ceiling: int) -> int:
     """Observed peak plus headroom, in whole GiB, within the profile's minimum and the GPU."""
     return min(max(floor, math.ceil(vram_peak * (1 + headroom) / GIB) * GIB), ceiling)
@@ -295,14 +318,18 @@ class Change:
 
 @dataclass(frozen=True)
 class Record:
-    last_change: float | None = None
+    last_change: float | None = None  # the last resize: the minimum interval counts from it
     changes: tuple[Change, ...] = field(default_factory=tuple)
+    last_repack: float | None = None  # the last pod re-created to move it (`repack_hold`); resizes ignore it
 
     def with_change(self, change: Change) -> Record:
         return replace(self, last_change=change.at, changes=(self.changes + (change,))[-HISTORY:])
 
+    def with_repack(self, change: Change) -> Record:
+        return replace(self, last_repack=change.at, changes=(self.changes + (change,))[-HISTORY:])
+
     def to_text(self) -> str:
-        doc = {"lastChange": self.last_change,
+        doc = {"lastChange": self.last_change, "lastRepack": self.last_repack,
                "changes": [{**asdict(c), "before": asdict(c.before), "after": asdict(c.after)}
                            for c in self.changes]}
         return json.dumps(doc, separators=(",", ":"))
@@ -317,7 +344,7 @@ def read_record(annotations: Mapping[str, str] | None, prefix: str) -> Record:
         doc = json.loads(text)
         changes = tuple(Change(c["at"], c["action"], Fleet(**c["before"]), Fleet(**c["after"]), c["peak_rps"],
                                c["need_rps"], c["reason"]) for c in doc.get("changes", []))
-        return Record(doc.get("lastChange"), changes)
+        return Record(doc.get("lastChange"), changes, doc.get("lastRepack"))
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{prefix}/{STATE_KEY}", text[:80], f"unreadable right-sizing record: {exc}") from None
 
@@ -332,6 +359,9 @@ def explain_lines(annotations: Mapping[str, str] | None, prefix: str = "gpuslice
     for c in record.changes:
         at = datetime.fromtimestamp(c.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         peak = "no samples" if c.peak_rps is None else f"window peak {c.peak_rps:.2f} req/s"
+        if c.action == "repack":
+            lines.append(f"{at} rightsize repack: {c.reason}")
+            continue
         lines.append(f"{at} rightsize {c.action}: {_fleet(c.before)} -> {_fleet(c.after)} ({peak}, need "
                      f"{c.need_rps:.2f})")
     return lines

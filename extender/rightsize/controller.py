@@ -32,12 +32,16 @@ from extender.core.rightsizing import (
     Record,
     decide,
     read_record,
+    repack_hold,
     sla_ladder,
     window_peak,
 )
+from extender.engine.cluster import NodeView, PodView
+from extender.engine.occupancy import synced_engine
+from extender.engine.repack import co_tenants, moves_beside_tenants, replacement_landings
 from extender.rightsize.metrics import RightsizeMetrics
 from extender.rightsize.prometheus import Prometheus, PrometheusError
-from extender.rightsize.workloads import Workload, Workloads
+from extender.rightsize.workloads import Workload, Workloads, selects
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,16 @@ class Outcome:
     note: str
 
 
+Views = tuple[list[NodeView], list[PodView]]
+
+
 class RightSizer:
+    """`cluster` lists every Node and bound Pod as the extender sees them (`kube.snapshot.list_views`); it
+    is read at most once per pass, and only when a fleet may repack. Without it nothing is repacked."""
+
     def __init__(self, policy: Callable[[], Policy], workloads: Workloads, prometheus: Prometheus,
                  metrics: RightsizeMetrics, apply: bool = False, namespace: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cluster: Callable[[], Views] | None = None) -> None:
         self.policy = policy
         self.workloads = workloads
         self.prometheus = prometheus
@@ -61,7 +71,10 @@ class RightSizer:
         self.apply = apply
         self.namespace = namespace
         self.clock = clock
+        self.cluster = cluster
         self._ladders: dict[tuple[str, str, int, str], Ladder] = {}
+        self._views: Views | None = None  # this pass's listing
+        self._repacked = False  # one pod moved per pass: the listing is stale after it
 
     def ladder(self, policy: Policy, profile: str, memory: int, workload_class: GpuClass) -> Ladder:
         """The sizing rule's ladder for pods of this profile, memory and class (the class the extender
@@ -73,6 +86,7 @@ class RightSizer:
 
     def run_once(self) -> list[Outcome]:
         policy = self.policy()
+        self._views, self._repacked = None, False
         out = []
         for w in self.workloads.list(self.namespace):
             try:
@@ -122,7 +136,8 @@ class RightSizer:
         if not d.changed:
             if d.wanted != d.current:
                 self.metrics.holds.labels(w.namespace, w.name, "interval").inc()
-            return Outcome(w.key, d, False, f"hold: {d.reason}")
+            moved = self._repack(policy, w, ladder, d, record, now) if d.wanted == d.current else None
+            return moved or Outcome(w.key, d, False, f"hold: {d.reason}")
         if not self.apply:
             self.metrics.changes.labels(w.namespace, w.name, d.action, "recommended").inc()
             return Outcome(w.key, d, False, f"would {d.action} (dry run): {d.reason}")
@@ -136,6 +151,52 @@ class RightSizer:
         self._apply(policy, w, d, record.with_change(Change(now, d.action, d.current, d.next, d.peak_rps,
                                                                 d.need_rps, d.reason)))
         return Outcome(w.key, d, True, f"{d.action}: {d.reason}")
+
+    def _repack(self, policy: Policy, w: Workload, ladder: Ladder, d: Decision, record: Record,
+                now: float) -> Outcome | None:
+        """Delete one of the fleet's pods that is alone on its GPU when its replacement would land beside
+        other tenants (`engine.repack`) and `repack_hold` allows it; the outcome, or None to just hold."""
+        if self.cluster is None or self._repacked or not w.rolled_out:
+            return None
+        if repack_hold(policy.rightsizing, ladder, d.current, d.need_rps, now, record) is not None:
+            return None
+        if self._views is None:
+            self._views = self.cluster()
+        nodes, pods = self._views
+        mine = [p for p in pods if p.namespace == w.namespace and p.node_name and not p.deleting
+                and not p.terminal and selects(w.selector, p.labels)]
+        if len(mine) != d.current.replicas:
+            return None  # a pod is missing, unscheduled or going: not at rest
+        engine, _ = synced_engine(nodes, pods, policy)
+        for pod in [p for p in mine if co_tenants(engine.ledger, p.uid) == 0]:
+            copy, _ = synced_engine(nodes, pods, policy)  # replacement_landings consumes its engine
+            landings = replacement_landings(copy, copy.cluster, pod)  # type: ignore[arg-type]
+            if not moves_beside_tenants(landings):
+                continue
+            where = ", ".join(f"{x.node} GPU {'+'.join(map(str, x.gpus))} ({x.co_tenants} tenants)" for x in landings)
+            reason = f"pod {pod.name} is alone on its GPU on {pod.node_name}; its replacement would go beside " \
+                     f"other tenants ({where}) and the other {d.current.replicas - 1} pods carry need {d.need_rps:.2f}"
+            return self._move(policy, w, pod, d, record, now, reason)
+        return None
+
+    def _move(self, policy: Policy, w: Workload, pod: PodView, d: Decision, record: Record, now: float,
+              reason: str) -> Outcome:
+        if not self.apply:
+            self.metrics.changes.labels(w.namespace, w.name, "repack", "recommended").inc()
+            return Outcome(w.key, d, False, f"would repack (dry run): {reason}")
+        blocked = self.workloads.evict(pod.namespace, pod.name)
+        if blocked:
+            self.metrics.holds.labels(w.namespace, w.name, "pdb" if "Budget" in blocked else "repack").inc()
+            return Outcome(w.key, d, False, f"hold: {blocked}; {reason}")
+        self._repacked = True
+        change = Change(now, "repack", d.current, d.current, d.peak_rps, d.need_rps, reason)
+        self.workloads.patch(w, w.replicas, {}, {f"{policy.prefix}/{STATE_KEY}": record.with_repack(change).to_text()})
+        self.metrics.changes.labels(w.namespace, w.name, "repack", "applied").inc()
+        try:
+            self.workloads.event(w, "Repacked", reason)
+        except ApiException as exc:
+            log.warning("rightsize %s: event not written: %s", w.key, exc.reason)
+        return Outcome(w.key, d, True, f"repack: {reason}")
 
     def observe(self, policy: Policy, w: Workload, now: float) -> Observation:
         rs = policy.rightsizing

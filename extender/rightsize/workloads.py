@@ -27,6 +27,7 @@ class Workload:
     template_labels: Mapping[str, str]
     template_annotations: Mapping[str, str]
     rolled_out: bool  # the controller has caught up with the spec: no rollout in progress
+    selector: Mapping[str, Any] | None = None  # spec.selector: which pods are its own
 
     @property
     def key(self) -> str:
@@ -46,7 +47,7 @@ def _workload(kind: str, obj: dict[str, Any]) -> Workload:
                   and status.get("updatedReplicas", 0) >= replicas)
     return Workload(kind, meta["namespace"], meta["name"], meta.get("uid", ""), meta.get("resourceVersion", ""),
                     replicas, meta.get("annotations") or {}, template.get("labels") or {},
-                    template.get("annotations") or {}, rolled_out)
+                    template.get("annotations") or {}, rolled_out, spec.get("selector"))
 
 
 def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
@@ -113,6 +114,20 @@ class Workloads:
             allowed = (doc.get("status") or {}).get("disruptionsAllowed", 0)
             if allowed < 1:
                 return f"PodDisruptionBudget {doc['metadata']['name']} allows no disruption now"
+        return None
+
+    def evict(self, namespace: str, name: str) -> str | None:
+        """Delete a pod through the Eviction API, which honours its PodDisruptionBudgets; None when done,
+        else why not (a budget that allows no disruption now, or the pod already gone)."""
+        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+        try:
+            self.core.create_namespaced_pod_eviction(name, namespace, body)
+        except client.ApiException as exc:
+            if exc.status == 429:
+                return "a PodDisruptionBudget allows no disruption now"
+            if exc.status == 404:
+                return "the pod is already gone"
+            raise
         return None
 
     def patch(self, w: Workload, replicas: int, template: dict[str, dict[str, str]],

@@ -27,8 +27,19 @@ from dataclasses import dataclass, field
 from extender.core.errors import InputError
 from extender.core.fit import Rules
 from extender.core.policy import Policy
-from extender.core.rightsizing import Fleet, Ladder, Observation, decide, plan_fleet, sla_ladder, window_peak
+from extender.core.rightsizing import (
+    Fleet,
+    Ladder,
+    Observation,
+    Record,
+    decide,
+    plan_fleet,
+    repack_hold,
+    sla_ladder,
+    window_peak,
+)
 from extender.core.sizing import predict
+from extender.engine.repack import co_tenants
 from extender.sim.demand import per_minute
 from extender.sim.gpu_floor import Followed, GpuFloor, Tenant
 from extender.sim.replay import Replay, RunSpec
@@ -61,6 +72,14 @@ class Timeline:
     """(minute of the measured day, fleet, target req/s per pod) per change; the first at minute 0."""
 
     steps: list[tuple[int, Fleet, float]] = field(default_factory=list)
+    # right-sizing only: the need it sized for at each minute, and its last change before the day (seconds
+    # from the day's start, negative) — what `repack_hold` asks of the fleet
+    need: list[float] = field(default_factory=list)
+    changed_before: float | None = None
+
+    def last_change(self, minute: int) -> float | None:
+        """Seconds into the day of the last change in force at `minute` (the first step is none)."""
+        return next((m * 60.0 for m, _, _ in reversed(self.steps[1:]) if m <= minute), self.changed_before)
 
 
 def sim_ladder(policy: Policy, profile: str, cls: str, memory: int) -> Ladder:
@@ -100,12 +119,15 @@ def rightsize_timeline(policy: Policy, svc: Service) -> Timeline:
         obs = Observation(window_peak(samples, now, rs.windowSeconds),
                           window_peak(samples, now, rs.downWindowSeconds, full=True))
         d = decide(rs, svc.ladder, fleet, obs, now, last, svc.memory, svc.memory)
+        if m >= DAY:
+            tl.need.append(d.need_rps)
         if d.changed:
             fleet, last = d.next, now
             if m >= DAY:
                 tl.steps.append((m - DAY + 1, fleet, float(d.target_text)))  # in force from the next minute
         if m == DAY - 1:
             tl.steps.append((0, fleet, float(svc.ladder.target_text(fleet.cus))))
+            tl.changed_before = None if last is None else last - DAY * 60.0
     return tl
 
 
@@ -192,12 +214,18 @@ class DayReplay(Replay):
 
     def co_tenants(self, i: int) -> int:
         """Other tenants on the GPUs of placed pod `i` (-1 when it is not placed)."""
-        o = self.outcomes[i]
-        entry = self.engine.ledger.entry(o.uid) if o.node else None
-        state = self.engine.ledger.node(o.node or "")
-        if entry is None or state is None:
-            return -1
-        return sum(len(g.slices) - 1 for ga in entry.assignment.gpus if (g := state.gpu(ga.index)) is not None)
+        return co_tenants(self.engine.ledger, self.outcomes[i].uid) if self.outcomes[i].node else -1
+
+    def repack(self, i: int) -> bool:
+        """Delete pod `i`, alone on its GPU, and place its replacement (as `gpuslice rightsize` does when
+        `core.rightsizing.repack_hold` allows it); True when the replacement lands beside other tenants.
+        The controller asks the extender beforehand (`engine.repack`) and leaves the pod alone when it
+        would land alone again; here the replacement's placement is that answer, and a pod that lands
+        alone again counts as never deleted (it holds a GPU of its own either way)."""
+        self.remove(i)
+        if not self.place(i):
+            raise InputError("pod", self.outcomes[i].pod.name, "its own GPU no longer takes it")
+        return self.co_tenants(i) > 0
 
     def gpus_used(self) -> tuple[int, float]:
         """(GPUs with a tenant, GPUs' worth of guaranteed CUs)."""
@@ -219,23 +247,33 @@ class DayReplay(Replay):
         return total
 
 
+def victim(rs: set[int], serving: set[int], pending: list[int]) -> int:
+    """The pod of ReplicaSet `rs` its controller deletes first when scaling it down (kube-controller-manager's
+    ranking, `controller.ActivePodsWithRanks`): unscheduled before scheduled, not ready before ready, then the
+    newest. Pod deletion costs (none are set) and the node-level "doubled up" rank are not modelled."""
+    return min(rs, key=lambda i: (i not in pending, i in serving, -i))
+
+
 def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Service],
                timelines: dict[str, Timeline], rollout: int, host_score: str = "least",
                extender_weight: float = 5.0, seed: int = 1, without: frozenset[str] = frozenset(),
-               consolidate_every: int = 0) -> dict[str, object]:
+               consolidate_every: int = 0, repack: bool = False) -> dict[str, object]:
     """One strategy's day; the services named in `without` are left out altogether. `consolidate_every`
     minutes (0: never) the followed pods alone on a GPU are re-placed (`DayReplay.consolidate`)."""
     static = [p for p in scenario_pods(scenario) if p.service not in timelines and p.service not in without]
     pods: list[SimPod] = list(static)
     actions: dict[int, list[tuple[int, int, str]]] = defaultdict(list)  # minute -> (kind, pod, service)
     changes = 0
+    generation: dict[int, tuple[str, int]] = {}  # pod -> (service, the timeline step that created it)
     for svc in svcs:
         tl = timelines[svc.name]
         created, acts = schedule(svc, tl, len(pods), rollout)
-        targets = _targets(tl, created, len(pods))
+        births = _births(tl, created)
         for i in created:
+            target, step = births[i]
+            generation[i] = (svc.name, step)
             ask = GpuAsk(count=1, memory_bytes=svc.memory, workload_class=svc.cls, profile=svc.group.profile,
-                         target_rps=targets[i])
+                         target_rps=target)
             pods.append(SimPod(f"{svc.name}-{i}", 0.0, None, svc.group.cpu, svc.group.hostMemory, ask, 0.0,
                                service=svc.name))
         for minute, kind, i in acts:
@@ -246,20 +284,26 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
     for i in range(len(static)):
         replay.place(i)
     serving: dict[str, set[int]] = {svc.name: set() for svc in svcs}
+    alive: dict[tuple[str, int], set[int]] = defaultdict(set)  # created and not yet deleted, per ReplicaSet
     pending: list[int] = []
-    moves = 0
+    moves = repacks = 0
+    last_repack: dict[str, float] = {}
     gpu_minutes, slice_minutes, series = 0, 0.0, []
     missed = {svc.name: 0 for svc in svcs}
     for minute in range(DAY + max([m for m in actions] + [0])):
         todo = sorted(actions.get(minute, []))
         for kind, i, _ in todo:
-            if kind == PLACE and not replay.place(i):
-                pending.append(i)
+            if kind == PLACE:
+                alive[generation[i]].add(i)
+                if not replay.place(i):
+                    pending.append(i)
         used, share = replay.gpus_used()  # new pods and the old ones they replace: the surge counts
         for kind, i, name in todo:
-            if kind == READY:
+            if kind == READY and i in alive[generation[i]]:
                 serving[name].add(i)
-            elif kind == REMOVE:
+            elif kind == REMOVE:  # one pod of i's ReplicaSet goes: the one its controller ranks first
+                i = victim(alive[generation[i]], serving[name], pending)
+                alive[generation[i]].discard(i)
                 serving[name].discard(i)
                 if i in pending:
                     pending.remove(i)
@@ -267,6 +311,15 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
                     replay.remove(i)
         if pending:
             pending = [i for i in pending if not replay.attempt(i)]
+        if repack and minute < DAY:  # what `gpuslice rightsize --apply` does between resizes
+            for svc in svcs:
+                i = _repack_one(replay, policy, svc, timelines[svc.name], minute, alive, serving[svc.name],
+                                pending, last_repack.get(svc.name))
+                if i is not None:
+                    serving[svc.name].discard(i)
+                    actions[minute + rollout].append((READY, i, svc.name))
+                    last_repack[svc.name] = minute * 60.0
+                    repacks += 1
         if consolidate_every and minute % consolidate_every == 0:
             moves += replay.consolidate([i for i in range(len(static), len(pods))
                                          if replay.outcomes[i].node and i not in pending])
@@ -283,7 +336,27 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
             "slaMinutesMissed": sum(missed.values()),
             "slaMinutesMissedByService": missed, "changes": changes, "podsCreated": len(pods) - len(static),
             "gpusMin": min(series), "gpusMax": max(series), "gpusEvery15Min": series,
-            "podsNeverPlaced": len(pending), "consolidationMoves": moves}
+            "podsNeverPlaced": len(pending), "consolidationMoves": moves, "repacks": repacks}
+
+
+def _repack_one(replay: DayReplay, policy: Policy, svc: Service, tl: Timeline, minute: int,
+                alive: dict[tuple[str, int], set[int]], serving: set[int], pending: list[int],
+                last_repack: float | None) -> int | None:
+    """The pod of `svc` the controller deletes this minute to move it beside other tenants, once moved, or
+    None. Only a fleet at rest (one ReplicaSet, every pod placed and serving: the controller waits out
+    rollouts) that `repack_hold` allows, and only a pod alone on its GPU."""
+    if not tl.need or any(m == minute + 1 for m, _, _ in tl.steps):  # a resize decided now goes first
+        return None
+    sets = [pods for (name, _), pods in alive.items() if name == svc.name and pods]
+    if len(sets) != 1 or sets[0] != serving or any(i in pending for i in serving):
+        return None
+    record = Record(tl.last_change(minute), (), last_repack)
+    if repack_hold(policy.rightsizing, svc.ladder, fleet_at(tl, minute), tl.need[minute], minute * 60.0, record):
+        return None
+    for i in sorted(serving):
+        if replay.co_tenants(i) == 0 and replay.repack(i):
+            return i
+    return None
 
 
 def fleet_at(tl: Timeline, minute: int) -> Fleet:
@@ -413,14 +486,18 @@ def _running(plan: dict[str, Timeline]) -> Callable[[Service, int], Fleet]:
     return lambda s, m: fleet_at(plan[s.name], m)
 
 
-def _targets(tl: Timeline, created: list[int], first: int) -> dict[int, float]:
-    """Each created pod's target req/s: that of the timeline step that created it."""
-    out, k = {}, 0
+def _births(tl: Timeline, created: list[int]) -> dict[int, tuple[float, int]]:
+    """Each created pod's target req/s and ReplicaSet: the target of the timeline step that created it, and
+    the index of the last slice change at or before that step (added replicas join the running set)."""
+    out, k, rs = {}, 0, 0
     prev: Fleet | None = None
-    for _, fleet, target in tl.steps:
-        n = fleet.replicas if prev is None or prev.cus != fleet.cus else max(0, fleet.replicas - prev.replicas)
+    for n_step, (_, fleet, target) in enumerate(tl.steps):
+        if prev is None or prev.cus != fleet.cus:
+            rs, n = n_step, fleet.replicas
+        else:
+            n = max(0, fleet.replicas - prev.replicas)
         for i in created[k:k + n]:
-            out[i] = target
+            out[i] = (target, rs)
         k += n
         prev = fleet
     return out
@@ -431,13 +508,15 @@ def compare(scenario: Scenario, policy: Policy, spec: RunSpec, seed: int = 1, ro
     """The three strategies over the same day of demand; savings against static peak sizing."""
     svcs = services(scenario, policy, seed)
     if not svcs:
-        raise ValueError("the scenario has no pod group with a demand: curve")
+        raise InputError("scenario", scenario.name, "no pod group with a demand: curve to replay (add "
+                         "`demand: {swing: 4, peakHour: 14}` to a group with a profile and targetRps)")
     plans = {
         "static-peak": {s.name: static_timeline(policy, s, max(s.day)) for s in svcs},
         "static-average": {s.name: static_timeline(policy, s, sum(s.day) / len(s.day)) for s in svcs},
         "rightsize": {s.name: rightsize_timeline(policy, s) for s in svcs},
     }
-    runs = {name: replay_day(scenario, policy, spec, svcs, plan, rollout, host_score, extender_weight, seed)
+    runs = {name: replay_day(scenario, policy, spec, svcs, plan, rollout, host_score, extender_weight, seed,
+                             repack=name == "rightsize" and policy.rightsizing.repack)
             for name, plan in plans.items()}
     alone = replay_day(scenario, policy, spec, [], {}, rollout, host_score, extender_weight, seed,
                        without=frozenset(s.name for s in svcs))

@@ -12,13 +12,14 @@ import pytest
 import yaml
 from kubernetes import client
 
-from extender.kube.client import api_client
+from extender.kube.client import api_client, core_api
+from extender.kube.snapshot import list_views
 from extender.rightsize.controller import RightSizer
 from extender.rightsize.metrics import RightsizeMetrics
 from extender.rightsize.prometheus import Prometheus
 from extender.rightsize.workloads import Workloads
 from tests.kube.conftest import ROOT, Env
-from tests.kube.test_rightsize_real import AT_32, AT_96, NOW, POLICY, RATE, deployment
+from tests.kube.test_rightsize_real import AT_32, AT_96, NOW, POLICY, RATE, REPACK_RATE, deployment, lone_fleet
 from tests.rightsize.prom_stub import prometheus
 
 DEPLOY = ROOT / "deploy"
@@ -68,11 +69,13 @@ def test_the_dry_run_accepts_every_object(installed: tuple[str, Path]) -> None:
 @pytest.mark.parametrize(("verb", "resource", "allowed"), [
     ("list", "deployments.apps", True), ("patch", "statefulsets.apps", True),
     ("list", "poddisruptionbudgets.policy", True), ("create", "events", True),
+    ("list", "pods", True), ("list", "nodes", True), ("list", "resourceclaims.resource.k8s.io", True),
+    ("create", "pods --subresource=eviction", True),  # repack
     ("delete", "deployments.apps", False), ("create", "deployments.apps", False), ("get", "secrets", False),
-    ("patch", "pods", False), ("list", "pods", False),
+    ("patch", "pods", False), ("delete", "pods", False), ("patch", "nodes", False),
 ])
 def test_its_rights(kube_env: Env, installed: tuple[str, Path], verb: str, resource: str, allowed: bool) -> None:
-    out = kubectl(kube_env, "auth", "can-i", verb, resource, "-n", NS, user=installed[1])
+    out = kubectl(kube_env, "auth", "can-i", verb, *resource.split(), "-n", NS, user=installed[1])
     assert out.stdout.strip() == ("yes" if allowed else "no"), out.stderr
 
 
@@ -90,3 +93,21 @@ def test_the_controller_resizes_a_deployment_with_its_own_token(kube_env: Env, i
     assert d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_96  # 128 CUs wanted, 64 a step
     events = [e for e in client.CoreV1Api(admin).list_namespaced_event(NS).items if e.involved_object.name == name]
     assert [e.reason for e in events] == ["RightSized"]
+
+
+def test_the_controller_repacks_a_lone_pod_with_its_own_token(kube_env: Env, installed: tuple[str, Path]) -> None:
+    admin = api_client(str(kube_env.cp.kubeconfig))
+    name, pods, cleanup = lone_fleet(admin, NS)
+    try:
+        own = api_client(str(installed[1]))
+        with prometheus() as prom:
+            prom.series[RATE] = [lambda t: REPACK_RATE]
+            sizer = RightSizer(lambda: POLICY, Workloads(own), Prometheus(prom.url), RightsizeMetrics(), apply=True,
+                               namespace=NS, clock=lambda: NOW, cluster=lambda: list_views(core_api(own), own))
+            [out] = [o for o in sizer.run_once() if o.workload == f"{NS}/{name}"]
+        assert out.applied and out.note.startswith("repack: pod "), out.note
+        left = [p for p in client.CoreV1Api(admin).list_namespaced_pod(NS, label_selector=f"app={name}").items
+                if p.metadata.deletion_timestamp is None]
+        assert len(left) == 1 and left[0].metadata.name in pods
+    finally:
+        cleanup()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -209,3 +209,134 @@ def test_explain_prints_the_owners_right_sizing_changes(kube_env: Env, apis: cli
     client.CoreV1Api(apis).delete_collection_namespaced_pod(NS)
     apps.delete_collection_namespaced_stateful_set(NS)
     apps.delete_collection_namespaced_replica_set(NS)
+
+
+# --- repack: a pod alone on its GPU is evicted when its replacement would go beside other tenants ----------
+AT_128 = LADDER.target_text(128)
+# 8.5 req/s: need 10.2, which one 128-CU pod carries (so deleting one of two is safe) but not past the
+# hysteresis band (so the rule keeps two pods and does not shrink)
+REPACK_RATE = 8.5
+assert REPACK_RATE * UP <= LADDER.at(128).rps < REPACK_RATE * UP * UP * (1 + POLICY.rightsizing.hysteresis) / UP
+
+
+def _assignment(node: dict, pod_name: str, namespace: str) -> str:
+    """The assignment the extender gives a 128-CU replica alone on this node's GPU (its own engine)."""
+    from extender.core.assignment import ASSIGNMENT_ANNOTATION
+    from extender.engine.cluster import MemoryCluster, NodeView, PodView
+    from extender.engine.policy_store import PolicyStore
+    from extender.engine.scheduler import Engine
+
+    cluster = MemoryCluster()
+    meta = node["metadata"]
+    cluster.add_node(NodeView(meta["name"], meta["labels"], meta["annotations"], node["status"]["allocatable"]))
+    engine = Engine(cluster, PolicyStore(POLICY))
+    engine.sync()
+    pod = PodView(pod_name, namespace, pod_name, annotations={"gpuslice.io/profile": "llama-3.1-8b",
+                                                              "gpuslice.io/target-rps": AT_128})
+    cluster.add_pod(pod)
+    assert engine.bind(namespace, pod_name, pod_name, meta["name"]) == ""
+    bound = cluster.pod_by_uid(pod_name)
+    assert bound is not None
+    return bound.annotations[ASSIGNMENT_ANNOTATION]
+
+
+def lone_fleet(api: client.ApiClient, namespace: str = NS) -> tuple[str, list[str], Callable[[], None]]:
+    """A Deployment of two 128-CU pods, each alone on the one GPU of its own node (as scale-downs leave
+    them): the Deployment, two GPU nodes and the two pods bound there as the extender would have bound
+    them. Returns its name, the pods' names and what removes the nodes and pods."""
+    from tests.kube.conftest import gpu_node_body
+
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    name = deployment(apps, AT_128, namespace=namespace)
+    nodes = [gpu_node_body(f"{name}-n{i}", gpus=1) for i in (1, 2)]
+    pods = []
+    for i, node in enumerate(nodes):
+        core.create_node(node)
+        pod = f"{name}-{i}"
+        core.create_namespaced_pod(namespace, {
+            "metadata": {"name": pod, "namespace": namespace, "labels": {"app": name}, "annotations": {
+                "gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": AT_128,
+                "gpuslice.io/assignment": _assignment(node, pod, namespace)}},
+            "spec": {"nodeName": node["metadata"]["name"], "schedulerName": "nobody",
+                     "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "vllm", "image": "registry.invalid/vllm:1",
+                                     "resources": {"limits": {"gpuslice.io/gpu-share": "1"}}}]}})
+        core.patch_namespaced_pod_status(pod, namespace, {"status": {  # the kubelet's part: the Eviction API
+            "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})  # spares Pending pods a PDB
+        pods.append(pod)
+
+    def cleanup() -> None:
+        for node in nodes:
+            core.delete_node(node["metadata"]["name"])
+        core.delete_collection_namespaced_pod(namespace, label_selector=f"app={name}", grace_period_seconds=0)
+
+    return name, pods, cleanup
+
+
+@pytest.fixture
+def lone_pods(kube_env: Env, apis: client.ApiClient) -> Iterator[tuple[str, list[str]]]:
+    name, pods, cleanup = lone_fleet(apis)
+    yield name, pods
+    cleanup()
+
+
+def repacker(api: client.ApiClient, prom: PromStub, apply: bool) -> RightSizer:
+    from extender.kube.client import core_api
+    from extender.kube.snapshot import list_views
+
+    return RightSizer(lambda: POLICY, Workloads(api), Prometheus(prom.url), RightsizeMetrics(), apply=apply,
+                      namespace=NS, clock=lambda: NOW, cluster=lambda: list_views(core_api(api), api))
+
+
+def _present(api: client.ApiClient, pods: list[str]) -> list[str]:
+    """The pods still there and not being deleted."""
+    core = client.CoreV1Api(api)
+    items = core.list_namespaced_pod(NS).items
+    return sorted(p.metadata.name for p in items if p.metadata.name in pods and p.metadata.deletion_timestamp is None)
+
+
+def test_repack_evicts_a_lone_pod_whose_replacement_would_join_the_other(
+        apis: client.ApiClient, prom: PromStub, lone_pods: tuple[str, list[str]]) -> None:
+    apps = client.AppsV1Api(apis)
+    name, pods = lone_pods
+    prom.series[RATE] = [lambda t: REPACK_RATE]
+    [dry] = repacker(apis, prom, False).run_once()
+    assert not dry.applied and dry.note.startswith("would repack (dry run): pod "), dry.note
+    assert _present(apis, pods) == pods and events_for(apis, name) == []
+
+    [out] = repacker(apis, prom, True).run_once()
+    assert out.applied and out.note.startswith("repack: pod "), out.note
+    assert out.decision is not None and out.decision.next == out.decision.current  # no resize
+    [left] = _present(apis, pods)
+    gone = next(p for p in pods if p != left)
+    assert f"pod {gone} is alone on its GPU" in out.note and f"{name}-n" in out.note
+    d = apps.read_namespaced_deployment(name, NS)
+    assert d.spec.replicas == 2 and d.spec.template.metadata.annotations["gpuslice.io/target-rps"] == AT_128
+    [line] = explain_lines(d.metadata.annotations)
+    assert "rightsize repack: pod " + gone in line
+    [event] = events_for(apis, name)
+    assert event.reason == "Repacked"
+
+
+def test_repack_waits_for_the_disruption_budget(apis: client.ApiClient, prom: PromStub,
+                                                lone_pods: tuple[str, list[str]]) -> None:
+    pdbs = client.PolicyV1Api(apis)
+    name, pods = lone_pods
+    prom.series[RATE] = [lambda t: REPACK_RATE]
+    pdb = pdbs.create_namespaced_pod_disruption_budget(NS, {
+        "metadata": {"name": name}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": name}}}})
+    pdbs.patch_namespaced_pod_disruption_budget_status(name, NS, {"status": {  # the disruption controller's part
+        "observedGeneration": pdb.metadata.generation, "disruptionsAllowed": 0, "currentHealthy": 2,
+        "desiredHealthy": 2, "expectedPods": 2}})
+    [held] = repacker(apis, prom, True).run_once()
+    assert not held.applied and "hold: a PodDisruptionBudget allows no disruption now" in held.note, held.note
+    assert _present(apis, pods) == pods
+
+
+def test_no_repack_when_the_other_pod_alone_falls_short(apis: client.ApiClient, prom: PromStub,
+                                                        lone_pods: tuple[str, list[str]]) -> None:
+    name, pods = lone_pods
+    prom.series[RATE] = [lambda t: LADDER.at(128).rps / UP + 0.5]  # two pods needed: deleting one is not safe
+    [out] = repacker(apis, prom, True).run_once()
+    assert not out.applied and out.note.startswith("hold:"), out.note
+    assert _present(apis, pods) == pods

@@ -23,6 +23,7 @@ from extender.core.rightsizing import (
     explain_lines,
     plan_fleet,
     read_record,
+    repack_hold,
     sla_ladder,
     sla_size,
     window_peak,
@@ -244,3 +245,35 @@ def test_a_rollout_takes_the_largest_slice_of_the_same_gpu_share() -> None:
     assert d.action == "up" and d.wanted == Fleet(2, 128, MIN_MEM) and d.next == Fleet(2, 128, MIN_MEM)
     # a new fleet (no slice to keep: static sizing) still takes the fewest CUs of the least share
     assert plan_fleet(LADDER, 12.0, 1, 16) == (2, 32)
+
+
+S128 = LADDER.at(128).rps
+REPACK_CASES = [  # (why, fleet, need, last resize, last repack, policy change, the reason held or None)
+    ("the rest carries the need", Fleet(3, 128, MIN_MEM), 2 * S128, 0.0, None, {}, None),
+    ("the rest falls short", Fleet(3, 128, MIN_MEM), 2 * S128 + 0.01, 0.0, None, {}, "the other 2 pods carry"),
+    ("a lone replica", Fleet(1, 128, MIN_MEM), 0.1, None, None, {}, "a lone replica"),
+    ("too soon after a resize", Fleet(2, 128, MIN_MEM), 1.0, 9_500.0, None, {}, "the last change was 500s ago"),
+    ("too soon after a move", Fleet(2, 128, MIN_MEM), 1.0, 0.0, 9_700.0, {}, "the last change was 300s ago"),
+    ("long after both", Fleet(2, 128, MIN_MEM), 1.0, 9_000.0, 9_100.0, {}, None),
+    ("switched off", Fleet(2, 128, MIN_MEM), 1.0, None, None, {"repack": False}, "rightsizing.repack is off"),
+]
+
+
+@pytest.mark.parametrize(("why", "fleet", "need", "resized", "moved", "change", "held"), REPACK_CASES,
+                         ids=[c[0] for c in REPACK_CASES])
+def test_repack_hold(why: str, fleet: Fleet, need: float, resized: float | None, moved: float | None,
+                     change: dict, held: str | None) -> None:
+    rs = RS.model_copy(update=change)
+    got = repack_hold(rs, LADDER, fleet, need, 10_000.0, Record(resized, (), moved))
+    assert (got is None) == (held is None), got
+    assert held is None or held in got  # type: ignore[operator]
+
+
+def test_a_repack_is_recorded_without_moving_the_resize_interval() -> None:
+    move = Change(1_767_225_600.0, "repack", Fleet(2, 128, MIN_MEM), Fleet(2, 128, MIN_MEM), 8.0, 9.6,
+                  "pod chat-a is alone on its GPU on n1")
+    rec = Record(1_767_220_000.0).with_repack(move)
+    assert rec.last_change == 1_767_220_000.0 and rec.last_repack == move.at
+    ann = {"gpuslice.io/rightsize": rec.to_text()}
+    assert read_record(ann, "gpuslice.io") == rec
+    assert explain_lines(ann) == ["2026-01-01T00:00:00Z rightsize repack: pod chat-a is alone on its GPU on n1"]

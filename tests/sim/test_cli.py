@@ -80,3 +80,9 @@ def test_bad_input_is_an_error_not_a_crash(capsys: pytest.CaptureFixture[str], t
     assert main(["simulate", "--scenario", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "nodes" in err and "targetRps needs a profile" in err
+
+
+def test_demand_on_a_scenario_without_a_curve_is_an_error_not_a_crash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--scenario", "seed-llm-only", "--demand"]) == 2
+    err = capsys.readouterr().err
+    assert "seed-llm-only" in err and "no pod group with a demand: curve" in err

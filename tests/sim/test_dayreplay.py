@@ -11,7 +11,19 @@ import yaml
 from extender.core.policy import load_policy
 from extender.core.rightsizing import Fleet, sla_ladder
 from extender.core.sizing import gpu_share
-from extender.sim.dayreplay import PLACE, READY, REMOVE, DayReplay, Timeline, compare, schedule, services
+from extender.sim.dayreplay import (
+    DAY,
+    PLACE,
+    READY,
+    REMOVE,
+    DayReplay,
+    Timeline,
+    compare,
+    replay_day,
+    schedule,
+    services,
+    victim,
+)
 from extender.sim.demand import DemandCurve, per_minute, rate
 from extender.sim.runs import policy_spec
 from extender.sim.scenario import ScenarioError, load_scenario, scenario_nodes, scenario_pods
@@ -138,3 +150,51 @@ def test_consolidate_moves_a_lone_pod_beside_other_tenants(tmp_path: Path) -> No
     assert replay.consolidate(lone) == 1
     assert replay.gpus_used()[0] == 1 and all(replay.co_tenants(i) == 1 for i in lone)
     assert replay.consolidate(lone) == 0  # nobody alone: nothing moves
+
+
+def _two_services(tmp_path: Path) -> tuple:
+    scenario = tmp_path / "two.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "two", "nodes": [{"name": "n", "count": 1, "gpus": 8}],
+        "pods": [{"name": name, "replicas": 3, "profile": "llama-3.1-8b", "targetRps": 8,
+                  "demand": {"swing": 2, "peakRps": 4.0}} for name in ("x", "y")]}))
+    sc, _ = load_scenario(scenario)
+    return sc, services(sc, POLICY, 1)
+
+
+def _down_to_two(svc, need: float) -> Timeline:
+    target = float(LADDER.target_text(128))
+    return Timeline([(0, Fleet(3, 128, svc.memory), target), (60, Fleet(2, 128, svc.memory), target)],
+                    need=[need] * DAY)
+
+
+@pytest.mark.parametrize("bind", ["greedy", "solver"])
+def test_repack_moves_a_pod_left_alone_beside_another_and_frees_its_gpu(tmp_path: Path, bind: str) -> None:
+    # x0 x1 | x2 y0 | y1 y2 on three GPUs; at minute 60 both fleets go down to two pods (the newest go): x2 and
+    # y2, leaving y0 and y1 alone on a GPU each. Fifteen minutes later (the minimum interval) the controller
+    # deletes one of them and its replacement goes beside the other: two GPUs, for the rest of the day.
+    sc, svcs = _two_services(tmp_path)
+    spec = policy_spec("g", POLICY, bind=bind)
+    plans = {s.name: _down_to_two(s, 0.5 * LADDER.at(128).rps) for s in svcs}
+    still = replay_day(sc, POLICY, spec, svcs, plans, 2)
+    moved = replay_day(sc, POLICY, spec, svcs, plans, 2, repack=True)
+    assert still["repacks"] == 0 and moved["repacks"] == 1
+    assert still["gpusEvery15Min"][5:] == [3] * (len(still["gpusEvery15Min"]) - 5)
+    # minute 75: the replacement is placed beside the other pod; from minute 90 the day runs on two GPUs
+    assert moved["gpusEvery15Min"][6:] == [2] * (len(moved["gpusEvery15Min"]) - 6)
+    assert moved["slaMinutesMissed"] == 0
+
+
+def test_repack_leaves_a_fleet_whose_other_pods_fall_short_of_the_need(tmp_path: Path) -> None:
+    sc, svcs = _two_services(tmp_path)
+    spec = policy_spec("g", POLICY, bind="greedy")
+    plans = {s.name: _down_to_two(s, LADDER.at(128).rps + 0.01) for s in svcs}  # one pod alone cannot carry it
+    assert replay_day(sc, POLICY, spec, svcs, plans, 2, repack=True)["repacks"] == 0
+
+
+def test_a_scale_down_deletes_the_pod_the_replicaset_controller_ranks_first() -> None:
+    # kube-controller-manager's ranking: unscheduled, then not ready, then the newest. The replay used to
+    # delete a rollout's old pods oldest first, and a scale-down's by index whether they served or not.
+    assert victim({0, 1, 2}, serving={0, 1, 2}, pending=[]) == 2
+    assert victim({0, 1, 2}, serving={0, 2}, pending=[]) == 1  # not ready yet
+    assert victim({0, 1, 2}, serving={0, 2}, pending=[0]) == 0  # never scheduled
