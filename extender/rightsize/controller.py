@@ -156,8 +156,8 @@ class RightSizer:
                 now: float) -> Outcome | None:
         """Delete one of the fleet's pods that is alone on its GPU when its replacement would land beside
         other tenants (`engine.repack`) and `repack_hold` allows it; the outcome, or None to just hold."""
-        if self.cluster is None or self._repacked or not w.rolled_out:
-            return None
+        if self.cluster is None or self._repacked or not w.rolled_out or not w.selector:
+            return None  # (an empty selector would claim every pod of the namespace)
         if repack_hold(policy.rightsizing, ladder, d.current, d.need_rps, now, record) is not None:
             return None
         if self._views is None:
