@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "for rollouts and PodDisruptionBudgets and is bounded by the policy's hysteresis, minimum interval and "
         "maximum step. Between resizes it repacks (rightsizing.repack): it evicts a pod alone on its GPU when "
         "the extender would place its replacement beside other tenants and the rest of the fleet carries the "
-        "need, which frees the GPU; one pod per pass.")
+        "need, which frees the GPU (a one-pod Deployment whose rolling update starts the new pod first is "
+        "restarted instead); one pod per pass.")
     p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--kubeconfig", metavar="FILE")

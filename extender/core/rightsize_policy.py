@@ -62,7 +62,8 @@ class RightSizing(_Strict):
     maxReplicas: int = Field(default=16, ge=1, description="never more replicas than this")
     repack: bool = Field(default=True, description="with --apply, delete a pod alone on its GPU when its "
                          "replacement would land beside other tenants and the rest of its fleet carries the need "
-                         "(frees the GPU; the Eviction API honours PodDisruptionBudgets)")
+                         "(frees the GPU; the Eviction API honours PodDisruptionBudgets); a one-pod Deployment "
+                         "whose rolling update starts the new pod first is restarted instead")
     memoryHeadroom: float = Field(default=0.1, ge=0, le=4, description="memory = observed VRAM peak x (1 + this)")
     workloads: dict[str, WorkloadRightSizing] = Field(default_factory=dict, description="by namespace/name")
 

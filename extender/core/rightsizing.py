@@ -202,7 +202,7 @@ def _smaller(fleet: tuple[int, int], current: Fleet) -> bool:
 
 
 def repack_hold(rs: RightSizing, ladder: Ladder, current: Fleet, need: float, now: float,
-                record: Record) -> str | None:
+                record: Record, surge: bool = False) -> str | None:
     """Why no pod of this fleet may be deleted now to move it beside other tenants, or None when one
     may. A memory-bound pod alone on its GPU holds the whole GPU for half a GPU's share; scale-downs and
     rollouts leave such pods behind as demand falls (the day replay's "placement history"). Deleting one
@@ -210,13 +210,17 @@ def repack_hold(rs: RightSizing, ladder: Ladder, current: Fleet, need: float, no
     tenants, which frees the GPU. The fleet is short one pod until the replacement serves, so only when
     the other pods carry the need on their own (the need the resize rule sizes for), and at most once per
     `minIntervalSeconds` after the last resize or move. Whether a pod is alone, and whether its
-    replacement would land beside tenants, is the placement's question (`engine.repack`)."""
+    replacement would land beside tenants, is the placement's question (`engine.repack`).
+
+    `surge`: the fleet is one pod whose owner's rolling update adds the new pod before it removes the old
+    (a Deployment with maxUnavailable 0 at one replica, the default): it is moved by a restart instead of a
+    deletion, and serves throughout."""
     if not rs.repack:
         return "rightsizing.repack is off"
-    if current.replicas < 2:
-        return "a lone replica: deleting it would stop the service"
+    if current.replicas < 2 and not surge:
+        return "a lone replica whose owner does not surge: deleting it would stop the service"
     rest = (current.replicas - 1) * ladder.at(current.cus).rps
-    if rest + 1e-9 < need:
+    if current.replicas >= 2 and rest + 1e-9 < need:
         return f"the other {current.replicas - 1} pods carry {rest:.2f} req/s < need {need:.2f}"
     last = max((t for t in (record.last_change, record.last_repack) if t is not None), default=None)
     if last is not None and now - last < rs.minIntervalSeconds:

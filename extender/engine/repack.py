@@ -32,13 +32,17 @@ def co_tenants(ledger: Ledger, uid: str) -> int:
     return sum(len(g.slices) - 1 for ga in entry.assignment.gpus if (g := state.gpu(ga.index)) is not None)
 
 
-def replacement_landings(engine: Engine, cluster: MemoryCluster, pod: PodView) -> list[Landing]:
-    """Where the extender would put `pod`'s replacement if `pod` were deleted now: one landing per node at
-    the top of its prioritize scores (kube-scheduler picks among those by its own plugins). Empty when no
-    node passes its filter. Consumes `engine` and `cluster`, which must be a copy of the cluster that
-    nothing else uses (`engine.occupancy.synced_engine`)."""
-    engine.forget_pod(pod.uid)
-    cluster.remove_pod(pod.uid)
+def replacement_landings(engine: Engine, cluster: MemoryCluster, pod: PodView, surge: bool = False) -> list[Landing]:
+    """Where the extender would put `pod`'s replacement if `pod` were deleted now (with `surge`: placed
+    while `pod` still runs, as a rolling update that adds before it removes does): one landing per node at
+    the top of its prioritize scores (kube-scheduler picks among those by its own plugins), its co-tenants
+    not counting `pod`. Empty when no node passes its filter. Consumes `engine` and `cluster`, which must
+    be a copy of the cluster that nothing else uses (`engine.occupancy.synced_engine`)."""
+    old = engine.ledger.entry(pod.uid)
+    old_gpus = {(engine.ledger.node_of(pod.uid), g.index) for g in old.assignment.gpus} if old and surge else set()
+    if not surge:
+        engine.forget_pod(pod.uid)
+        cluster.remove_pod(pod.uid)
     new = replace(pod, uid=f"{pod.uid}-replacement", name=f"{pod.name}-replacement", node_name=None,
                   phase="Pending", annotations={k: v for k, v in pod.annotations.items() if k != ASSIGNMENT_ANNOTATION})
     cluster.add_pod(new)
@@ -51,7 +55,9 @@ def replacement_landings(engine: Engine, cluster: MemoryCluster, pod: PodView) -
             continue  # the bind refused: kube-scheduler would retry elsewhere
         entry = engine.ledger.entry(new.uid)
         assert entry is not None
-        out.append(Landing(node, tuple(g.index for g in entry.assignment.gpus), co_tenants(engine.ledger, new.uid)))
+        gpus = tuple(g.index for g in entry.assignment.gpus)
+        beside_old = any((node, g) in old_gpus for g in gpus)
+        out.append(Landing(node, gpus, co_tenants(engine.ledger, new.uid) - beside_old))
         engine.forget_pod(new.uid)
         cluster.remove_pod(new.uid)
         cluster.add_pod(new)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from string import Template
 
 from kubernetes.client import ApiException
@@ -154,11 +155,13 @@ class RightSizer:
 
     def _repack(self, policy: Policy, w: Workload, ladder: Ladder, d: Decision, record: Record,
                 now: float) -> Outcome | None:
-        """Delete one of the fleet's pods that is alone on its GPU when its replacement would land beside
-        other tenants (`engine.repack`) and `repack_hold` allows it; the outcome, or None to just hold."""
+        """Move one of the fleet's pods that is alone on its GPU when its replacement would land beside other
+        tenants (`engine.repack`) and `repack_hold` allows it: evict it, or restart a one-pod Deployment
+        whose rolling update surges (the new pod first). The outcome, or None to just hold."""
         if self.cluster is None or self._repacked or not w.rolled_out or not w.selector:
             return None  # (an empty selector would claim every pod of the namespace)
-        if repack_hold(policy.rightsizing, ladder, d.current, d.need_rps, now, record) is not None:
+        surge = w.surges and d.current.replicas == 1  # one pod: restarted (a new one first), never deleted
+        if repack_hold(policy.rightsizing, ladder, d.current, d.need_rps, now, record, surge) is not None:
             return None
         if self._views is None:
             self._views = self.cluster()
@@ -170,27 +173,38 @@ class RightSizer:
         engine, _ = synced_engine(nodes, pods, policy)
         for pod in [p for p in mine if co_tenants(engine.ledger, p.uid) == 0]:
             copy, _ = synced_engine(nodes, pods, policy)  # replacement_landings consumes its engine
-            landings = replacement_landings(copy, copy.cluster, pod)  # type: ignore[arg-type]
+            landings = replacement_landings(copy, copy.cluster, pod, surge)  # type: ignore[arg-type]
             if not moves_beside_tenants(landings):
                 continue
             where = ", ".join(f"{x.node} GPU {'+'.join(map(str, x.gpus))} ({x.co_tenants} tenants)" for x in landings)
+            how = ("it is restarted (its rolling update starts the new pod first)" if surge else
+                   f"the other {d.current.replicas - 1} pods carry need {d.need_rps:.2f}")
             reason = f"pod {pod.name} is alone on its GPU on {pod.node_name}; its replacement would go beside " \
-                     f"other tenants ({where}) and the other {d.current.replicas - 1} pods carry need {d.need_rps:.2f}"
-            return self._move(policy, w, pod, d, record, now, reason)
+                     f"other tenants ({where}) and {how}"
+            return self._move(policy, w, pod, d, record, now, reason, surge)
         return None
 
     def _move(self, policy: Policy, w: Workload, pod: PodView, d: Decision, record: Record, now: float,
-              reason: str) -> Outcome:
+              reason: str, surge: bool) -> Outcome:
         if not self.apply:
             self.metrics.changes.labels(w.namespace, w.name, "repack", "recommended").inc()
             return Outcome(w.key, d, False, f"would repack (dry run): {reason}")
-        blocked = self.workloads.evict(pod.namespace, pod.name)
-        if blocked:
-            self.metrics.holds.labels(w.namespace, w.name, "pdb" if "Budget" in blocked else "repack").inc()
-            return Outcome(w.key, d, False, f"hold: {blocked}; {reason}")
-        self._repacked = True
         change = Change(now, "repack", d.current, d.current, d.peak_rps, d.need_rps, reason)
-        self.workloads.patch(w, w.replicas, {}, {f"{policy.prefix}/{STATE_KEY}": record.with_repack(change).to_text()})
+        state = {f"{policy.prefix}/{STATE_KEY}": record.with_repack(change).to_text()}
+        blocked = self.workloads.disruption_blocked(w) if surge else None  # as a resize's rollout waits
+        if blocked:
+            self.metrics.holds.labels(w.namespace, w.name, "pdb").inc()
+            return Outcome(w.key, d, False, f"hold: {blocked}; {reason}")
+        if surge:  # a pod-template change rolls the pod: the new one is placed while the old one serves
+            restart = {"annotations": {f"{policy.prefix}/{REPACKED_AT}": _rfc3339(now)}}
+            self.workloads.patch(w, w.replicas, restart, state)
+        else:
+            blocked = self.workloads.evict(pod.namespace, pod.name)
+            if blocked:
+                self.metrics.holds.labels(w.namespace, w.name, "pdb" if "Budget" in blocked else "repack").inc()
+                return Outcome(w.key, d, False, f"hold: {blocked}; {reason}")
+            self.workloads.patch(w, w.replicas, {}, state)
+        self._repacked = True
         self.metrics.changes.labels(w.namespace, w.name, "repack", "applied").inc()
         try:
             self.workloads.event(w, "Repacked", reason)
@@ -232,6 +246,13 @@ class RightSizer:
             m.replicas.labels(w.namespace, w.name, state).set(fleet.replicas)
             m.memory.labels(w.namespace, w.name, state).set(fleet.memory)
         m.need.labels(w.namespace, w.name).set(d.need_rps)
+
+
+REPACKED_AT = "repacked-at"  # <prefix>/repacked-at on the pod template: the restart that moved a lone pod
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _memory_text(memory: int) -> str:

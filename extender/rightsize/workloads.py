@@ -28,6 +28,7 @@ class Workload:
     template_annotations: Mapping[str, str]
     rolled_out: bool  # the controller has caught up with the spec: no rollout in progress
     selector: Mapping[str, Any] | None = None  # spec.selector: which pods are its own
+    surges: bool = False  # a rolling update at its replica count adds a new pod before removing an old one
 
     @property
     def key(self) -> str:
@@ -47,7 +48,28 @@ def _workload(kind: str, obj: dict[str, Any]) -> Workload:
                   and status.get("updatedReplicas", 0) >= replicas)
     return Workload(kind, meta["namespace"], meta["name"], meta.get("uid", ""), meta.get("resourceVersion", ""),
                     replicas, meta.get("annotations") or {}, template.get("labels") or {},
-                    template.get("annotations") or {}, rolled_out, spec.get("selector"))
+                    template.get("annotations") or {}, rolled_out, spec.get("selector"),
+                    kind == "Deployment" and surges(spec.get("strategy"), replicas))
+
+
+def surges(strategy: Mapping[str, Any] | None, replicas: int) -> bool:
+    """A Deployment strategy that, at `replicas`, starts a new pod before it stops an old one: a rolling
+    update whose maxUnavailable resolves to 0 and maxSurge to at least 1, as the Deployment controller
+    resolves them (`ResolveFenceposts`: a percentage of maxUnavailable rounds down, of maxSurge up; the
+    defaults, 25% each, surge below four replicas). Recreate stops every pod first."""
+    strategy = strategy or {}
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        return False
+    rolling = strategy.get("rollingUpdate") or {}
+    return (_scaled(rolling.get("maxUnavailable", "25%"), replicas, up=False) == 0
+            and _scaled(rolling.get("maxSurge", "25%"), replicas, up=True) >= 1)
+
+
+def _scaled(value: int | str, replicas: int, up: bool) -> int:
+    if isinstance(value, str) and value.endswith("%"):
+        share = int(value[:-1]) * replicas
+        return -(-share // 100) if up else share // 100
+    return int(value)
 
 
 def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:

@@ -316,8 +316,9 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
                 i = _repack_one(replay, policy, svc, timelines[svc.name], minute, alive, serving[svc.name],
                                 pending, last_repack.get(svc.name))
                 if i is not None:
-                    serving[svc.name].discard(i)
-                    actions[minute + rollout].append((READY, i, svc.name))
+                    if len(serving[svc.name]) > 1:  # evicted: serves again once its replacement starts
+                        serving[svc.name].discard(i)
+                        actions[minute + rollout].append((READY, i, svc.name))
                     last_repack[svc.name] = minute * 60.0
                     repacks += 1
         if consolidate_every and minute % consolidate_every == 0:
@@ -342,16 +343,19 @@ def replay_day(scenario: Scenario, policy: Policy, spec: RunSpec, svcs: list[Ser
 def _repack_one(replay: DayReplay, policy: Policy, svc: Service, tl: Timeline, minute: int,
                 alive: dict[tuple[str, int], set[int]], serving: set[int], pending: list[int],
                 last_repack: float | None) -> int | None:
-    """The pod of `svc` the controller deletes this minute to move it beside other tenants, once moved, or
-    None. Only a fleet at rest (one ReplicaSet, every pod placed and serving: the controller waits out
-    rollouts) that `repack_hold` allows, and only a pod alone on its GPU."""
+    """The pod of `svc` the controller moves this minute beside other tenants, once moved, or None. Only a
+    fleet at rest (one ReplicaSet, every pod placed and serving: the controller waits out rollouts) that
+    `repack_hold` allows, and only a pod alone on its GPU. A one-pod fleet is restarted (its rolling update
+    surges): modelled as the move itself, the old pod serving until then and its GPU freed at once (the
+    2 minutes both hold a GPU are not counted)."""
     if not tl.need or any(m == minute + 1 for m, _, _ in tl.steps):  # a resize decided now goes first
         return None
     sets = [pods for (name, _), pods in alive.items() if name == svc.name and pods]
     if len(sets) != 1 or sets[0] != serving or any(i in pending for i in serving):
         return None
     record = Record(tl.last_change(minute), (), last_repack)
-    if repack_hold(policy.rightsizing, svc.ladder, fleet_at(tl, minute), tl.need[minute], minute * 60.0, record):
+    fleet = fleet_at(tl, minute)  # rollouts here surge (maxSurge 1, maxUnavailable 0): one pod is restarted
+    if repack_hold(policy.rightsizing, svc.ladder, fleet, tl.need[minute], minute * 60.0, record, fleet.replicas == 1):
         return None
     for i in sorted(serving):
         if replay.co_tenants(i) == 0 and replay.repack(i):

@@ -80,3 +80,28 @@ def test_no_node_passing_is_no_move() -> None:
     huge = _bound(cluster, "a")
     assert not moves_beside_tenants([])
     assert [x.co_tenants for x in replacement_landings(engine, cluster, huge)] == [0]  # only its own GPU, empty
+
+
+def _cb(uid: str) -> PodView:
+    return PodView(uid, "default", uid, annotations={"gpuslice.io/compute": "100m", "gpuslice.io/memory": "8Gi",
+                                                     "gpuslice.io/class": "compute-bound"})
+
+
+def test_with_surge_the_old_pod_stays_and_its_own_gpu_is_no_move() -> None:
+    # a one-pod Deployment restarted: the new pod is placed while the old one runs. Beside the old pod
+    # itself is no move (it leaves); beside two compute-bound pods (complementarity) is.
+    engine, cluster = _cluster(1, ("n1", "n2"))
+    _bind(engine, cluster, _pod("a"), "n1")
+    _bind(engine, cluster, _pod("b"), "n2")
+    tie = replacement_landings(engine, cluster, _bound(cluster, "a"), surge=True)
+    assert sorted((x.node, x.co_tenants) for x in tie) == [("n1", 0), ("n2", 1)]  # either may be chosen
+    assert not moves_beside_tenants(tie)
+
+    engine, cluster = _cluster(1, ("n1", "n2"))
+    _bind(engine, cluster, _pod("a"), "n1")
+    _bind(engine, cluster, _cb("e1"), "n2")
+    _bind(engine, cluster, _cb("e2"), "n2")
+    landings = replacement_landings(engine, cluster, _bound(cluster, "a"), surge=True)
+    assert [(x.node, x.co_tenants) for x in landings] == [("n2", 2)]
+    assert moves_beside_tenants(landings)
+    assert co_tenants(engine.ledger, "a") == 0  # the old pod is still there, alone

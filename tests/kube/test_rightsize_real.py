@@ -219,8 +219,12 @@ REPACK_RATE = 8.5
 assert REPACK_RATE * UP <= LADDER.at(128).rps < REPACK_RATE * UP * UP * (1 + POLICY.rightsizing.hysteresis) / UP
 
 
-def _assignment(node: dict, pod_name: str, namespace: str) -> str:
-    """The assignment the extender gives a 128-CU replica alone on this node's GPU (its own engine)."""
+LLM = {"gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": AT_128}
+EMBEDDING = {"gpuslice.io/compute": "100m", "gpuslice.io/memory": "8Gi", "gpuslice.io/class": "compute-bound"}
+
+
+def _assignments(node: dict, pods: list[tuple[str, dict[str, str]]], namespace: str) -> list[str]:
+    """The assignments the extender gives these pods, bound in order on this node (its own engine)."""
     from extender.core.assignment import ASSIGNMENT_ANNOTATION
     from extender.engine.cluster import MemoryCluster, NodeView, PodView
     from extender.engine.policy_store import PolicyStore
@@ -231,13 +235,28 @@ def _assignment(node: dict, pod_name: str, namespace: str) -> str:
     cluster.add_node(NodeView(meta["name"], meta["labels"], meta["annotations"], node["status"]["allocatable"]))
     engine = Engine(cluster, PolicyStore(POLICY))
     engine.sync()
-    pod = PodView(pod_name, namespace, pod_name, annotations={"gpuslice.io/profile": "llama-3.1-8b",
-                                                              "gpuslice.io/target-rps": AT_128})
-    cluster.add_pod(pod)
-    assert engine.bind(namespace, pod_name, pod_name, meta["name"]) == ""
-    bound = cluster.pod_by_uid(pod_name)
-    assert bound is not None
-    return bound.annotations[ASSIGNMENT_ANNOTATION]
+    out = []
+    for name, asks in pods:
+        cluster.add_pod(PodView(name, namespace, name, annotations=asks))
+        assert engine.bind(namespace, name, name, meta["name"]) == ""
+        bound = cluster.pod_by_uid(name)
+        assert bound is not None
+        out.append(bound.annotations[ASSIGNMENT_ANNOTATION])
+    return out
+
+
+def _bound_pod(core: client.CoreV1Api, namespace: str, node: dict, name: str, labels: dict[str, str],
+               annotations: dict[str, str], assignment: str) -> None:
+    """A pod bound to `node` as the extender would have bound it, running and ready (the kubelet's part:
+    the Eviction API spares Pending pods a PodDisruptionBudget)."""
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                     "annotations": {**annotations, "gpuslice.io/assignment": assignment}},
+        "spec": {"nodeName": node["metadata"]["name"], "schedulerName": "nobody", "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "main", "image": "registry.invalid/vllm:1",
+                                 "resources": {"limits": {"gpuslice.io/gpu-share": "1"}}}]}})
+    core.patch_namespaced_pod_status(name, namespace, {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
 
 
 def lone_fleet(api: client.ApiClient, namespace: str = NS) -> tuple[str, list[str], Callable[[], None]]:
@@ -253,16 +272,8 @@ def lone_fleet(api: client.ApiClient, namespace: str = NS) -> tuple[str, list[st
     for i, node in enumerate(nodes):
         core.create_node(node)
         pod = f"{name}-{i}"
-        core.create_namespaced_pod(namespace, {
-            "metadata": {"name": pod, "namespace": namespace, "labels": {"app": name}, "annotations": {
-                "gpuslice.io/profile": "llama-3.1-8b", "gpuslice.io/target-rps": AT_128,
-                "gpuslice.io/assignment": _assignment(node, pod, namespace)}},
-            "spec": {"nodeName": node["metadata"]["name"], "schedulerName": "nobody",
-                     "terminationGracePeriodSeconds": 0,
-                     "containers": [{"name": "vllm", "image": "registry.invalid/vllm:1",
-                                     "resources": {"limits": {"gpuslice.io/gpu-share": "1"}}}]}})
-        core.patch_namespaced_pod_status(pod, namespace, {"status": {  # the kubelet's part: the Eviction API
-            "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})  # spares Pending pods a PDB
+        [assignment] = _assignments(node, [(pod, LLM)], namespace)
+        _bound_pod(core, namespace, node, pod, {"app": name}, LLM, assignment)
         pods.append(pod)
 
     def cleanup() -> None:
@@ -340,3 +351,44 @@ def test_no_repack_when_the_other_pod_alone_falls_short(apis: client.ApiClient, 
     [out] = repacker(apis, prom, True).run_once()
     assert not out.applied and out.note.startswith("hold:"), out.note
     assert _present(apis, pods) == pods
+
+
+def test_repack_restarts_a_one_pod_deployment_beside_compute_bound_tenants(
+        kube_env: Env, apis: client.ApiClient, prom: PromStub) -> None:
+    # one 128-CU replica alone on n1's GPU; n2's GPU holds two compute-bound pods, with room for one
+    # memory-bound pod beside them. Deleting the only replica would stop the service: its Deployment
+    # (default strategy: the new pod first) is restarted instead, by a pod-template annotation.
+    from tests.kube.conftest import gpu_node_body
+
+    apps, core = client.AppsV1Api(apis), client.CoreV1Api(apis)
+    prom.series[RATE] = [lambda t: REPACK_RATE]
+    name = deployment(apps, AT_128, replicas=1)
+    n1, n2 = (gpu_node_body(f"{name}-n{i}", gpus=1) for i in (1, 2))
+    pod, embeddings = f"{name}-0", [f"{name}-emb-{i}" for i in (1, 2)]
+    try:
+        for node in (n1, n2):
+            core.create_node(node)
+        [assignment] = _assignments(n1, [(pod, LLM)], NS)
+        _bound_pod(core, NS, n1, pod, {"app": name}, LLM, assignment)
+        for emb, a in zip(embeddings, _assignments(n2, [(e, EMBEDDING) for e in embeddings], NS), strict=True):
+            _bound_pod(core, NS, n2, emb, {"app": f"{name}-emb"}, EMBEDDING, a)
+        before = apps.read_namespaced_deployment(name, NS)
+
+        [dry] = repacker(apis, prom, False).run_once()
+        assert not dry.applied and dry.note.startswith("would repack (dry run): pod "), dry.note
+        assert apps.read_namespaced_deployment(name, NS).metadata.generation == before.metadata.generation
+
+        [out] = repacker(apis, prom, True).run_once()
+        assert out.applied and "it is restarted" in out.note and f"{name}-n2 GPU 0 (2 tenants)" in out.note, out.note
+        d = apps.read_namespaced_deployment(name, NS)
+        assert d.metadata.generation == before.metadata.generation + 1 and d.spec.replicas == 1
+        assert d.spec.template.metadata.annotations["gpuslice.io/repacked-at"] == "2026-01-01T00:00:00Z"
+        assert _present(apis, [pod]) == [pod]  # nothing deleted: the rollout replaces it, new pod first
+        [line] = explain_lines(d.metadata.annotations)
+        assert f"rightsize repack: pod {pod} is alone" in line
+        assert [e.reason for e in events_for(apis, name)] == ["Repacked"]
+    finally:
+        for node in (n1, n2):
+            core.delete_node(node["metadata"]["name"])
+        for p in [pod, *embeddings]:
+            core.delete_namespaced_pod(p, NS, grace_period_seconds=0)

@@ -277,3 +277,11 @@ def test_a_repack_is_recorded_without_moving_the_resize_interval() -> None:
     ann = {"gpuslice.io/rightsize": rec.to_text()}
     assert read_record(ann, "gpuslice.io") == rec
     assert explain_lines(ann) == ["2026-01-01T00:00:00Z rightsize repack: pod chat-a is alone on its GPU on n1"]
+
+
+def test_a_one_pod_fleet_is_repacked_only_when_its_owner_surges() -> None:
+    # a restart that starts the new pod first never leaves the service without a pod
+    one = Fleet(1, 128, MIN_MEM)
+    assert "does not surge" in (repack_hold(RS, LADDER, one, 9.0, 10_000.0, Record()) or "")
+    assert repack_hold(RS, LADDER, one, 9.0, 10_000.0, Record(), surge=True) is None
+    assert repack_hold(RS, LADDER, one, 9.0, 10_000.0, Record(None, (), 9_800.0), surge=True) is not None

@@ -198,3 +198,21 @@ def test_a_scale_down_deletes_the_pod_the_replicaset_controller_ranks_first() ->
     assert victim({0, 1, 2}, serving={0, 1, 2}, pending=[]) == 2
     assert victim({0, 1, 2}, serving={0, 2}, pending=[]) == 1  # not ready yet
     assert victim({0, 1, 2}, serving={0, 2}, pending=[0]) == 0  # never scheduled
+
+
+def test_repack_restarts_a_one_pod_fleet_left_alone_and_it_serves_throughout(tmp_path: Path) -> None:
+    # x0 y0 | y1 on two GPUs; at minute 60 y rolls from 2 x 64 CUs to 1 x 128: the new y2 goes beside y1,
+    # then y0 and y1 go. x0 and y2 are each alone. A one-pod fleet is restarted (its rolling update surges),
+    # never deleted: the move puts one beside the other, one GPU, and no minute without a serving pod.
+    sc, svcs = _two_services(tmp_path)
+    spec = policy_spec("g", POLICY, bind="greedy")
+    x, y = svcs
+    need = 0.5 * LADDER.at(64).rps
+    plans = {x.name: Timeline([(0, Fleet(1, 128, x.memory), float(LADDER.target_text(128)))], need=[need] * DAY),
+             y.name: Timeline([(0, Fleet(2, 64, y.memory), float(LADDER.target_text(64))),
+                               (60, Fleet(1, 128, y.memory), float(LADDER.target_text(128)))], need=[need] * DAY)}
+    still = replay_day(sc, POLICY, spec, svcs, plans, 2)
+    moved = replay_day(sc, POLICY, spec, svcs, plans, 2, repack=True)
+    assert still["repacks"] == 0 and still["gpusEvery15Min"][-1] == 2
+    assert moved["repacks"] == 1 and moved["gpusEvery15Min"][6:] == [1] * (len(moved["gpusEvery15Min"]) - 6)
+    assert moved["slaMinutesMissed"] == 0
