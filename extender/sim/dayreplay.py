@@ -200,17 +200,11 @@ class DayReplay(Replay):
         self._depart(self.outcomes[i])
 
     def consolidate(self, pods: list[int]) -> int:
-        """Re-place each of `pods` that is alone on its GPU(s) (as deleting it would, the scheduler placing
-        its replacement): a what-if no controller here does — how much of the day's placement history is
-        pods left alone by scale-downs and rollouts. Returns how many moved beside other tenants."""
-        moved = 0
-        for i in pods:
-            if self.co_tenants(i) == 0:
-                self.remove(i)
-                if not self.place(i):
-                    raise InputError("pod", self.outcomes[i].pod.name, "its own GPU no longer takes it")
-                moved += self.co_tenants(i) > 0
-        return moved
+        """Re-place each of `pods` that is alone on its GPU(s) (`repack`), without the controller's
+        conditions (`repack_hold`) or its one move per fleet and interval: a what-if — how much of the day's
+        placement history is pods left alone by scale-downs and rollouts. Returns how many moved beside
+        other tenants."""
+        return sum(self.repack(i) for i in pods if self.co_tenants(i) == 0)
 
     def co_tenants(self, i: int) -> int:
         """Other tenants on the GPUs of placed pod `i` (-1 when it is not placed)."""
