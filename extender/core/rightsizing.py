@@ -353,6 +353,11 @@ def read_record(annotations: Mapping[str, str] | None, prefix: str) -> Record:
         raise InputError(f"{prefix}/{STATE_KEY}", text[:80], f"unreadable right-sizing record: {exc}") from None
 
 
+def rfc3339(t: float) -> str:
+    """A Unix time as Kubernetes writes times (seconds, UTC)."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def explain_lines(annotations: Mapping[str, str] | None, prefix: str = "gpuslice.io") -> list[str]:
     """One line per right-sizing change recorded on a Deployment/StatefulSet, oldest first — for
     `gpuslice explain` on a pod whose owner `gpuslice rightsize --apply` manages."""
@@ -361,7 +366,7 @@ def explain_lines(annotations: Mapping[str, str] | None, prefix: str = "gpuslice
     record = read_record(annotations, prefix)
     lines = []
     for c in record.changes:
-        at = datetime.fromtimestamp(c.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        at = rfc3339(c.at)
         peak = "no samples" if c.peak_rps is None else f"window peak {c.peak_rps:.2f} req/s"
         if c.action == "repack":
             lines.append(f"{at} rightsize repack: {c.reason}")

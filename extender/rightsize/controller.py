@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from string import Template
 
 from kubernetes.client import ApiException
@@ -34,6 +33,7 @@ from extender.core.rightsizing import (
     decide,
     read_record,
     repack_hold,
+    rfc3339,
     sla_ladder,
     window_peak,
 )
@@ -196,7 +196,7 @@ class RightSizer:
             self.metrics.holds.labels(w.namespace, w.name, "pdb").inc()
             return Outcome(w.key, d, False, f"hold: {blocked}; {reason}")
         if surge:  # a pod-template change rolls the pod: the new one is placed while the old one serves
-            restart = {"annotations": {f"{policy.prefix}/{REPACKED_AT}": _rfc3339(now)}}
+            restart = {"annotations": {f"{policy.prefix}/{REPACKED_AT}": rfc3339(now)}}
             self.workloads.patch(w, w.replicas, restart, state)
         else:
             blocked = self.workloads.evict(pod.namespace, pod.name)
@@ -249,10 +249,6 @@ class RightSizer:
 
 
 REPACKED_AT = "repacked-at"  # <prefix>/repacked-at on the pod template: the restart that moved a lone pod
-
-
-def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _memory_text(memory: int) -> str:
