@@ -40,6 +40,7 @@ from extender.core.rightsizing import (
 from extender.engine.cluster import NodeView, PodView
 from extender.engine.occupancy import synced_engine
 from extender.engine.repack import co_tenants, moves_beside_tenants, replacement_landings
+from extender.engine.scheduler import Engine
 from extender.rightsize.metrics import RightsizeMetrics
 from extender.rightsize.prometheus import Prometheus, PrometheusError
 from extender.rightsize.workloads import Workload, Workloads, selects
@@ -60,7 +61,8 @@ Views = tuple[list[NodeView], list[PodView]]
 
 class RightSizer:
     """`cluster` lists every Node and bound Pod as the extender sees them (`kube.snapshot.list_views`); it
-    is read at most once per pass, and only when a fleet may repack. Without it nothing is repacked."""
+    is read, and an engine synced over it, at most once per pass, and only when a fleet may repack.
+    Without it nothing is repacked."""
 
     def __init__(self, policy: Callable[[], Policy], workloads: Workloads, prometheus: Prometheus,
                  metrics: RightsizeMetrics, apply: bool = False, namespace: str | None = None,
@@ -74,7 +76,7 @@ class RightSizer:
         self.clock = clock
         self.cluster = cluster
         self._ladders: dict[tuple[str, str, int, str], Ladder] = {}
-        self._views: Views | None = None  # this pass's listing
+        self._snapshot: tuple[Views, Engine] | None = None  # this pass's listing and the engine synced over it
         self._repacked = False  # one pod moved per pass: the listing is stale after it
 
     def ladder(self, policy: Policy, profile: str, memory: int, workload_class: GpuClass) -> Ladder:
@@ -87,7 +89,7 @@ class RightSizer:
 
     def run_once(self) -> list[Outcome]:
         policy = self.policy()
-        self._views, self._repacked = None, False
+        self._snapshot, self._repacked = None, False
         out = []
         for w in self.workloads.list(self.namespace):
             try:
@@ -163,14 +165,14 @@ class RightSizer:
         surge = w.surges and d.current.replicas == 1  # one pod: restarted (a new one first), never deleted
         if repack_hold(policy.rightsizing, ladder, d.current, d.need_rps, now, record, surge) is not None:
             return None
-        if self._views is None:
-            self._views = self.cluster()
-        nodes, pods = self._views
+        if self._snapshot is None:
+            views = self.cluster()
+            self._snapshot = views, synced_engine(*views, policy)[0]
+        (nodes, pods), engine = self._snapshot
         mine = [p for p in pods if p.namespace == w.namespace and p.node_name and not p.deleting
                 and not p.terminal and selects(w.selector, p.labels)]
         if len(mine) != d.current.replicas:
             return None  # a pod is missing, unscheduled or going: not at rest
-        engine, _ = synced_engine(nodes, pods, policy)
         for pod in [p for p in mine if co_tenants(engine.ledger, p.uid) == 0]:
             copy, _ = synced_engine(nodes, pods, policy)  # replacement_landings consumes its engine
             landings = replacement_landings(copy, copy.cluster, pod, surge)  # type: ignore[arg-type]
