@@ -348,7 +348,11 @@ def read_record(annotations: Mapping[str, str] | None, prefix: str) -> Record:
         doc = json.loads(text)
         changes = tuple(Change(c["at"], c["action"], Fleet(**c["before"]), Fleet(**c["after"]), c["peak_rps"],
                                c["need_rps"], c["reason"]) for c in doc.get("changes", []))
-        return Record(doc.get("lastChange"), changes, doc.get("lastRepack"))
+        times = [doc.get(key) for key in ("lastChange", "lastRepack")]
+        for key, t in zip(("lastChange", "lastRepack"), times, strict=True):
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
+                raise ValueError(f"{key} must be a number of seconds or null, not {t!r}")
+        return Record(times[0], changes, times[1])
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{prefix}/{STATE_KEY}", text[:80], f"unreadable right-sizing record: {exc}") from None
 
